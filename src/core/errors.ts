@@ -1,0 +1,54 @@
+/**
+ * One error type for the whole product, with stable codes.
+ *
+ * Every code is listed here and in docs/errors.md. Messages never carry payload values
+ * (PS3.15 and the contract: no PHI in logs, errors or headers); they name tags, keys,
+ * offsets and reasons only.
+ */
+
+export const ErrorCodes = {
+  // configuration (exit 2)
+  CONFIG_INVALID: { status: 500, title: 'Invalid configuration' },
+  CONFIG_UNREADABLE: { status: 500, title: 'Configuration file cannot be read' },
+  // DICOM input refused by the engine (fail closed)
+  DICOM_MALFORMED: { status: 502, title: 'Malformed DICOM refused' },
+  DICOM_TRUNCATED: { status: 502, title: 'Truncated DICOM refused' },
+  DICOM_NOT_PART10: { status: 502, title: 'Not a DICOM Part 10 object' },
+  DICOM_UNSUPPORTED_TRANSFER_SYNTAX: { status: 502, title: 'Unsupported transfer syntax' },
+  DICOM_CHARSET: { status: 502, title: 'Character set cannot be decoded' },
+  DICOM_HEADER_TOO_LARGE: { status: 502, title: 'DICOM header exceeds the configured limit' },
+  DICOM_JSON_MALFORMED: { status: 502, title: 'Malformed DICOM JSON refused' },
+  // de-identification
+  DEID_PLAN_INVALID: { status: 500, title: 'De-identification plan cannot be compiled' },
+  // state
+  STATE_UNAVAILABLE: { status: 503, title: 'State directory unavailable' },
+  // generic
+  INTERNAL: { status: 500, title: 'Internal error' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+/** Base class of every error the product raises on purpose. */
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly title: string;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = ErrorCodes[code].status;
+    this.title = ErrorCodes[code].title;
+  }
+}
+
+export function isGatewayError(e: unknown): e is GatewayError {
+  return e instanceof GatewayError;
+}
+
+/** Formats a tag number as (GGGG,EEEE) for messages. Tags are not PHI. */
+export function tagString(tag: number): string {
+  const hex = (tag >>> 0).toString(16).toUpperCase().padStart(8, '0');
+  return `(${hex.slice(0, 4)},${hex.slice(4)})`;
+}

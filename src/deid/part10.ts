@@ -1,0 +1,370 @@
+/**
+ * Streaming de-identification of one DICOM Part 10 object.
+ *
+ * The header (everything before the pixel data) is read into Buffer slices, checked and
+ * de-identified as a whole, because PS3.15 decisions need the whole header (the date
+ * offset is keyed on the Patient ID, which follows the study dates; free text is cleaned
+ * of names that come later). Nothing is emitted before the header has been de-identified,
+ * so a malformed header is refused with no byte out. Pixel data (native or encapsulated)
+ * then flows through without being copied into JS objects; memory is bounded by
+ * `maxHeaderBytes`, never by the size of the pixel data.
+ */
+import { createHash } from 'node:crypto';
+import { PassThrough, Readable, pipeline } from 'node:stream';
+import { createDeflateRaw, createInflateRaw } from 'node:zlib';
+import { GatewayError, tagString } from '../core/errors.js';
+import { charsetFor, type Charset } from '../dicom/charset.js';
+import { dictionary, isPrivateTag, ITEM, SEQUENCE_DELIMITATION } from '../dicom/dictionary.js';
+import {
+  ByteQueue, ElementParser, encodeElements, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
+  EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
+} from '../dicom/part10.js';
+import { CHARSET_VRS, NUMERIC_SIZES, padByte, SINGLE_VALUE_TEXT_VRS, STRING_VRS, type VR } from '../dicom/vr.js';
+import { deidentify, type Adapter, type EngineContext } from './engine.js';
+import { PRODUCT_VERSION } from './plan.js';
+
+export interface BinaryDataset {
+  readonly elements: readonly RawElement[];
+  readonly charset: Charset;
+}
+
+const SPECIFIC_CHARACTER_SET = 0x00080005;
+
+function charsetOf(elements: readonly RawElement[]): Charset | undefined {
+  const el = elements.find((e) => e.tag === SPECIFIC_CHARACTER_SET);
+  if (!el?.value) return undefined;
+  return charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((s) => s.trim()));
+}
+
+function decodeStrings(value: Buffer, vr: VR, charset: Charset): string[] {
+  if (value.length === 0) return [];
+  let text = CHARSET_VRS.has(vr) ? charset.decode(value, vr) : value.toString('latin1');
+  text = text.replace(vr === 'UI' ? /\0+$/ : /[\0 ]+$/, '');
+  if (text === '') return [];
+  return SINGLE_VALUE_TEXT_VRS.has(vr) ? [text] : text.split('\\');
+}
+
+function encodeStrings(values: readonly string[], vr: VR, charset: Charset): Buffer | null {
+  const text = SINGLE_VALUE_TEXT_VRS.has(vr) ? values.join('') : values.join('\\');
+  let b: Buffer | null;
+  if (CHARSET_VRS.has(vr)) {
+    b = charset.encode(text, vr);
+  } else {
+    // Default repertoire only (PS3.5 6.1.2.3); anything else cannot be written here.
+    b = /^[\x20-\x7e]*$/.test(text) ? Buffer.from(text, 'latin1') : null;
+  }
+  if (b && b.length % 2 === 1) b = Buffer.concat([b, Buffer.from([padByte(vr)])]);
+  return b;
+}
+
+function rawToOut(e: RawElement): OutElement {
+  return { tag: e.tag, vr: e.items ? 'SQ' : e.vr, value: e.value, items: e.items ? e.items.map((i) => i.elements.map(rawToOut)) : null };
+}
+
+/** The Part 10 side of the engine's adapter. */
+export const binaryAdapter: Adapter<RawElement, BinaryDataset, OutElement> = {
+  elements: (ds) => ds.elements,
+  tag: (e) => e.tag,
+  vr(e) {
+    if (e.items) return 'SQ';
+    if (e.vr === 'UN' && !isPrivateTag(e.tag)) return dictionary().lookup(e.tag)?.vr ?? 'UN';
+    return e.vr;
+  },
+  strings(e, ds) {
+    if (!e.value) return null;
+    const vr = binaryAdapter.vr(e, ds);
+    if (!STRING_VRS.has(vr)) return null;
+    return decodeStrings(e.value, vr, ds.charset);
+  },
+  items(e, ds) {
+    return (e.items ?? []).map((it) => ({ elements: it.elements, charset: charsetOf(it.elements) ?? ds.charset }));
+  },
+  keep: (e) => rawToOut(e),
+  setStrings(tag, vr, values, ds) {
+    const value = encodeStrings(values, vr, ds.charset);
+    return value ? { tag, vr, value, items: null } : null;
+  },
+  setEmpty: (tag, vr) => ({ tag, vr, value: Buffer.alloc(0), items: null }),
+  setZeros: (tag, vr) => ({ tag, vr, value: Buffer.alloc(Math.max(2, NUMERIC_SIZES[vr] ?? 2)), items: null }),
+  setSequence: (tag, items) => ({ tag, vr: 'SQ', value: null, items }),
+  outTag: (o) => o.tag,
+};
+
+/** What the caller may log or audit about an instance: UIDs only, original and pseudonymous. */
+export interface InstanceInfo {
+  readonly transferSyntax: string;
+  readonly sopClassUid: string;
+  readonly original: { readonly study: string; readonly series: string; readonly sop: string };
+  readonly pseudonymous: { readonly study: string; readonly series: string; readonly sop: string };
+}
+
+export interface Part10Options {
+  /** Cap on the bytes held for the header (everything before pixel data). Default 64 MiB. */
+  readonly maxHeaderBytes?: number;
+  /** Called once the header is de-identified, before any output. */
+  readonly onInstance?: (info: InstanceInfo) => void;
+}
+
+/** Values larger than this that the plan removes are skipped, not buffered. */
+const SKIP_THRESHOLD = 256 * 1024;
+const META_LIMIT = 64 * 1024;
+
+let implementationUid: string | undefined;
+function implementationClassUid(): string {
+  implementationUid ??= `2.25.${BigInt(`0x${createHash('sha256').update('deid-gateway implementation class').digest('hex').slice(0, 32)}`).toString(10)}`;
+  return implementationUid;
+}
+
+function notPart10(reason: string): GatewayError {
+  return new GatewayError('DICOM_NOT_PART10', reason);
+}
+
+function truncated(where: string, at: number): GatewayError {
+  return new GatewayError('DICOM_TRUNCATED', `object ends inside ${where} at byte ${at}`);
+}
+
+/** Reads one element at the queue's head, buffering it whole; parses sequences too. */
+async function readElement(q: ByteQueue, syntax: Syntax): Promise<RawElement> {
+  await q.fill(12);
+  const at = q.position;
+  const head = new ElementParser(q.peek(Math.min(12, q.available)), at, true);
+  let h;
+  try {
+    h = head.header(0, Math.min(12, q.available), syntax);
+  } catch (e) {
+    if (e instanceof NeedMoreData) throw truncated('an element header', at);
+    throw e;
+  }
+  if (h.length !== UNDEFINED_LENGTH) {
+    const total = h.headerLength + h.length;
+    if (!(await q.fill(total))) throw truncated(`the value of ${tagString(h.tag)}`, at);
+    const { element } = new ElementParser(q.peek(total), at, false).element(0, total, syntax);
+    q.consume(total);
+    return element;
+  }
+  // Undefined length: parse what is there; on running out, wait for twice as much (so
+  // the retries cost O(n) in all).
+  let want = Math.max(q.available, 4096);
+  for (;;) {
+    try {
+      const { element, next } = new ElementParser(q.peek(q.available), at, true).element(0, q.available, syntax);
+      q.consume(next);
+      return element;
+    } catch (e) {
+      if (!(e instanceof NeedMoreData)) throw e;
+      if (q.sourceEnded) throw truncated(`the sequence ${tagString(h.tag)}`, at);
+      want *= 2;
+      await q.fill(want);
+    }
+  }
+}
+
+/** Peeks the next tag and the header of the element, without consuming. */
+async function peekHeader(q: ByteQueue, syntax: Syntax): Promise<{ tag: number; vr: VR | null; length: number; headerLength: number } | null> {
+  if (!(await q.fill(8))) {
+    if (q.available === 0) return null;
+    throw truncated('an element header', q.position);
+  }
+  await q.fill(12);
+  try {
+    return new ElementParser(q.peek(Math.min(12, q.available)), q.position, true).header(0, Math.min(12, q.available), syntax);
+  } catch (e) {
+    if (e instanceof NeedMoreData) throw truncated('an element header', q.position);
+    throw e;
+  }
+}
+
+async function* passBytes(q: ByteQueue, n: number, emit: boolean, what: string): AsyncGenerator<Buffer> {
+  let left = n;
+  while (left > 0) {
+    if (!(await q.fill(1))) throw truncated(what, q.position);
+    const b = q.takeSome(left);
+    left -= b.length;
+    if (emit) yield b;
+  }
+}
+
+/** Pixel data: native (defined length) or encapsulated fragments (PS3.5 A.4), as they are. */
+async function* passPixelData(q: ByteQueue, syntax: Syntax, h: { tag: number; length: number; headerLength: number }, emit: boolean): AsyncGenerator<Buffer> {
+  if (emit) yield Buffer.from(q.peek(h.headerLength));
+  q.consume(h.headerLength);
+  if (h.length !== UNDEFINED_LENGTH) {
+    yield* passBytes(q, h.length, emit, 'the pixel data');
+    return;
+  }
+  const le = syntax.littleEndian;
+  for (;;) {
+    if (!(await q.fill(8))) throw truncated('the encapsulated pixel data', q.position);
+    const b = q.peek(8);
+    const tag = ((le ? b.readUInt16LE(0) : b.readUInt16BE(0)) << 16 | (le ? b.readUInt16LE(2) : b.readUInt16BE(2))) >>> 0;
+    const len = le ? b.readUInt32LE(4) : b.readUInt32BE(4);
+    if (tag === SEQUENCE_DELIMITATION) {
+      if (emit) yield Buffer.from(b);
+      q.consume(8);
+      return;
+    }
+    if (tag !== ITEM || len === UNDEFINED_LENGTH) throw new GatewayError('DICOM_MALFORMED', `bad fragment item in encapsulated pixel data at byte ${q.position}`);
+    if (emit) yield Buffer.from(b);
+    q.consume(8);
+    yield* passBytes(q, len, emit, 'a pixel data fragment');
+  }
+}
+
+function firstString(elements: readonly RawElement[], tag: number): string {
+  const el = elements.find((e) => e.tag === tag);
+  return el?.value ? el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\')[0] ?? '' : '';
+}
+
+function pipeThrough(source: AsyncIterable<Buffer>, transform: NodeJS.ReadWriteStream): AsyncIterable<Buffer> {
+  const out = new PassThrough();
+  pipeline(Readable.from(source), transform, out, () => { /* errors surface through `out` */ });
+  return out;
+}
+
+function encodeMeta(sopClass: string, sopInstance: string, ts: TransferSyntax): Buffer {
+  const ui = (tag: number, v: string): OutElement => {
+    const b = Buffer.from(v, 'latin1');
+    return { tag, vr: 'UI', value: b.length % 2 ? Buffer.concat([b, Buffer.from([0])]) : b, items: null };
+  };
+  const version = `DEIDGW_${PRODUCT_VERSION.replace(/\./g, '_')}`.slice(0, 16);
+  const els: OutElement[] = [
+    { tag: 0x00020001, vr: 'OB', value: Buffer.from([0, 1]), items: null },
+    ui(0x00020002, sopClass),
+    ui(0x00020003, sopInstance),
+    ui(0x00020010, ts.uid),
+    ui(0x00020012, implementationClassUid()),
+    { tag: 0x00020013, vr: 'SH', value: Buffer.from(version.length % 2 ? `${version} ` : version, 'latin1'), items: null },
+  ];
+  const parts: Buffer[] = [];
+  encodeElements(els, EXPLICIT_LE, parts);
+  const body = Buffer.concat(parts);
+  const gl = Buffer.alloc(12);
+  gl.writeUInt16LE(0x0002, 0); gl.writeUInt16LE(0x0000, 2); gl.write('UL', 4, 'latin1'); gl.writeUInt16LE(4, 6); gl.writeUInt32LE(body.length, 8);
+  const preamble = Buffer.alloc(132); // the original preamble may hold anything (TIFF headers, text): zeroed
+  preamble.write('DICM', 128, 'latin1');
+  return Buffer.concat([preamble, gl, body]);
+}
+
+/**
+ * De-identifies one Part 10 object from `source`, yielding the output in order.
+ * Throws GatewayError (DICOM_*) for malformed input; before the first yield when the
+ * problem is in the preamble, the File Meta or the header.
+ */
+export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: EngineContext, opts: Part10Options = {}): AsyncGenerator<Buffer> {
+  const maxHeader = opts.maxHeaderBytes ?? 64 * 1024 * 1024;
+  const q = new ByteQueue(source[Symbol.asyncIterator]());
+  if (!(await q.fill(132))) throw notPart10('shorter than the 128-byte preamble and DICM prefix');
+  if (q.peek(132).toString('latin1', 128, 132) !== 'DICM') throw notPart10('no DICM prefix at byte 128 (PS3.10 7.1)');
+  q.consume(132);
+
+  // File Meta Information: always explicit VR little endian (PS3.10 7.1).
+  const meta: RawElement[] = [];
+  for (;;) {
+    if (!(await q.fill(2))) break;
+    if (q.peek(2).readUInt16LE(0) !== 0x0002) break;
+    if (q.position > META_LIMIT) throw new GatewayError('DICOM_MALFORMED', 'File Meta Information longer than 64 KiB');
+    meta.push(await readElement(q, EXPLICIT_LE));
+  }
+  const tsUid = firstString(meta, 0x00020010);
+  if (!tsUid) throw notPart10('File Meta Information has no Transfer Syntax UID (0002,0010)');
+  const ts = transferSyntax(tsUid);
+
+  let dq = q;
+  if (ts.deflated) dq = new ByteQueue(pipeThrough(q.rest(), createInflateRaw())[Symbol.asyncIterator]());
+
+  // Header: every top-level element before the pixel data.
+  const header: RawElement[] = [];
+  let pixel: { tag: number; length: number; headerLength: number } | null = null;
+  let lastTag = -1;
+  for (;;) {
+    const h = await peekHeader(dq, ts);
+    if (!h) break;
+    if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${dq.position}`);
+    lastTag = h.tag;
+    if (PIXEL_DATA_TAGS.has(h.tag)) { pixel = h; break; }
+    if (h.length !== UNDEFINED_LENGTH && h.length > SKIP_THRESHOLD && isPrivateTag(h.tag) && !ctx.plan.retainSafePrivate) {
+      for await (const _ of passBytes(dq, h.headerLength + h.length, false, `the value of ${tagString(h.tag)}`)) { /* skipped */ }
+      continue;
+    }
+    if (h.length !== UNDEFINED_LENGTH && h.length > SKIP_THRESHOLD && !isPrivateTag(h.tag) && ctx.plan.lookup(h.tag).action.kind === 'remove') {
+      for await (const _ of passBytes(dq, h.headerLength + h.length, false, `the value of ${tagString(h.tag)}`)) { /* skipped */ }
+      continue;
+    }
+    if (dq.position + (h.length === UNDEFINED_LENGTH ? 0 : h.length) > maxHeader) {
+      throw new GatewayError('DICOM_HEADER_TOO_LARGE', `header larger than ${maxHeader} bytes before ${tagString(h.tag)}`);
+    }
+    header.push(await readElement(dq, ts));
+  }
+
+  const charset = charsetOf(header) ?? charsetFor(undefined);
+  const out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true });
+
+  const metaSop = firstString(meta, 0x00020003) || firstString(header, 0x00080018);
+  const sopClass = firstString(meta, 0x00020002) || firstString(header, 0x00080016);
+  const metaAction = ctx.plan.lookup(0x00020003).action.kind;
+  const outSop = metaSop && metaAction !== 'keep' ? ctx.pseudonymizer.uid(metaSop) : metaSop;
+  const uid = (tag: number): [string, string] => {
+    const o = firstString(header, tag);
+    const p = out.find((x) => x.tag === tag);
+    return [o, p?.value ? p.value.toString('latin1').replace(/\0+$/, '') : ''];
+  };
+  const [study, pStudy] = uid(0x0020000d);
+  const [series, pSeries] = uid(0x0020000e);
+  const [sop, pSop] = uid(0x00080018);
+  opts.onInstance?.({
+    transferSyntax: ts.uid, sopClassUid: sopClass,
+    original: { study, series, sop }, pseudonymous: { study: pStudy, series: pSeries, sop: pSop },
+  });
+
+  yield encodeMeta(sopClass, outSop, ts);
+  const body = datasetBody(dq, ts, out, pixel, lastTag, ctx);
+  if (ts.deflated) {
+    yield* pipeThrough(body, createDeflateRaw());
+  } else {
+    yield* body;
+  }
+}
+
+async function* datasetBody(
+  q: ByteQueue, ts: TransferSyntax, header: OutElement[], firstPixel: { tag: number; length: number; headerLength: number } | null,
+  lastTagIn: number, ctx: EngineContext,
+): AsyncGenerator<Buffer> {
+  const parts: Buffer[] = [];
+  encodeElements(header, ts, parts);
+  yield Buffer.concat(parts);
+  let pixel = firstPixel;
+  let lastTag = lastTagIn;
+  // Pixel data, then whatever follows it (padding, signatures, private groups above 7FE0):
+  // each trailing element is kept only when the plan keeps it as it is; sequences and
+  // private data there are removed (fail closed, docs/deid-rules.md).
+  for (;;) {
+    if (pixel) {
+      yield* passPixelData(q, ts, pixel, ctx.plan.lookup(pixel.tag).action.kind === 'keep');
+      pixel = null;
+    }
+    const h = await peekHeader(q, ts);
+    if (!h) return;
+    if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${q.position}`);
+    lastTag = h.tag;
+    if (PIXEL_DATA_TAGS.has(h.tag)) { pixel = h; continue; }
+    const keep = !isPrivateTag(h.tag) && h.vr !== 'SQ' && h.length !== UNDEFINED_LENGTH && ctx.plan.lookup(h.tag).action.kind === 'keep';
+    if (!keep) {
+      if (h.length === UNDEFINED_LENGTH) await readElement(q, ts);
+      else for await (const _ of passBytes(q, h.headerLength + h.length, false, `the value of ${tagString(h.tag)}`)) { /* dropped */ }
+      continue;
+    }
+    const el = await readElement(q, ts);
+    const p: Buffer[] = [];
+    encodeElements([rawToOut(el)], ts, p);
+    yield Buffer.concat(p);
+  }
+}
+
+/** De-identifies a whole Part 10 object held in memory (tests, the offline command). */
+export async function deidentifyPart10Buffer(input: Buffer, ctx: EngineContext, opts: Part10Options = {}): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of deidentifyPart10((async function* () { yield input; })(), ctx, opts)) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+export { decodeStrings as decodeBinaryStrings };

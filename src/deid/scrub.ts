@@ -1,0 +1,79 @@
+/**
+ * Free-text cleaning for Clean Descriptors / Clean Structured Content (PS3.15 E.3.2, E.3.3):
+ * removes from descriptions every identifier of the same data set (all person-name
+ * components, IDs, accession and similar, the birth date in common formats) and common
+ * patterns (e-mail, telephone, dates, titled names, long digit runs).
+ */
+
+export const REDACTED = '[REDACTED]';
+
+const PATTERNS: readonly RegExp[] = [
+  /[\p{L}\p{N}._%+-]+@[\p{L}\p{N}.-]+\.\p{L}{2,}/gu, // e-mail
+  /\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b/g, // 2024-03-01
+  /\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b/g, // 01/03/2024, 1.3.24
+  /\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b/g, // 20240301
+  /\b\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{2,4}\b/gi,
+  /\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}\b/gi,
+  /\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Doctor|Dres)\.?\s+[\p{L}'-]+(?:[\s^]+[\p{Lu}][\p{L}'-]*)?/gu, // titled names
+  /\b\d{6,}\b/g, // long digit runs: record numbers
+];
+
+const PHONE = /(?<![\p{L}\p{N}.])\+?\(?\d[\d\s().\/-]{5,}\d(?![\p{L}\p{N}])/gu;
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+export interface Scrubber {
+  /** Returns the text with identifiers and patterns replaced by [REDACTED]. */
+  scrub(text: string): string;
+}
+
+/** Birth date in the forms people type it. */
+export function dateForms(da: string): string[] {
+  const m = /^(\d{4})(\d{2})(\d{2})$/.exec(da.trim());
+  if (!m) return [];
+  const [, y, mo, d] = m as unknown as [string, string, string, string];
+  return [`${y}${mo}${d}`, `${y}-${mo}-${d}`, `${y}/${mo}/${d}`, `${y}.${mo}.${d}`, `${d}/${mo}/${y}`,
+    `${mo}/${d}/${y}`, `${d}.${mo}.${y}`, `${d}-${mo}-${y}`, `${+d}/${+mo}/${y}`, `${+mo}/${+d}/${y}`];
+}
+
+/** Splits identifier values into the pieces to look for (PN components, whole values). */
+export function identifierPieces(values: Iterable<string>): string[] {
+  const out = new Set<string>();
+  for (const raw of values) {
+    const v = raw.trim();
+    if (v.length >= 3) out.add(v);
+    for (const part of v.split(/[\^=\\,]/)) {
+      const p = part.trim();
+      if (p.length >= 2) out.add(p);
+      // Multi-word components ("van der Berg", "Mary Ann"): each word of 3+ letters.
+      for (const w of p.split(/\s+/)) if (w.length >= 3) out.add(w);
+    }
+  }
+  return [...out];
+}
+
+const cache = new Map<string, Scrubber>();
+
+/** A scrubber for one data set's identifiers; cached, since a series repeats them. */
+export function scrubberFor(identifiers: readonly string[]): Scrubber {
+  const key = identifiers.join('\u0000');
+  const hit = cache.get(key);
+  if (hit) return hit;
+  const sorted = [...identifiers].sort((a, b) => b.length - a.length).map(escapeRe);
+  // Identifiers match case-insensitively, not inside longer words ("Li" in "Liver").
+  const ids = sorted.length ? new RegExp(`(?<![\\p{L}\\p{N}])(?:${sorted.join('|')})(?![\\p{L}\\p{N}])`, 'giu') : null;
+  const s: Scrubber = {
+    scrub(text: string): string {
+      let out = ids ? text.replace(ids, REDACTED) : text;
+      // Telephone numbers: digit groups with separators, 7+ digits in all ("+1 555 0100 22").
+      out = out.replace(PHONE, (m) => (m.replace(/\D/g, '').length >= 7 ? REDACTED : m));
+      for (const p of PATTERNS) out = out.replace(p, REDACTED);
+      return out;
+    },
+  };
+  if (cache.size >= 256) cache.clear();
+  cache.set(key, s);
+  return s;
+}

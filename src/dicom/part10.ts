@@ -1,0 +1,354 @@
+/**
+ * DICOM Part 10 reading and writing (PS3.10 7.1, PS3.5 7): transfer syntaxes, a byte queue
+ * over a streamed source, a bounded element parser for the header, and an element writer.
+ *
+ * Values stay as Buffer slices; nothing is decoded unless a caller asks. Malformed input
+ * throws a GatewayError with the reason and the byte offset, never the bytes.
+ */
+import { GatewayError, tagString } from '../core/errors.js';
+import { dictionary, isPrivateTag, isPrivateCreatorTag, ITEM, ITEM_DELIMITATION, SEQUENCE_DELIMITATION } from './dictionary.js';
+import { isVR, LONG_LENGTH_VRS, padByte, type VR } from './vr.js';
+
+export interface Syntax {
+  readonly explicit: boolean;
+  readonly littleEndian: boolean;
+}
+
+export interface TransferSyntax extends Syntax {
+  readonly uid: string;
+  readonly deflated: boolean;
+  /** Pixel data is encapsulated (compressed): fragments in items (PS3.5 A.4). */
+  readonly encapsulated: boolean;
+}
+
+export const IMPLICIT_LE: Syntax = Object.freeze({ explicit: false, littleEndian: true });
+export const EXPLICIT_LE: Syntax = Object.freeze({ explicit: true, littleEndian: true });
+
+/** Resolves a Transfer Syntax UID, or throws DICOM_UNSUPPORTED_TRANSFER_SYNTAX (fail closed). */
+export function transferSyntax(uidRaw: string): TransferSyntax {
+  const uid = uidRaw.replace(/\0/g, '').trim();
+  const ts = (explicit: boolean, littleEndian: boolean, deflated: boolean, encapsulated: boolean): TransferSyntax =>
+    Object.freeze({ uid, explicit, littleEndian, deflated, encapsulated });
+  switch (uid) {
+    case '1.2.840.10008.1.2': return ts(false, true, false, false);
+    case '1.2.840.10008.1.2.1': return ts(true, true, false, false);
+    case '1.2.840.10008.1.2.1.98': return ts(true, true, false, true); // encapsulated uncompressed
+    case '1.2.840.10008.1.2.1.99': return ts(true, true, true, false);
+    case '1.2.840.10008.1.2.2': return ts(true, false, false, false);
+    default:
+      // JPEG family, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC (PS3.5 A.4.x: explicit VR LE,
+      // encapsulated), RLE (A.4.2), deflated image frames (A.4.11).
+      if (/^1\.2\.840\.10008\.1\.2\.(4\.\d+|5|8\.1)$/.test(uid)) return ts(true, true, false, true);
+      throw new GatewayError('DICOM_UNSUPPORTED_TRANSFER_SYNTAX', `transfer syntax ${uid.slice(0, 64)} is not supported`);
+  }
+}
+
+/** Raised inside the parser when the available bytes end before the element does. */
+export class NeedMoreData extends Error {
+  constructor() { super('need more data'); }
+}
+
+export interface RawElement {
+  readonly tag: number;
+  /** VR as encoded (explicit) or from the dictionary (implicit; UN when unknown). */
+  readonly vr: VR;
+  /** Value bytes in the syntax's byte order; null for sequences. */
+  readonly value: Buffer | null;
+  /** Items of a sequence (SQ, or UN/implicit of undefined length), else null. */
+  readonly items: RawItem[] | null;
+  /** Byte order and VR explicitness the value bytes are in (UN sequences nest implicit LE). */
+  readonly syntax: Syntax;
+}
+
+export interface RawItem {
+  readonly elements: RawElement[];
+}
+
+const UNDEFINED = 0xffffffff;
+
+/** A queue of chunks from an async source with zero-copy reads where it can. */
+export class ByteQueue {
+  private chunks: Buffer[] = [];
+  private headOffset = 0;
+  private avail = 0;
+  private ended = false;
+  /** Absolute position of the next unread byte (for error messages). */
+  position = 0;
+
+  constructor(private readonly source: AsyncIterator<Uint8Array>) {}
+
+  get available(): number { return this.avail; }
+  get done(): boolean { return this.ended && this.avail === 0; }
+  get sourceEnded(): boolean { return this.ended; }
+
+  /** Pulls from the source until n bytes are available or it ends; returns whether they are. */
+  async fill(n: number): Promise<boolean> {
+    while (this.avail < n && !this.ended) {
+      const r = await this.source.next();
+      if (r.done) { this.ended = true; break; }
+      const b = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+      if (b.length) { this.chunks.push(b); this.avail += b.length; }
+    }
+    return this.avail >= n;
+  }
+
+  /** The next n bytes, contiguous (copies only when they span chunks). Requires n ≤ available. */
+  peek(n: number): Buffer {
+    const first = this.chunks[0];
+    if (!first || n > this.avail) throw new Error('peek beyond available');
+    if (first.length - this.headOffset >= n) return first.subarray(this.headOffset, this.headOffset + n);
+    // Merge the chunks that hold the range into one, so repeated peeks do not copy again.
+    const parts: Buffer[] = [first.subarray(this.headOffset)];
+    let have = parts[0]!.length;
+    let k = 1;
+    while (have < n) {
+      const c = this.chunks[k++]!;
+      parts.push(c);
+      have += c.length;
+    }
+    const merged = Buffer.concat(parts, have);
+    this.chunks.splice(0, k, merged);
+    this.headOffset = 0;
+    return merged.subarray(0, n);
+  }
+
+  consume(n: number): void {
+    this.avail -= n;
+    this.position += n;
+    let left = n;
+    while (left > 0) {
+      const first = this.chunks[0]!;
+      const inFirst = first.length - this.headOffset;
+      if (inFirst > left) { this.headOffset += left; return; }
+      left -= inFirst;
+      this.chunks.shift();
+      this.headOffset = 0;
+    }
+  }
+
+  /** Up to max bytes from the first chunk, without copying. */
+  takeSome(max: number): Buffer {
+    const first = this.chunks[0]!;
+    const n = Math.min(max, first.length - this.headOffset);
+    const out = first.subarray(this.headOffset, this.headOffset + n);
+    this.consume(n);
+    return out;
+  }
+
+  /** What is left: buffered bytes, then the rest of the source. */
+  async *rest(): AsyncGenerator<Buffer> {
+    while (this.avail > 0) yield this.takeSome(this.avail);
+    while (!this.ended) {
+      const r = await this.source.next();
+      if (r.done) { this.ended = true; break; }
+      yield Buffer.from(r.value);
+    }
+  }
+}
+
+function malformed(reason: string, offset: number): GatewayError {
+  return new GatewayError('DICOM_MALFORMED', `${reason} at byte ${offset}`);
+}
+
+/** Synchronous parser over one contiguous buffer (the header, or one element of it). */
+export class ElementParser {
+  /**
+   * @param partial when true, running out of bytes throws NeedMoreData (more may come);
+   *   when false, it is a truncated object.
+   */
+  constructor(private readonly buf: Buffer, private readonly base: number, private readonly partial: boolean) {}
+
+  private u16(at: number, le: boolean): number { return le ? this.buf.readUInt16LE(at) : this.buf.readUInt16BE(at); }
+  private u32(at: number, le: boolean): number { return le ? this.buf.readUInt32LE(at) : this.buf.readUInt32BE(at); }
+
+  private need(at: number, n: number, end: number): void {
+    if (at + n <= end) return;
+    if (this.partial && end >= this.buf.length) throw new NeedMoreData();
+    throw new GatewayError('DICOM_TRUNCATED', `object ends inside an element at byte ${this.base + at}`);
+  }
+
+  /** Reads the tag, VR and length of the element at `at`. */
+  header(at: number, end: number, syntax: Syntax): { tag: number; vr: VR | null; length: number; headerLength: number } {
+    this.need(at, 8, end);
+    const le = syntax.littleEndian;
+    const tag = ((this.u16(at, le) << 16) | this.u16(at + 2, le)) >>> 0;
+    if (tag === ITEM || tag === ITEM_DELIMITATION || tag === SEQUENCE_DELIMITATION) {
+      return { tag, vr: null, length: this.u32(at + 4, le), headerLength: 8 };
+    }
+    if (!syntax.explicit) {
+      return { tag, vr: implicitVR(tag), length: this.u32(at + 4, le), headerLength: 8 };
+    }
+    const vrText = this.buf.toString('latin1', at + 4, at + 6);
+    if (!isVR(vrText)) throw malformed(`unknown VR in explicit syntax for ${tagString(tag)}`, this.base + at + 4);
+    if (LONG_LENGTH_VRS.has(vrText)) {
+      this.need(at, 12, end);
+      return { tag, vr: vrText, length: this.u32(at + 8, le), headerLength: 12 };
+    }
+    return { tag, vr: vrText, length: this.u16(at + 6, le), headerLength: 8 };
+  }
+
+  /**
+   * Parses elements from `at` until `end` (defined length) or an Item Delimitation Item
+   * (undefined-length item). Returns the elements and the offset after what was read.
+   */
+  dataset(at: number, end: number, syntax: Syntax, untilDelimiter: boolean): { elements: RawElement[]; next: number } {
+    const elements: RawElement[] = [];
+    let pos = at;
+    let lastTag = -1;
+    for (;;) {
+      if (!untilDelimiter && pos >= end) break;
+      const h = this.header(pos, end, syntax);
+      if (h.tag === ITEM_DELIMITATION) {
+        if (!untilDelimiter) throw malformed('item delimiter in a defined-length item', this.base + pos);
+        pos += 8;
+        break;
+      }
+      if (h.tag === ITEM || h.tag === SEQUENCE_DELIMITATION) throw malformed(`unexpected ${tagString(h.tag)} in a data set`, this.base + pos);
+      if (h.tag <= lastTag) throw malformed(`${tagString(h.tag)} out of ascending tag order`, this.base + pos);
+      lastTag = h.tag;
+      const { element, next } = this.element(pos, end, syntax, h);
+      elements.push(element);
+      pos = next;
+    }
+    return { elements, next: pos };
+  }
+
+  /** Parses one element whose header is `h`, at `at`. */
+  element(at: number, end: number, syntax: Syntax, h = this.header(at, end, syntax)): { element: RawElement; next: number } {
+    const vstart = at + h.headerLength;
+    const vr = h.vr ?? 'UN';
+    const isSeq = vr === 'SQ' || (h.length === UNDEFINED && (vr === 'UN' || !syntax.explicit));
+    if (isSeq) {
+      // A UN of undefined length holds a sequence in implicit VR LE (PS3.5 6.2.2 note 2).
+      const inner = vr === 'UN' && syntax.explicit ? IMPLICIT_LE : syntax;
+      const { items, next } = this.items(vstart, h.length === UNDEFINED ? end : vstart + h.length, inner, h.length === UNDEFINED, end);
+      return { element: { tag: h.tag, vr: vr === 'UN' ? 'UN' : 'SQ', value: null, items, syntax: inner }, next };
+    }
+    if (h.length === UNDEFINED) {
+      throw malformed(`undefined length for ${tagString(h.tag)} (${vr})`, this.base + at);
+    }
+    this.need(vstart, h.length, end);
+    return {
+      element: { tag: h.tag, vr, value: this.buf.subarray(vstart, vstart + h.length), items: null, syntax },
+      next: vstart + h.length,
+    };
+  }
+
+  private items(at: number, seqEnd: number, syntax: Syntax, undefinedLength: boolean, outerEnd: number): { items: RawItem[]; next: number } {
+    if (!undefinedLength && seqEnd > outerEnd) {
+      if (this.partial && outerEnd >= this.buf.length) throw new NeedMoreData();
+      throw malformed('sequence longer than its container', this.base + at);
+    }
+    const items: RawItem[] = [];
+    let pos = at;
+    for (;;) {
+      if (!undefinedLength && pos >= seqEnd) break;
+      const h = this.header(pos, undefinedLength ? outerEnd : seqEnd, { ...syntax, explicit: false });
+      if (h.tag === SEQUENCE_DELIMITATION) {
+        if (!undefinedLength) throw malformed('sequence delimiter in a defined-length sequence', this.base + pos);
+        pos += 8;
+        break;
+      }
+      if (h.tag !== ITEM) throw malformed(`${tagString(h.tag)} where an item was expected`, this.base + pos);
+      const istart = pos + 8;
+      if (h.length === UNDEFINED) {
+        const { elements, next } = this.dataset(istart, undefinedLength ? outerEnd : seqEnd, syntax, true);
+        items.push({ elements });
+        pos = next;
+      } else {
+        const iend = istart + h.length;
+        this.need(istart, h.length, undefinedLength ? outerEnd : seqEnd);
+        const { elements } = this.dataset(istart, iend, syntax, false);
+        items.push({ elements });
+        pos = iend;
+      }
+    }
+    return { items, next: pos };
+  }
+}
+
+/** VR of an element in implicit VR syntax: the dictionary's, LO for private creators, else UN. */
+export function implicitVR(tag: number): VR {
+  if (isPrivateTag(tag)) return isPrivateCreatorTag(tag) ? 'LO' : 'UN';
+  if ((tag & 0xffff) === 0) return 'UL';
+  return dictionary().lookup(tag)?.vr ?? 'UN';
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+
+export interface OutElement {
+  readonly tag: number;
+  readonly vr: VR;
+  /** Value bytes in the output syntax's byte order (already padded or not). */
+  readonly value: Buffer | null;
+  /** Items of a sequence. */
+  readonly items: OutElement[][] | null;
+}
+
+function writeTag(out: Buffer, at: number, tag: number, le: boolean): void {
+  if (le) { out.writeUInt16LE(tag >>> 16, at); out.writeUInt16LE(tag & 0xffff, at + 2); } else { out.writeUInt16BE(tag >>> 16, at); out.writeUInt16BE(tag & 0xffff, at + 2); }
+}
+
+function header(tag: number, vr: VR, length: number, syntax: Syntax): Buffer {
+  const le = syntax.littleEndian;
+  if (!syntax.explicit) {
+    const b = Buffer.allocUnsafe(8);
+    writeTag(b, 0, tag, le);
+    if (le) b.writeUInt32LE(length, 4); else b.writeUInt32BE(length, 4);
+    return b;
+  }
+  if (LONG_LENGTH_VRS.has(vr)) {
+    const b = Buffer.allocUnsafe(12);
+    writeTag(b, 0, tag, le);
+    b.write(vr, 4, 'latin1');
+    b.writeUInt16LE(0, 6);
+    if (le) b.writeUInt32LE(length, 8); else b.writeUInt32BE(length, 8);
+    return b;
+  }
+  if (length > 0xffff) throw new GatewayError('DICOM_MALFORMED', `value of ${tagString(tag)} too long for VR ${vr}`);
+  const b = Buffer.allocUnsafe(8);
+  writeTag(b, 0, tag, le);
+  b.write(vr, 4, 'latin1');
+  if (le) b.writeUInt16LE(length, 6); else b.writeUInt16BE(length, 6);
+  return b;
+}
+
+const ITEM_START = (le: boolean): Buffer => { const b = Buffer.alloc(8); writeTag(b, 0, ITEM, le); b.writeUInt32LE(UNDEFINED, 4); return b; };
+const DELIM = (tag: number, le: boolean): Buffer => { const b = Buffer.alloc(8); writeTag(b, 0, tag, le); return b; };
+
+/**
+ * Encodes elements into `parts` (the caller concatenates or streams them). Sequences and
+ * items are written with undefined length (PS3.5 7.5.2), valid in every transfer syntax,
+ * so no length needs computing after the fact.
+ */
+export function encodeElements(elements: readonly OutElement[], syntax: Syntax, parts: Buffer[]): void {
+  const le = syntax.littleEndian;
+  for (const el of elements) {
+    if (el.items) {
+      // In implicit VR the SQ header is tag + length; in explicit it carries "SQ".
+      parts.push(header(el.tag, 'SQ', UNDEFINED, syntax));
+      for (const item of el.items) {
+        parts.push(ITEM_START(le));
+        encodeElements(item, syntax, parts);
+        parts.push(DELIM(ITEM_DELIMITATION, le));
+      }
+      parts.push(DELIM(SEQUENCE_DELIMITATION, le));
+      continue;
+    }
+    const v = el.value ?? Buffer.alloc(0);
+    if (v.length % 2 === 1) {
+      parts.push(header(el.tag, el.vr, v.length + 1, syntax), v, Buffer.from([padByte(el.vr)]));
+    } else {
+      parts.push(header(el.tag, el.vr, v.length, syntax), v);
+    }
+  }
+}
+
+/** The header of an element written as-is (used for pixel data passed through). */
+export function elementHeader(tag: number, vr: VR, length: number, syntax: Syntax): Buffer {
+  return header(tag, vr, length, syntax);
+}
+
+export const PIXEL_DATA_TAGS: ReadonlySet<number> = new Set([0x7fe00010, 0x7fe00008, 0x7fe00009]);
+export { UNDEFINED as UNDEFINED_LENGTH };

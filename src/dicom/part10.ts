@@ -352,3 +352,43 @@ export function elementHeader(tag: number, vr: VR, length: number, syntax: Synta
 
 export const PIXEL_DATA_TAGS: ReadonlySet<number> = new Set([0x7fe00010, 0x7fe00008, 0x7fe00009]);
 export { UNDEFINED as UNDEFINED_LENGTH };
+
+/** A whole Part 10 object's File Meta and header elements (everything before pixel data), read synchronously. */
+export interface Part10Header {
+  readonly meta: RawElement[];
+  readonly transferSyntax: TransferSyntax;
+  readonly elements: RawElement[];
+}
+
+/**
+ * Reads the File Meta and the header of a Part 10 object held in memory (for previews and
+ * tests; the gateway streams). `inflate` turns deflated data sets into plain bytes.
+ */
+export function readHeaderSync(buf: Buffer, inflate: (b: Buffer) => Buffer): Part10Header {
+  if (buf.length < 132 || buf.toString('latin1', 128, 132) !== 'DICM') {
+    throw new GatewayError('DICOM_NOT_PART10', 'no DICM prefix at byte 128 (PS3.10 7.1)');
+  }
+  const p = new ElementParser(buf, 0, false);
+  const meta: RawElement[] = [];
+  let pos = 132;
+  while (pos + 2 <= buf.length && buf.readUInt16LE(pos) === 0x0002) {
+    const { element, next } = p.element(pos, buf.length, EXPLICIT_LE);
+    meta.push(element);
+    pos = next;
+  }
+  const tsEl = meta.find((e) => e.tag === 0x00020010);
+  if (!tsEl?.value) throw new GatewayError('DICOM_NOT_PART10', 'File Meta Information has no Transfer Syntax UID (0002,0010)');
+  const ts = transferSyntax(tsEl.value.toString('latin1'));
+  const body = ts.deflated ? inflate(buf.subarray(pos)) : buf.subarray(pos);
+  const bp = new ElementParser(body, ts.deflated ? 0 : pos, false);
+  const elements: RawElement[] = [];
+  let at = 0;
+  while (at < body.length) {
+    const h = bp.header(at, body.length, ts);
+    if (PIXEL_DATA_TAGS.has(h.tag)) break;
+    const { element, next } = bp.element(at, body.length, ts, h);
+    elements.push(element);
+    at = next;
+  }
+  return { meta, transferSyntax: ts, elements };
+}

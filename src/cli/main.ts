@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+/**
+ * deid-gateway command line (contract: ../shared/docs/CONTRACT.md, docs/cli.md).
+ *
+ *   deid-gateway serve --config FILE
+ *   deid-gateway check-config --config FILE
+ *   deid-gateway deid --config FILE --client ID IN... --out DIR [--diff]
+ *
+ * Exit codes: 0 success; 1 some inputs refused; 2 invalid configuration or usage.
+ */
+import { parseArgs } from 'node:util';
+import { isGatewayError } from '../core/errors.js';
+import { loadConfig, type Config } from '../config/schema.js';
+import { runDeid } from './deid.js';
+
+const USAGE = `usage:
+  deid-gateway serve --config FILE
+  deid-gateway check-config --config FILE
+  deid-gateway deid --config FILE --client ID IN... --out DIR [--diff]
+  deid-gateway audit verify --config FILE`;
+
+export class UsageError extends Error {}
+
+function configOrExit(file: string | undefined): Config {
+  if (!file) throw new UsageError('--config FILE is required');
+  return loadConfig(file);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'check-config': {
+        const { values } = parseArgs({ args: rest, options: { config: { type: 'string' } }, strict: true });
+        const cfg = configOrExit(values.config);
+        process.stdout.write(`${cfg.source}: valid; ${cfg.clients.length} client(s)\n`);
+        for (const c of cfg.clients) {
+          process.stdout.write(`  ${c.id}: options [${c.plan.options.join(', ')}], plan sha256:${c.plan.hash.slice(0, 16)}\n`);
+        }
+        return 0;
+      }
+      case 'deid': {
+        const { values, positionals } = parseArgs({
+          args: rest, allowPositionals: true, strict: true,
+          options: { config: { type: 'string' }, client: { type: 'string' }, out: { type: 'string' }, diff: { type: 'boolean', default: false } },
+        });
+        const cfg = configOrExit(values.config);
+        if (!values.client) throw new UsageError('--client ID is required');
+        if (!values.out) throw new UsageError('--out DIR is required');
+        if (positionals.length === 0) throw new UsageError('name at least one input file or folder');
+        return await runDeid(cfg, { clientId: values.client, inputs: positionals, out: values.out, diff: values.diff ?? false });
+      }
+      case 'serve': {
+        const { values } = parseArgs({ args: rest, options: { config: { type: 'string' } }, strict: true });
+        const cfg = configOrExit(values.config);
+        const { serve } = await import('./serve.js');
+        return await serve(cfg);
+      }
+      case 'audit': {
+        const [sub, ...more] = rest;
+        const { values } = parseArgs({ args: more, options: { config: { type: 'string' } }, strict: true });
+        const cfg = configOrExit(values.config);
+        if (sub !== 'verify') throw new UsageError(`unknown audit command "${sub ?? ''}"`);
+        const { verifyAuditCommand } = await import('./audit.js');
+        return await verifyAuditCommand(cfg);
+      }
+      case undefined: case '-h': case '--help': case 'help':
+        process.stdout.write(`${USAGE}\n`);
+        return command ? 0 : 2;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || (e as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      process.stderr.write(`deid-gateway: ${(e as Error).message}\n${USAGE}\n`);
+      return 2;
+    }
+    if (isGatewayError(e) && (e.code === 'CONFIG_INVALID' || e.code === 'CONFIG_UNREADABLE' || e.code === 'DEID_PLAN_INVALID')) {
+      process.stderr.write(`deid-gateway: ${e.message}\n`);
+      return 2;
+    }
+    if (isGatewayError(e)) {
+      process.stderr.write(`deid-gateway: ${e.code}: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+}, (e: unknown) => {
+  // Unexpected: say what kind of failure without printing data.
+  process.stderr.write(`deid-gateway: internal error: ${(e as Error)?.name ?? 'Error'}: ${(e as Error)?.message ?? ''}\n`);
+  process.exitCode = 70;
+});

@@ -97,6 +97,12 @@ class DatasetState<E, D, O> {
   }
 }
 
+/** The forms a kept time or time-zone offset may take (PS3.5 Table 6.2-1; ACR-NEMA HH:MM:SS). */
+const VALID_FORM: Partial<Record<VR, RegExp>> = {
+  TM: /^(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?|\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)$/,
+  SH: /^[+-](?:0\d|1[0-4])[0-5]\d$/,
+};
+
 function truncateTo(vr: VR, s: string): string {
   const max = MAX_CHARS[vr];
   return max !== undefined && s.length > max ? s.slice(0, max) : s;
@@ -220,6 +226,8 @@ function applyAction<E, D, O>(
       return null;
     case 'age':
       return vr === 'AS' ? mapStrings(ad, el, ds, tag, vr, capAge) : null;
+    case 'keep-valid':
+      return mapStrings(ad, el, ds, tag, vr, (v) => (VALID_FORM[vr]?.test(v.trim()) ?? true ? v : ''));
     case 'pseudonym': {
       if (action.scope === 'patient-id' || action.scope === 'patient-name') {
         const p = ctx.pseudonymizer.patientId(state.patientKey);

@@ -7,7 +7,7 @@ import { charsetFor, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
 import { isVR, NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type ApplyOptions, type Adapter, type EngineContext } from './engine.js';
-import { decodeBinaryStrings } from './part10.js';
+import { decodeStrings } from '../dicom/values.js';
 
 export interface JsonAttribute {
   vr: string;
@@ -92,7 +92,7 @@ const jsonAdapter: Adapter<JEl, JDs, JOut> = {
       });
     }
     if (a.InlineBinary !== undefined && a.vr === 'UN' && STRING_VRS.has(vr)) {
-      return decodeBinaryStrings(Buffer.from(a.InlineBinary, 'base64'), vr, ds.charset);
+      return decodeStrings(Buffer.from(a.InlineBinary, 'base64'), vr, ds.charset);
     }
     if (a.InlineBinary !== undefined || a.BulkDataURI !== undefined) return null;
     return [];

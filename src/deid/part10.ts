@@ -19,7 +19,8 @@ import {
   ByteQueue, ElementParser, encodeElements, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
   EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
 } from '../dicom/part10.js';
-import { CHARSET_VRS, NUMERIC_SIZES, padByte, SINGLE_VALUE_TEXT_VRS, STRING_VRS, type VR } from '../dicom/vr.js';
+import { decodeStrings, encodeStrings } from '../dicom/values.js';
+import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type Adapter, type EngineContext } from './engine.js';
 import { PRODUCT_VERSION } from './plan.js';
 
@@ -34,27 +35,6 @@ function charsetOf(elements: readonly RawElement[]): Charset | undefined {
   const el = elements.find((e) => e.tag === SPECIFIC_CHARACTER_SET);
   if (!el?.value) return undefined;
   return charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((s) => s.trim()));
-}
-
-function decodeStrings(value: Buffer, vr: VR, charset: Charset): string[] {
-  if (value.length === 0) return [];
-  let text = CHARSET_VRS.has(vr) ? charset.decode(value, vr) : value.toString('latin1');
-  text = text.replace(vr === 'UI' ? /\0+$/ : /[\0 ]+$/, '');
-  if (text === '') return [];
-  return SINGLE_VALUE_TEXT_VRS.has(vr) ? [text] : text.split('\\');
-}
-
-function encodeStrings(values: readonly string[], vr: VR, charset: Charset): Buffer | null {
-  const text = SINGLE_VALUE_TEXT_VRS.has(vr) ? values.join('') : values.join('\\');
-  let b: Buffer | null;
-  if (CHARSET_VRS.has(vr)) {
-    b = charset.encode(text, vr);
-  } else {
-    // Default repertoire only (PS3.5 6.1.2.3); anything else cannot be written here.
-    b = /^[\x20-\x7e]*$/.test(text) ? Buffer.from(text, 'latin1') : null;
-  }
-  if (b && b.length % 2 === 1) b = Buffer.concat([b, Buffer.from([padByte(vr)])]);
-  return b;
 }
 
 function rawToOut(e: RawElement): OutElement {
@@ -367,4 +347,3 @@ export async function deidentifyPart10Buffer(input: Buffer, ctx: EngineContext, 
   return Buffer.concat(chunks);
 }
 
-export { decodeStrings as decodeBinaryStrings };

@@ -28,6 +28,8 @@ export type Action =
   | { readonly kind: 'clean' }
   | { readonly kind: 'shift' }
   | { readonly kind: 'age' }
+  /** Kept only when the value has its VR's form (TM, or a ±HHMM time-zone offset); else emptied. */
+  | { readonly kind: 'keep-valid' }
   | { readonly kind: 'pseudonym'; readonly scope: 'patient-id' | 'patient-name' | 'value' }
   | { readonly kind: 'sequence'; readonly mode: SequenceMode };
 
@@ -42,6 +44,7 @@ export const A = {
   clean: { kind: 'clean' },
   shift: { kind: 'shift' },
   age: { kind: 'age' },
+  keepValid: { kind: 'keep-valid' },
   patientId: { kind: 'pseudonym', scope: 'patient-id' },
   patientName: { kind: 'pseudonym', scope: 'patient-name' },
   valuePseudonym: { kind: 'pseudonym', scope: 'value' },
@@ -137,7 +140,13 @@ function isDateVR(vr: VR | null): boolean {
  * type is unknown: keep a present attribute present (Type 1 → D, Type 2 → Z), so
  * Z/D and X/D and X/Z/D → D, X/Z → Z, X/Z/U* → U (PS3.15 E.1.1, Table E.1-1a).
  */
-function resolveBasic(code: TableCode, vr: VR | null): { action: Action; chosen: string } {
+function resolveBasic(code: TableCode, vr: VR | null, tag: number): { action: Action; chosen: string } {
+  // X/Z on a sequence: an empty sequence is valid only where the attribute is Type 2; the
+  // two X/Z sequences of 2026d are Type 3 (Referenced Study Sequence, General Study) or
+  // Type 2 (Acquisition Context Sequence, Acquisition Context module, PS3.3 C.7.6.14).
+  if (code === 'X/Z' && vr === 'SQ') {
+    return TYPE2_SEQUENCES.has(tag) ? { action: A.empty, chosen: 'Z' } : { action: A.remove, chosen: 'X' };
+  }
   const chosen = code === 'X/Z' ? 'Z' : code === 'X/Z/U*' ? 'U' : code.includes('D') ? 'D' : code;
   let action: Action;
   switch (chosen) {
@@ -152,13 +161,16 @@ function resolveBasic(code: TableCode, vr: VR | null): { action: Action; chosen:
   return { action, chosen };
 }
 
+/** Sequences that are Type 2 in the module that defines them (an empty value is valid). */
+const TYPE2_SEQUENCES: ReadonlySet<number> = new Set([0x00400555]);
+
 /** C ("clean") depends on the option column and the VR (PS3.15 E.3.x). */
 function resolveClean(column: OptionColumn, vr: VR | null): Action {
   if (vr === 'SQ') return A.seqClean;
   if (column === 'rtnLongModifDates') {
     // E.3.6: dates are shifted; times and offsets carry no date and are kept.
     if (isDateVR(vr)) return A.shift;
-    if (vr === 'TM' || vr === 'SH') return A.keep;
+    if (vr === 'TM' || vr === 'SH') return A.keepValid; // free text hiding there is emptied
     return A.remove; // binary timestamps (OB) cannot be shifted: fail closed
   }
   switch (vr) {
@@ -187,7 +199,7 @@ function resolveRow(row: TableRow, vr: VR | null, options: ReadonlySet<OptionNam
     }
     return e(resolveClean(column, vr), `${best.name} C`);
   }
-  const { action, chosen } = resolveBasic(row.basic, vr);
+  const { action, chosen } = resolveBasic(row.basic, vr, parseTagKey(row.tag).value);
   return e(action, row.basic === chosen ? `E.1-1 basic ${row.basic}` : `E.1-1 basic ${row.basic}→${chosen}`);
 }
 
@@ -202,7 +214,7 @@ function gapEntry(d: DictEntry, dateMode: CompiledPlan['dateMode']): PlanEntry {
       if (dateMode === 'shift') return e(A.shift, 'not in E.1-1, date: shifted', false);
       return e(A.remove, 'not in E.1-1, date: removed', false);
     case 'TM':
-      if (dateMode !== 'remove') return e(A.keep, 'not in E.1-1, time: kept (dates retained)', false);
+      if (dateMode !== 'remove') return e(A.keepValid, 'not in E.1-1, time: kept when a valid time (dates retained)', false);
       return e(A.remove, 'not in E.1-1, time: removed', false);
     case 'UI':
       if (d.keyword && KIND_UID_KEYWORD.test(d.keyword)) return e(A.keep, 'not in E.1-1, class/syntax UID: kept', false);
@@ -270,6 +282,12 @@ export function compilePlan(spec: ProfileSpec): CompiledPlan {
   for (const d of dict.entries()) {
     if (d.masked || isPrivateTag(d.tag)) continue;
     exact.set(d.tag, gapEntry(d, dateMode));
+  }
+  // Signatures, MACs and encrypted copies of earlier values (group 0400, MAC Parameters) that
+  // the table does not list: de-identification invalidates signatures, and Encrypted
+  // Attributes carry the original values (PS3.15 E.1.1 item 5; FIELD-NOTES leak 11).
+  for (const tag of exact.keys()) {
+    if ((tag >>> 16) === 0x0400 || tag === 0x4ffe0001) exact.set(tag, e(A.remove, 'signature/encryption/earlier-values attribute not in E.1-1: removed', false));
   }
   const identifierTags = new Set<number>();
   for (const row of confidentialityTable()) {

@@ -1,0 +1,32 @@
+// Lint: typescript-eslint's recommended rules, plus the dependency direction of
+// docs/architecture (ARCHITECTURE.md): the engine (deid/, dicom/, pseudonym/, core/) never
+// imports the web or logging layers, and only dicom/ may import dcmjs.
+import tseslint from 'typescript-eslint';
+
+const webAndLogging = ['express', 'http-proxy', 'undici', 'winston', 'supertest', 'node-cache'];
+const layer = (dirs, extra = []) => ({
+  files: dirs.map((d) => `src/${d}/**/*.ts`),
+  rules: {
+    'no-restricted-imports': ['error', {
+      paths: [...webAndLogging, ...extra].map((name) => ({ name, message: 'the engine layers stay free of web, logging and cache packages (docs/architecture.md)' })),
+      patterns: [{ group: ['**/http/**', '**/upstream/**', '**/audit/**', '**/cli/**', '**/config/**'], message: 'inner layers never import outer ones (docs/architecture.md)' }],
+    }],
+  },
+});
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', 'test/fixtures/generated/**'] },
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+    },
+  },
+  {
+    files: ['src/**/*.ts'],
+    ignores: ['src/dicom/**'],
+    rules: { 'no-restricted-imports': ['error', { paths: [{ name: 'dcmjs', message: 'only src/dicom may import dcmjs' }] }] },
+  },
+  layer(['deid', 'pseudonym', 'core'], ['dcmjs']),
+  layer(['dicom']),
+);

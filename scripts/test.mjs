@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// `npm test`: installs what the tests need on a fresh Debian machine (npm packages, and as
+// root the Debian tools the tests drive: dcmtk, dicom3tools), then runs every test file
+// with Node's test runner. `npm test -- unit` runs test/unit only.
+import { execSync, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const sh = (cmd) => execSync(cmd, { cwd: root, stdio: 'inherit' });
+const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
+
+if (!existsSync(join(root, 'node_modules/.package-lock.json'))) sh('npm ci --no-audit --no-fund');
+
+const debian = { dcmdump: 'dcmtk', dciodvfy: 'dicom3tools' };
+const missing = [...new Set(Object.entries(debian).filter(([bin]) => !has(bin)).map(([, pkg]) => pkg))];
+if (missing.length) {
+  if (process.getuid?.() === 0 && has('apt-get')) {
+    sh('apt-get update -qq');
+    sh(`DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`);
+  } else {
+    console.error(`npm test: missing Debian packages ${missing.join(', ')}; install them (sudo apt-get install -y ${missing.join(' ')}) and run again`);
+    process.exit(1);
+  }
+}
+
+function files(dir) {
+  const out = [];
+  for (const e of readdirSync(dir)) {
+    const p = join(dir, e);
+    if (statSync(p).isDirectory()) out.push(...files(p));
+    else if (p.endsWith('.test.ts')) out.push(p);
+  }
+  return out;
+}
+
+const which = process.argv[2];
+const dirs = which ? [join(root, 'test', which)] : [join(root, 'test')];
+const list = dirs.flatMap(files).sort();
+const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...list], { cwd: root, stdio: 'inherit' });
+process.exit(r.status ?? 1);

@@ -11,6 +11,7 @@ import { inflateRawSync } from 'node:zlib';
 import { readHeaderSync } from '../../../src/dicom/part10.js';
 import { toJsonModel, type JsonModel } from '../../../src/dicom/to-json.js';
 import { deidentifyPart10Buffer } from '../../../src/deid/index.js';
+import type { OptionName } from '../../../src/deid/table.js';
 import { Pseudonymizer } from '../../../src/pseudonym/pseudonymizer.js';
 import { engine, fixtures } from '../../helpers/fixtures.js';
 
@@ -65,8 +66,8 @@ function addDays(da: string, days: number): string {
   return `${d.getUTCFullYear()}${String(d.getUTCMonth() + 1).padStart(2, '0')}${String(d.getUTCDate()).padStart(2, '0')}`;
 }
 
-const ALL = Object.keys(COLUMNS);
-const PROFILES: string[][] = [
+const ALL = Object.keys(COLUMNS) as OptionName[];
+const PROFILES: OptionName[][] = [
   [], ...ALL.map((o) => [o]),
   ALL.filter((o) => o !== 'retainLongitudinalFullDates'),
   ALL.filter((o) => o !== 'retainLongitudinalModifiedDates'),

@@ -1,0 +1,119 @@
+/**
+ * The command line, as hospital IT runs it (contract: check-config, deid). Runs the real
+ * entry point in a child process.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { findCanaries, fixtures } from '../helpers/fixtures.js';
+
+const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+const HASH = '5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8';
+
+function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', ENTRY, ...args], { encoding: 'utf8', cwd: new URL('../..', import.meta.url).pathname });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function config(dir: string, clients = ['vendor-a']): string {
+  const p = join(dir, 'gateway.yaml');
+  writeFileSync(p, `server: {host: 127.0.0.1, port: 8080}
+upstream: {url: "http://127.0.0.1:8042/dicom-web"}
+state: {dir: ./state}
+clients:
+${clients.map((id, i) => `  - id: ${id}\n    apiKeySha256: "${i}${HASH.slice(1)}"\n`).join('')}`);
+  return p;
+}
+
+function files(dir: string): string[] {
+  return readdirSync(dir).flatMap((n) => {
+    const p = join(dir, n);
+    return statSync(p).isDirectory() ? files(p) : [p];
+  });
+}
+
+describe('deid-gateway command line', async () => {
+  const fx = await fixtures();
+
+  test('check-config: 0 and a summary for a valid file; 2 naming the key for an invalid one', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const ok = run(['check-config', '--config', config(dir)]);
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.match(ok.stdout, /valid; 1 client\(s\)\n {2}vendor-a: options \[\], plan sha256:[0-9a-f]{16}/);
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, readFileSync(config(dir), 'utf8').replace('port: 8080', 'port: 8080, hots: x'));
+    const r = run(['check-config', '--config', bad]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /server: unknown key "hots"; remove it or check the spelling/);
+    assert.equal(run(['check-config']).status, 2);
+    assert.equal(run(['frobnicate']).status, 2);
+  });
+
+  test('deid: every fixture de-identified into study/series/instance files, no canary in files or output', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const out = join(dir, 'out');
+    const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', fx.dir, '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const written = files(out);
+    assert.equal(written.length, fx.files.length);
+    for (const p of written) assert.match(p.slice(out.length), /^\/2\.25\.\d+\/2\.25\.\d+\/2\.25\.\d+\.dcm$/);
+    assert.match(r.stderr, new RegExp(`${fx.files.length} de-identified, 0 refused, 1 skipped`)); // manifest.json
+    const leaks = [...written.flatMap((p) => findCanaries(readFileSync(p), fx.manifest)), ...findCanaries(Buffer.from(r.stdout + r.stderr), fx.manifest)];
+    assert.deepEqual(leaks, []);
+    // The master secret was created 0600 and reused: a second run gives the same names.
+    assert.equal(statSync(join(dir, 'state', 'master.key')).mode & 0o777, 0o600);
+    const again = run(['deid', '--config', config(dir), '--client', 'vendor-a', fx.dir, '--out', join(dir, 'out2')]);
+    assert.deepEqual(files(join(dir, 'out2')).map((p) => p.slice(dir.length + 5)).sort(), written.map((p) => p.slice(dir.length + 4)).sort());
+    assert.equal(again.status, 0);
+  });
+
+  test('deid: a malformed file is refused with its reason, exit 1, and nothing half-written is left', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const src = fx.files.find((f) => f.meta.kind === 'ct')!;
+    const truncated = join(dir, 'truncated.dcm');
+    writeFileSync(truncated, src.bytes.subarray(0, 900));
+    const good = join(dir, 'good.dcm');
+    copyFileSync(src.path, good);
+    const out = join(dir, 'out');
+    const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', truncated, good, '--out', out]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /refused: .*truncated\.dcm: DICOM_TRUNCATED: object ends inside/);
+    assert.match(r.stderr, /1 de-identified, 1 refused/);
+    const left = files(out);
+    assert.equal(left.length, 1);
+    assert.ok(!left.some((p) => p.endsWith('.part')));
+  });
+
+  test('deid: an unknown client is a usage error naming the configured ones', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const r = run(['deid', '--config', config(dir), '--client', 'nobody', fx.dir, '--out', join(dir, 'o')]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--client "nobody" is not configured; configured: vendor-a/);
+  });
+
+  test('deid --diff: attribute-by-attribute changes with rules, and no value printed', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const sr = fx.files.find((f) => f.meta.kind === 'sr')!;
+    const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', sr.path, '--out', join(dir, 'o'), '--diff']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /\(0010,0010\) PatientName\s+replaced\s+E\.1-1 basic Z: keyed pseudonym/);
+    assert.match(r.stdout, /\(0010,0030\) PatientBirthDate\s+emptied\s+E\.1-1 basic Z/);
+    assert.match(r.stdout, /\(0012,0062\) PatientIdentityRemoved\s+added/);
+    assert.match(r.stdout, /\(0040,A730\) ContentSequence\s+cleaned inside\s+E\.1-1 basic D/);
+    assert.deepEqual(findCanaries(Buffer.from(r.stdout + r.stderr), fx.manifest), []);
+  });
+
+  test('two clients get different pseudonyms for the same study', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const cfg = config(dir, ['vendor-a', 'vendor-b']);
+    const f = fx.files[0]!.path;
+    run(['deid', '--config', cfg, '--client', 'vendor-a', f, '--out', join(dir, 'a')]);
+    run(['deid', '--config', cfg, '--client', 'vendor-b', f, '--out', join(dir, 'b')]);
+    const a = files(join(dir, 'a'))[0]!.slice(dir.length + 2);
+    const b = files(join(dir, 'b'))[0]!.slice(dir.length + 2);
+    assert.ok(existsSync(join(dir, 'a', a)) && a !== b);
+  });
+});

@@ -103,8 +103,15 @@ function truncated(where: string, at: number): GatewayError {
   return new GatewayError('DICOM_TRUNCATED', `object ends inside ${where} at byte ${at}`);
 }
 
-/** Reads one element at the queue's head, buffering it whole; parses sequences too. */
-async function readElement(q: ByteQueue, syntax: Syntax): Promise<RawElement> {
+function tooLarge(limit: number, tag: number): GatewayError {
+  return new GatewayError('DICOM_HEADER_TOO_LARGE', `header larger than the ${limit}-byte limit at ${tagString(tag)}`);
+}
+
+/**
+ * Reads one element at the queue's head, buffering it whole; parses sequences too.
+ * `room` caps the bytes it may hold (the header limit less what is held already).
+ */
+async function readElement(q: ByteQueue, syntax: Syntax, room = Number.MAX_SAFE_INTEGER, limit = room): Promise<RawElement> {
   await q.fill(12);
   const at = q.position;
   const head = new ElementParser(q.peek(Math.min(12, q.available)), at, true);
@@ -117,6 +124,7 @@ async function readElement(q: ByteQueue, syntax: Syntax): Promise<RawElement> {
   }
   if (h.length !== UNDEFINED_LENGTH) {
     const total = h.headerLength + h.length;
+    if (total > room) throw tooLarge(limit, h.tag);
     if (!(await q.fill(total))) throw truncated(`the value of ${tagString(h.tag)}`, at);
     const { element } = new ElementParser(q.peek(total), at, false).element(0, total, syntax);
     q.consume(total);
@@ -128,12 +136,14 @@ async function readElement(q: ByteQueue, syntax: Syntax): Promise<RawElement> {
   for (;;) {
     try {
       const { element, next } = new ElementParser(q.peek(q.available), at, true).element(0, q.available, syntax);
+      if (next > room) throw tooLarge(limit, h.tag);
       q.consume(next);
       return element;
     } catch (e) {
       if (!(e instanceof NeedMoreData)) throw e;
       if (q.sourceEnded) throw truncated(`the sequence ${tagString(h.tag)}`, at);
-      want *= 2;
+      if (q.available >= room) throw tooLarge(limit, h.tag);
+      want = Math.min(want * 2, room);
       await q.fill(want);
     }
   }
@@ -201,6 +211,18 @@ function pipeThrough(source: AsyncIterable<Buffer>, transform: NodeJS.ReadWriteS
   return out;
 }
 
+/** Inflates a Deflated Explicit VR LE data set (PS3.5 A.5); zlib failures are refusals. */
+async function* inflated(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  try {
+    for await (const c of pipeThrough(source, createInflateRaw())) yield c as Buffer;
+  } catch (e) {
+    if (e instanceof GatewayError) throw e;
+    const code = (e as { code?: string }).code;
+    if (code === 'Z_BUF_ERROR') throw new GatewayError('DICOM_TRUNCATED', 'deflated data set ends early', { cause: e });
+    throw new GatewayError('DICOM_MALFORMED', `deflated data set cannot be inflated (${code ?? 'zlib error'})`, { cause: e });
+  }
+}
+
 function encodeMeta(sopClass: string, sopInstance: string, ts: TransferSyntax): Buffer {
   const ui = (tag: number, v: string): OutElement => {
     const b = Buffer.from(v, 'latin1');
@@ -250,12 +272,13 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   const ts = transferSyntax(tsUid);
 
   let dq = q;
-  if (ts.deflated) dq = new ByteQueue(pipeThrough(q.rest(), createInflateRaw())[Symbol.asyncIterator]());
+  if (ts.deflated) dq = new ByteQueue(inflated(q.rest())[Symbol.asyncIterator]());
 
   // Header: every top-level element before the pixel data.
   const header: RawElement[] = [];
   let pixel: { tag: number; length: number; headerLength: number } | null = null;
   let lastTag = -1;
+  let held = 0; // bytes of header held in memory (skipped values do not count)
   for (;;) {
     const h = await peekHeader(dq, ts);
     if (!h) break;
@@ -270,19 +293,15 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       for await (const _ of passBytes(dq, h.headerLength + h.length, false, `the value of ${tagString(h.tag)}`)) { /* skipped */ }
       continue;
     }
-    if (dq.position + (h.length === UNDEFINED_LENGTH ? 0 : h.length) > maxHeader) {
-      throw new GatewayError('DICOM_HEADER_TOO_LARGE', `header larger than ${maxHeader} bytes before ${tagString(h.tag)}`);
-    }
-    header.push(await readElement(dq, ts));
+    const before = dq.position;
+    header.push(await readElement(dq, ts, maxHeader - held, maxHeader));
+    held += dq.position - before;
   }
 
   const charset = charsetOf(header) ?? charsetFor(undefined);
   const out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true });
 
-  const metaSop = firstString(meta, 0x00020003) || firstString(header, 0x00080018);
   const sopClass = firstString(meta, 0x00020002) || firstString(header, 0x00080016);
-  const metaAction = ctx.plan.lookup(0x00020003).action.kind;
-  const outSop = metaSop && metaAction !== 'keep' ? ctx.pseudonymizer.uid(metaSop) : metaSop;
   const uid = (tag: number): [string, string] => {
     const o = firstString(header, tag);
     const p = out.find((x) => x.tag === tag);
@@ -296,6 +315,10 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     original: { study, series, sop }, pseudonymous: { study: pStudy, series: pSeries, sop: pSop },
   });
 
+  // Media Storage SOP Instance UID is the output's SOP Instance UID (PS3.10 7.1), so the two
+  // agree even when the input's did not; without one, the meta value maps like a U row.
+  const metaSop = firstString(meta, 0x00020003);
+  const outSop = pSop || (metaSop && ctx.plan.lookup(0x00020003).action.kind !== 'keep' ? ctx.pseudonymizer.uid(metaSop) : metaSop);
   yield encodeMeta(sopClass, outSop, ts);
   const body = datasetBody(dq, ts, out, pixel, lastTag, ctx);
   if (ts.deflated) {

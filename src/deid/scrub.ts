@@ -9,8 +9,9 @@ export const REDACTED = '[REDACTED]';
 
 const PATTERNS: readonly RegExp[] = [
   /[\p{L}\p{N}._%+-]+@[\p{L}\p{N}.-]+\.\p{L}{2,}/gu, // e-mail
-  /\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b/g, // 2024-03-01
-  /\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b/g, // 01/03/2024, 1.3.24
+  // Numeric dates, not inside decimals ("3.75/1.875" is a measurement).
+  /(?<![\d.,])\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?![\d]|[.,]\d)/g, // 2024-03-01
+  /(?<![\d.,])\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}(?![\d]|[.,]\d)/g, // 01/03/2024, 1.3.24
   /\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b/g, // 20240301
   /\b\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{2,4}\b/gi,
   /\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}\b/gi,
@@ -18,7 +19,9 @@ const PATTERNS: readonly RegExp[] = [
   /\b\d{6,}\b/g, // long digit runs: record numbers
 ];
 
-const PHONE = /(?<![\p{L}\p{N}.])\+?\(?\d[\d\s().\/-]{5,}\d(?![\p{L}\p{N}])/gu;
+// Digit groups joined by a space, hyphen or slash, with an optional +country and (area) code;
+// no dots or decimal context, so measurements such as "3.75/1.875" are not phone numbers.
+const PHONE = /(?<![\p{L}\p{N}.,])(?:\+\d{1,3}[ -]?)?(?:\(\d{1,5}\)[ -]?)?\d{2,5}(?:[ /-]\d{2,5}){1,4}(?![\p{L}\p{N}]|[.,]\d)/gu;
 
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -27,8 +27,10 @@ function pad(n: number, w: number): string {
 
 function addDays(y: number, m: number, d: number, days: number): [number, number, number] | null {
   if (m < 1 || m > 12 || d < 1 || d > 31) return null;
-  const t = Date.UTC(y, m - 1, d);
-  const check = new Date(t);
+  // setUTCFullYear, not Date.UTC: Date.UTC reads years 0–99 as 1900–1999.
+  const check = new Date(0);
+  check.setUTCFullYear(y, m - 1, d);
+  const t = check.getTime();
   if (check.getUTCDate() !== d || check.getUTCMonth() !== m - 1) return null; // 20230231
   const s = new Date(t + days * DAY_MS);
   const yy = s.getUTCFullYear();

@@ -96,7 +96,9 @@ export class Pseudonymizer {
     const k = `t|${domain}|${maxChars}|${value}`;
     const hit = this.tokenMemo.get(k);
     if (hit !== undefined) return hit;
-    const out = `X${base32(this.mac(`token:${domain}`, value), Math.max(1, Math.min(maxChars, 64) - 1))}`;
+    const n = Math.max(1, Math.min(maxChars, 64));
+    const b = base32(this.mac(`token:${domain}`, value), n);
+    const out = n === 1 ? b : `X${b.slice(0, n - 1)}`;
     this.tokenMemo.set(k, out);
     return out;
   }

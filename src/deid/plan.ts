@@ -219,6 +219,12 @@ function gapEntry(d: DictEntry, dateMode: CompiledPlan['dateMode']): PlanEntry {
     case 'UI':
       if (d.keyword && KIND_UID_KEYWORD.test(d.keyword)) return e(A.keep, 'not in E.1-1, class/syntax UID: kept', false);
       return e(A.uid, 'not in E.1-1, instance UID: mapped', false);
+    case 'UR':
+      // Coded concepts (URN Code Value, Coding Scheme URL) name terminology, not instances.
+      if (CODE_MACRO_TAGS.has(d.tag) || d.keyword === 'CodingSchemeURL') return e(A.keep, 'not in E.1-1, code URL: kept', false);
+      // Retrieve URL / URI and the like embed original UIDs and internal host names
+      // (FIELD-NOTES: Orthanc writes them from the request's Host).
+      return e(A.remove, 'not in E.1-1, URL: removed', false);
     case 'SQ':
       return e(A.seqInherit, 'not in E.1-1: kept, items de-identified', false);
     default:

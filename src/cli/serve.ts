@@ -1,7 +1,17 @@
+/**
+ * `deid-gateway serve`: runs until SIGTERM/SIGINT, then drains in-flight requests, flushes
+ * pseudonyms and the audit log, and exits 0 (contract).
+ */
 import type { Config } from '../config/schema.js';
+import { startGateway } from '../main.js';
 
-/** Placeholder until the gateway lands (issue 3): refuses clearly instead of pretending. */
-export async function serve(_cfg: Config): Promise<number> {
-  process.stderr.write('deid-gateway: serve is not available in this build yet\n');
-  return 2;
+export async function serve(cfg: Config): Promise<number> {
+  const gw = await startGateway(cfg);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => { resolve(); };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  await gw.close();
+  return 0;
 }

@@ -22,6 +22,21 @@ export const ErrorCodes = {
   DEID_PLAN_INVALID: { status: 500, title: 'De-identification plan cannot be compiled' },
   // state
   STATE_UNAVAILABLE: { status: 503, title: 'State directory unavailable' },
+  // HTTP: the client's request
+  UNAUTHORIZED: { status: 401, title: 'Authentication required' },
+  FORBIDDEN: { status: 403, title: 'Forbidden' },
+  NOT_FOUND: { status: 404, title: 'Not found' },
+  METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed: this gateway is read-only' },
+  NOT_ACCEPTABLE: { status: 406, title: 'Not acceptable' },
+  BAD_QUERY: { status: 400, title: 'Query parameter not allowed' },
+  PIXELS_WITHHELD: { status: 403, title: 'Pixel data withheld by policy' },
+  RENDERING_UNAVAILABLE: { status: 406, title: 'Rendered images are not available' },
+  // HTTP: the upstream PACS
+  UPSTREAM_UNAVAILABLE: { status: 502, title: 'Upstream PACS unavailable' },
+  UPSTREAM_TIMEOUT: { status: 504, title: 'Upstream PACS timed out' },
+  UPSTREAM_ERROR: { status: 502, title: 'Upstream PACS error' },
+  UPSTREAM_REJECTED: { status: 400, title: 'Upstream PACS rejected the request' },
+  UPSTREAM_RESPONSE_INVALID: { status: 502, title: 'Upstream response cannot be de-identified' },
   // generic
   INTERNAL: { status: 500, title: 'Internal error' },
 } as const satisfies Record<string, { status: number; title: string }>;

@@ -83,6 +83,11 @@ export interface Part10Options {
   readonly maxHeaderBytes?: number;
   /** Called once the header is de-identified, before any output. */
   readonly onInstance?: (info: InstanceInfo) => void;
+  /**
+   * Decides, from the original header, whether this instance may leave at all; a string is
+   * the reason it is withheld (GatewayError PIXELS_WITHHELD, thrown before any output).
+   */
+  readonly admit?: (facts: { burnedInAnnotation: string; modality: string; sopClassUid: string; imageType: string }) => string | undefined;
 }
 
 /** Values larger than this that the plan removes are skipped, not buffered. */
@@ -298,6 +303,14 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     held += dq.position - before;
   }
 
+  if (opts.admit) {
+    const reason = opts.admit({
+      burnedInAnnotation: firstString(header, 0x00280301), modality: firstString(header, 0x00080060),
+      sopClassUid: firstString(header, 0x00080016) || firstString(meta, 0x00020002),
+      imageType: header.find((e) => e.tag === 0x00080008)?.value?.toString('latin1').trim() ?? '',
+    });
+    if (reason !== undefined) throw new GatewayError('PIXELS_WITHHELD', reason);
+  }
   const charset = charsetOf(header) ?? charsetFor(undefined);
   const out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true });
 

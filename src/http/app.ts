@@ -1,0 +1,215 @@
+/**
+ * The express application: routes of PS3.18 below /dicom-web, authentication, problem+json
+ * errors, audit. The only importer of express.
+ *
+ * A reply's first body chunk is pulled before the status line is written, so an upstream
+ * failure or a refused first instance is still a clean problem+json; after that, an error
+ * destroys the connection, so the client sees a broken transfer, never a truncated-but-valid
+ * body (fastify reply.js).
+ */
+import { randomUUID } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'winston';
+import { GatewayError, isGatewayError } from '../core/errors.js';
+import type { AuditSink } from '../audit/log.js';
+import type { Upstream } from '../upstream/client.js';
+import { authenticate } from './auth.js';
+import { bulk, frames, metadata, qido, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
+import { toProblem } from './problem.js';
+import type { QueryResolver } from './query.js';
+
+export interface AppDeps {
+  readonly clients: readonly ClientRuntime[];
+  readonly upstream: Upstream;
+  readonly resolverFor: (client: ClientRuntime) => QueryResolver;
+  readonly flush: () => void;
+  readonly audit: AuditSink;
+  readonly log: Logger;
+  readonly publicBaseUrl?: string | undefined;
+  readonly maxQueryLimit: number;
+  readonly maxHeaderBytes: number;
+  /** Readiness beyond the upstream: state writable, audit writable. */
+  readonly stateHealthy: () => boolean;
+}
+
+interface Locals {
+  requestId: string;
+  client?: ClientRuntime;
+  note: RequestNote;
+  route: string;
+  started: number;
+  bytes: number;
+  code?: string;
+}
+
+const READ_ONLY = 'GET';
+
+function locals(res: Response): Locals {
+  return res.locals as Locals;
+}
+
+function sendProblem(res: Response, e: unknown): void {
+  const l = locals(res);
+  const p = toProblem(e, l.requestId);
+  l.code = p.code;
+  if (res.headersSent) {
+    res.destroy(e instanceof Error ? e : new Error(p.code));
+    return;
+  }
+  const headers: Record<string, string> = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' };
+  if (p.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
+  if (p.status === 405) headers.allow = READ_ONLY;
+  res.status(p.status).set(headers).send(JSON.stringify(p));
+}
+
+function baseUrl(req: Request, deps: AppDeps): string {
+  if (deps.publicBaseUrl) return `${deps.publicBaseUrl.replace(/\/+$/, '')}/dicom-web`;
+  // Only a syntactically plain host:port from the request; anything else falls back to loopback.
+  const host = /^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$|^\[[0-9A-Fa-f:]+\](:\d{1,5})?$/.test(req.headers.host ?? '') ? req.headers.host : '127.0.0.1';
+  return `${req.protocol}://${host}/dicom-web`;
+}
+
+async function send(res: Response, reply: Reply, signal: AbortSignal): Promise<void> {
+  const it = reply.body[Symbol.asyncIterator]();
+  const first = await it.next(); // errors here are still a problem+json
+  res.status(reply.status);
+  res.set({ ...reply.headers, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+  const l = locals(res);
+  async function* rest(): AsyncGenerator<Buffer> {
+    if (!first.done) { l.bytes += first.value.length; yield first.value; }
+    for (;;) {
+      const n = await it.next();
+      if (n.done) return;
+      l.bytes += n.value.length;
+      yield n.value;
+    }
+  }
+  await pipeline(Readable.from(rest(), { objectMode: false }), res, { signal });
+}
+
+export function createApp(deps: AppDeps): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  app.set('trust proxy', false);
+
+  app.use((req, res, next) => {
+    const l: Locals = { requestId: randomUUID(), note: { instances: 0, withheld: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0 };
+    res.locals = l as unknown as typeof res.locals;
+    res.setHeader('x-request-id', l.requestId);
+    res.on('close', () => {
+      const ok = res.writableFinished;
+      const client = l.client;
+      deps.audit.write({
+        time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
+        status: res.statusCode, outcome: !ok ? 'aborted' : res.statusCode < 400 ? 'ok' : res.statusCode < 500 ? 'denied' : 'failed',
+        ...(l.code ? { code: l.code } : {}), bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
+        instances: l.note.instances, withheld: l.note.withheld,
+        studies: [...l.note.studies].map(([original, pseudonymous]) => ({ original, pseudonymous })),
+        policyHash: client?.ctx.plan.hash ?? null,
+      });
+      deps.log.info('request', { requestId: l.requestId, client: client?.id, route: l.route, status: res.statusCode, ms: Math.round(performance.now() - l.started), bytes: l.bytes, ...(l.code ? { code: l.code } : {}) });
+    });
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    locals(res).route = 'healthz';
+    res.set('cache-control', 'no-store').json({ status: 'ok' });
+  });
+
+  app.get('/readyz', async (_req, res) => {
+    locals(res).route = 'readyz';
+    const upstream = await deps.upstream.ping(AbortSignal.timeout(3000));
+    const state = deps.stateHealthy();
+    res.status(upstream && state ? 200 : 503).set('cache-control', 'no-store').json({ status: upstream && state ? 'ready' : 'not ready', upstream: upstream ? 'ok' : 'unreachable', state: state ? 'ok' : 'unavailable' });
+  });
+
+  // Read-only: everything but GET (and HEAD, which express answers from GET) is refused.
+  app.all('/dicom-web/{*rest}', (req, res, next) => {
+    if (req.method === 'GET' || req.method === 'HEAD') return next();
+    locals(res).route = 'write';
+    sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', `${req.method} is not served: the gateway is read-only (no STOW-RS, PUT or DELETE)`));
+  });
+  app.all(['/wado', '/dicom-web/wado'], (_req, res) => {
+    locals(res).route = 'wado-uri';
+    sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', 'WADO-URI is not served; use WADO-RS'));
+  });
+
+  app.use('/dicom-web', (req, res, next) => {
+    const client = authenticate(req.headers.authorization, deps.clients);
+    if (!client) {
+      locals(res).route = 'auth';
+      sendProblem(res, new GatewayError('UNAUTHORIZED', 'a valid Bearer token (or Basic client id and token) is required'));
+      return;
+    }
+    locals(res).client = client;
+    next();
+  });
+
+  function handle(route: string, fn: (rc: RequestContext, req: Request) => Promise<Reply>) {
+    return async (req: Request, res: Response): Promise<void> => {
+      const l = locals(res);
+      l.route = route;
+      const abort = new AbortController();
+      res.on('close', () => { if (!res.writableFinished) abort.abort(); });
+      const client = l.client!;
+      const rc: RequestContext = {
+        client, upstream: deps.upstream, resolver: deps.resolverFor(client), dicomWebBase: baseUrl(req, deps),
+        signal: abort.signal, note: l.note, maxQueryLimit: deps.maxQueryLimit, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush,
+      };
+      try {
+        await send(res, await fn(rc, req), abort.signal);
+      } catch (e) {
+        if (!isGatewayError(e) && !res.headersSent) deps.log.error('unexpected', { requestId: l.requestId, error: (e as Error)?.name, message: (e as Error)?.message });
+        if (abort.signal.aborted && !res.headersSent) return;
+        sendProblem(res, e);
+      }
+    };
+  }
+
+  const q = (req: Request): URLSearchParams => new URLSearchParams(req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '');
+  const p = (req: Request, k: string): string => String((req.params as Record<string, string>)[k] ?? '');
+
+  // QIDO-RS (PS3.18 10.6)
+  app.get('/dicom-web/studies', handle('qido-studies', (rc, req) => qido(rc, 'study', {}, q(req))));
+  app.get('/dicom-web/series', handle('qido-series', (rc, req) => qido(rc, 'series', {}, q(req))));
+  app.get('/dicom-web/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', {}, q(req))));
+  app.get('/dicom-web/studies/:study/series', handle('qido-series', (rc, req) => qido(rc, 'series', { study: p(req, 'study') }, q(req))));
+  app.get('/dicom-web/studies/:study/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', { study: p(req, 'study') }, q(req))));
+  app.get('/dicom-web/studies/:study/series/:series/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', { study: p(req, 'study'), series: p(req, 'series') }, q(req))));
+
+  // WADO-RS metadata (PS3.18 10.4)
+  app.get('/dicom-web/studies/:study/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study') })));
+  app.get('/dicom-web/studies/:study/series/:series/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series') })));
+  app.get('/dicom-web/studies/:study/series/:series/instances/:instance/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
+
+  // Rendered and thumbnails: never the PACS's rendering (it shows whatever is in the pixels).
+  app.get(['/dicom-web/studies/:study/rendered', '/dicom-web/studies/:study/thumbnail', '/dicom-web/studies/:study/series/:series/{*rest}'], (req, res, next) => {
+    if (!/\/(rendered|thumbnail)$/.test(req.path) && !/\/frames\/[^/]+\/(rendered|thumbnail)$/.test(req.path)) return next();
+    locals(res).route = 'rendered';
+    sendProblem(res, new GatewayError('RENDERING_UNAVAILABLE', 'rendered images and thumbnails are not served yet; retrieve the instance or its frames'));
+  });
+
+  // WADO-RS retrieve, frames, bulk data (PS3.18 10.4)
+  app.get('/dicom-web/studies/:study', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study') }, req.headers.accept)));
+  app.get('/dicom-web/studies/:study/series/:series', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study'), series: p(req, 'series') }, req.headers.accept)));
+  app.get('/dicom-web/studies/:study/series/:series/instances/:instance', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') }, req.headers.accept)));
+  app.get('/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames', handle('frames', (rc, req) => frames(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frames: p(req, 'frames') }, req.headers.accept)));
+  app.get('/dicom-web/studies/:study/series/:series/instances/:instance/bulk/{*path}', handle('bulk', (rc, req) => {
+    const raw = (req.params as Record<string, string | string[]>).path;
+    return bulk(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), path: Array.isArray(raw) ? raw.join('/') : String(raw ?? '') }, req.headers.accept);
+  }));
+
+  app.use((_req: Request, res: Response) => {
+    sendProblem(res, new GatewayError('NOT_FOUND', 'no such resource'));
+  });
+  // express's own errors (e.g. a malformed URL): never echo the input.
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    void err;
+    sendProblem(res, new GatewayError('NOT_FOUND', 'no such resource'));
+  });
+  return app;
+}

@@ -1,0 +1,105 @@
+/**
+ * Composition root: the only file that wires concrete parts together (ARCHITECTURE).
+ */
+import { createHash } from 'node:crypto';
+import type { Server } from 'node:http';
+import type { Logger } from 'winston';
+import type { Config } from './config/schema.js';
+import { openAuditLog, createOpsLogger, type AuditSink } from './audit/log.js';
+import { createEngineContext } from './deid/index.js';
+import { createApp } from './http/app.js';
+import type { ClientRuntime } from './http/dicomweb.js';
+import type { QueryResolver } from './http/query.js';
+import { loadOrCreateMasterSecret } from './pseudonym/secret.js';
+import { openSqliteStore, recorderFor, type PseudonymStore } from './pseudonym/store.js';
+import { createUndiciUpstream, type Upstream } from './upstream/client.js';
+
+export interface Gateway {
+  readonly url: string;
+  readonly server: Server;
+  /** Stops accepting, drains in-flight requests, flushes pseudonyms and audit. */
+  close(): Promise<void>;
+}
+
+export interface GatewayParts {
+  readonly clients: readonly ClientRuntime[];
+  readonly store: PseudonymStore;
+  readonly upstream: Upstream;
+  readonly audit: AuditSink;
+  readonly log: Logger;
+}
+
+/** Original Patient ID from the patient key the pseudonymizer recorded ("id:ISSUER\ID"). */
+function patientIdOf(key: string | undefined): string | undefined {
+  if (!key?.startsWith('id:')) return undefined;
+  const i = key.indexOf('\\');
+  return i < 0 ? undefined : key.slice(i + 1);
+}
+
+export function buildParts(cfg: Config): GatewayParts {
+  const master = loadOrCreateMasterSecret(cfg.state.dir);
+  const store = openSqliteStore(cfg.state.dir);
+  const clients: ClientRuntime[] = cfg.clients.map((c) => ({
+    id: c.id,
+    tokenHash: Buffer.from(c.apiKeySha256, 'hex'),
+    ctx: createEngineContext({
+      clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: recorderFor(store, c.id),
+      profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
+    }),
+  }));
+  const upstream = createUndiciUpstream({ url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs });
+  const audit = openAuditLog(cfg.state.dir);
+  return { clients, store, upstream, audit, log: createOpsLogger() };
+}
+
+export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
+  const { clients, store, upstream, audit, log } = parts;
+  const resolverFor = (client: ClientRuntime): QueryResolver => {
+    const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
+    return {
+      uid: (pseudo) => (retainUids ? pseudo : store.lookup(client.id, 'uid', pseudo)),
+      patientId: (pseudo) => patientIdOf(store.lookup(client.id, 'patient', pseudo)),
+    };
+  };
+  const app = createApp({
+    clients, upstream, resolverFor, audit, log,
+    flush: () => store.flush(),
+    publicBaseUrl: cfg.server.publicBaseUrl,
+    maxQueryLimit: 1000,
+    maxHeaderBytes: cfg.engine.maxHeaderBytes,
+    stateHealthy: () => store.healthy(),
+  });
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = app.listen(cfg.server.port, cfg.server.host, () => resolve(s));
+    s.once('error', reject);
+  });
+  server.keepAliveTimeout = 5000;
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : cfg.server.port;
+  const host = cfg.server.host.includes(':') ? `[${cfg.server.host}]` : cfg.server.host;
+  const url = `http://${host}:${port}`;
+  log.info(`listening on ${url}`, { clients: clients.length, plans: clients.map((c) => ({ client: c.id, plan: c.ctx.plan.hash.slice(0, 16) })) });
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    server,
+    close() {
+      closing ??= (async () => {
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+        });
+        store.flush();
+        store.close();
+        await upstream.close();
+        await audit.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+/** SHA-256 of a token, as the configuration holds it. */
+export function tokenHash(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}

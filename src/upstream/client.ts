@@ -1,0 +1,117 @@
+/**
+ * The PACS client, behind one small interface so the transport can change (docs/decisions.md:
+ * undici Pool measured against http-proxy). Keep-alive, connect and response timeouts, and a
+ * client abort cancels the upstream request.
+ */
+import { Pool } from 'undici';
+import { GatewayError } from '../core/errors.js';
+import { upstreamHeaders } from './headers.js';
+
+export interface UpstreamRequest {
+  /** Path below the upstream DICOMweb root, starting with "/" (e.g. "/studies"). */
+  readonly path: string;
+  readonly query?: URLSearchParams;
+  readonly accept: string;
+  readonly signal?: AbortSignal;
+}
+
+export interface UpstreamResponse {
+  readonly status: number;
+  readonly contentType: string;
+  readonly body: AsyncIterable<Buffer>;
+  /** Discards the body (for error responses; never forwarded). */
+  dump(): Promise<void>;
+}
+
+export interface Upstream {
+  get(req: UpstreamRequest): Promise<UpstreamResponse>;
+  /** True when the PACS answers at all (for /readyz). */
+  ping(signal?: AbortSignal): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export interface UpstreamOptions {
+  readonly url: string;
+  readonly connectTimeoutMs: number;
+  readonly responseTimeoutMs: number;
+  readonly connections?: number;
+}
+
+/**
+ * One table maps transport failures to client-facing errors (ARCHITECTURE rule 6). The
+ * messages name no host, port, path or upstream body.
+ */
+export function mapUpstreamFailure(e: unknown): GatewayError {
+  if (e instanceof GatewayError) return e;
+  const code = (e as { code?: string })?.code ?? '';
+  const name = (e as { name?: string })?.name ?? '';
+  if (name === 'AbortError' || code === 'UND_ERR_ABORTED' || code === 'ABORT_ERR') {
+    return new GatewayError('UPSTREAM_UNAVAILABLE', 'the request was aborted', { cause: e });
+  }
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'ETIMEDOUT') {
+    return new GatewayError('UPSTREAM_TIMEOUT', 'the PACS did not answer in time', { cause: e });
+  }
+  return new GatewayError('UPSTREAM_UNAVAILABLE', 'the PACS cannot be reached', { cause: e });
+}
+
+/** Maps an upstream HTTP status that is not a success to the error the client sees. */
+export function mapUpstreamStatus(status: number): GatewayError {
+  if (status === 404) return new GatewayError('NOT_FOUND', 'no such resource');
+  if (status === 406) return new GatewayError('NOT_ACCEPTABLE', 'the PACS cannot provide the requested media type');
+  if (status === 400) return new GatewayError('UPSTREAM_REJECTED', 'the PACS rejected the request');
+  if (status === 401 || status === 403) return new GatewayError('UPSTREAM_ERROR', 'the PACS refused the gateway');
+  return new GatewayError('UPSTREAM_ERROR', `the PACS answered ${status >= 500 ? 'with a server error' : 'unexpectedly'}`);
+}
+
+/** An undici Pool to the PACS origin. */
+export function createUndiciUpstream(opts: UpstreamOptions): Upstream {
+  const root = new URL(opts.url);
+  const base = root.pathname.replace(/\/+$/, '');
+  const pool = new Pool(root.origin, {
+    connections: opts.connections ?? 32,
+    connectTimeout: opts.connectTimeoutMs,
+    headersTimeout: opts.responseTimeoutMs,
+    bodyTimeout: opts.responseTimeoutMs,
+    keepAliveTimeout: 30_000,
+    pipelining: 1,
+  });
+  return {
+    async get(req) {
+      const qs = req.query && [...req.query.keys()].length ? `?${req.query.toString()}` : '';
+      try {
+        const r = await pool.request({
+          method: 'GET', path: `${base}${req.path}${qs}`, headers: upstreamHeaders(req.accept),
+          ...(req.signal ? { signal: req.signal } : {}),
+        });
+        const ct = r.headers['content-type'];
+        const body = r.body as unknown as AsyncIterable<Buffer>;
+        return {
+          status: r.statusCode,
+          contentType: (Array.isArray(ct) ? ct[0] : ct) ?? '',
+          body: (async function* () {
+            try {
+              for await (const c of body) yield c;
+            } catch (e) {
+              throw mapUpstreamFailure(e);
+            }
+          })(),
+          dump: async () => { try { await r.body.dump(); } catch { /* ignore */ } },
+        };
+      } catch (e) {
+        throw mapUpstreamFailure(e);
+      }
+    },
+    async ping(signal) {
+      try {
+        const r = await pool.request({ method: 'GET', path: `${base}/studies?limit=1`, headers: upstreamHeaders('application/dicom+json'), ...(signal ? { signal } : {}) });
+        await r.body.dump();
+        return r.statusCode < 500;
+      } catch {
+        return false;
+      }
+    },
+    async close() {
+      await pool.close();
+    },
+  };
+}

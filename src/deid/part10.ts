@@ -116,21 +116,14 @@ function tooLarge(limit: number, tag: number): GatewayError {
  * Reads one element at the queue's head, buffering it whole; parses sequences too.
  * `room` caps the bytes it may hold (the header limit less what is held already).
  */
-async function readElement(q: ByteQueue, syntax: Syntax, room = Number.MAX_SAFE_INTEGER, limit = room): Promise<RawElement> {
-  await q.fill(12);
+async function readElement(q: ByteQueue, syntax: Syntax, room = Number.MAX_SAFE_INTEGER, limit = room, known?: ElementHeader): Promise<RawElement> {
   const at = q.position;
-  const head = new ElementParser(q.peek(Math.min(12, q.available)), at, true);
-  let h;
-  try {
-    h = head.header(0, Math.min(12, q.available), syntax);
-  } catch (e) {
-    if (e instanceof NeedMoreData) throw truncated('an element header', at);
-    throw e;
-  }
+  const h = known ?? await peekHeader(q, syntax);
+  if (!h) throw truncated('an element header', at);
   if (h.length !== UNDEFINED_LENGTH) {
     const total = h.headerLength + h.length;
     if (total > room) throw tooLarge(limit, h.tag);
-    if (!(await q.fill(total))) throw truncated(`the value of ${tagString(h.tag)}`, at);
+    if (q.available < total && !(await q.fill(total))) throw truncated(`the value of ${tagString(h.tag)}`, at);
     const { element } = new ElementParser(q.peek(total), at, false).element(0, total, syntax);
     q.consume(total);
     return element;
@@ -154,13 +147,16 @@ async function readElement(q: ByteQueue, syntax: Syntax, room = Number.MAX_SAFE_
   }
 }
 
+type ElementHeader = { tag: number; vr: VR | null; length: number; headerLength: number };
+
 /** Peeks the next tag and the header of the element, without consuming. */
-async function peekHeader(q: ByteQueue, syntax: Syntax): Promise<{ tag: number; vr: VR | null; length: number; headerLength: number } | null> {
-  if (!(await q.fill(8))) {
+async function peekHeader(q: ByteQueue, syntax: Syntax): Promise<ElementHeader | null> {
+  // Await only when the bytes are not there yet: each await costs a microtask per element.
+  if (q.available < 12 && !q.sourceEnded) await q.fill(12);
+  if (q.available < 8) {
     if (q.available === 0) return null;
     throw truncated('an element header', q.position);
   }
-  await q.fill(12);
   try {
     return new ElementParser(q.peek(Math.min(12, q.available)), q.position, true).header(0, Math.min(12, q.available), syntax);
   } catch (e) {
@@ -299,7 +295,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       continue;
     }
     const before = dq.position;
-    header.push(await readElement(dq, ts, maxHeader - held, maxHeader));
+    header.push(await readElement(dq, ts, maxHeader - held, maxHeader, h));
     held += dq.position - before;
   }
 
@@ -365,11 +361,11 @@ async function* datasetBody(
     if (PIXEL_DATA_TAGS.has(h.tag)) { pixel = h; continue; }
     const keep = !isPrivateTag(h.tag) && h.vr !== 'SQ' && h.length !== UNDEFINED_LENGTH && ctx.plan.lookup(h.tag).action.kind === 'keep';
     if (!keep) {
-      if (h.length === UNDEFINED_LENGTH) await readElement(q, ts);
+      if (h.length === UNDEFINED_LENGTH) await readElement(q, ts, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, h);
       else for await (const _ of passBytes(q, h.headerLength + h.length, false, `the value of ${tagString(h.tag)}`)) { /* dropped */ }
       continue;
     }
-    const el = await readElement(q, ts);
+    const el = await readElement(q, ts, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, h);
     const p: Buffer[] = [];
     encodeElements([rawToOut(el)], ts, p);
     yield Buffer.concat(p);

@@ -65,7 +65,7 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     clients, upstream, resolverFor, audit, log,
     flush: () => store.flush(),
     publicBaseUrl: cfg.server.publicBaseUrl,
-    maxQueryLimit: 1000,
+    maxQueryLimit: cfg.server.maxQueryResults,
     maxHeaderBytes: cfg.engine.maxHeaderBytes,
     stateHealthy: () => store.healthy(),
   });

@@ -37,6 +37,7 @@ export const configSchema = z.strictObject({
     host: z.string().min(1).default('127.0.0.1'),
     port: z.number().int().min(0).max(65535, 'must be a TCP port, 0–65535'),
     publicBaseUrl: z.url({ error: 'must be an absolute URL such as https://gateway.example.org' }).optional(),
+    maxQueryResults: z.number().int().min(1).max(1_000_000).default(1000),
   }),
   upstream: z.strictObject({
     url: z.url({ error: 'must be an absolute URL such as http://127.0.0.1:8042/dicom-web' }),

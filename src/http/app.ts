@@ -104,7 +104,7 @@ export function createApp(deps: AppDeps): express.Express {
       const client = l.client;
       deps.audit.write({
         time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
-        status: res.statusCode, outcome: !ok ? 'aborted' : res.statusCode < 400 ? 'ok' : res.statusCode < 500 ? 'denied' : 'failed',
+        status: res.statusCode, outcome: !ok ? (l.code ? 'failed' : 'aborted') : res.statusCode < 400 ? 'ok' : res.statusCode < 500 ? 'denied' : 'failed',
         ...(l.code ? { code: l.code } : {}), bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
         instances: l.note.instances, withheld: l.note.withheld,
         studies: [...l.note.studies].map(([original, pseudonymous]) => ({ original, pseudonymous })),
@@ -163,7 +163,8 @@ export function createApp(deps: AppDeps): express.Express {
       try {
         await send(res, await fn(rc, req), abort.signal);
       } catch (e) {
-        if (!isGatewayError(e) && !res.headersSent) deps.log.error('unexpected', { requestId: l.requestId, error: (e as Error)?.name, message: (e as Error)?.message });
+        // Only the error's class: messages of errors the gateway did not raise may quote data.
+        if (!isGatewayError(e)) deps.log.error('unexpected error', { requestId: l.requestId, error: (e as Error)?.name ?? typeof e });
         if (abort.signal.aborted && !res.headersSent) return;
         sendProblem(res, e);
       }

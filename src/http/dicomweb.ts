@@ -71,7 +71,7 @@ function expectType(r: UpstreamResponse, ...types: string[]): void {
   } catch {
     throw new GatewayError('UPSTREAM_RESPONSE_INVALID', 'the PACS sent a body without a usable content type');
   }
-  if (!types.includes(t)) throw new GatewayError('UPSTREAM_RESPONSE_INVALID', `the PACS sent ${t.slice(0, 64)} where ${types[0]} was expected`);
+  if (!types.includes(t)) throw new GatewayError('UPSTREAM_RESPONSE_INVALID', `the PACS sent another media type where ${types[0]} was expected`);
 }
 
 async function* withFlush(rc: RequestContext, body: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
@@ -85,21 +85,28 @@ async function* withFlush(rc: RequestContext, body: AsyncIterable<Buffer>): Asyn
 }
 
 /** A JSON array from the PACS, de-identified object by object. */
-function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDataset) => JsonDataset, warnings: readonly string[] = []): Reply {
+/** JSON.parse without its error message, which quotes the input (PHI). */
+function parseObject(text: string): JsonDataset {
+  try {
+    const o = JSON.parse(text) as unknown;
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new Error('not an object');
+    return o as JsonDataset;
+  } catch {
+    throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON');
+  }
+}
+
+function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDataset) => JsonDataset, warnings: readonly string[] = [], maxRows = Number.MAX_SAFE_INTEGER): Reply {
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
   if (up.status === 204) return { status: 200, headers, body: (async function* () { rc.flush(); yield Buffer.from('[]'); })() };
   expectType(up, DICOM_JSON, 'application/json');
   const ctx = rc.client.ctx;
+  let rows = 0;
   const objects = (async function* () {
     for await (const text of splitJsonArray(up.body)) {
-      let obj: unknown;
-      try {
-        obj = JSON.parse(text);
-      } catch (cause) {
-        throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid JSON', { cause });
-      }
-      yield JSON.stringify(each(obj as JsonDataset));
+      if (++rows > maxRows) break; // the PACS may ignore limit (FIELD-NOTES: limit=0 is unlimited)
+      yield JSON.stringify(each(parseObject(text)));
     }
   })();
   void ctx;
@@ -128,7 +135,7 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
     setRetrieveUrl(out, rc.dicomWebBase, level);
     rewriteBulkDataUris(out, rc.dicomWebBase);
     return out;
-  }, q.warnings);
+  }, q.warnings, Number(q.upstream.get('limit')));
 }
 
 function upstreamPath(rc: RequestContext, p: { study: string; series?: string | undefined; instance?: string | undefined }): string {
@@ -253,11 +260,11 @@ function partTransferSyntax(part: Part): string | undefined {
   }
 }
 
-type Facts = { burnedInAnnotation?: string | undefined; modality?: string | undefined; sopClassUid?: string | undefined; imageType?: string | undefined };
+type Facts = { burnedInAnnotation?: string | undefined; modality?: string | undefined; sopClassUid?: string | undefined; imageType?: string | undefined; rows?: string | undefined };
 
 /** Pixel facts of the instances under an (original) study/series/instance, from the PACS. */
 async function pixelFacts(rc: RequestContext, study: string, series?: string, sop?: string): Promise<Map<string, Facts>> {
-  const q = new URLSearchParams({ includefield: '00280301,00080060,00080016,00080008,00080018' });
+  const q = new URLSearchParams({ includefield: '00280301,00080060,00080016,00080008,00080018,00280010' });
   if (sop) q.set('SOPInstanceUID', sop);
   const path = series ? `/studies/${study}/series/${series}/instances` : `/studies/${study}/instances`;
   const up = await ok(rc, path, DICOM_JSON, q);
@@ -265,10 +272,10 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
   if (up.status === 204) return out;
   expectType(up, DICOM_JSON, 'application/json');
   for await (const text of splitJsonArray(up.body, { maxElementBytes: 1 << 20 })) {
-    const r = JSON.parse(text) as JsonDataset;
+    const r = parseObject(text);
     const s = (k: string): string | undefined => { const v = r[k]?.Value; return Array.isArray(v) ? v.map(String).join('\\') : undefined; };
     const uid = s('00080018');
-    if (uid) out.set(uid, { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008') });
+    if (uid) out.set(uid, { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'), rows: s('00280010') });
   }
   return out;
 }
@@ -276,6 +283,7 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
 async function requirePixels(rc: RequestContext, study: string, series: string, sop: string): Promise<void> {
   const facts = (await pixelFacts(rc, study, series, sop)).get(sop);
   if (!facts) throw new GatewayError('NOT_FOUND', 'no such resource');
+  if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
   const d = pixelDecision(facts);
   if (!d.allow) {
     rc.note.withheld++;
@@ -338,7 +346,9 @@ function frameAccept(accept: string | undefined): string {
       } catch { /* next */ }
     }
   }
-  return 'multipart/related; type="application/octet-stream"; transfer-syntax=*';
+  // PS3.18 8.7.3.5.2: without a transfer-syntax the default for frames is Explicit VR Little
+  // Endian; Orthanc cannot serve `*` from big-endian or deflated instances.
+  return 'multipart/related; type="application/octet-stream"';
 }
 
 /**

@@ -84,7 +84,7 @@ describe('deid-gateway command line', async () => {
     assert.match(r.stderr, /1 de-identified, 1 refused/);
     const left = files(out);
     assert.equal(left.length, 1);
-    assert.ok(!left.some((p) => p.endsWith('.part')));
+    assert.ok(!left.some((p) => p.endsWith('.part')), '!left.some((p) => p.endsWith(\'.part\'))');
   });
 
   test('deid: an unknown client is a usage error naming the configured ones', () => {
@@ -114,6 +114,6 @@ describe('deid-gateway command line', async () => {
     run(['deid', '--config', cfg, '--client', 'vendor-b', f, '--out', join(dir, 'b')]);
     const a = files(join(dir, 'a'))[0]!.slice(dir.length + 2);
     const b = files(join(dir, 'b'))[0]!.slice(dir.length + 2);
-    assert.ok(existsSync(join(dir, 'a', a)) && a !== b);
+    assert.ok(existsSync(join(dir, 'a', a)) && a !== b, 'existsSync(join(dir, \'a\', a)) && a !== b');
   });
 });

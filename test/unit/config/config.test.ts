@@ -50,7 +50,7 @@ describe('configuration', () => {
     assert.equal(c.clients[0]!.id, 'acme-ai');
     assert.equal(c.state.dir, join(dir, 'var'));
     assert.deepEqual([...c.clients[0]!.plan.options], []);
-    assert.ok(Object.isFrozen(c) && Object.isFrozen(c.clients[0]));
+    assert.ok(Object.isFrozen(c) && Object.isFrozen(c.clients[0]), 'Object.isFrozen(c) && Object.isFrozen(c.clients[0])');
   });
 
   const cases: [string, string, RegExp][] = [

@@ -197,7 +197,7 @@ describe('dummyString', () => {
     assert.match(dummyString('DT') ?? '', /^\d{14}$/);
     assert.match(dummyString('TM') ?? '', /^\d{6}$/);
     assert.match(dummyString('AS') ?? '', /^\d{3}[DWMY]$/);
-    for (const vr of ['SH', 'AE', 'CS'] as const) assert.ok((dummyString(vr)?.length ?? 0) <= 16 && (dummyString(vr)?.length ?? 0) > 0);
+    for (const vr of ['SH', 'AE', 'CS'] as const) assert.ok((dummyString(vr)?.length ?? 0) <= 16 && (dummyString(vr)?.length ?? 0) > 0, '(dummyString(vr)?.length ?? 0) <= 16 && (dummyString(vr)?.length ?? 0) > 0');
     assert.equal(dummyString('UI'), undefined, 'UIDs are mapped, not dummied');
     assert.equal(dummyString('OB'), undefined);
   });

@@ -585,7 +585,7 @@ describe('part10 driver: pixel data passes bit-exact', () => {
       ...frags.map((f) => rawEl(ITEM, null, f.length, f)),
       rawEl(SEQ_DELIM, null, 0),
     ]);
-    assert.ok(out.subarray(outAt + hdr.length).equals(expected));
+    assert.ok(out.subarray(outAt + hdr.length).equals(expected), 'out.subarray(outAt + hdr.length).equals(expected)');
     const h = readHeaderSync(out, inflateRawSync);
     assert.equal(h.transferSyntax.uid, '1.2.840.10008.1.2.4.90');
   });
@@ -596,7 +596,7 @@ describe('part10 driver: pixel data passes bit-exact', () => {
     const out = await deid(input);
     const hdr = pixelHeader(EXPLICIT_LE, 'OB', UNDEF);
     const expected = Buffer.concat([rawEl(ITEM, null, 0), rawEl(ITEM, null, 48, frags[0]), rawEl(SEQ_DELIM, null, 0)]);
-    assert.ok(out.subarray(out.indexOf(hdr) + hdr.length).equals(expected));
+    assert.ok(out.subarray(out.indexOf(hdr) + hdr.length).equals(expected), 'out.subarray(out.indexOf(hdr) + hdr.length).equals(expected)');
   });
 });
 
@@ -621,7 +621,7 @@ describe('part10 driver: elements after the pixel data', () => {
       const at = ds.indexOf(hdr);
       assert.ok(at > 0, 'pixel data present');
       assert.equal(ds.length, at + hdr.length + words.length, 'nothing follows the pixel data value');
-      assert.ok(!out.includes(Buffer.from(CANARY.comment)) && !ds.includes(Buffer.from('SIGNATURE')));
+      assert.ok(!out.includes(Buffer.from(CANARY.comment)) && !ds.includes(Buffer.from('SIGNATURE')), '!out.includes(Buffer.from(CANARY.comment)) && !ds.includes(Buffer.from(\'SIGNATURE\'))');
       const h = readHeaderSync(out, inflateRawSync);
       assert.equal(text(find(h.elements, 0x00080016)?.value), SOP_CLASS);
     });
@@ -777,7 +777,7 @@ describe('part10 parser: sequences of every length form', () => {
   test('ElementParser: error offsets are absolute (base + position)', () => {
     const buf = Buffer.concat([rawEl(0x00081030, 'LO', 4, Buffer.from('ABCD')), rawEl(0x00081031, 'QQ', 2, Buffer.from('AB'))]);
     assert.throws(() => new ElementParser(buf, 1000, false).dataset(0, buf.length, EXPLICIT_LE, false), (e: unknown) => {
-      assert.ok(e instanceof GatewayError);
+      assert.ok(e instanceof GatewayError, 'e instanceof GatewayError');
       assert.equal(e.code, 'DICOM_MALFORMED');
       assert.match(e.message, /at byte 1016\b/); // VR field of the second element: 1000 + 12 + 4
       return true;
@@ -811,7 +811,7 @@ describe('part10 driver: large private values and maxHeaderBytes', () => {
 
   test('a skipped 2 MiB private value does not count against maxHeaderBytes (it is never held)', async () => {
     const out = await deid(withPrivate('explicitLE'), ctxFor(), { maxHeaderBytes: 1024 * 1024 }, { fixed: 65536 });
-    assert.ok(!out.includes(MARK));
+    assert.ok(!out.includes(MARK), '!out.includes(MARK)');
   });
 
   test('a header larger than maxHeaderBytes → DICOM_HEADER_TOO_LARGE before any output', async () => {
@@ -838,7 +838,7 @@ describe('part10 driver: large private values and maxHeaderBytes', () => {
   test('pixel data does not count against maxHeaderBytes', async () => {
     const input = encodePart10(headerEls([nativePixel(pixelWordsLE(50_000))]), { ts: 'explicitLE' });
     const out = await deid(input, ctxFor(), { maxHeaderBytes: 4096 });
-    assert.ok(out.length > 100_000);
+    assert.ok(out.length > 100_000, 'out.length > 100_000');
   });
 
   test('an undefined-length sequence larger than maxHeaderBytes → DICOM_HEADER_TOO_LARGE', async () => {

@@ -109,20 +109,20 @@ describe('dicom-builder encoding', () => {
     for (const ts of ['explicitLE', 'implicitLE', 'explicitBE', 'deflatedLE'] as const) {
       const preamble = Buffer.alloc(128, 0x41);
       const f = encodePart10(els, { ts, preamble, meta: { sourceAET: 'AET1' } });
-      assert.ok(f.subarray(0, 128).equals(preamble));
+      assert.ok(f.subarray(0, 128).equals(preamble), 'f.subarray(0, 128).equals(preamble)');
       assert.equal(f.subarray(128, 132).toString('latin1'), 'DICM');
       assert.equal(hex(f.subarray(132, 140)), '02000000' + '554c' + '0400');
       const metaEnd = 144 + f.readUInt32LE(140);
       const meta = f.subarray(144, metaEnd).toString('latin1');
-      assert.ok(meta.includes(TS_UID[ts]));
-      assert.ok(meta.includes('AET1'));
+      assert.ok(meta.includes(TS_UID[ts]), 'meta.includes(TS_UID[ts])');
+      assert.ok(meta.includes('AET1'), 'meta.includes(\'AET1\')');
       const body = f.subarray(metaEnd);
       const expected = encodeDataset(els, ts === 'deflatedLE' ? 'explicitLE' : ts);
       if (ts === 'deflatedLE') {
         assert.equal(body.length % 2, 0);
-        assert.ok(inflateRawSync(body).equals(expected));
+        assert.ok(inflateRawSync(body).equals(expected), 'inflateRawSync(body).equals(expected)');
       } else {
-        assert.ok(body.equals(expected));
+        assert.ok(body.equals(expected), 'body.equals(expected)');
       }
     }
   });
@@ -180,13 +180,13 @@ describe('generated fixtures', () => {
       assert.ok(kinds.has(k), `missing kind ${k}`);
     }
     assert.equal(manifest.files.filter((f) => f.kind === 'ct' || f.kind === 'ct-implicit').length, 6);
-    assert.ok(manifest.patients.length >= 3);
+    assert.ok(manifest.patients.length >= 3, 'manifest.patients.length >= 3');
     const multi = manifest.patients.find((p) => p.studies.length >= 2);
-    assert.ok(multi);
+    assert.ok(multi, 'multi');
     const dates = new Set(manifest.files.filter((f) => multi.studies.includes(f.study)).map((f) => f.studyDate));
     assert.ok(dates.size >= 2, 'studies of one patient must be on different dates');
     for (const t of Object.keys(manifest.canaries.strings)) assert.match(t, /^ZQ[A-Z0-9]{8}$/);
-    for (const u of Object.keys(manifest.canaries.uids)) assert.ok(u.startsWith('1.2.826.0.1.3680043.9.7433.') && u.length <= 64);
+    for (const u of Object.keys(manifest.canaries.uids)) assert.ok(u.startsWith('1.2.826.0.1.3680043.9.7433.') && u.length <= 64, 'u.startsWith(\'1.2.826.0.1.3680043.9.7433.\') && u.length <= 64');
     for (const d of Object.keys(manifest.canaries.dates)) assert.match(d, /^19\d{2}(0[1-9]|1[0-2])(0[1-9]|1\d|2[0-8])$/);
   });
 
@@ -255,7 +255,7 @@ describe('generated fixtures', () => {
   test('undefined-length file really uses undefined lengths for every sequence and item', { skip: !hasDcmdump && 'dcmdump not on PATH' }, () => {
     const out = dcmdump([path(byKind('mr-undefined-length').file)]).out;
     const seqs = out.split('\n').filter((l) => / SQ \(Sequence/.test(l));
-    assert.ok(seqs.length >= 5);
+    assert.ok(seqs.length >= 5, 'seqs.length >= 5');
     for (const l of seqs) assert.match(l, /undefined length/, l);
     for (const l of out.split('\n').filter((x) => /\(fffe,e000\)/.test(x))) assert.match(l, /undefined length/, l);
   });
@@ -263,14 +263,14 @@ describe('generated fixtures', () => {
   test('ISO 2022 IR 87 PatientName: three component groups, escape sequences decode back to the original', async () => {
     const f = byKind('iso2022-jp');
     const p = manifest.patients.find((x) => x.studies.includes(f.study));
-    assert.ok(p);
+    assert.ok(p, 'p');
     assert.equal(f.charset, '\\ISO 2022 IR 87');
     const raw = await readFile(path(f.file));
     const at = raw.indexOf(Buffer.from([0x10, 0x00, 0x10, 0x00, 0x50, 0x4e])); // (0010,0010) "PN", explicit VR LE
-    assert.ok(at > 0);
+    assert.ok(at > 0, 'at > 0');
     const len = raw.readUInt16LE(at + 6);
     const value = raw.subarray(at + 8, at + 8 + len);
-    assert.ok(value.includes(Buffer.from([0x1b, 0x24, 0x42])));
+    assert.ok(value.includes(Buffer.from([0x1b, 0x24, 0x42])), 'value.includes(Buffer.from([0x1b, 0x24, 0x42]))');
     assert.equal(new TextDecoder('iso-2022-jp').decode(value).replace(/ +$/, ''), p.name);
     assert.equal(p.name.split('=').length, 3);
     const d = dcmjs.data.DicomMessage.readFile(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length), { ignoreErrors: true });
@@ -280,7 +280,7 @@ describe('generated fixtures', () => {
 
   test('ultrasound burned-in band: band pixels have the recorded colour, nothing else does', async () => {
     const f = manifest.files.find((x) => x.sop === manifest.burnedIn.sop);
-    assert.ok(f);
+    assert.ok(f, 'f');
     const b = await readFile(path(f.file));
     const ds = dcmjs.data.DicomMetaDictionary.naturalizeDataset(dcmjs.data.DicomMessage.readFile(b.buffer.slice(b.byteOffset, b.byteOffset + b.length)).dict);
     assert.equal(ds.PhotometricInterpretation, 'RGB');
@@ -335,8 +335,8 @@ describe('generated fixtures', () => {
     const metaEnd = 144 + b.readUInt32LE(140);
     const meta = b.subarray(132, metaEnd).toString('latin1');
     const where = (t: string): string => manifest.canaries.strings[t] ?? '';
-    assert.ok(Object.keys(manifest.canaries.strings).some((t) => pre.includes(t) && where(t).includes('preamble')));
-    assert.ok(Object.keys(manifest.canaries.strings).some((t) => meta.includes(t) && where(t).includes('(0002,0016)')));
+    assert.ok(Object.keys(manifest.canaries.strings).some((t) => pre.includes(t) && where(t).includes('preamble')), 'Object.keys(manifest.canaries.strings).some((t) => pre.includes(t) && where(t).includes(\'preamble\'))');
+    assert.ok(Object.keys(manifest.canaries.strings).some((t) => meta.includes(t) && where(t).includes('(0002,0016)')), 'Object.keys(manifest.canaries.strings).some((t) => meta.includes(t) && where(t).includes(\'(0002,0016)\'))');
   });
 
   test('CT: private blocks (unsafe creator, safe creator, orphan) and group length are present', { skip: !hasDcmdump && 'dcmdump not on PATH' }, () => {

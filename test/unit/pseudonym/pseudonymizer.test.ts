@@ -165,7 +165,7 @@ describe('pseudonymizer: patient IDs and tokens', () => {
       assert.equal(a.patientId(key), id);
       assert.equal(pz('client-a').patientId(key), id);
       assert.notEqual(b.patientId(key), id);
-      assert.ok(!id.includes(`MRN${i}`));
+      assert.ok(!id.includes(`MRN${i}`), '!id.includes(`MRN${i}`)');
       ids.add(id);
     }
     assert.equal(ids.size, 1000, 'no collisions');

@@ -42,16 +42,16 @@ describe('master secret: creation and reuse', () => {
     const bytes = readFileSync(file);
     const mtime = statSync(file).mtimeMs;
     const second = loadOrCreateMasterSecret(dir);
-    assert.ok(second.equals(first));
-    assert.ok(readFileSync(file).equals(bytes));
+    assert.ok(second.equals(first), 'second.equals(first)');
+    assert.ok(readFileSync(file).equals(bytes), 'readFileSync(file).equals(bytes)');
     assert.equal(statSync(file).mtimeMs, mtime);
   });
 
   test('two fresh directories get different keys (random, not derived from the path)', () => {
     const a = loadOrCreateMasterSecret(freshDir());
     const b = loadOrCreateMasterSecret(freshDir());
-    assert.ok(!a.equals(b));
-    assert.ok(!a.equals(Buffer.alloc(32)));
+    assert.ok(!a.equals(b), '!a.equals(b)');
+    assert.ok(!a.equals(Buffer.alloc(32)), '!a.equals(Buffer.alloc(32))');
   });
 
   test('an existing valid key file (written by an operator) is used as is', () => {
@@ -68,7 +68,7 @@ describe('master secret: creation and reuse', () => {
     const file = join(dir, 'master.key');
     chmodSync(file, 0o644);
     assert.equal(mode(file), 0o644, 'precondition');
-    assert.ok(loadOrCreateMasterSecret(dir).equals(key));
+    assert.ok(loadOrCreateMasterSecret(dir).equals(key), 'loadOrCreateMasterSecret(dir).equals(key)');
     assert.equal(mode(file), 0o600);
   });
 });
@@ -89,7 +89,7 @@ describe('master secret: a corrupt key file is refused, never replaced', () => {
       const file = join(dir, 'master.key');
       writeFileSync(file, c.content, { mode: 0o600 });
       assert.throws(() => loadOrCreateMasterSecret(dir), (e: unknown) => {
-        assert.ok(e instanceof GatewayError);
+        assert.ok(e instanceof GatewayError, 'e instanceof GatewayError');
         assert.equal(e.code, 'STATE_UNAVAILABLE');
         assert.match(e.message, /restore .*from backup/i);
         if (c.content.length >= 8) assert.ok(!e.message.includes(c.content.slice(0, 8)), 'no key material in the message');
@@ -113,12 +113,12 @@ describe('client keys', () => {
   test('32 bytes, deterministic, different per client id and per master', () => {
     const a = deriveClientKey(master, 'client-a');
     assert.equal(a.length, 32);
-    assert.ok(deriveClientKey(master, 'client-a').equals(a));
-    assert.ok(!deriveClientKey(master, 'client-b').equals(a));
-    assert.ok(!deriveClientKey(master, 'client-a ').equals(a));
+    assert.ok(deriveClientKey(master, 'client-a').equals(a), 'deriveClientKey(master, \'client-a\').equals(a)');
+    assert.ok(!deriveClientKey(master, 'client-b').equals(a), '!deriveClientKey(master, \'client-b\').equals(a)');
+    assert.ok(!deriveClientKey(master, 'client-a ').equals(a), '!deriveClientKey(master, \'client-a \').equals(a)');
     const other = Buffer.from(master);
     other[0] = other[0]! ^ 1;
-    assert.ok(!deriveClientKey(other, 'client-a').equals(a));
+    assert.ok(!deriveClientKey(other, 'client-a').equals(a), '!deriveClientKey(other, \'client-a\').equals(a)');
     assert.ok(!a.equals(master), 'never the master itself');
   });
 
@@ -126,6 +126,6 @@ describe('client keys', () => {
     // Recomputed here from RFC 5869 via node:crypto, so a silent change of the derivation (which
     // would change every pseudonym of every client) fails this test.
     const expected = Buffer.from(hkdfSync('sha256', master, 'deid-gateway/v1', 'client:hospital-7', 32));
-    assert.ok(deriveClientKey(master, 'hospital-7').equals(expected));
+    assert.ok(deriveClientKey(master, 'hospital-7').equals(expected), 'deriveClientKey(master, \'hospital-7\').equals(expected)');
   });
 });

@@ -1,0 +1,257 @@
+/**
+ * The gateway against a real Orthanc PACS loaded with the generated PHI studies, crawled the
+ * way a buyer's client does: every QIDO level with includefield=all, metadata at every
+ * level, retrieve, frames, bulk. No planted value may appear in any body, header or log line.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { inflateRawSync } from 'node:zlib';
+import winston from 'winston';
+import { validateConfig } from '../../src/config/schema.js';
+import { readHeaderSync } from '../../src/dicom/part10.js';
+import { toJsonModel, type JsonModel } from '../../src/dicom/to-json.js';
+import { buildParts, startGateway, type Gateway } from '../../src/main.js';
+import { findCanaries, fixtures, type FixtureSet } from '../helpers/fixtures.js';
+import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+
+const TOKENS = { strict: 'strict-token-0123456789', dates: 'dates-token-0123456789' };
+const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
+
+interface Seen { url: string; status: number; headers: string; body: Buffer }
+
+/** Splits a multipart/related body (independent of the product's reader). */
+function parts(body: Buffer, contentType: string): { headers: string; body: Buffer }[] {
+  const m = /boundary=("?)([^";]+)\1/.exec(contentType);
+  assert.ok(m, 'multipart response names its boundary');
+  const delim = Buffer.from(`--${m[2]}`);
+  const out: { headers: string; body: Buffer }[] = [];
+  let at = body.indexOf(delim);
+  assert.ok(at >= 0, 'body has a first boundary');
+  for (;;) {
+    at += delim.length;
+    if (body.subarray(at, at + 2).toString() === '--') break;
+    const next = body.indexOf(Buffer.concat([Buffer.from('\r\n'), delim]), at);
+    assert.ok(next > 0, 'every part is closed by a boundary');
+    const part = body.subarray(at + 2, next);
+    const sep = part.indexOf('\r\n\r\n');
+    out.push({ headers: part.subarray(0, sep).toString('latin1'), body: part.subarray(sep + 4) });
+    at = next + 2;
+  }
+  return out;
+}
+
+const first = (m: JsonModel, k: string): string | undefined => {
+  const v = m[k]?.Value?.[0];
+  return typeof v === 'string' ? v : undefined;
+};
+
+describe('gateway against a real Orthanc', () => {
+  let orthanc: OrthancHandle;
+  let gw: Gateway;
+  let fx: FixtureSet;
+  let stateDir: string;
+  const logLines: string[] = [];
+  const seen: Seen[] = [];
+
+  async function get(path: string, opts: { token?: string | null; accept?: string; headers?: Record<string, string>; method?: string } = {}): Promise<Seen> {
+    const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+    const token = opts.token === undefined ? TOKENS.strict : opts.token;
+    if (token) headers.authorization = `Bearer ${token}`;
+    if (opts.accept) headers.accept = opts.accept;
+    const r = await fetch(`${gw.url}${path}`, { headers, method: opts.method ?? 'GET' });
+    const s: Seen = { url: path, status: r.status, headers: [...r.headers].map(([k, v]) => `${k}: ${v}`).join('\n'), body: Buffer.from(await r.arrayBuffer()) };
+    seen.push(s);
+    return s;
+  }
+  const json = (s: Seen): JsonModel[] => JSON.parse(s.body.toString('utf8')) as JsonModel[];
+
+  before(async () => {
+    fx = await fixtures();
+    orthanc = await startOrthanc();
+    await orthanc.upload(fx.files.map((f) => f.bytes));
+    stateDir = mkdtempSync(join(tmpdir(), 'deid-gw-'));
+    const cfg = validateConfig({
+      server: { host: '127.0.0.1', port: 0, publicBaseUrl: 'https://gw.example.org' },
+      upstream: { url: orthanc.dicomWebUrl },
+      state: { dir: stateDir },
+      clients: [
+        { id: 'strict', apiKeySha256: sha(TOKENS.strict) },
+        { id: 'dates', apiKeySha256: sha(TOKENS.dates), profile: { options: ['retainLongitudinalModifiedDates', 'cleanDescriptors'] } },
+      ],
+    }, join(stateDir, 'test.yaml'));
+    const parts = buildParts(cfg);
+    const sink = new Writable({ write(chunk, _e, cb) { logLines.push(String(chunk)); cb(); } });
+    const log = winston.createLogger({ level: 'debug', format: winston.format.json(), transports: [new winston.transports.Stream({ stream: sink })] });
+    gw = await startGateway(cfg, { ...parts, log });
+  });
+
+  after(async () => {
+    await gw?.close();
+    await orthanc?.stop();
+  });
+
+  test('a buyer\'s crawl of every level leaks no planted value in any body, header or log line', async () => {
+    const studies = json(await get('/dicom-web/studies?includefield=all'));
+    assert.equal(studies.length, new Set(fx.files.map((f) => f.meta.study)).size);
+    await get('/dicom-web/series?includefield=all');
+    await get('/dicom-web/instances?includefield=all');
+    let retrievedParts = 0;
+    for (const st of studies) {
+      const s = first(st, '0020000D')!;
+      assert.match(s, /^2\.25\.\d+$/);
+      assert.equal(first(st, '00081190'), `https://gw.example.org/dicom-web/studies/${s}`);
+      await get(`/dicom-web/studies/${s}/metadata`);
+      await get(`/dicom-web/studies/${s}/instances?includefield=all`);
+      for (const se of json(await get(`/dicom-web/studies/${s}/series?includefield=all`))) {
+        const e = first(se, '0020000E')!;
+        await get(`/dicom-web/studies/${s}/series/${e}/metadata`);
+        for (const inst of json(await get(`/dicom-web/studies/${s}/series/${e}/instances?includefield=all`))) {
+          const i = first(inst, '00080018')!;
+          const meta = json(await get(`/dicom-web/studies/${s}/series/${e}/instances/${i}/metadata`))[0]!;
+          const r = await get(`/dicom-web/studies/${s}/series/${e}/instances/${i}/frames/1`);
+          assert.ok([200, 403, 404].includes(r.status), `frames answered ${r.status}`);
+          for (const a of Object.values(meta)) {
+            if (a.vr !== 'SQ' && typeof (a as { BulkDataURI?: string }).BulkDataURI === 'string') {
+              const uri = (a as unknown as { BulkDataURI: string }).BulkDataURI;
+              assert.ok(uri.startsWith('https://gw.example.org/dicom-web/studies/'), 'bulk URIs point at the gateway');
+              await get(uri.slice('https://gw.example.org'.length));
+            }
+          }
+        }
+      }
+      const r = await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"' });
+      assert.equal(r.status, 200);
+      const ct = /content-type: (.*)/.exec(r.headers)![1]!;
+      for (const p of parts(r.body, ct)) {
+        retrievedParts++;
+        const h = toJsonModel(readHeaderSync(p.body, inflateRawSync).elements);
+        assert.equal(first(h, '00120062'), 'YES');
+        assert.equal(first(h, '0020000D'), s, 'the instance carries the same pseudonymous study UID as QIDO');
+      }
+    }
+    assert.ok(retrievedParts >= 10, `retrieved ${retrievedParts} instances`);
+    const leaks: string[] = [];
+    for (const s of seen) leaks.push(...findCanaries(Buffer.concat([Buffer.from(s.headers), s.body]), fx.manifest).map((l) => `${s.url}: ${l}`));
+    leaks.push(...findCanaries(Buffer.from(logLines.join('\n')), fx.manifest).map((l) => `log: ${l}`));
+    // The audit log stays in the hospital and names original study UIDs, but never a name, ID or date.
+    leaks.push(...findCanaries(readFileSync(join(stateDir, 'audit.log')), fx.manifest, ['strings', 'dates']).map((l) => `audit: ${l}`));
+    assert.deepEqual(leaks, []);
+    const port = new URL(orthanc.httpUrl).port;
+    for (const s of seen) assert.ok(!s.body.includes(`:${port}/`) && !s.headers.includes(`:${port}`), `${s.url} names the PACS address`);
+  });
+
+  test('pixel policy: the burned-in ultrasound is withheld from a study retrieve (Warning 299) and refused directly (403)', async () => {
+    const us = fx.files.find((f) => f.meta.sop === fx.manifest.burnedIn.sop)!;
+    const studies = json(await get('/dicom-web/studies?ModalitiesInStudy=US'));
+    assert.equal(studies.length, 1);
+    const s = first(studies[0]!, '0020000D')!;
+    const r = await get(`/dicom-web/studies/${s}`);
+    assert.match(r.headers, /warning: 299 deid-gateway "\d+ instance\(s\) withheld by the pixel policy"/);
+    const insts = json(await get(`/dicom-web/studies/${s}/instances?includefield=00280301`));
+    const burned = insts.find((x) => first(x, '00280301') === 'YES')!;
+    const path = `/dicom-web/studies/${s}/series/${first(burned, '0020000E')}/instances/${first(burned, '00080018')}`;
+    for (const p of [path, `${path}/frames/1`, `${path}/bulk/7fe00010`]) {
+      const d = await get(p);
+      assert.equal(d.status, 403, p);
+      assert.equal(JSON.parse(d.body.toString()).code, 'PIXELS_WITHHELD');
+    }
+    const ct = /content-type: (.*)/.exec(r.headers)![1]!;
+    for (const p of parts(r.body, ct)) assert.notEqual(first(toJsonModel(readHeaderSync(p.body, inflateRawSync).elements), '00280301'), 'YES');
+    void us;
+  });
+
+  test('authentication: none or wrong → 401 problem with WWW-Authenticate; Basic with client id and token works', async () => {
+    for (const token of [null, 'wrong-token']) {
+      const r = await get('/dicom-web/studies', { token });
+      assert.equal(r.status, 401);
+      assert.match(r.headers, /www-authenticate: Bearer realm="deid-gateway", Basic realm="deid-gateway"/);
+      assert.equal(JSON.parse(r.body.toString()).code, 'UNAUTHORIZED');
+    }
+    const basic = (id: string, t: string): string => `Basic ${Buffer.from(`${id}:${t}`).toString('base64')}`;
+    assert.equal((await get('/dicom-web/studies', { token: null, headers: { authorization: basic('strict', TOKENS.strict) } })).status, 200);
+    assert.equal((await get('/dicom-web/studies', { token: null, headers: { authorization: basic('dates', TOKENS.strict) } })).status, 401);
+  });
+
+  test('read-only: STOW-RS, PUT, DELETE and WADO-URI are 405 problems', async () => {
+    for (const [method, path] of [['POST', '/dicom-web/studies'], ['PUT', '/dicom-web/studies/1.2.3'], ['DELETE', '/dicom-web/studies/1.2.3'], ['GET', '/wado?requestType=WADO']] as const) {
+      const r = await get(path, { method });
+      assert.equal(r.status, 405, `${method} ${path}`);
+      assert.match(r.headers, /content-type: application\/problem\+json/);
+      assert.match(r.headers, /allow: GET/);
+    }
+  });
+
+  test('rendered and thumbnail are refused; /bulk of a removed attribute is 404', async () => {
+    const st = json(await get('/dicom-web/studies?ModalitiesInStudy=CT'))[0]!;
+    const s = first(st, '0020000D')!;
+    const inst = json(await get(`/dicom-web/studies/${s}/instances`)).find((x) => first(x, '00080060') === 'CT')!;
+    const base = `/dicom-web/studies/${s}/series/${first(inst, '0020000E')}/instances/${first(inst, '00080018')}`;
+    assert.equal((await get(`${base}/rendered`)).status, 406);
+    assert.equal((await get(`${base}/thumbnail`)).status, 406);
+    assert.equal((await get(`/dicom-web/studies/${s}/rendered`)).status, 406);
+    assert.equal((await get(`${base}/bulk/00100010`)).status, 404); // the PACS would send PatientName
+    assert.equal((await get(`${base}/bulk/7fe00010`)).status, 200);
+  });
+
+  test('UIDs in paths: originals and unknown pseudonyms are 404, and another client\'s pseudonyms are unknown', async () => {
+    const original = fx.files[0]!.meta.study;
+    assert.equal((await get(`/dicom-web/studies/${original}/metadata`)).status, 404);
+    assert.equal((await get('/dicom-web/studies/2.25.1234567890/metadata')).status, 404);
+    const mine = first(json(await get('/dicom-web/studies?ModalitiesInStudy=CT'))[0]!, '0020000D')!;
+    const theirs = first(json(await get('/dicom-web/studies?ModalitiesInStudy=CT', { token: TOKENS.dates }))[0]!, '0020000D')!;
+    assert.notEqual(mine, theirs);
+    assert.equal((await get(`/dicom-web/studies/${mine}/metadata`, { token: TOKENS.dates })).status, 404);
+    assert.equal((await get(`/dicom-web/studies/${theirs}/metadata`, { token: TOKENS.dates })).status, 200);
+  });
+
+  test('query rules: identifying and unknown keys refused, pseudonymous keys mapped, fuzzy matching warned', async () => {
+    for (const q of ['PatientName=A*', 'PatientBirthDate=19270926', 'AccessionNumber=X', 'PatientNme=X', 'StudyDate=20240101']) {
+      const r = await get(`/dicom-web/studies?${q}`);
+      assert.equal(r.status, 400, q);
+      assert.equal(JSON.parse(r.body.toString()).code, 'BAD_QUERY');
+    }
+    const all = json(await get('/dicom-web/studies'));
+    const [a, b] = all.map((x) => first(x, '0020000D')!);
+    assert.equal(json(await get(`/dicom-web/studies?StudyInstanceUID=${a},${b}`)).length, 2);
+    assert.equal(json(await get(`/dicom-web/studies?StudyInstanceUID=${a}%5C${b}`)).length, 2);
+    assert.equal(json(await get('/dicom-web/studies?StudyInstanceUID=2.25.99')).length, 0);
+    const patient = fx.manifest.patients.find((p) => p.studies.length >= 2)!;
+    const row = all.find((x) => patient.studies.length && first(x, '00100020'));
+    const pid = first(row!, '00100020')!;
+    const byPid = json(await get(`/dicom-web/studies?PatientID=${pid}`));
+    assert.ok(byPid.length >= 1 && byPid.every((x) => first(x, '00100020') === pid), 'byPid.length >= 1 && byPid.every((x) => first(x, \'00100020\') === pid)');
+    const fuzzy = await get('/dicom-web/studies?fuzzymatching=true');
+    assert.match(fuzzy.headers, /warning: 299 deid-gateway "The fuzzymatching parameter is not supported/);
+  });
+
+  test('health: /healthz and /readyz need no token and reveal nothing', async () => {
+    const h = await get('/healthz', { token: null });
+    assert.equal(h.status, 200);
+    const r = await get('/readyz', { token: null });
+    assert.equal(r.status, 200);
+    assert.deepEqual(JSON.parse(r.body.toString()), { status: 'ready', upstream: 'ok', state: 'ok' });
+  });
+
+  test('the dates client sees shifted dates; the strict client sees none', async () => {
+    const strict = json(await get('/dicom-web/studies?includefield=00080020'));
+    assert.ok(strict.every((x) => first(x, '00080020') === undefined), 'strict.every((x) => first(x, \'00080020\') === undefined)');
+    const dated = json(await get('/dicom-web/studies?includefield=00080020', { token: TOKENS.dates }));
+    const dates = dated.map((x) => first(x, '00080020')).filter(Boolean) as string[];
+    assert.ok(dates.length >= 3, 'dates.length >= 3');
+    const originals = new Set(fx.files.map((f) => f.meta.studyDate));
+    assert.ok(dates.every((d) => !originals.has(d)), 'no original study date appears');
+  });
+
+  test('every request has one audit line with client, route, status and policy hash', async () => {
+    const lines = readFileSync(join(stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.ok(lines.length >= seen.length - 5, `${lines.length} audit lines for ${seen.length} requests`);
+    const retrieve = lines.find((l) => l.route === 'retrieve' && l.status === 200 && (l.instances as number) > 0)!;
+    assert.ok(retrieve && (retrieve.instances as number) > 0 && Array.isArray(retrieve.studies) && typeof retrieve.policyHash === 'string', 'retrieve && (retrieve.instances as number) > 0 && Array.isArray(retrieve.studies) && typeof retrieve.policyHash === \'st');
+    assert.ok(lines.some((l) => l.status === 401 && l.outcome === 'denied' && l.client === null), 'lines.some((l) => l.status === 401 && l.outcome === \'denied\' && l.client === null)');
+  });
+});

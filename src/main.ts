@@ -13,6 +13,7 @@ import type { QueryResolver } from './http/query.js';
 import { loadOrCreateMasterSecret } from './pseudonym/secret.js';
 import { openSqliteStore, recorderFor, type PseudonymStore } from './pseudonym/store.js';
 import { createUndiciUpstream, type Upstream } from './upstream/client.js';
+import { createHttpProxyUpstream } from './upstream/http-proxy.js';
 
 export interface Gateway {
   readonly url: string;
@@ -47,7 +48,8 @@ export function buildParts(cfg: Config): GatewayParts {
       profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
     }),
   }));
-  const upstream = createUndiciUpstream({ url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs });
+  const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs };
+  const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts) : createUndiciUpstream(upstreamOpts);
   const audit = openAuditLog(cfg.state.dir);
   return { clients, store, upstream, audit, log: createOpsLogger() };
 }

@@ -39,7 +39,7 @@ export function diffHeaders(input: readonly RawElement[], output: readonly RawEl
     const a = ins.get(tag);
     const b = outs.get(tag);
     const priv = isPrivateTag(tag);
-    const keyword = priv ? (isPrivateCreatorTag(tag) ? 'private creator' : 'private') : dictionary().lookup(tag)?.keyword ?? 'unknown';
+    const keyword = priv ? (isPrivateCreatorTag(tag) ? 'private creator' : 'private') : (tag & 0xffff) === 0 ? 'group length' : dictionary().lookup(tag)?.keyword ?? 'unknown';
     const rule = priv ? (b ? 'E.3.10-1 safe private, retainSafePrivate C' : 'E.1-1 private attributes X') : plan.lookup(tag).rule;
     let change: DiffLine['change'];
     if (a && !b) change = 'removed';

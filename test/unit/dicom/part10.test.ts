@@ -18,6 +18,7 @@ import {
   type RawElement, type Syntax,
 } from '../../../src/dicom/part10.js';
 import { encodeDataset, encodePart10, encapsulatedPixelData, TS_UID, type El, type TS } from '../../helpers/dicom-builder.js';
+import { mulberry32 as prng } from '../../helpers/prng.js';
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures and helpers
@@ -89,17 +90,6 @@ function basicOffsetTable(frags: Buffer[]): Buffer {
   return bot;
 }
 
-/** Seeded PRNG (mulberry32), so "random" chunkings are reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Split = 'whole' | 'bytes' | { random: number; max: number } | { fixed: number };
 

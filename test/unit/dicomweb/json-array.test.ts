@@ -2,23 +2,13 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { GatewayError } from '../../../src/core/errors.js';
 import { DEFAULT_MAX_ELEMENT_BYTES, MAX_JSON_DEPTH, splitJsonArray, writeJsonArray, type SplitJsonArrayOptions } from '../../../src/dicomweb/json-array.js';
+import { mulberry32 as rng } from '../../helpers/prng.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
 const SECRET = 'DOE^JANE';
 
-/** Deterministic PRNG (mulberry32) so random chunkings are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Yields `buf` cut at the given offsets; each chunk is a fresh copy, like data off a socket. */
 async function* cut(buf: Buffer, offsets: readonly number[]): AsyncGenerator<Uint8Array> {

@@ -3,23 +3,13 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { GatewayError, type ErrorCode } from '../../../src/core/errors.js';
 import { newBoundary, parseContentType, readMultipart, writeMultipart, type Part } from '../../../src/dicomweb/multipart.js';
+import { mulberry32 as rng } from '../../helpers/prng.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
 const SECRET = 'DOE^JANE-1970';
 
-/** Deterministic PRNG (mulberry32) so random chunkings are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const bin = (s: string): Buffer => Buffer.from(s, 'latin1');
 

@@ -116,4 +116,33 @@ describe('deid-gateway command line', async () => {
     const b = files(join(dir, 'b'))[0]!.slice(dir.length + 2);
     assert.ok(existsSync(join(dir, 'a', a)) && a !== b, 'existsSync(join(dir, \'a\', a)) && a !== b');
   });
+
+  test('serve: logs "listening on", SIGTERM drains and exits 0 with the audit flushed; invalid config exits 2', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const cfg = config(dir).replace('gateway.yaml', 'serve.yaml');
+    writeFileSync(cfg, readFileSync(config(dir), 'utf8').replace('port: 8080', 'port: 0').replace('8042', '9'));
+    const child = (await import('node:child_process')).spawn(process.execPath, ['--import', 'tsx', ENTRY, 'serve', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += String(d); });
+    child.stderr.on('data', (d) => { out += String(d); });
+    const url = await new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no listening line: ${out.slice(0, 300)}`)), 20_000);
+      const check = (): void => { const m = /listening on (http:\/\/[0-9.]+:\d+)/.exec(out); if (m) { clearTimeout(t); resolve(m[1]!); } };
+      child.stdout.on('data', check);
+      child.stderr.on('data', check);
+    });
+    const health = await fetch(`${url}/healthz`);
+    assert.equal(health.status, 200);
+    const ready = await fetch(`${url}/readyz`);
+    assert.equal(ready.status, 503, 'the upstream on port 9 is unreachable');
+    const code = await new Promise<number | null>((resolve) => { child.on('exit', (c) => resolve(c)); child.kill('SIGTERM'); });
+    assert.equal(code, 0);
+    const audit = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n');
+    assert.equal(audit.length, 2, 'one audit line per request, flushed before exit');
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, 'server: {host: 127.0.0.1}\n');
+    const r = run(['serve', '--config', bad]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /server\.port: required; add it/);
+  });
 });

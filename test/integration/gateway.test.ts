@@ -229,6 +229,20 @@ describe('gateway against a real Orthanc', () => {
     assert.match(fuzzy.headers, /warning: 299 deid-gateway "The fuzzymatching parameter is not supported/);
   });
 
+  test('retrieve honours the transfer-syntax parameter (default: the PACS transcodes to Explicit VR LE)', async () => {
+    const be = fx.files.find((f) => f.meta.ts === 'explicitBE')!;
+    const studies = json(await get('/dicom-web/studies?ModalitiesInStudy=MR'));
+    const s = first(studies[0]!, '0020000D')!;
+    const stored = await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' });
+    const def = await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"' });
+    const syntaxes = (r: Seen): string[] => parts(r.body, /content-type: (.*)/.exec(r.headers)![1]!).map((p) => {
+      const h = readHeaderSync(p.body, inflateRawSync);
+      return h.meta.find((e) => e.tag === 0x00020010)!.value!.toString('latin1').replace(/\0+$/, '');
+    });
+    assert.ok(syntaxes(stored).includes('1.2.840.10008.1.2.2'), `stored syntaxes: ${syntaxes(stored).join(',')} (${be.meta.file})`);
+    assert.ok(syntaxes(def).every((t) => t === '1.2.840.10008.1.2.1'), `default syntaxes: ${syntaxes(def).join(',')}`);
+  });
+
   test('health: /healthz and /readyz need no token and reveal nothing', async () => {
     const h = await get('/healthz', { token: null });
     assert.equal(h.status, 200);

@@ -14,6 +14,7 @@ import { loadOrCreateMasterSecret } from './pseudonym/secret.js';
 import { openSqliteStore, recorderFor, type PseudonymStore } from './pseudonym/store.js';
 import { createUndiciUpstream, type Upstream } from './upstream/client.js';
 import { createHttpProxyUpstream } from './upstream/http-proxy.js';
+import { createNodeHttpUpstream } from './upstream/node-http.js';
 
 export interface Gateway {
   readonly url: string;
@@ -49,7 +50,8 @@ export function buildParts(cfg: Config): GatewayParts {
     }),
   }));
   const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs };
-  const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts) : createUndiciUpstream(upstreamOpts);
+  const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
+    : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const audit = openAuditLog(cfg.state.dir);
   return { clients, store, upstream, audit, log: createOpsLogger() };
 }

@@ -43,7 +43,7 @@ export const configSchema = z.strictObject({
     url: z.url({ error: 'must be an absolute URL such as http://127.0.0.1:8042/dicom-web' }),
     connectTimeoutMs: z.number().int().min(1).default(5000),
     responseTimeoutMs: z.number().int().min(1).default(60000),
-    transport: z.enum(['undici', 'http-proxy'], { error: () => 'use undici (default) or http-proxy' }).default('undici'),
+    transport: z.enum(['node', 'undici', 'http-proxy'], { error: () => 'use node (default), undici or http-proxy' }).default('node'),
   }),
   state: z.strictObject({
     dir: z.string().min(1, 'must name a directory for secrets, pseudonyms and the audit log'),

@@ -199,14 +199,28 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const study = originalUid(rc, p.study);
   const series = p.series === undefined ? undefined : originalUid(rc, p.series);
   const sop = p.instance === undefined ? undefined : originalUid(rc, p.instance);
-  const facts = await pixelFacts(rc, study, series, sop);
-  if (sop !== undefined && !facts.has(sop)) throw new GatewayError('NOT_FOUND', 'no such resource');
+  // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
+  // reads every file of the study for them), and only the status line waits for the facts.
+  const retrieving = ok(rc, upstreamPath(rc, p), upAccept);
+  retrieving.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
+  let facts: Map<string, Facts>;
+  try {
+    facts = await pixelFacts(rc, study, series, sop);
+  } catch (e) {
+    void retrieving.then((r) => r.dump(), () => undefined);
+    throw e;
+  }
+  const refuse = async (e: GatewayError): Promise<never> => {
+    await retrieving.then((r) => r.dump(), () => undefined);
+    throw e;
+  };
+  if (sop !== undefined && !facts.has(sop)) await refuse(new GatewayError('NOT_FOUND', 'no such resource'));
   const announced = [...facts.values()].filter((f) => !pixelDecision(f).allow).length;
   if (sop !== undefined && announced > 0) {
     rc.note.withheld++;
-    throw new GatewayError('PIXELS_WITHHELD', `this instance is withheld by policy (${(pixelDecision(facts.get(sop)!) as { reason: string }).reason})`);
+    await refuse(new GatewayError('PIXELS_WITHHELD', `this instance is withheld by policy (${(pixelDecision(facts.get(sop)!) as { reason: string }).reason})`));
   }
-  const up = await ok(rc, upstreamPath(rc, p), upAccept);
+  const up = await retrieving;
   expectType(up, 'multipart/related');
   const boundary = newBoundary();
   const upBoundary = parseContentType(up.contentType).params.boundary;

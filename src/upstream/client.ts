@@ -1,7 +1,7 @@
 /**
- * The PACS client, behind one small interface so the transport can change (docs/decisions.md:
- * undici Pool measured against http-proxy). Keep-alive, connect and response timeouts, and a
- * client abort cancels the upstream request.
+ * The PACS client, behind one small interface so the transport can change (docs/decisions.md):
+ * node:http (default, node-http.ts), undici Pool (here) and http-proxy (http-proxy.ts).
+ * Keep-alive, connect and response timeouts, and a client abort cancels the upstream request.
  */
 import { Pool } from 'undici';
 import { GatewayError } from '../core/errors.js';

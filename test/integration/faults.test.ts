@@ -257,6 +257,37 @@ describe('faults between the gateway and its upstream', () => {
     return pseudo as string;
   }
 
+  // Regression: nodejs/undici#5360. The PACS answers a retrieve and closes the connection
+  // (Orthanc sends Connection: close) while the gateway has not read the body yet (it waits for
+  // the pixel facts, or a slow client holds it back). undici 7 crashes the process there with
+  // an uncatchable assertion, so the default transport is node:http.
+  test('a retrieve the PACS ends with Connection: close while its body waits unread: served whole, the gateway lives', async () => {
+    const ct = fixture('ct-s1-i1.dcm');
+    const pseudo = await showStudy(h, ct.meta.study);
+    const parts = 12; // more than the body stream's 64 KiB high-water mark, so the parser pauses
+    up.handle(route([
+      [(p) => p === `/dicom-web/studies/${ct.meta.study}/instances`, async (req, res, rec) => {
+        await new Promise((resolve) => setTimeout(resolve, 600)); // the facts come late
+        await jsonReply([])(req, res, rec);
+      }],
+      [(p) => p === `/dicom-web/studies/${ct.meta.study}`, (_req, res) => {
+        // As Orthanc does for a study: no Content-Length, no chunking, the body ends at EOF.
+        const socket = res.socket!;
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Type: ${MULTIPART_CT}\r\nConnection: close\r\n\r\n`);
+        for (let i = 0; i < parts; i++) { socket.write(partHead(i === 0)); socket.write(ct.bytes); }
+        socket.end(closeDelimiter);
+      }],
+    ]));
+    const r = await fetch(`${h.gw.url}/dicom-web/studies/${pseudo}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(r.status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // and the client is slow too
+    const body = Buffer.from(await r.arrayBuffer()).toString('latin1');
+    const boundary = /boundary=([^;]+)/.exec(r.headers.get('content-type') ?? '')?.[1] ?? '';
+    assert.equal(body.split(`--${boundary}\r\n`).length - 1, parts, 'every part arrived');
+    assert.ok(body.endsWith(`--${boundary}--\r\n`), 'the multipart is closed');
+    assert.equal((await fetch(`${h.gw.url}/healthz`)).status, 200);
+  });
+
   // 1 ------------------------------------------------------------------------------------------
   test('1. upstream down: 502 UPSTREAM_UNAVAILABLE; /readyz 503 upstream unreachable; /healthz 200', async () => {
     const forbiddenDead = upstreamDetail(deadUpstreamPort, ['ECONNREFUSED', 'UND_ERR']);

@@ -6,6 +6,7 @@ import type { Server } from 'node:http';
 import type { Logger } from 'winston';
 import type { Config } from './config/schema.js';
 import { openAuditLog, createOpsLogger, type AuditSink } from './audit/log.js';
+import { FactsCache } from './policy/facts-cache.js';
 import { createEngineContext } from './deid/index.js';
 import { createApp } from './http/app.js';
 import type { ClientRuntime } from './http/dicomweb.js';
@@ -58,6 +59,7 @@ export function buildParts(cfg: Config): GatewayParts {
 
 export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
   const { clients, store, upstream, audit, log } = parts;
+  const facts = new FactsCache();
   const resolverFor = (client: ClientRuntime): QueryResolver => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
     return {
@@ -72,6 +74,7 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     maxQueryLimit: cfg.server.maxQueryResults,
     maxHeaderBytes: cfg.engine.maxHeaderBytes,
     stateHealthy: () => store.healthy(),
+    facts,
   });
   const server = await new Promise<Server>((resolve, reject) => {
     const s = app.listen(cfg.server.port, cfg.server.host, () => resolve(s));
@@ -95,6 +98,7 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
         });
         store.flush();
         store.close();
+        facts.close();
         await upstream.close();
         await audit.close();
       })();

@@ -15,6 +15,7 @@ import type { Logger } from 'winston';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { AuditSink } from '../audit/log.js';
 import type { Upstream } from '../upstream/client.js';
+import type { FactsCache } from '../policy/facts-cache.js';
 import { authenticate } from './auth.js';
 import { bulk, frames, metadata, qido, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
 import { toProblem } from './problem.js';
@@ -32,6 +33,7 @@ export interface AppDeps {
   readonly maxHeaderBytes: number;
   /** Readiness beyond the upstream: state writable, audit writable. */
   readonly stateHealthy: () => boolean;
+  readonly facts: FactsCache;
 }
 
 interface Locals {
@@ -158,7 +160,7 @@ export function createApp(deps: AppDeps): express.Express {
       const client = l.client!;
       const rc: RequestContext = {
         client, upstream: deps.upstream, resolver: deps.resolverFor(client), dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, maxQueryLimit: deps.maxQueryLimit, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush,
+        signal: abort.signal, note: l.note, maxQueryLimit: deps.maxQueryLimit, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush, facts: deps.facts,
       };
       try {
         await send(res, await fn(rc, req), abort.signal);

@@ -10,6 +10,7 @@ import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part
 import { splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
 import { pixelDecision } from '../policy/pixels.js';
+import { FactsCache, type InstanceFacts } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
 import { mapQuery, type QueryResolver } from './query.js';
 
@@ -38,6 +39,7 @@ export interface RequestContext {
   readonly maxHeaderBytes: number;
   /** Called once a response body completes, before its last byte: makes pseudonyms durable. */
   readonly flush: () => void;
+  readonly facts: FactsCache;
 }
 
 export interface Reply {
@@ -148,13 +150,26 @@ function upstreamPath(rc: RequestContext, p: { study: string; series?: string | 
 /** WADO-RS metadata at study, series or instance level. */
 export async function metadata(rc: RequestContext, p: { study: string; series?: string; instance?: string }): Promise<Reply> {
   const up = await ok(rc, `${upstreamPath(rc, p)}/metadata`, DICOM_JSON);
-  return jsonReply(rc, up, (o) => {
+  // The metadata of a whole study or series is also its pixel facts (see policy/facts-cache.ts).
+  const seen = new Map<string, Facts>();
+  const scope = p.instance === undefined ? { study: originalUid(rc, p.study), series: p.series === undefined ? undefined : originalUid(rc, p.series) } : undefined;
+  const reply = jsonReply(rc, up, (o) => {
+    const sop = o['00080018']?.Value?.[0];
+    if (typeof sop === 'string') { const f = factsOf(o); seen.set(sop, f); rc.facts.putInstance(sop, f); }
     const out = deidentifyJson(o, rc.client.ctx, { writeMarkers: true });
     noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
     rewriteBulkDataUris(out, rc.dicomWebBase);
     rc.note.instances++;
     return out;
   });
+  if (!scope) return reply;
+  return {
+    ...reply,
+    body: (async function* () {
+      yield* reply.body;
+      if (seen.size) rc.facts.putScope(seen, scope.study, scope.series); // only once the list is complete
+    })(),
+  };
 }
 
 /** The transfer-syntax parameter a client asked for, if any (PS3.18 8.7.3.5). */
@@ -216,6 +231,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   };
   if (sop !== undefined && !facts.has(sop)) await refuse(new GatewayError('NOT_FOUND', 'no such resource'));
   const announced = [...facts.values()].filter((f) => !pixelDecision(f).allow).length;
+  // A multipart needs at least one part (RFC 2046 5.1.1): nothing to send is a 403 too.
+  if (sop === undefined && facts.size > 0 && announced === facts.size) {
+    rc.note.withheld += announced;
+    await refuse(new GatewayError('PIXELS_WITHHELD', `all ${announced} instance(s) are withheld by the pixel policy`));
+  }
   if (sop !== undefined && announced > 0) {
     rc.note.withheld++;
     await refuse(new GatewayError('PIXELS_WITHHELD', `this instance is withheld by policy (${(pixelDecision(facts.get(sop)!) as { reason: string }).reason})`));
@@ -274,11 +294,25 @@ function partTransferSyntax(part: Part): string | undefined {
   }
 }
 
-type Facts = { burnedInAnnotation?: string | undefined; modality?: string | undefined; sopClassUid?: string | undefined; imageType?: string | undefined; rows?: string | undefined };
+type Facts = InstanceFacts;
+
+/** Pixel facts of one DICOM JSON object (original values). */
+function factsOf(r: JsonDataset): Facts {
+  const s = (k: string): string | undefined => { const v = r[k]?.Value; return Array.isArray(v) ? v.map(String).join('\\') : undefined; };
+  return { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'), rows: s('00280010') };
+}
 
 /** Pixel facts of the instances under an (original) study/series/instance, from the PACS. */
 async function pixelFacts(rc: RequestContext, study: string, series?: string, sop?: string): Promise<Map<string, Facts>> {
-  const q = new URLSearchParams({ includefield: '00280301,00080060,00080016,00080008,00080018,00280010' });
+  if (sop) {
+    const known = rc.facts.instance(sop);
+    if (known) return new Map([[sop, known]]);
+  } else {
+    const known = rc.facts.scope(study, series);
+    if (known) return known;
+  }
+  // One includefield per attribute: a comma list is sent as %2C, which Orthanc does not split.
+  const q = new URLSearchParams(['00280301', '00080060', '00080016', '00080008', '00080018', '00280010'].map((t) => ['includefield', t]));
   if (sop) q.set('SOPInstanceUID', sop);
   const path = series ? `/studies/${study}/series/${series}/instances` : `/studies/${study}/instances`;
   const up = await ok(rc, path, DICOM_JSON, q);
@@ -287,10 +321,10 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
   expectType(up, DICOM_JSON, 'application/json');
   for await (const text of splitJsonArray(up.body, { maxElementBytes: 1 << 20 })) {
     const r = parseObject(text);
-    const s = (k: string): string | undefined => { const v = r[k]?.Value; return Array.isArray(v) ? v.map(String).join('\\') : undefined; };
-    const uid = s('00080018');
-    if (uid) out.set(uid, { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'), rows: s('00280010') });
+    const uid = r['00080018']?.Value?.[0];
+    if (typeof uid === 'string') out.set(uid, factsOf(r));
   }
+  if (sop) { const f = out.get(sop); if (f) rc.facts.putInstance(sop, f); } else rc.facts.putScope(out, study, series);
   return out;
 }
 

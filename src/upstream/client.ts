@@ -73,6 +73,9 @@ export function createUndiciUpstream(opts: UpstreamOptions): Upstream {
     headersTimeout: opts.responseTimeoutMs,
     bodyTimeout: opts.responseTimeoutMs,
     keepAliveTimeout: 30_000,
+    // Orthanc answers Keep-Alive: timeout=1; with undici's default 2 s threshold no connection
+    // would ever be reused.
+    keepAliveTimeoutThreshold: 100,
     pipelining: 1,
   });
   return {

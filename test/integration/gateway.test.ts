@@ -125,6 +125,10 @@ describe('gateway against a real Orthanc', () => {
         }
       }
       const r = await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"' });
+      if (r.status === 403) { // every instance withheld by the pixel policy: no empty multipart
+        assert.equal(JSON.parse(r.body.toString()).code, 'PIXELS_WITHHELD');
+        continue;
+      }
       assert.equal(r.status, 200);
       const ct = /content-type: (.*)/.exec(r.headers)![1]!;
       for (const p of parts(r.body, ct)) {
@@ -160,8 +164,10 @@ describe('gateway against a real Orthanc', () => {
       assert.equal(d.status, 403, p);
       assert.equal(JSON.parse(d.body.toString()).code, 'PIXELS_WITHHELD');
     }
+    assert.equal(r.status, 200, 'the study also holds an ultrasound with Burned In Annotation NO');
     const ct = /content-type: (.*)/.exec(r.headers)![1]!;
-    for (const p of parts(r.body, ct)) assert.notEqual(first(toJsonModel(readHeaderSync(p.body, inflateRawSync).elements), '00280301'), 'YES');
+    const got = parts(r.body, ct).map((p) => first(toJsonModel(readHeaderSync(p.body, inflateRawSync).elements), '00280301'));
+    assert.deepEqual(got, ['NO'], 'only the instance with Burned In Annotation NO is sent');
     void us;
   });
 

@@ -1,0 +1,708 @@
+/**
+ * End-to-end benchmark of the gateway in front of a real Orthanc (1.10 + DICOMweb 1.7).
+ *
+ *   npm run bench:gateway          (builds dist/ if needed; node --expose-gc dist/bench/gateway.js)
+ *   node --import tsx bench/gateway.ts
+ *
+ * One run:
+ *  - starts Orthanc (test/helpers/orthanc.ts) and uploads a generated 300-instance CT study
+ *    (512 x 512 x 16 bit, generateCtSeries) and a ~1 GB study of multi-frame CT instances built
+ *    from the same header (default 10 instances x 200 frames x 512 x 512 x 16 bit);
+ *  - starts the gateway as a child process (`node dist/src/cli/main.js serve --config …`), so its
+ *    memory can be read from /proc/<pid>/status (VmRSS sampled every 100 ms, VmHWM);
+ *  - starts a pass-through HTTP proxy in Node (another child: no auth, no de-identification, no
+ *    pre-flight query) as a reference for what any Node hop costs on the same machine;
+ *  - (a) WADO-RS retrieve of the whole 300-instance study, body consumed as it arrives (never
+ *    buffered), directly from Orthanc, through the reference proxy and through the gateway:
+ *    warm-up, then timed runs, interleaved; median, best, first byte; ratio gateway / direct;
+ *    plus the time Orthanc takes to answer the gateway's pre-flight query on its own;
+ *  - (b) QIDO-RS `/studies?includefield=all` and `/studies/{uid}/series` at concurrency 16 for a
+ *    few seconds each (and at concurrency 1 for 2 s), the three paths: median, p95, p99
+ *    latency, throughput, the gateway's CPU per request, overhead;
+ *  - (c) peak RSS of the gateway process while it streams the ~1 GB study (VmHWM reset first,
+ *    RSS trace by tenths of the run). Run first, before (a) and (b), so the figure is the
+ *    streaming's; the VmHWM over the whole run is reported too.
+ *
+ * Prints a table (figures next to targets) and writes bench/out/gateway.json. See bench/README.md.
+ *
+ * Environment knobs (defaults are the reported configuration):
+ *   BENCH_INSTANCES (300)      CT instances in the study of (a) and (b)
+ *   BENCH_RUNS (5), BENCH_WARMUPS (1)     timed and warm-up retrieves per path in (a)
+ *   BENCH_QIDO_SECONDS (5), BENCH_QIDO_CONCURRENCY (16)
+ *   BENCH_BIG_INSTANCES (10), BENCH_BIG_FRAMES (200)   the ~1 GB study of (c); frames=1 gives
+ *                              single-frame instances (e.g. 2000 x 1 for 2000 ordinary slices)
+ *   BENCH_SETUP_BUDGET_S (150) stop uploading the big study after this many seconds of setup
+ *   BENCH_PHASES (a,b,c)       which measurements to run
+ *   BENCH_CPU_PROF (0)         1: run the gateway child with --cpu-prof and list its hottest functions
+ *   BENCH_TRANSPORT            the gateway's upstream.transport (default: the gateway's own default)
+ *   BENCH_GATEWAY_NODE_FLAGS   extra node flags for the gateway child (e.g. "--trace-gc")
+ *   BENCH_KEEP_LOG (0)         1: copy the gateway's log (stderr) to bench/out/gateway.log
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Pool } from 'undici';
+import { generateCtSeries } from '../test/fixtures/generate.js';
+import { DICOMWEB_PLUGIN, freePort, startOrthanc, type OrthancHandle } from '../test/helpers/orthanc.js';
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+const INSTANCES = intEnv('BENCH_INSTANCES', 300);
+const RUNS = intEnv('BENCH_RUNS', 5);
+const WARMUPS = intEnv('BENCH_WARMUPS', 1, true);
+const QIDO_SECONDS = intEnv('BENCH_QIDO_SECONDS', 5);
+const QIDO_CONCURRENCY = intEnv('BENCH_QIDO_CONCURRENCY', 16);
+const BIG_INSTANCES = intEnv('BENCH_BIG_INSTANCES', 10);
+const BIG_FRAMES = intEnv('BENCH_BIG_FRAMES', 200);
+const SETUP_BUDGET_S = intEnv('BENCH_SETUP_BUDGET_S', 150);
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'a,b,c').split(',').map((s) => s.trim()));
+const CPU_PROF = process.env.BENCH_CPU_PROF === '1';
+/** The gateway's upstream.transport; unset: the key is left out, so the gateway's default applies. */
+const TRANSPORT = process.env.BENCH_TRANSPORT || undefined;
+if (TRANSPORT !== undefined && !/^[a-z-]{1,32}$/.test(TRANSPORT)) throw new Error(`BENCH_TRANSPORT must be a transport name such as undici, got ${TRANSPORT}`);
+const ROWS = 512;
+const COLS = 512;
+const SEED = 20240601;
+const TOKEN = 'bench-gateway-token';
+const SAMPLE_MS = 100;
+const UPLOAD_CONCURRENCY = 4;
+const ACCEPT_DICOM = 'multipart/related; type="application/dicom"';
+
+const TARGET_RATIO = 1.15;
+const TARGET_OVERHEAD_MS = 3;
+const TARGET_RSS_MB = 200;
+
+function intEnv(name: string, dflt: number, zeroOk = false): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < (zeroOk ? 0 : 1)) throw new Error(`${name} must be a ${zeroOk ? 'non-negative' : 'positive'} integer, got ${v}`);
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+const MB = 1e6;
+const MiB = 2 ** 20;
+const round = (x: number, d: number): number => Math.round(x * 10 ** d) / 10 ** d;
+const fmt = (x: number, d: number): string => x.toFixed(d);
+const now = (): number => performance.now();
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function quantile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[i]!;
+}
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('package.json not found above the benchmark');
+    dir = up;
+  }
+  return dir;
+}
+
+/** The command that runs the gateway CLI: the compiled one next to this file, or the source through tsx. */
+function gatewayCommand(root: string): string[] {
+  const compiled = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  if (import.meta.url.endsWith('.js') && existsSync(compiled)) return [compiled];
+  return ['--import', 'tsx', join(root, 'src/cli/main.ts')];
+}
+
+// ---------------------------------------------------------------------------
+// /proc readers for the gateway child
+
+interface ProcMem { rssKiB: number; hwmKiB: number }
+
+function readMem(pid: number): ProcMem | undefined {
+  try {
+    const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? NaN);
+    return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM') };
+  } catch {
+    return undefined;
+  }
+}
+
+const CLK_TCK = 100; // Linux USER_HZ; /proc/<pid>/stat reports utime and stime in these ticks
+/** User + system CPU time of a process, in ms. */
+function cpuMs(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK; // fields 14 and 15 of stat(5)
+  } catch {
+    return NaN;
+  }
+}
+
+/** Resets VmHWM to the current RSS (Linux ≥ 4.0, own child). */
+function resetPeak(pid: number): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+class RssSampler {
+  private timer: NodeJS.Timeout | undefined;
+  private t0 = 0;
+  maxKiB = 0;
+  samples = 0;
+  /** [ms since start(), VmRSS KiB] */
+  trace: [number, number][] = [];
+  constructor(private readonly pid: number) {}
+  start(): void {
+    this.maxKiB = 0;
+    this.samples = 0;
+    this.trace = [];
+    this.t0 = now();
+    const tick = (): void => {
+      const m = readMem(this.pid);
+      if (m && Number.isFinite(m.rssKiB)) {
+        this.samples++;
+        this.trace.push([Math.round(now() - this.t0), m.rssKiB]);
+        if (m.rssKiB > this.maxKiB) this.maxKiB = m.rssKiB;
+      }
+    };
+    tick();
+    this.timer = setInterval(tick, SAMPLE_MS);
+  }
+  stop(): void {
+    clearInterval(this.timer);
+    const m = readMem(this.pid);
+    if (m && m.rssKiB > this.maxKiB) this.maxKiB = m.rssKiB;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Inputs
+
+const EXPLICIT_LONG_VRS = new Set(['OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'SQ', 'SV', 'UC', 'UN', 'UR', 'UT', 'UV']);
+
+interface Template {
+  /** Everything before the (7FE0,0010) element, Number of Frames inserted. */
+  readonly head: Buffer;
+  /** The (7FE0,0010) element header (12 bytes), length to be patched. */
+  readonly pixelHead: Buffer;
+  readonly study: string;
+  readonly series: string;
+  readonly sop: string;
+}
+
+/**
+ * Splits a generated single-frame CT instance (Explicit VR LE, defined lengths) into the part
+ * before the pixel data (with Number of Frames (0028,0008) inserted in tag order) and the pixel
+ * element header, and reads its study, series and SOP instance UIDs.
+ */
+function template(instance: Buffer, frames: number): Template {
+  if (instance.toString('latin1', 128, 132) !== 'DICM') throw new Error('generated instance: no DICM');
+  let pos = 132;
+  let insertAt = -1;
+  const uids: Record<string, string> = {};
+  for (;;) {
+    if (pos + 8 > instance.length) throw new Error('generated instance: no (7FE0,0010)');
+    const group = instance.readUInt16LE(pos);
+    const tag = ((group << 16) | instance.readUInt16LE(pos + 2)) >>> 0;
+    const vr = instance.toString('latin1', pos + 4, pos + 6);
+    const long = EXPLICIT_LONG_VRS.has(vr);
+    const len = long ? instance.readUInt32LE(pos + 8) : instance.readUInt16LE(pos + 6);
+    const headLen = long ? 12 : 8;
+    if (len === 0xffffffff) throw new Error(`generated instance: undefined length at ${pos}`);
+    if (insertAt < 0 && group !== 0x0002 && tag >= 0x00280008) {
+      if (tag === 0x00280008) throw new Error('generated instance already has Number of Frames');
+      insertAt = pos;
+    }
+    if (tag === 0x0020000d || tag === 0x0020000e || tag === 0x00080018) {
+      uids[tag.toString(16).padStart(8, '0')] = instance.toString('latin1', pos + headLen, pos + headLen + len).replace(/\0+$/, '');
+    }
+    if (tag === 0x7fe00010) {
+      const value = String(frames).length % 2 ? `${frames} ` : String(frames);
+      const el = Buffer.alloc(8 + value.length);
+      el.writeUInt16LE(0x0028, 0);
+      el.writeUInt16LE(0x0008, 2);
+      el.write('IS', 4, 'latin1');
+      el.writeUInt16LE(value.length, 6);
+      el.write(value, 8, 'latin1');
+      const head = Buffer.concat([instance.subarray(0, insertAt), el, instance.subarray(insertAt, pos)]);
+      const study = uids['0020000d'], series = uids['0020000e'], sop = uids['00080018'];
+      if (!study || !series || !sop) throw new Error('generated instance: missing a UID');
+      return { head, pixelHead: Buffer.from(instance.subarray(pos, pos + headLen)), study, series, sop };
+    }
+    pos += headLen + len;
+  }
+}
+
+/** A UID of the same length as `uid`: its last component replaced by `n` (same digit count). */
+function sameLengthUid(uid: string, n: number): string {
+  const i = uid.lastIndexOf('.');
+  const width = uid.length - i - 1;
+  const tail = `9${String(n).padStart(width - 1, '0')}`;
+  if (tail.length !== width) throw new Error(`cannot number ${n} within ${width} digits`);
+  return uid.slice(0, i + 1) + tail;
+}
+
+function replaceAll(buf: Buffer, from: string, to: string): void {
+  if (from.length !== to.length) throw new Error('replacement must keep the length');
+  const f = Buffer.from(from, 'latin1');
+  for (let i = buf.indexOf(f); i >= 0; i = buf.indexOf(f, i + f.length)) buf.write(to, i, 'latin1');
+}
+
+/** Instance k of the big study: the template header with new study/series/SOP UIDs, then zero pixels. */
+function bigInstance(t: Template, k: number, pixels: Buffer): Buffer {
+  const head = Buffer.from(t.head);
+  replaceAll(head, t.study, sameLengthUid(t.study, 1));
+  replaceAll(head, t.series, sameLengthUid(t.series, 2));
+  replaceAll(head, t.sop, sameLengthUid(t.sop, 1000 + k));
+  const ph = Buffer.from(t.pixelHead);
+  ph.writeUInt32LE(pixels.length, 8);
+  return Buffer.concat([head, ph, pixels]);
+}
+
+async function uploadAll(orthanc: OrthancHandle, count: number, get: (i: number) => Promise<Buffer> | Buffer, deadline = Infinity): Promise<{ uploaded: number; bytes: number }> {
+  let next = 0;
+  let uploaded = 0;
+  let bytes = 0;
+  const worker = async (): Promise<void> => {
+    while (next < count && now() < deadline) {
+      const i = next++;
+      const body = await get(i);
+      const r = await fetch(`${orthanc.httpUrl}/instances`, { method: 'POST', headers: { 'Content-Type': 'application/dicom' }, body });
+      const text = await r.text();
+      if (!r.ok) throw new Error(`Orthanc refused instance ${i}: HTTP ${r.status} ${text.slice(0, 300)}`);
+      uploaded++;
+      bytes += body.length;
+    }
+  };
+  await Promise.all(Array.from({ length: UPLOAD_CONCURRENCY }, worker));
+  return { uploaded, bytes };
+}
+
+// ---------------------------------------------------------------------------
+// The gateway child process
+
+interface GatewayChild { url: string; pid: number; proc: ChildProcess; stop(): Promise<number | null>; logFile: string }
+
+async function startGatewayChild(root: string, dir: string, upstream: string, profDir: string | undefined): Promise<GatewayChild> {
+  const port = await freePort();
+  const cfg = join(dir, 'gateway.yaml');
+  const hash = createHash('sha256').update(TOKEN).digest('hex');
+  writeFileSync(cfg, [
+    `server: {host: 127.0.0.1, port: ${port}}`,
+    `upstream: {url: "${upstream}"${TRANSPORT ? `, transport: ${TRANSPORT}` : ''}}`,
+    'state: {dir: ./state}',
+    'clients:',
+    '  - id: bench',
+    `    apiKeySha256: "${hash}"`,
+    '',
+  ].join('\n'));
+  const logFile = join(dir, 'gateway.log');
+  const fd = openSync(logFile, 'a');
+  const extra = (process.env.BENCH_GATEWAY_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
+  const args = [...extra, ...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...gatewayCommand(root), 'serve', '--config', cfg];
+  const proc = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  process.once('exit', () => { try { proc.kill('SIGKILL'); } catch { /* gone */ } });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = now() + 20_000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`the gateway exited (${proc.exitCode}): ${readFileSync(logFile, 'utf8').slice(-2000)}`);
+    try {
+      const r = await fetch(`${url}/healthz`);
+      await r.arrayBuffer();
+      if (r.ok) break;
+    } catch { /* not yet */ }
+    if (now() > deadline) throw new Error(`the gateway did not answer /healthz in 20 s: ${readFileSync(logFile, 'utf8').slice(-2000)}`);
+    await sleep(100);
+  }
+  return {
+    url, pid: proc.pid!, proc, logFile,
+    async stop() {
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 15_000);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Reference: a pass-through HTTP proxy in Node (no authentication, no de-identification, no
+// pre-flight query), the floor of what any Node hop in front of Orthanc costs on this machine.
+
+const PROXY_SOURCE = `
+const http = require('node:http');
+const [upHost, upPort, port] = process.argv.slice(1);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+http.createServer((req, res) => {
+  const up = http.request({ host: upHost, port: Number(upPort), path: req.url, method: 'GET', agent,
+    headers: { accept: req.headers.accept || '*/*' } }, (u) => {
+    res.writeHead(u.statusCode, { 'content-type': u.headers['content-type'] || 'application/octet-stream' });
+    u.pipe(res);
+  });
+  up.on('error', () => res.destroy());
+  req.on('close', () => { if (!res.writableFinished) up.destroy(); });
+  up.end();
+}).listen(Number(port), '127.0.0.1', () => process.stdout.write('ready\\n'));
+`;
+
+async function startProxyChild(upstreamOrigin: string): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
+  const port = await freePort();
+  const u = new URL(upstreamOrigin);
+  const proc = spawn(process.execPath, ['-e', PROXY_SOURCE, u.hostname, u.port, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  process.once('exit', () => { try { proc.kill('SIGKILL'); } catch { /* gone */ } });
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('the pass-through proxy did not start in 10 s')), 10_000);
+    proc.stdout!.once('data', () => { clearTimeout(t); resolve(); });
+    proc.once('exit', (code) => { clearTimeout(t); reject(new Error(`the pass-through proxy exited (${code})`)); });
+  });
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  return { url: `http://127.0.0.1:${port}`, pid: proc.pid!, async stop() { proc.kill('SIGTERM'); await exited; } };
+}
+
+// ---------------------------------------------------------------------------
+// HTTP measurements
+
+interface Target { readonly name: 'direct' | 'proxy' | 'gateway'; readonly pool: Pool; readonly base: string; readonly headers: Record<string, string> }
+
+/** GET, body consumed chunk by chunk and counted (never buffered). */
+async function getCounted(t: Target, path: string, accept: string): Promise<{ ms: number; ttfbMs: number; bytes: number; status: number }> {
+  const t0 = now();
+  const r = await t.pool.request({ method: 'GET', path: `${t.base}${path}`, headers: { ...t.headers, accept } });
+  const ttfb = now() - t0;
+  let bytes = 0;
+  for await (const c of r.body) bytes += (c as Buffer).length;
+  return { ms: now() - t0, ttfbMs: ttfb, bytes, status: r.statusCode };
+}
+
+async function getJson<T>(t: Target, path: string): Promise<T> {
+  const r = await t.pool.request({ method: 'GET', path: `${t.base}${path}`, headers: { ...t.headers, accept: 'application/dicom+json' } });
+  const text = await r.body.text();
+  if (r.statusCode !== 200) throw new Error(`${t.name} GET ${path}: ${r.statusCode} ${text.slice(0, 300)}`);
+  return JSON.parse(text) as T;
+}
+
+interface LoadResult { requests: number; errors: number; seconds: number; rps: number; p50: number; p95: number; p99: number; mean: number }
+
+/** `concurrency` workers issuing GETs back to back for `seconds`; latency of every answered request. */
+async function load(t: Target, path: string, concurrency: number, seconds: number): Promise<LoadResult> {
+  const lat: number[] = [];
+  let errors = 0;
+  const start = now();
+  const end = start + seconds * 1000;
+  const worker = async (): Promise<void> => {
+    while (now() < end) {
+      const t0 = now();
+      const r = await t.pool.request({ method: 'GET', path: `${t.base}${path}`, headers: { ...t.headers, accept: 'application/dicom+json' } });
+      await r.body.arrayBuffer();
+      if (r.statusCode === 200) lat.push(now() - t0);
+      else errors++;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const elapsed = (now() - start) / 1000;
+  lat.sort((a, b) => a - b);
+  return {
+    requests: lat.length, errors, seconds: round(elapsed, 2), rps: round(lat.length / elapsed, 1),
+    p50: round(quantile(lat, 0.5), 2), p95: round(quantile(lat, 0.95), 2), p99: round(quantile(lat, 0.99), 2),
+    mean: round(lat.reduce((a, b) => a + b, 0) / Math.max(1, lat.length), 2),
+  };
+}
+
+type Row = { '0020000D'?: { Value?: unknown[] }; '00201208'?: { Value?: unknown[] } };
+const uidOf = (r: Row): string => String(r['0020000D']?.Value?.[0] ?? '');
+const countOf = (r: Row): number => Number(r['00201208']?.Value?.[0] ?? NaN);
+
+// ---------------------------------------------------------------------------
+// CPU profile summary
+
+interface ProfileNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; hitCount?: number }
+
+function summarizeProfile(file: string, top = 20): { fn: string; where: string; selfMs: number; pct: number }[] {
+  const p = JSON.parse(readFileSync(file, 'utf8')) as { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number };
+  const totalUs = p.endTime - p.startTime;
+  const perSampleUs = totalUs / Math.max(1, p.samples.length);
+  const self = new Map<string, { fn: string; where: string; us: number }>();
+  for (const n of p.nodes) {
+    const hits = n.hitCount ?? 0;
+    if (!hits) continue;
+    const url = n.callFrame.url.replace(/^file:\/\/.*?\/(node_modules|dist|src)\//, '$1/');
+    const key = `${n.callFrame.functionName}|${url}|${n.callFrame.lineNumber}`;
+    const e = self.get(key) ?? { fn: n.callFrame.functionName || '(anonymous)', where: url ? `${url}:${n.callFrame.lineNumber + 1}` : '', us: 0 };
+    e.us += hits * perSampleUs;
+    self.set(key, e);
+  }
+  const busyUs = [...self.values()].filter((e) => e.fn !== '(idle)').reduce((a, e) => a + e.us, 0);
+  return [...self.values()].filter((e) => e.fn !== '(idle)').sort((a, b) => b.us - a.us).slice(0, top)
+    .map((e) => ({ fn: e.fn, where: e.where, selfMs: round(e.us / 1000, 1), pct: round((100 * e.us) / busyUs, 1) }));
+}
+
+// ---------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const root = projectRoot();
+  const tStart = now();
+  const loadStart = loadavg().map((x) => round(x, 2));
+  console.log('deid-gateway end-to-end benchmark (Orthanc → gateway → client)');
+  console.log(`machine: ${cpus()[0]?.model ?? 'unknown'} (${cpus().length} logical CPUs, ${fmt(totalmem() / 2 ** 30, 1)} GiB), node ${process.version}`);
+  console.log(`load average at start: ${loadStart.join(' ')} (1/5/15 min; other processes share the machine and skew every figure)`);
+
+  const work = mkdtempSync(join(tmpdir(), 'deid-bench-gw-'));
+  const outDir = join(root, 'bench', 'out');
+  mkdirSync(outDir, { recursive: true });
+  const profDir = CPU_PROF ? join(outDir, `prof-${Date.now()}`) : undefined;
+  let orthanc: OrthancHandle | undefined;
+  let gw: GatewayChild | undefined;
+  let proxy: Awaited<ReturnType<typeof startProxyChild>> | undefined;
+  const pools: Pool[] = [];
+  const result: Record<string, unknown> = {};
+  try {
+    // ---- setup
+    const tSetup = now();
+    orthanc = await startOrthanc({ extra: { Plugins: [DICOMWEB_PLUGIN], HttpThreadsCount: 16 } });
+    const ctDir = join(work, 'ct');
+    const paths = await generateCtSeries(ctDir, INSTANCES, { rows: ROWS, cols: COLS, seed: SEED });
+    const tGen = now();
+    const ct = await uploadAll(orthanc, paths.length, (i) => readFile(paths[i]!));
+    const tCt = now();
+    console.log(`setup: Orthanc up; ${INSTANCES} CT instances generated in ${fmt((tGen - tSetup) / 1000, 1)} s, uploaded in ${fmt((tCt - tGen) / 1000, 1)} s (${fmt(ct.bytes / MB, 0)} MB)`);
+
+    let big = { uploaded: 0, bytes: 0 };
+    if (PHASES.has('c')) {
+      const t = template(await readFile(paths[0]!), BIG_FRAMES);
+      const pixels = Buffer.alloc(ROWS * COLS * 2 * BIG_FRAMES);
+      big = await uploadAll(orthanc, BIG_INSTANCES, (k) => bigInstance(t, k, pixels), tSetup + SETUP_BUDGET_S * 1000);
+      console.log(`setup: ~1 GB study: ${big.uploaded} of ${BIG_INSTANCES} instances x ${BIG_FRAMES} frames uploaded in ${fmt((now() - tCt) / 1000, 1)} s (${fmt(big.bytes / MB, 0)} MB)${big.uploaded < BIG_INSTANCES ? ' (setup budget reached)' : ''}`);
+    }
+    rmSync(ctDir, { recursive: true, force: true });
+
+    gw = await startGatewayChild(root, work, orthanc.dicomWebUrl, profDir);
+    const idle = readMem(gw.pid)!;
+    console.log(`gateway: pid ${gw.pid}, ${gatewayCommand(root).join(' ').replace(root + '/', '')}${profDir ? ' (--cpu-prof)' : ''}, upstream transport ${TRANSPORT ?? '(the default)'}; RSS at start ${fmt(idle.rssKiB / 1024, 1)} MiB`);
+    console.log(`setup done in ${fmt((now() - tSetup) / 1000, 1)} s\n`);
+
+    proxy = await startProxyChild(orthanc.httpUrl);
+    // Orthanc answers `Keep-Alive: timeout=1`; undici's default keepAliveTimeoutThreshold (2 s)
+    // would then open a new connection per request. The measuring client keeps its
+    // connections (threshold 200 ms) so the direct baseline is what a good client gets.
+    const poolOpts = { connections: 64, pipelining: 1, keepAliveTimeoutThreshold: 200 };
+    const direct: Target = { name: 'direct', pool: new Pool(new URL(orthanc.httpUrl).origin, poolOpts), base: '/dicom-web', headers: {} };
+    const passThrough: Target = { name: 'proxy', pool: new Pool(proxy.url, poolOpts), base: '/dicom-web', headers: {} };
+    const gateway: Target = { name: 'gateway', pool: new Pool(gw.url, poolOpts), base: '/dicom-web', headers: { authorization: `Bearer ${TOKEN}` } };
+    pools.push(direct.pool, passThrough.pool, gateway.pool);
+    const all = [direct, passThrough, gateway];
+
+    // UIDs: the originals from Orthanc, the pseudonyms from the gateway (found by instance count).
+    const dRows = await getJson<Row[]>(direct, '/studies');
+    const gRows = await getJson<Row[]>(gateway, '/studies');
+    const dCt = dRows.find((r) => countOf(r) === INSTANCES), gCt = gRows.find((r) => countOf(r) === INSTANCES);
+    const dBig = dRows.find((r) => countOf(r) === big.uploaded && r !== dCt), gBig = gRows.find((r) => countOf(r) === big.uploaded && r !== gCt);
+    if (!dCt || !gCt) throw new Error(`the ${INSTANCES}-instance study is not listed (direct ${dRows.map(countOf).join(',')}, gateway ${gRows.map(countOf).join(',')})`);
+    const ctUid = (t: Target): string => uidOf(t === gateway ? gCt : dCt);
+    const rssSampler = new RssSampler(gw.pid);
+
+    // ---- (c) peak RSS while streaming the ~1 GB study: first, while the gateway has served
+    // nothing but the study list, so the figure is the streaming's; the whole run's VmHWM is
+    // reported at the end.
+    if (PHASES.has('c') && dBig && gBig && big.uploaded > 0) {
+      console.log(`(c) gateway RSS while streaming the ${fmt(big.bytes / MB, 0)} MB study (${big.uploaded} instances x ${BIG_FRAMES} frames), sampled every ${SAMPLE_MS} ms`);
+      const dRun = await getCounted(direct, `/studies/${uidOf(dBig)}`, ACCEPT_DICOM);
+      console.log(`    direct  ${fmt(dRun.ms, 0)} ms, ${fmt(dRun.bytes / MB, 0)} MB (${fmt(dRun.bytes / MB / (dRun.ms / 1000), 0)} MB/s)`);
+      const before = readMem(gw.pid)!;
+      const reset = resetPeak(gw.pid);
+      rssSampler.start();
+      const cpu0 = cpuMs(gw.pid);
+      const gRun = await getCounted(gateway, `/studies/${uidOf(gBig)}`, ACCEPT_DICOM);
+      rssSampler.stop();
+      const after = readMem(gw.pid)!;
+      if (gRun.status !== 200) throw new Error(`gateway retrieve of the big study: HTTP ${gRun.status}`);
+      console.log(`    gateway ${fmt(gRun.ms, 0)} ms, ${fmt(gRun.bytes / MB, 0)} MB (${fmt(gRun.bytes / MB / (gRun.ms / 1000), 0)} MB/s), gateway CPU ${fmt(cpuMs(gw.pid) - cpu0, 0)} ms`);
+      console.log(`    RSS before ${fmt(before.rssKiB / 1024, 1)} MiB, sampled peak ${fmt(rssSampler.maxKiB / 1024, 1)} MiB (${rssSampler.samples} samples), VmHWM ${fmt(after.hwmKiB / 1024, 1)} MiB${reset ? ' (reset before the run)' : ' (since start: clear_refs not writable)'}, after ${fmt(after.rssKiB / 1024, 1)} MiB`);
+      // The shape of the curve: RSS at each tenth of the run (flat = streaming; a ramp = something per instance).
+      const tr = rssSampler.trace;
+      const tenths = Array.from({ length: 11 }, (_, i) => tr[Math.min(tr.length - 1, Math.round((i * (tr.length - 1)) / 10))]?.[1] ?? NaN);
+      console.log(`    RSS by tenths of the run (MiB): ${tenths.map((k) => fmt(k / 1024, 0)).join(' ')}`);
+      const peakKiB = reset ? Math.max(after.hwmKiB, rssSampler.maxKiB) : rssSampler.maxKiB;
+      result.rss = {
+        study: { instances: big.uploaded, framesPerInstance: BIG_FRAMES, uploadedBytes: big.bytes },
+        direct: { ms: round(dRun.ms, 0), bytes: dRun.bytes }, gateway: { ms: round(gRun.ms, 0), bytes: gRun.bytes },
+        rssBeforeMiB: round(before.rssKiB / 1024, 1), sampledPeakMiB: round(rssSampler.maxKiB / 1024, 1), samples: rssSampler.samples,
+        rssByTenthMiB: tenths.map((k) => round(k / 1024, 1)), trace: tr.map(([t, k]) => [t, round(k / 1024, 1)]),
+        vmHwmMiB: round(after.hwmKiB / 1024, 1), vmHwmReset: reset, rssAfterMiB: round(after.rssKiB / 1024, 1), peakMiB: round(peakKiB / 1024, 1), peakMB: round((peakKiB * 1024) / MB, 1),
+      };
+      console.log();
+    }
+
+    // ---- (a) WADO-RS retrieve of the whole study, interleaved
+    if (PHASES.has('a')) {
+      console.log(`(a) WADO-RS retrieve of the ${INSTANCES}-instance study: ${WARMUPS} warm-up + ${RUNS} timed runs per path, interleaved (proxy = pass-through reference)`);
+      const runs: Record<Target['name'], { ms: number; ttfbMs: number; bytes: number }[]> = { direct: [], proxy: [], gateway: [] };
+      const cpu0 = cpuMs(gw.pid);
+      rssSampler.start();
+      for (let i = 0; i < WARMUPS + RUNS; i++) {
+        for (let j = 0; j < all.length; j++) {
+          const t = all[(i + j) % all.length]!;
+          const r = await getCounted(t, `/studies/${ctUid(t)}`, ACCEPT_DICOM);
+          if (r.status !== 200) throw new Error(`${t.name} retrieve: HTTP ${r.status}`);
+          const warm = i < WARMUPS;
+          console.log(`    ${warm ? 'warm-up' : `run ${i - WARMUPS + 1}  `} ${t.name.padEnd(7)} ${fmt(r.ms, 0).padStart(6)} ms  (first byte ${fmt(r.ttfbMs, 0)} ms, ${fmt(r.bytes / MB, 1)} MB, ${fmt(r.bytes / MB / (r.ms / 1000), 0)} MB/s)`);
+          if (!warm) runs[t.name].push(r);
+        }
+      }
+      rssSampler.stop();
+      const gwCpu = cpuMs(gw.pid) - cpu0;
+      // The gateway's pre-flight (src/http/dicomweb.ts pixelFacts): an instance-level QIDO with
+      // the pixel-policy fields, answered by Orthanc before the retrieve starts.
+      const preflight: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await getCounted(direct, `/studies/${ctUid(direct)}/instances?includefield=00280301,00080060,00080016,00080008,00080018`, 'application/dicom+json');
+        preflight.push(r.ms);
+      }
+      console.log(`    the gateway's pre-flight query (/studies/{uid}/instances?includefield=…) answered by Orthanc directly: ${preflight.map((x) => fmt(x, 0)).join(', ')} ms`);
+      const summary = (rs: { ms: number; bytes: number; ttfbMs: number }[]) => ({
+        runsMs: rs.map((r) => round(r.ms, 1)), medianMs: round(median(rs.map((r) => r.ms)), 1), bestMs: round(Math.min(...rs.map((r) => r.ms)), 1),
+        medianTtfbMs: round(median(rs.map((r) => r.ttfbMs)), 1), bytes: rs[0]?.bytes ?? 0, medianMBps: round((rs[0]?.bytes ?? 0) / MB / (median(rs.map((r) => r.ms)) / 1000), 1),
+      });
+      const d = summary(runs.direct), x = summary(runs.proxy), g = summary(runs.gateway);
+      result.retrieve = {
+        study: { instances: INSTANCES, rows: ROWS, cols: COLS }, direct: d, proxy: x, gateway: g,
+        ratioMedian: round(g.medianMs / d.medianMs, 3), ratioBest: round(g.bestMs / d.bestMs, 3), proxyRatioMedian: round(x.medianMs / d.medianMs, 3),
+        preflightQidoMs: { runs: preflight.map((v) => round(v, 1)), median: round(median(preflight), 1) },
+        gatewayCpuMsPerRetrieve: round(gwCpu / (WARMUPS + RUNS), 0), gatewayPeakRssMiB: round(rssSampler.maxKiB / 1024, 1),
+      };
+      console.log(`    gateway CPU ${fmt(gwCpu / (WARMUPS + RUNS), 0)} ms per retrieve; gateway RSS peak ${fmt(rssSampler.maxKiB / 1024, 1)} MiB (sampled)\n`);
+    }
+
+    // ---- (b) QIDO latency under concurrency
+    if (PHASES.has('b')) {
+      console.log(`(b) QIDO-RS at concurrency ${QIDO_CONCURRENCY}, ${QIDO_SECONDS} s per path (after a 1 s warm-up); then concurrency 1 for 2 s per path`);
+      const qido: Record<string, unknown> = {};
+      const queries = [
+        { key: 'studies', label: '/studies?includefield=all', path: () => '/studies?includefield=all' },
+        { key: 'series', label: '/studies/{uid}/series', path: (t: Target) => `/studies/${ctUid(t)}/series` },
+      ];
+      for (const q of queries) {
+        const per: Partial<Record<Target['name'], LoadResult>> = {};
+        for (const t of all) {
+          await load(t, q.path(t), QIDO_CONCURRENCY, 1);
+          const cpu0 = cpuMs(gw.pid);
+          const r = per[t.name] = await load(t, q.path(t), QIDO_CONCURRENCY, QIDO_SECONDS);
+          const cpu = t === gateway ? `, gateway CPU ${fmt((cpuMs(gw.pid) - cpu0) / r.requests, 2)} ms/request` : '';
+          console.log(`    ${q.label.padEnd(26)} ${t.name.padEnd(7)} ${String(r.requests).padStart(6)} requests, ${fmt(r.rps, 0).padStart(5)} req/s, p50 ${fmt(r.p50, 2)} ms, p95 ${fmt(r.p95, 2)} ms, p99 ${fmt(r.p99, 2)} ms${r.errors ? `, ${r.errors} errors` : ''}${cpu}`);
+        }
+        // One client at a time: the overhead without queueing, for reference.
+        const solo: Partial<Record<Target['name'], LoadResult>> = {};
+        for (const t of all) solo[t.name] = await load(t, q.path(t), 1, 2);
+        console.log(`    ${q.label.padEnd(26)} concurrency 1: p50 direct ${fmt(solo.direct!.p50, 2)} ms, proxy ${fmt(solo.proxy!.p50, 2)} ms, gateway ${fmt(solo.gateway!.p50, 2)} ms`);
+        qido[q.key] = {
+          path: q.label, concurrency: QIDO_CONCURRENCY, direct: per.direct, proxy: per.proxy, gateway: per.gateway,
+          overheadP50Ms: round(per.gateway!.p50 - per.direct!.p50, 2), overheadP95Ms: round(per.gateway!.p95 - per.direct!.p95, 2),
+          proxyOverheadP50Ms: round(per.proxy!.p50 - per.direct!.p50, 2),
+          concurrency1: { direct: solo.direct, proxy: solo.proxy, gateway: solo.gateway, overheadP50Ms: round(solo.gateway!.p50 - solo.direct!.p50, 2), proxyOverheadP50Ms: round(solo.proxy!.p50 - solo.direct!.p50, 2) },
+        };
+      }
+      result.qido = qido;
+      console.log();
+    }
+
+    const end = readMem(gw.pid);
+    if (end) {
+      result.gatewayVmHwmWholeRunMiB = round(end.hwmKiB / 1024, 1);
+      result.gatewayRssEndMiB = round(end.rssKiB / 1024, 1);
+      console.log(`gateway memory over the whole run (VmHWM, since the reset before (c)): ${fmt(end.hwmKiB / 1024, 1)} MiB; RSS at the end ${fmt(end.rssKiB / 1024, 1)} MiB\n`);
+    }
+  } finally {
+    for (const p of pools) await p.close();
+    await proxy?.stop();
+    const code = await gw?.stop();
+    if (gw && code !== 0) console.log(`note: the gateway exited with ${code}`);
+    if (gw && process.env.BENCH_KEEP_LOG === '1') writeFileSync(join(outDir, 'gateway.log'), readFileSync(gw.logFile));
+    await orthanc?.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+
+  // ---- report
+  const loadEnd = loadavg().map((x) => round(x, 2));
+  type Timing = { medianMs: number; bestMs: number; medianTtfbMs: number };
+  const a = result.retrieve as { ratioMedian: number; direct: Timing; proxy: Timing; gateway: Timing; preflightQidoMs: { median: number } } | undefined;
+  const b = result.qido as Record<string, { direct: LoadResult; proxy: LoadResult; gateway: LoadResult; overheadP50Ms: number; path: string; concurrency1: { direct: LoadResult; proxy: LoadResult; gateway: LoadResult } }> | undefined;
+  const c = result.rss as { peakMB: number; peakMiB: number; study: { uploadedBytes: number } } | undefined;
+  const targets: Record<string, { value: number; target: string; met: boolean }> = {};
+  const lines: string[][] = [['measurement', 'direct', 'proxy (ref.)', 'gateway', 'figure', 'target', 'verdict']];
+  const ms0 = (x: number): string => `${fmt(x, 0)} ms`;
+  const ms2 = (x: number): string => `${fmt(x, 2)} ms`;
+  const plus = (x: number): string => `${x >= 0 ? '+' : ''}${fmt(x, 2)} ms`;
+  if (a) {
+    targets.retrieveRatio = { value: a.ratioMedian, target: `<= ${TARGET_RATIO}`, met: a.ratioMedian <= TARGET_RATIO };
+    lines.push([`(a) WADO-RS study, ${INSTANCES} inst., median`, ms0(a.direct.medianMs), ms0(a.proxy.medianMs), ms0(a.gateway.medianMs), `${fmt(a.ratioMedian, 2)}x`, `<= ${TARGET_RATIO}x`, a.ratioMedian <= TARGET_RATIO ? 'MET' : 'MISSED']);
+    lines.push(['    best', ms0(a.direct.bestMs), ms0(a.proxy.bestMs), ms0(a.gateway.bestMs), `${fmt(a.gateway.bestMs / a.direct.bestMs, 2)}x`, '', '']);
+    lines.push(['    first byte (median)', ms0(a.direct.medianTtfbMs), ms0(a.proxy.medianTtfbMs), ms0(a.gateway.medianTtfbMs), '', '', '']);
+    lines.push(['    pre-flight QIDO at Orthanc (median)', ms0(a.preflightQidoMs.median), '', '', '', '', '']);
+  }
+  if (b) {
+    for (const [k, q] of Object.entries(b)) {
+      targets[`qidoOverhead_${k}`] = { value: q.overheadP50Ms, target: `<= ${TARGET_OVERHEAD_MS} ms`, met: q.overheadP50Ms <= TARGET_OVERHEAD_MS };
+      lines.push([`(b) QIDO ${q.path} c=${QIDO_CONCURRENCY} p50`, ms2(q.direct.p50), ms2(q.proxy.p50), ms2(q.gateway.p50), plus(q.overheadP50Ms), `<= ${TARGET_OVERHEAD_MS} ms`, q.overheadP50Ms <= TARGET_OVERHEAD_MS ? 'MET' : 'MISSED']);
+      lines.push(['    p95', ms2(q.direct.p95), ms2(q.proxy.p95), ms2(q.gateway.p95), plus(q.gateway.p95 - q.direct.p95), '', '']);
+      lines.push(['    throughput', `${fmt(q.direct.rps, 0)} req/s`, `${fmt(q.proxy.rps, 0)} req/s`, `${fmt(q.gateway.rps, 0)} req/s`, '', '', '']);
+      lines.push(['    c=1 p50', ms2(q.concurrency1.direct.p50), ms2(q.concurrency1.proxy.p50), ms2(q.concurrency1.gateway.p50), plus(q.concurrency1.gateway.p50 - q.concurrency1.direct.p50), '', '']);
+    }
+  }
+  if (c) {
+    targets.peakRss = { value: c.peakMB, target: `< ${TARGET_RSS_MB} MB`, met: c.peakMB < TARGET_RSS_MB };
+    lines.push([`(c) gateway peak RSS, ${fmt(c.study.uploadedBytes / MB, 0)} MB study`, '', '', `${fmt(c.peakMB, 0)} MB`, `${fmt(c.peakMiB, 0)} MiB`, `< ${TARGET_RSS_MB} MB`, c.peakMB < TARGET_RSS_MB ? 'MET' : 'MISSED']);
+  }
+  const hwm = result.gatewayVmHwmWholeRunMiB as number | undefined;
+  if (hwm !== undefined) lines.push(['    gateway VmHWM over the whole run', '', '', `${fmt((hwm * MiB) / MB, 0)} MB`, `${fmt(hwm, 0)} MiB`, '', '']);
+  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
+  const row = (l: string[]): string => `| ${l.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
+  console.log(row(lines[0]!));
+  console.log(`|${widths.map((w, i) => (i === 0 ? `:${'-'.repeat(w + 1)}` : `${'-'.repeat(w + 1)}:`)).join('|')}|`);
+  for (const l of lines.slice(1)) console.log(row(l));
+  console.log(`\nload average: start ${loadStart.join(' ')}, end ${loadEnd.join(' ')}; total ${fmt((now() - tStart) / 1000, 0)} s`);
+
+  let profile: ReturnType<typeof summarizeProfile> | undefined;
+  if (profDir && existsSync(profDir)) {
+    const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
+    if (file) {
+      profile = summarizeProfile(join(profDir, file));
+      console.log(`\ngateway CPU profile (${join(profDir, file).replace(root + '/', '')}), top functions by self time (whole run):`);
+      for (const p of profile) console.log(`  ${fmt(p.pct, 1).padStart(5)}%  ${fmt(p.selfMs, 0).padStart(7)} ms  ${p.fn}  ${p.where}`);
+    }
+  }
+
+  const out = {
+    machine: { cpu: cpus()[0]?.model ?? 'unknown', cpus: cpus().length, totalMemGiB: round(totalmem() / 2 ** 30, 1), node: process.version, loadavgStart: loadStart, loadavgEnd: loadEnd },
+    config: { instances: INSTANCES, rows: ROWS, cols: COLS, runs: RUNS, warmups: WARMUPS, qidoSeconds: QIDO_SECONDS, qidoConcurrency: QIDO_CONCURRENCY, bigInstances: BIG_INSTANCES, bigFrames: BIG_FRAMES, sampleMs: SAMPLE_MS, phases: [...PHASES], cpuProfile: CPU_PROF, transport: TRANSPORT ?? 'default', mb: MB, mib: MiB },
+    ...result,
+    ...(profile ? { cpuProfileTop: profile } : {}),
+    targets,
+    totalSeconds: round((now() - tStart) / 1000, 1),
+  };
+  writeFileSync(join(outDir, 'gateway.json'), `${JSON.stringify(out, null, 2)}\n`);
+  console.log(`\nwrote ${join(outDir, 'gateway.json').replace(root + '/', '')}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});

@@ -312,7 +312,7 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
     if (known) return known;
   }
   // One includefield per attribute: a comma list is sent as %2C, which Orthanc does not split.
-  const q = new URLSearchParams(['00280301', '00080060', '00080016', '00080008', '00080018', '00280010'].map((t) => ['includefield', t]));
+  const q = new URLSearchParams(['00280301', '00080060', '00080016', '00080008', '00080018', '00280010'].map((t): [string, string] => ['includefield', t]));
   if (sop) q.set('SOPInstanceUID', sop);
   const path = series ? `/studies/${study}/series/${series}/instances` : `/studies/${study}/instances`;
   const up = await ok(rc, path, DICOM_JSON, q);

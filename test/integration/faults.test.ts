@@ -288,6 +288,23 @@ describe('faults between the gateway and its upstream', () => {
     assert.equal((await fetch(`${h.gw.url}/healthz`)).status, 200);
   });
 
+  // Regression: Node 20's Agent drops sockets whose server hints Keep-Alive: timeout=1, as
+  // Orthanc always does; the gateway must still reuse its connections to the PACS.
+  test('connections to a PACS that hints Keep-Alive: timeout=1 are reused', async () => {
+    const ports = new Set<number>();
+    up.handle((req, res) => {
+      ports.add(req.socket.remotePort ?? 0);
+      res.writeHead(200, { 'content-type': DICOM_JSON, 'keep-alive': 'timeout=1' });
+      res.end('[]');
+    });
+    for (let i = 0; i < 10; i++) {
+      const r = await get(h, '/dicom-web/studies', { accept: DICOM_JSON });
+      assert.equal(r.status, 200);
+      await r.arrayBuffer();
+    }
+    assert.ok(ports.size <= 2, `10 sequential requests used ${ports.size} connections`);
+  });
+
   // 1 ------------------------------------------------------------------------------------------
   test('1. upstream down: 502 UPSTREAM_UNAVAILABLE; /readyz 503 upstream unreachable; /healthz 200', async () => {
     const forbiddenDead = upstreamDetail(deadUpstreamPort, ['ECONNREFUSED', 'UND_ERR']);

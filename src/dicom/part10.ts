@@ -7,7 +7,7 @@
  */
 import { GatewayError, tagString } from '../core/errors.js';
 import { dictionary, isPrivateTag, isPrivateCreatorTag, ITEM, ITEM_DELIMITATION, SEQUENCE_DELIMITATION } from './dictionary.js';
-import { isVR, LONG_LENGTH_VRS, padByte, type VR } from './vr.js';
+import { LONG_LENGTH_VRS, padByte, vrFromCode, type VR } from './vr.js';
 
 export interface Syntax {
   readonly explicit: boolean;
@@ -178,8 +178,8 @@ export class ElementParser {
     if (!syntax.explicit) {
       return { tag, vr: implicitVR(tag), length: this.u32(at + 4, le), headerLength: 8 };
     }
-    const vrText = this.buf.toString('latin1', at + 4, at + 6);
-    if (!isVR(vrText)) throw malformed(`unknown VR in explicit syntax for ${tagString(tag)}`, this.base + at + 4);
+    const vrText = vrFromCode(this.buf.readUInt16BE(at + 4));
+    if (vrText === undefined) throw malformed(`unknown VR in explicit syntax for ${tagString(tag)}`, this.base + at + 4);
     if (LONG_LENGTH_VRS.has(vrText)) {
       this.need(at, 12, end);
       return { tag, vr: vrText, length: this.u32(at + 8, le), headerLength: 12 };

@@ -10,6 +10,13 @@ export const VRS = [
 export type VR = (typeof VRS)[number];
 
 const VR_SET: ReadonlySet<string> = new Set(VRS);
+
+/** VR by its two bytes read as a big-endian 16-bit number (no string made on the hot path). */
+const VR_BY_CODE: ReadonlyMap<number, VR> = new Map(VRS.map((v) => [(v.charCodeAt(0) << 8) | v.charCodeAt(1), v]));
+
+export function vrFromCode(code: number): VR | undefined {
+  return VR_BY_CODE.get(code);
+}
 export function isVR(s: string): s is VR {
   return VR_SET.has(s);
 }

@@ -149,6 +149,23 @@ async function readElement(q: ByteQueue, syntax: Syntax, room = Number.MAX_SAFE_
 
 type ElementHeader = { tag: number; vr: VR | null; length: number; headerLength: number };
 
+/** The next element's header when its bytes are already buffered (no promise on the hot path). */
+function headerNow(q: ByteQueue, syntax: Syntax): ElementHeader | undefined {
+  if (q.available < 12) return undefined;
+  return new ElementParser(q.peek(12), q.position, true).header(0, 12, syntax);
+}
+
+/** A defined-length element whose bytes are all buffered, parsed without awaiting. */
+function elementNow(q: ByteQueue, syntax: Syntax, h: ElementHeader, room: number, limit: number): RawElement | undefined {
+  if (h.length === UNDEFINED_LENGTH) return undefined;
+  const total = h.headerLength + h.length;
+  if (total > room) throw tooLarge(limit, h.tag);
+  if (q.available < total) return undefined;
+  const { element } = new ElementParser(q.peek(total), q.position, false).element(0, total, syntax);
+  q.consume(total);
+  return element;
+}
+
 /** Peeks the next tag and the header of the element, without consuming. */
 async function peekHeader(q: ByteQueue, syntax: Syntax): Promise<ElementHeader | null> {
   // Await only when the bytes are not there yet: each await costs a microtask per element.
@@ -281,7 +298,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   let lastTag = -1;
   let held = 0; // bytes of header held in memory (skipped values do not count)
   for (;;) {
-    const h = await peekHeader(dq, ts);
+    const h = headerNow(dq, ts) ?? await peekHeader(dq, ts);
     if (!h) break;
     if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${dq.position}`);
     lastTag = h.tag;
@@ -295,7 +312,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       continue;
     }
     const before = dq.position;
-    header.push(await readElement(dq, ts, maxHeader - held, maxHeader, h));
+    header.push(elementNow(dq, ts, h, maxHeader - held, maxHeader) ?? await readElement(dq, ts, maxHeader - held, maxHeader, h));
     held += dq.position - before;
   }
 

@@ -19,14 +19,13 @@
  * Environment knobs (for quick local runs; the defaults are the reported configuration):
  *   BENCH_INSTANCES (200), BENCH_REPS (3), BENCH_WARMUPS (1), BENCH_BIG_FRAMES (2000).
  */
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { getHeapSpaceStatistics } from 'node:v8';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { createEngineContext, deidentifyPart10, type EngineContext } from '../src/deid/index.js';
 import { generateCtSeries } from '../test/fixtures/generate.js';
+import { projectRoot } from './common.js';
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -60,15 +59,6 @@ function intEnv(name: string, dflt: number): number {
 const gc: () => void = (globalThis as { gc?: () => void }).gc ?? (() => { /* no --expose-gc */ });
 const hasGc = typeof (globalThis as { gc?: unknown }).gc === 'function';
 
-function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('package.json not found above the benchmark');
-    dir = up;
-  }
-  return dir;
-}
 
 const MB = 1e6;
 const mbps = (bytes: number, ns: bigint): number => bytes / MB / (Number(ns) / 1e9);
@@ -527,7 +517,7 @@ async function main(): Promise<void> {
     },
     totalSeconds: round(totalSeconds, 2),
   };
-  const outDir = join(projectRoot(), 'bench', 'out');
+  const outDir = join(projectRoot(import.meta.url), 'bench', 'out');
   await mkdir(outDir, { recursive: true });
   const outFile = join(outDir, 'engine.json');
   await writeFile(outFile, JSON.stringify(report, null, 2) + '\n');

@@ -43,11 +43,12 @@ import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readdirSync, r
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { generateCtSeries } from '../test/fixtures/generate.js';
 import { DICOMWEB_PLUGIN, freePort, startOrthanc, type OrthancHandle } from '../test/helpers/orthanc.js';
+import { projectRoot } from './common.js';
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -107,15 +108,6 @@ const median = (xs: readonly number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('package.json not found above the benchmark');
-    dir = up;
-  }
-  return dir;
-}
 
 /** The command that runs the gateway CLI: the compiled one next to this file, or the source through tsx. */
 function gatewayCommand(root: string): string[] {
@@ -459,7 +451,7 @@ function summarizeProfile(file: string, top = 20): { fn: string; where: string; 
 // ---------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const root = projectRoot();
+  const root = projectRoot(import.meta.url);
   const tStart = now();
   const loadStart = loadavg().map((x) => round(x, 2));
   console.log('deid-gateway end-to-end benchmark (Orthanc → gateway → client)');

@@ -10,6 +10,7 @@ import httpProxy from 'http-proxy';
 import { GatewayError } from '../core/errors.js';
 import { mapUpstreamFailure, type Upstream, type UpstreamOptions } from './client.js';
 import { upstreamHeaders } from './headers.js';
+import { responseBody } from './node-http.js';
 
 interface Pending {
   resolve: (r: http.IncomingMessage) => void;
@@ -49,14 +50,7 @@ export function createHttpProxyUpstream(opts: UpstreamOptions): Upstream {
       return {
         status: r.statusCode ?? 502,
         contentType: r.headers['content-type'] ?? '',
-        body: (async function* () {
-          try {
-            for await (const c of r) yield c as Buffer;
-            if (!r.complete) throw new GatewayError('UPSTREAM_UNAVAILABLE', 'the PACS closed the connection early');
-          } catch (e) {
-            throw mapUpstreamFailure(e);
-          }
-        })(),
+        body: responseBody(r),
         dump: async () => { r.resume(); },
       };
     },

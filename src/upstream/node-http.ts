@@ -40,6 +40,18 @@ function timeoutError(message: string): Error {
   return Object.assign(new Error(message), { code: 'ETIMEDOUT' });
 }
 
+/** A response body as chunks; an early close or a failure becomes the mapped GatewayError. */
+export async function* responseBody(res: http.IncomingMessage, timedOut: () => boolean = () => false): AsyncGenerator<Buffer> {
+  try {
+    for await (const c of res) yield c as Buffer;
+    if (!res.complete) throw new GatewayError('UPSTREAM_UNAVAILABLE', 'the PACS closed the connection early');
+  } catch (e) {
+    // A stalled body is destroyed by the timeout; the stream reports it as "aborted".
+    if (timedOut()) throw new GatewayError('UPSTREAM_TIMEOUT', 'the PACS did not answer in time', { cause: e });
+    throw mapUpstreamFailure(e);
+  }
+}
+
 export function createNodeHttpUpstream(opts: UpstreamOptions): Upstream {
   const root = new URL(opts.url);
   const base = root.pathname.replace(/\/+$/, '');
@@ -93,16 +105,7 @@ export function createNodeHttpUpstream(opts: UpstreamOptions): Upstream {
       return {
         status: res.statusCode ?? 502,
         contentType: res.headers['content-type'] ?? '',
-        body: (async function* () {
-          try {
-            for await (const c of res) yield c as Buffer;
-            if (!res.complete) throw new GatewayError('UPSTREAM_UNAVAILABLE', 'the PACS closed the connection early');
-          } catch (e) {
-            // A stalled body is destroyed by the timeout; the stream reports it as "aborted".
-            if (timedOut()) throw new GatewayError('UPSTREAM_TIMEOUT', 'the PACS did not answer in time', { cause: e });
-            throw mapUpstreamFailure(e);
-          }
-        })(),
+        body: responseBody(res, timedOut),
         dump: async () => { res.destroy(); },
       };
     },

@@ -16,7 +16,7 @@ import { GatewayError, tagString } from '../core/errors.js';
 import { charsetFor, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag, ITEM, SEQUENCE_DELIMITATION } from '../dicom/dictionary.js';
 import {
-  ByteQueue, ElementParser, encodeElements, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
+  ByteQueue, ElementParser, encodeElements, encodeToBuffer, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
   EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
 } from '../dicom/part10.js';
 import { decodeStrings, encodeStrings } from '../dicom/values.js';
@@ -298,6 +298,26 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   let lastTag = -1;
   let held = 0; // bytes of header held in memory (skipped values do not count)
   for (;;) {
+    // Fast path: every whole, ordinary element already in the first buffered chunk, parsed
+    // with one parser and consumed at once. Anything else takes the element-by-element path.
+    if (dq.available >= 12) {
+      const span = dq.contiguous();
+      const p = new ElementParser(span, dq.position, true);
+      let at = 0;
+      while (at + 12 <= span.length) {
+        const h = p.header(at, span.length, ts);
+        if (PIXEL_DATA_TAGS.has(h.tag) || h.length === UNDEFINED_LENGTH || h.length > SKIP_THRESHOLD) break;
+        const total = h.headerLength + h.length;
+        if (at + total > span.length) break;
+        if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${dq.position + at}`);
+        if (total > maxHeader - held) throw tooLarge(maxHeader, h.tag);
+        header.push(p.element(at, at + total, ts, h).element);
+        lastTag = h.tag;
+        held += total;
+        at += total;
+      }
+      if (at > 0) { dq.consume(at); continue; }
+    }
     const h = headerNow(dq, ts) ?? await peekHeader(dq, ts);
     if (!h) break;
     if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${dq.position}`);
@@ -358,9 +378,7 @@ async function* datasetBody(
   q: ByteQueue, ts: TransferSyntax, header: OutElement[], firstPixel: { tag: number; length: number; headerLength: number } | null,
   lastTagIn: number, ctx: EngineContext,
 ): AsyncGenerator<Buffer> {
-  const parts: Buffer[] = [];
-  encodeElements(header, ts, parts);
-  yield Buffer.concat(parts);
+  yield encodeToBuffer(header, ts);
   let pixel = firstPixel;
   let lastTag = lastTagIn;
   // Pixel data, then whatever follows it (padding, signatures, private groups above 7FE0):

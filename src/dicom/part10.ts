@@ -126,6 +126,12 @@ export class ByteQueue {
     }
   }
 
+  /** The rest of the first chunk, without copying (what can be parsed in place). */
+  contiguous(): Buffer {
+    const first = this.chunks[0];
+    return first ? first.subarray(this.headOffset) : Buffer.alloc(0);
+  }
+
   /** Up to max bytes from the first chunk, without copying. */
   takeSome(max: number): Buffer {
     const first = this.chunks[0]!;
@@ -314,35 +320,85 @@ function header(tag: number, vr: VR, length: number, syntax: Syntax): Buffer {
   return b;
 }
 
-const ITEM_START = (le: boolean): Buffer => { const b = Buffer.alloc(8); writeTag(b, 0, ITEM, le); b.writeUInt32LE(UNDEFINED, 4); return b; };
-const DELIM = (tag: number, le: boolean): Buffer => { const b = Buffer.alloc(8); writeTag(b, 0, tag, le); return b; };
 
-/**
- * Encodes elements into `parts` (the caller concatenates or streams them). Sequences and
- * items are written with undefined length (PS3.5 7.5.2), valid in every transfer syntax,
- * so no length needs computing after the fact.
- */
-export function encodeElements(elements: readonly OutElement[], syntax: Syntax, parts: Buffer[]): void {
+function headerLength(vr: VR, syntax: Syntax): number {
+  return syntax.explicit && LONG_LENGTH_VRS.has(vr) ? 12 : 8;
+}
+
+function encodedSize(elements: readonly OutElement[], syntax: Syntax): number {
+  let n = 0;
+  for (const el of elements) {
+    if (el.items) {
+      n += headerLength('SQ', syntax) + 8; // sequence header + sequence delimiter
+      for (const item of el.items) n += 16 + encodedSize(item, syntax); // item + item delimiter
+    } else {
+      const len = el.value?.length ?? 0;
+      n += headerLength(el.vr, syntax) + len + (len & 1);
+    }
+  }
+  return n;
+}
+
+function writeHeaderAt(out: Buffer, at: number, tag: number, vr: VR, length: number, syntax: Syntax): number {
+  const le = syntax.littleEndian;
+  writeTag(out, at, tag, le);
+  if (!syntax.explicit) {
+    if (le) out.writeUInt32LE(length, at + 4); else out.writeUInt32BE(length, at + 4);
+    return at + 8;
+  }
+  out.write(vr, at + 4, 'latin1');
+  if (LONG_LENGTH_VRS.has(vr)) {
+    out.writeUInt16LE(0, at + 6);
+    if (le) out.writeUInt32LE(length, at + 8); else out.writeUInt32BE(length, at + 8);
+    return at + 12;
+  }
+  if (length > 0xffff) throw new GatewayError('DICOM_MALFORMED', `value of ${tagString(tag)} too long for VR ${vr}`);
+  if (le) out.writeUInt16LE(length, at + 6); else out.writeUInt16BE(length, at + 6);
+  return at + 8;
+}
+
+function writeElementsAt(out: Buffer, at: number, elements: readonly OutElement[], syntax: Syntax): number {
   const le = syntax.littleEndian;
   for (const el of elements) {
     if (el.items) {
-      // In implicit VR the SQ header is tag + length; in explicit it carries "SQ".
-      parts.push(header(el.tag, 'SQ', UNDEFINED, syntax));
+      at = writeHeaderAt(out, at, el.tag, 'SQ', UNDEFINED, syntax);
       for (const item of el.items) {
-        parts.push(ITEM_START(le));
-        encodeElements(item, syntax, parts);
-        parts.push(DELIM(ITEM_DELIMITATION, le));
+        writeTag(out, at, ITEM, le);
+        out.writeUInt32LE(UNDEFINED, at + 4);
+        at = writeElementsAt(out, at + 8, item, syntax);
+        writeTag(out, at, ITEM_DELIMITATION, le);
+        out.writeUInt32LE(0, at + 4);
+        at += 8;
       }
-      parts.push(DELIM(SEQUENCE_DELIMITATION, le));
+      writeTag(out, at, SEQUENCE_DELIMITATION, le);
+      out.writeUInt32LE(0, at + 4);
+      at += 8;
       continue;
     }
-    const v = el.value ?? Buffer.alloc(0);
-    if (v.length % 2 === 1) {
-      parts.push(header(el.tag, el.vr, v.length + 1, syntax), v, Buffer.from([padByte(el.vr)]));
-    } else {
-      parts.push(header(el.tag, el.vr, v.length, syntax), v);
-    }
+    const v = el.value;
+    const len = v?.length ?? 0;
+    at = writeHeaderAt(out, at, el.tag, el.vr, len + (len & 1), syntax);
+    if (v && len) { v.copy(out, at); at += len; }
+    if (len & 1) out[at++] = padByte(el.vr);
   }
+  return at;
+}
+
+/**
+ * Encodes elements into one buffer. Sequences and items are written with undefined length
+ * (PS3.5 7.5.2), valid in every transfer syntax, so no length needs computing after the fact;
+ * the size is computed first so the output is one allocation, not a few per element.
+ */
+export function encodeToBuffer(elements: readonly OutElement[], syntax: Syntax): Buffer {
+  const out = Buffer.allocUnsafe(encodedSize(elements, syntax));
+  const end = writeElementsAt(out, 0, elements, syntax);
+  if (end !== out.length) throw new GatewayError('INTERNAL', 'encoded size mismatch');
+  return out;
+}
+
+/** Encodes elements and appends the bytes to `parts` (see encodeToBuffer). */
+export function encodeElements(elements: readonly OutElement[], syntax: Syntax, parts: Buffer[]): void {
+  parts.push(encodeToBuffer(elements, syntax));
 }
 
 /** The header of an element written as-is (used for pixel data passed through). */

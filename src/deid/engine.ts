@@ -4,7 +4,7 @@
  * same dates (ARCHITECTURE rule 3). Adapters only read values and encode outputs.
  */
 import { isPrivateTag, isPrivateCreatorTag } from '../dicom/dictionary.js';
-import { STRING_VRS, SINGLE_VALUE_TEXT_VRS, MAX_CHARS, type VR } from '../dicom/vr.js';
+import { STRING_VRS, MAX_CHARS, type VR } from '../dicom/vr.js';
 import { Pseudonymizer } from '../pseudonym/pseudonymizer.js';
 import { A, FREE_TEXT_VRS, PRODUCT_VERSION, WRITTEN_TAGS, type Action, type CompiledPlan, type SequenceMode } from './plan.js';
 import { dateForms, identifierPieces, scrubberFor, type Scrubber } from './scrub.js';
@@ -42,7 +42,6 @@ export interface ApplyOptions {
 }
 
 const TAG = {
-  SpecificCharacterSet: 0x00080005,
   PatientName: 0x00100010,
   PatientID: 0x00100020,
   IssuerOfPatientID: 0x00100021,
@@ -106,10 +105,6 @@ const VALID_FORM: Partial<Record<VR, RegExp>> = {
 function truncateTo(vr: VR, s: string): string {
   const max = MAX_CHARS[vr];
   return max !== undefined && s.length > max ? s.slice(0, max) : s;
-}
-
-function splitValues(vr: VR, values: readonly string[]): readonly string[] {
-  return SINGLE_VALUE_TEXT_VRS.has(vr) ? values : values;
 }
 
 /**
@@ -176,7 +171,7 @@ function mapStrings<E, D, O>(ad: Adapter<E, D, O>, el: E, ds: D, tag: number, vr
   if (values.length === 0) return ad.keep(el, ds);
   let changed = false;
   const next: string[] = [];
-  for (const v of splitValues(vr, values)) {
+  for (const v of values) {
     const r = f(v);
     const value = r === null ? '' : truncateTo(vr, r);
     if (value !== v) changed = true;

@@ -151,7 +151,7 @@ function resolveBasic(code: TableCode, vr: VR | null, tag: number): { action: Ac
   let action: Action;
   switch (chosen) {
     case 'X': action = A.remove; break;
-    case 'Z': action = vr === 'SQ' ? A.empty : A.empty; break;
+    case 'Z': action = A.empty; break; // a sequence becomes an empty sequence
     case 'D': action = vr === 'SQ' ? A.seqDummy : A.dummy; break;
     case 'K': action = vr === 'SQ' ? A.seqInherit : A.keep; break;
     case 'U': action = vr === 'SQ' ? A.seqInherit : vr === 'UI' ? A.uid : A.dummy; break;

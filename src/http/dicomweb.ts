@@ -103,7 +103,6 @@ function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDatas
   if (warnings.length) headers.warning = warnings.join(', ');
   if (up.status === 204) return { status: 200, headers, body: (async function* () { rc.flush(); yield Buffer.from('[]'); })() };
   expectType(up, DICOM_JSON, 'application/json');
-  const ctx = rc.client.ctx;
   let rows = 0;
   const objects = (async function* () {
     for await (const text of splitJsonArray(up.body)) {
@@ -111,7 +110,6 @@ function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDatas
       yield JSON.stringify(each(parseObject(text)));
     }
   })();
-  void ctx;
   return { status: 200, headers, body: withFlush(rc, writeJsonArray(objects)) };
 }
 
@@ -216,7 +214,8 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const sop = p.instance === undefined ? undefined : originalUid(rc, p.instance);
   // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
   // reads every file of the study for them), and only the status line waits for the facts.
-  const retrieving = ok(rc, upstreamPath(rc, p), upAccept);
+  const path = `/studies/${study}${series === undefined ? '' : `/series/${series}`}${sop === undefined ? '' : `/instances/${sop}`}`;
+  const retrieving = ok(rc, path, upAccept);
   retrieving.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
   let facts: Map<string, Facts>;
   try {

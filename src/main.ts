@@ -7,6 +7,12 @@ import type { Logger } from 'winston';
 import type { Config } from './config/schema.js';
 import { openAuditLog, createOpsLogger, type AuditSink } from './audit/log.js';
 import { FactsCache } from './policy/facts-cache.js';
+import { ClientScope, OptOutSource, type StudyListSource } from './policy/client-scope.js';
+import { Limiter, type LimitStore } from './policy/limits.js';
+import { openSqliteLimitStore } from './policy/limits-sqlite.js';
+import type { OptOutEntry } from './policy/scope.js';
+import { WatchedFile } from './policy/watched-file.js';
+import { parseOptOutList, parseStudyList } from './config/lists.js';
 import { createEngineContext } from './deid/index.js';
 import { createApp } from './http/app.js';
 import type { ClientRuntime } from './http/dicomweb.js';
@@ -30,6 +36,9 @@ export interface GatewayParts {
   readonly upstream: Upstream;
   readonly audit: AuditSink;
   readonly log: Logger;
+  readonly limits: LimitStore;
+  /** Health of the scope files (allow-lists, opt-out list), for /readyz. */
+  readonly scopeHealthy: () => boolean;
 }
 
 /** Original Patient ID from the patient key the pseudonymizer recorded ("id:ISSUER\ID"). */
@@ -42,24 +51,46 @@ function patientIdOf(key: string | undefined): string | undefined {
 export function buildParts(cfg: Config): GatewayParts {
   const master = loadOrCreateMasterSecret(cfg.state.dir);
   const store = openSqliteStore(cfg.state.dir);
-  const clients: ClientRuntime[] = cfg.clients.map((c) => ({
+  const log = createOpsLogger();
+  // Scope files are re-read when they change; a broken file fails closed (503) and is logged once.
+  const fileProblem = (key: string) => (message: string | undefined): void => {
+    if (message) log.error(`scope file unusable: ${message}`, { key });
+    else log.info('scope file reloaded and valid again', { key });
+  };
+  const optOutFile = cfg.optOut.file === undefined ? undefined
+    : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList, fileProblem('optOut.file'));
+  const optOut = new OptOutSource(cfg.optOut.patients, optOutFile);
+  const scopes: ClientScope[] = [];
+  const clients: ClientRuntime[] = cfg.clients.map((c, i) => {
+    const key = `clients[${i}].scope.studiesFile`;
+    const file = c.scope.studiesFile === undefined ? undefined : new WatchedFile<StudyListSource>(c.scope.studiesFile, key, parseStudyList, fileProblem(key));
+    const scope = new ClientScope(c.scope, optOut, file);
+    scopes.push(scope);
+    return {
     id: c.id,
+    scope,
+    allowedKeys: c.allowedKeys,
+    maxResults: c.query?.maxResults,
     tokenHash: Buffer.from(c.apiKeySha256, 'hex'),
     ctx: createEngineContext({
       clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: recorderFor(store, c.id),
       profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
     }),
-  }));
+    };
+  });
   const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs };
   const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const audit = openAuditLog(cfg.state.dir);
-  return { clients, store, upstream, audit, log: createOpsLogger() };
+  const limits = openSqliteLimitStore(cfg.state.dir);
+  return { clients, store, upstream, audit, log, limits, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }
 
 export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
-  const { clients, store, upstream, audit, log } = parts;
+  const { clients, store, upstream, audit, log, limits } = parts;
   const facts = new FactsCache();
+  const limitsByClient = new Map(cfg.clients.map((c) => [c.id, c.limits]));
+  const limiter = new Limiter(limits, (id) => limitsByClient.get(id));
   const resolverFor = (client: ClientRuntime): QueryResolver => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
     return {
@@ -72,6 +103,9 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     flush: () => store.flush(),
     publicBaseUrl: cfg.server.publicBaseUrl,
     maxQueryLimit: cfg.server.maxQueryResults,
+    maxQueryScan: cfg.server.maxQueryScan,
+    limiter,
+    scopeHealthy: parts.scopeHealthy,
     maxHeaderBytes: cfg.engine.maxHeaderBytes,
     stateHealthy: () => store.healthy(),
     facts,
@@ -98,6 +132,7 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
         });
         store.flush();
         store.close();
+        limits.close();
         facts.close();
         await upstream.close();
         await audit.close();

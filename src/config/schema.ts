@@ -9,6 +9,8 @@ import { z } from 'zod';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import { compilePlan, type CompiledPlan, type OverrideAction } from '../deid/plan.js';
 import { OPTION_NAMES, type OptionName } from '../deid/table.js';
+import { dictionary, parseTag } from '../dicom/dictionary.js';
+import { accessionSchema, optOutEntrySchema, parseOptOutList, parseStudyList, uidSchema } from './lists.js';
 
 const OVERRIDE_ACTIONS = ['keep', 'remove', 'empty', 'dummy', 'pseudonym', 'shift'] as const;
 
@@ -25,11 +27,49 @@ const profileSchema = z.strictObject({
   }).optional(),
 });
 
+const dateSchema = z.string().regex(/^\d{4}-?\d{2}-?\d{2}$/, 'use a date such as 2021-12-31').transform((d) => d.replace(/-/g, ''));
+const instantSchema = z.string().refine((v) => /^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(v) && !Number.isNaN(Date.parse(v)), {
+  message: 'use an ISO 8601 date or date-time such as 2027-01-01 or 2027-01-01T00:00:00Z',
+});
+const codeListSchema = z.array(z.string().trim().regex(/^[A-Za-z0-9_ ]{1,16}$/, 'must be a DICOM code string (letters, digits, _; up to 16)').transform((v) => v.toUpperCase())).min(1, 'list at least one value, or leave the key out');
+/** Bytes: a number, or a string such as "500 MB", "20GB", "1.5 TiB". */
+const bytesSchema = z.union([
+  z.number().int().min(1),
+  z.string().regex(/^\s*\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]|[bB])?\s*$/, 'use bytes as a number or a size such as "500 MB" or "2 TiB"').transform((v) => {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?\s*$/.exec(v)!;
+    const unit = (m[2] ?? '').toLowerCase();
+    const pow = { '': 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as '' | 'k' | 'm' | 'g' | 't'] ?? 0;
+    return Math.round(Number(m[1]) * (unit.endsWith('i') ? 1024 : 1000) ** pow);
+  }),
+]);
+
+const scopeSchema = z.strictObject({
+  studies: z.array(uidSchema).optional(),
+  accessionNumbers: z.array(accessionSchema).optional(),
+  studiesFile: z.string().min(1).optional(),
+  studyDate: z.strictObject({ from: dateSchema.optional(), until: dateSchema.optional() }).optional(),
+  modalities: codeListSchema.optional(),
+  bodyParts: codeListSchema.optional(),
+  sopClasses: z.array(uidSchema).min(1, 'list at least one SOP Class UID, or leave the key out').optional(),
+  validFrom: instantSchema.optional(),
+  validUntil: instantSchema.optional(),
+});
+
 const clientSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'use 1–64 letters, digits, ".", "_" or "-", starting with a letter or digit'),
   apiKeySha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be the SHA-256 of the token as 64 hex digits (printf %s TOKEN | sha256sum)'),
   policyId: z.string().min(1).max(48).optional(),
   profile: profileSchema.default({ options: [], overrides: {} }),
+  scope: scopeSchema.optional(),
+  query: z.strictObject({
+    allowedKeys: z.array(z.string().trim().min(1)).optional(),
+    maxResults: z.number().int().min(1).max(1_000_000).optional(),
+  }).optional(),
+  limits: z.strictObject({
+    requestsPerMinute: z.number().int().min(1).max(1_000_000).optional(),
+    concurrentRequests: z.number().int().min(1).max(100_000).optional(),
+    bytesPerDay: bytesSchema.optional(),
+  }).optional(),
 });
 
 export const configSchema = z.strictObject({
@@ -38,6 +78,7 @@ export const configSchema = z.strictObject({
     port: z.number().int().min(0).max(65535, 'must be a TCP port, 0–65535'),
     publicBaseUrl: z.url({ error: 'must be an absolute URL such as https://gateway.example.org' }).optional(),
     maxQueryResults: z.number().int().min(1).max(1_000_000).default(1000),
+    maxQueryScan: z.number().int().min(1).max(10_000_000).default(10_000),
   }),
   upstream: z.strictObject({
     url: z.url({ error: 'must be an absolute URL such as http://127.0.0.1:8042/dicom-web' }),
@@ -51,12 +92,37 @@ export const configSchema = z.strictObject({
   engine: z.strictObject({
     maxHeaderBytes: z.number().int().min(65536).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
   }).default({ maxHeaderBytes: 64 * 1024 * 1024 }),
+  optOut: z.strictObject({
+    patients: z.array(optOutEntrySchema).default([]),
+    file: z.string().min(1).optional(),
+  }).optional(),
   clients: z.array(clientSchema).min(1, 'configure at least one client'),
 });
 
-export type ClientConfig = z.infer<typeof clientSchema> & { readonly plan: CompiledPlan };
-export type Config = Omit<z.infer<typeof configSchema>, 'clients'> & {
+/** A client's scope as configuration gives it: inline rules, the allow-list file, the window. */
+export interface ScopeConfig {
+  readonly studies?: readonly string[] | undefined;
+  readonly accessionNumbers?: readonly string[] | undefined;
+  /** Absolute path of the allow-list file (reloaded on change). */
+  readonly studiesFile?: string | undefined;
+  readonly studyDate?: { readonly from?: string | undefined; readonly until?: string | undefined } | undefined;
+  readonly modalities?: readonly string[] | undefined;
+  readonly bodyParts?: readonly string[] | undefined;
+  readonly sopClasses?: readonly string[] | undefined;
+  /** Epoch ms; from inclusive, until exclusive. */
+  readonly window: { readonly from?: number | undefined; readonly until?: number | undefined };
+}
+
+export type ClientConfig = Omit<z.infer<typeof clientSchema>, 'scope'> & {
+  readonly plan: CompiledPlan;
+  readonly scope: ScopeConfig;
+  /** Allowed match keys as tags, when the client has a list. */
+  readonly allowedKeys?: ReadonlySet<number> | undefined;
+};
+export type Config = Omit<z.infer<typeof configSchema>, 'clients' | 'optOut'> & {
   readonly clients: readonly ClientConfig[];
+  /** Opt-out patients given inline, and the absolute path of the opt-out file (reloaded on change). */
+  readonly optOut: { readonly patients: readonly { readonly id: string; readonly issuer?: string | undefined }[]; readonly file?: string | undefined };
   /** The file the configuration came from (absolute), for messages. */
   readonly source: string;
 };
@@ -94,6 +160,23 @@ export function validateConfig(raw: unknown, source: string): Config {
   const ids = new Set<string>();
   const keys = new Set<string>();
   const clients: ClientConfig[] = [];
+  const base = dirname(resolve(source));
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  /** Reads and validates a list file once (check-config and start); the gateway reloads it later. */
+  const checkFile = (key: string, file: string, parse: (doc: unknown) => unknown): void => {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      problems.push(`${key}: ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); create it or fix the path (relative paths start at the configuration file)`);
+      return;
+    }
+    const doc = parseDocument(text, { uniqueKeys: true });
+    if (doc.errors.length) { problems.push(`${key}: ${file} is not valid YAML (${doc.errors[0]!.code}); fix the syntax`); return; }
+    try { parse(doc.toJS()); } catch (e) { problems.push(`${key}: ${file}: ${(e as Error).message}`); }
+  };
+  const optOutFile = cfg.optOut?.file === undefined ? undefined : abs(cfg.optOut.file);
+  if (optOutFile) checkFile('optOut.file', optOutFile, parseOptOutList);
   cfg.clients.forEach((c, i) => {
     if (ids.has(c.id)) problems.push(`clients[${i}].id: "${c.id}" is used twice; give every client its own id`);
     ids.add(c.id);
@@ -103,13 +186,34 @@ export function validateConfig(raw: unknown, source: string): Config {
     if (c.profile.dateShift && c.profile.dateShift.maxDays < c.profile.dateShift.minDays) {
       problems.push(`clients[${i}].profile.dateShift: maxDays must be ≥ minDays`);
     }
+    const sc = c.scope ?? {};
+    const studiesFile = sc.studiesFile === undefined ? undefined : abs(sc.studiesFile);
+    if (studiesFile) checkFile(`clients[${i}].scope.studiesFile`, studiesFile, parseStudyList);
+    if (sc.studyDate?.from && sc.studyDate.until && sc.studyDate.from > sc.studyDate.until) problems.push(`clients[${i}].scope.studyDate: from is after until; swap them`);
+    const from = sc.validFrom === undefined ? undefined : Date.parse(/T| /.test(sc.validFrom) ? sc.validFrom : `${sc.validFrom}T00:00:00Z`);
+    const until = sc.validUntil === undefined ? undefined : Date.parse(/T| /.test(sc.validUntil) ? sc.validUntil : `${sc.validUntil}T00:00:00Z`);
+    if (from !== undefined && until !== undefined && from >= until) problems.push(`clients[${i}].scope: validFrom must be before validUntil`);
+    let allowedKeys: Set<number> | undefined;
+    if (c.query?.allowedKeys) {
+      const keysOut = new Set<number>();
+      allowedKeys = keysOut;
+      c.query.allowedKeys.forEach((name, j) => {
+        const tag = parseTag(name);
+        if (tag === undefined || !dictionary().lookup(tag)) problems.push(`clients[${i}].query.allowedKeys[${j}]: "${name.slice(0, 64)}" is not a DICOM keyword or tag; use a keyword such as StudyDate or a tag such as 00080020`);
+        else keysOut.add(tag);
+      });
+    }
+    const scope: ScopeConfig = {
+      studies: sc.studies, accessionNumbers: sc.accessionNumbers, studiesFile, studyDate: sc.studyDate,
+      modalities: sc.modalities, bodyParts: sc.bodyParts, sopClasses: sc.sopClasses, window: { from, until },
+    };
     try {
       const plan = compilePlan({
         options: c.profile.options,
         overrides: c.profile.overrides as Record<string, OverrideAction>,
         ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}),
       });
-      clients.push({ ...c, apiKeySha256: k, plan });
+      clients.push({ ...c, apiKeySha256: k, plan, scope, ...(allowedKeys ? { allowedKeys } : {}) });
     } catch (e) {
       if (!isGatewayError(e)) throw e;
       problems.push(`clients[${i}].profile.${e.message}`);
@@ -117,7 +221,7 @@ export function validateConfig(raw: unknown, source: string): Config {
   });
   if (problems.length) throw new GatewayError('CONFIG_INVALID', `${source}: invalid configuration\n  ${problems.join('\n  ')}`);
   const dir = isAbsolute(cfg.state.dir) ? cfg.state.dir : resolve(dirname(source), cfg.state.dir);
-  return deepFreeze({ ...cfg, state: { dir }, clients, source });
+  return deepFreeze({ ...cfg, state: { dir }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
 }
 
 /** Reads, parses and validates a YAML configuration file. */

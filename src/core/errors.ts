@@ -28,7 +28,13 @@ export const ErrorCodes = {
   NOT_FOUND: { status: 404, title: 'Not found' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed: this gateway is read-only' },
   NOT_ACCEPTABLE: { status: 406, title: 'Not acceptable' },
-  BAD_QUERY: { status: 400, title: 'Query parameter not allowed' },
+  BAD_QUERY: { status: 400, title: 'Malformed query parameter' },
+  QUERY_KEY_REFUSED: { status: 400, title: 'Query parameter not allowed' },
+  ACCESS_WINDOW_CLOSED: { status: 403, title: 'Outside this client\'s access window' },
+  RATE_LIMITED: { status: 429, title: 'Request rate limit reached' },
+  CONCURRENCY_LIMITED: { status: 429, title: 'Too many concurrent requests' },
+  QUOTA_EXCEEDED: { status: 429, title: 'Daily transfer quota reached' },
+  SCOPE_UNAVAILABLE: { status: 503, title: 'Access scope cannot be evaluated' },
   PIXELS_WITHHELD: { status: 403, title: 'Pixel data withheld by policy' },
   RENDERING_UNAVAILABLE: { status: 406, title: 'Rendered images are not available' },
   // HTTP: the upstream PACS
@@ -49,12 +55,22 @@ export class GatewayError extends Error {
   readonly status: number;
   readonly title: string;
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  /**
+   * Why the request was really denied, for the hospital's audit log only (never sent to the
+   * client): e.g. a scope refusal answers exactly like NOT_FOUND, and says `out-of-scope:modality` here.
+   */
+  readonly auditReason: string | undefined;
+  /** Seconds after which a retry may succeed (429, 503): the Retry-After header. */
+  readonly retryAfter: number | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; auditReason?: string; retryAfter?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'GatewayError';
     this.code = code;
     this.status = ErrorCodes[code].status;
     this.title = ErrorCodes[code].title;
+    this.auditReason = options?.auditReason;
+    this.retryAfter = options?.retryAfter;
   }
 }
 

@@ -84,10 +84,12 @@ export interface Part10Options {
   /** Called once the header is de-identified, before any output. */
   readonly onInstance?: (info: InstanceInfo) => void;
   /**
-   * Decides, from the original header, whether this instance may leave at all; a string is
-   * the reason it is withheld (GatewayError PIXELS_WITHHELD, thrown before any output).
+   * Decides, from the original header, whether this instance may leave at all, before any
+   * output: it reads top-level attributes through `attr` (decoded in the data set's character
+   * set, values joined with "\\", padding trimmed; undefined when absent or empty) and throws
+   * (a GatewayError such as PIXELS_WITHHELD) to refuse the instance.
    */
-  readonly admit?: (facts: { burnedInAnnotation: string; modality: string; sopClassUid: string; imageType: string }) => string | undefined;
+  readonly admit?: (attr: (tag: number) => string | undefined) => void;
 }
 
 /** Values larger than this that the plan removes are skipped, not buffered. */
@@ -336,15 +338,16 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     held += dq.position - before;
   }
 
-  if (opts.admit) {
-    const reason = opts.admit({
-      burnedInAnnotation: firstString(header, 0x00280301), modality: firstString(header, 0x00080060),
-      sopClassUid: firstString(header, 0x00080016) || firstString(meta, 0x00020002),
-      imageType: header.find((e) => e.tag === 0x00080008)?.value?.toString('latin1').trim() ?? '',
-    });
-    if (reason !== undefined) throw new GatewayError('PIXELS_WITHHELD', reason);
-  }
   const charset = charsetOf(header) ?? charsetFor(undefined);
+  if (opts.admit) {
+    const ds: BinaryDataset = { elements: header, charset };
+    opts.admit((tag) => {
+      const el = header.find((e) => e.tag === tag) ?? (tag === 0x00080016 ? meta.find((e) => e.tag === 0x00020002) : undefined);
+      const values = el ? binaryAdapter.strings(el, ds) : null;
+      const text = values?.map((v) => v.trim()).join('\\');
+      return text ? text : undefined;
+    });
+  }
   const out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true });
 
   const sopClass = firstString(meta, 0x00020002) || firstString(header, 0x00080016);

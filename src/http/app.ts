@@ -16,6 +16,8 @@ import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { AuditSink } from '../audit/log.js';
 import type { Upstream } from '../upstream/client.js';
 import type { FactsCache } from '../policy/facts-cache.js';
+import type { Limiter } from '../policy/limits.js';
+import { checkWindow } from '../policy/scope.js';
 import { authenticate } from './auth.js';
 import { bulk, frames, metadata, qido, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
 import { toProblem } from './problem.js';
@@ -30,9 +32,13 @@ export interface AppDeps {
   readonly log: Logger;
   readonly publicBaseUrl?: string | undefined;
   readonly maxQueryLimit: number;
+  readonly maxQueryScan: number;
   readonly maxHeaderBytes: number;
   /** Readiness beyond the upstream: state writable, audit writable. */
   readonly stateHealthy: () => boolean;
+  /** Readiness: every scope file (allow-lists, opt-out) readable and valid. */
+  readonly scopeHealthy: () => boolean;
+  readonly limiter: Limiter;
   readonly facts: FactsCache;
 }
 
@@ -44,6 +50,8 @@ interface Locals {
   started: number;
   bytes: number;
   code?: string;
+  /** The real reason of a denial, for the audit record only. */
+  reason?: string;
 }
 
 const READ_ONLY = 'GET';
@@ -56,6 +64,7 @@ function sendProblem(res: Response, e: unknown): void {
   const l = locals(res);
   const p = toProblem(e, l.requestId);
   l.code = p.code;
+  if (isGatewayError(e) && e.auditReason) l.reason = e.auditReason;
   if (res.headersSent) {
     res.destroy(e instanceof Error ? e : new Error(p.code));
     return;
@@ -63,6 +72,7 @@ function sendProblem(res: Response, e: unknown): void {
   const headers: Record<string, string> = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' };
   if (p.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
   if (p.status === 405) headers.allow = READ_ONLY;
+  if (isGatewayError(e) && e.retryAfter !== undefined) headers['retry-after'] = String(e.retryAfter);
   res.status(p.status).set(headers).send(JSON.stringify(p));
 }
 
@@ -98,7 +108,7 @@ export function createApp(deps: AppDeps): express.Express {
   app.set('trust proxy', false);
 
   app.use((req, res, next) => {
-    const l: Locals = { requestId: randomUUID(), note: { instances: 0, withheld: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0 };
+    const l: Locals = { requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0 };
     res.locals = l as unknown as typeof res.locals;
     res.setHeader('x-request-id', l.requestId);
     res.on('close', () => {
@@ -107,8 +117,8 @@ export function createApp(deps: AppDeps): express.Express {
       deps.audit.write({
         time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
         status: res.statusCode, outcome: !ok ? (l.code ? 'failed' : 'aborted') : res.statusCode < 400 ? 'ok' : res.statusCode < 500 ? 'denied' : 'failed',
-        ...(l.code ? { code: l.code } : {}), bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
-        instances: l.note.instances, withheld: l.note.withheld,
+        ...(l.code ? { code: l.code } : {}), ...(l.reason ? { reason: l.reason } : {}), bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
+        instances: l.note.instances, withheld: l.note.withheld, ...(l.note.outOfScope ? { outOfScope: l.note.outOfScope } : {}),
         studies: [...l.note.studies].map(([original, pseudonymous]) => ({ original, pseudonymous })),
         policyHash: client?.ctx.plan.hash ?? null,
       });
@@ -126,7 +136,9 @@ export function createApp(deps: AppDeps): express.Express {
     locals(res).route = 'readyz';
     const upstream = await deps.upstream.ping(AbortSignal.timeout(3000));
     const state = deps.stateHealthy();
-    res.status(upstream && state ? 200 : 503).set('cache-control', 'no-store').json({ status: upstream && state ? 'ready' : 'not ready', upstream: upstream ? 'ok' : 'unreachable', state: state ? 'ok' : 'unavailable' });
+    const scope = deps.scopeHealthy();
+    const ready = upstream && state && scope;
+    res.status(ready ? 200 : 503).set('cache-control', 'no-store').json({ status: ready ? 'ready' : 'not ready', upstream: upstream ? 'ok' : 'unreachable', state: state ? 'ok' : 'unavailable', scope: scope ? 'ok' : 'unavailable' });
   });
 
   // Read-only: everything but GET (and HEAD, which express answers from GET) is refused.
@@ -148,6 +160,16 @@ export function createApp(deps: AppDeps): express.Express {
       return;
     }
     locals(res).client = client;
+    // The agreement's window, then the client's limits; each refusal is audited with its reason.
+    try {
+      checkWindow(client.scope.window);
+      const release = deps.limiter.admit(client.id);
+      res.on('close', () => release(locals(res).bytes));
+    } catch (e) {
+      locals(res).route = 'admission';
+      sendProblem(res, e);
+      return;
+    }
     next();
   });
 
@@ -160,7 +182,7 @@ export function createApp(deps: AppDeps): express.Express {
       const client = l.client!;
       const rc: RequestContext = {
         client, upstream: deps.upstream, resolver: deps.resolverFor(client), dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, maxQueryLimit: deps.maxQueryLimit, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush, facts: deps.facts,
+        signal: abort.signal, note: l.note, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush, facts: deps.facts,
       };
       try {
         await send(res, await fn(rc, req), abort.signal);

@@ -12,18 +12,30 @@ import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '
 import { pixelDecision } from '../policy/pixels.js';
 import { FactsCache, type InstanceFacts } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
-import { mapQuery, type QueryResolver } from './query.js';
+import type { ClientScope } from '../policy/client-scope.js';
+import { jsonAttrs, notVisible, studyDenial, TAG, type Attrs } from '../policy/scope.js';
+import { mapQuery, passesDateFilters, type QueryResolver } from './query.js';
+import {
+  recordVisible, requireInstance, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts,
+} from './visibility.js';
 
 export interface ClientRuntime {
   readonly id: string;
   readonly ctx: EngineContext;
   readonly tokenHash: Buffer;
+  readonly scope: ClientScope;
+  /** Allowed QIDO match keys (tags); undefined: whatever the plan permits. */
+  readonly allowedKeys?: ReadonlySet<number> | undefined;
+  /** The client's cap on QIDO results (the lower of this and server.maxQueryResults applies). */
+  readonly maxResults?: number | undefined;
 }
 
 /** What a request did, for the audit record (original and pseudonymous study UIDs). */
 export interface RequestNote {
   instances: number;
   withheld: number;
+  /** Records left out because they are outside the client's scope (audit only). */
+  outOfScope: number;
   readonly studies: Map<string, string>;
 }
 
@@ -36,6 +48,8 @@ export interface RequestContext {
   readonly signal: AbortSignal;
   readonly note: RequestNote;
   readonly maxQueryLimit: number;
+  /** Upstream records a filtered QIDO may examine before it stops (Warning: truncated). */
+  readonly maxQueryScan: number;
   readonly maxHeaderBytes: number;
   /** Called once a response body completes, before its last byte: makes pseudonyms durable. */
   readonly flush: () => void;
@@ -98,7 +112,7 @@ function parseObject(text: string): JsonDataset {
   }
 }
 
-function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDataset) => JsonDataset, warnings: readonly string[] = [], maxRows = Number.MAX_SAFE_INTEGER): Reply {
+function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDataset) => JsonDataset | undefined, warnings: readonly string[] = [], maxRows = Number.MAX_SAFE_INTEGER): Reply {
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
   if (up.status === 204) return { status: 200, headers, body: (async function* () { rc.flush(); yield Buffer.from('[]'); })() };
@@ -107,7 +121,8 @@ function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDatas
   const objects = (async function* () {
     for await (const text of splitJsonArray(up.body)) {
       if (++rows > maxRows) break; // the PACS may ignore limit (FIELD-NOTES: limit=0 is unlimited)
-      yield JSON.stringify(each(parseObject(text)));
+      const out = each(parseObject(text));
+      if (out !== undefined) yield JSON.stringify(out);
     }
   })();
   return { status: 200, headers, body: withFlush(rc, writeJsonArray(objects)) };
@@ -117,25 +132,140 @@ function noteStudy(rc: RequestContext, original: unknown, pseudo: unknown): void
   if (typeof original === 'string' && typeof pseudo === 'string' && rc.note.studies.size < 10_000) rc.note.studies.set(original, pseudo);
 }
 
+/** Tags the scope check reads on QIDO rows, asked for explicitly where Orthanc does not return them by default. */
+const SCOPE_INCLUDES: Record<Level, readonly string[]> = {
+  study: ['00100021'],
+  series: ['00100021', '00180015'],
+  instance: ['00100021', '00180015', '00080060', '0020000E'],
+};
+
 /** QIDO-RS: /studies, /series, /instances and their nested forms. */
 export async function qido(rc: RequestContext, level: Level, scope: { study?: string; series?: string }, params: URLSearchParams): Promise<Reply> {
   const plan = rc.client.ctx.plan;
-  const q = mapQuery(params, plan, rc.resolver, rc.maxQueryLimit);
+  const maxLimit = Math.min(rc.maxQueryLimit, rc.client.maxResults ?? Number.MAX_SAFE_INTEGER);
+  const q = mapQuery(params, plan, rc.resolver, { maxLimit, allowedKeys: rc.client.allowedKeys });
   let path = '';
-  if (scope.study) path += `/studies/${originalUid(rc, scope.study)}`;
-  if (scope.series) path += `/series/${originalUid(rc, scope.series)}`;
+  const study = scope.study === undefined ? undefined : originalUid(rc, scope.study);
+  const series = scope.series === undefined ? undefined : originalUid(rc, scope.series);
+  if (study !== undefined && series !== undefined) await requireSeries(rc, study, series);
+  else if (study !== undefined) await requireStudy(rc, study);
+  if (study !== undefined) path += `/studies/${study}`;
+  if (series !== undefined) path += `/series/${series}`;
   path += level === 'study' ? '/studies' : level === 'series' ? '/series' : '/instances';
+  const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (q.empty) {
-    return { status: 200, headers: { 'content-type': DICOM_JSON, ...(q.warnings.length ? { warning: q.warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
+    if (q.warnings.length) headers.warning = q.warnings.join(', ');
+    return { status: 200, headers, body: (async function* () { yield Buffer.from('[]'); })() };
   }
-  const up = await ok(rc, path, DICOM_JSON, q.upstream);
-  return jsonReply(rc, up, (o) => {
+  const deid = (o: JsonDataset): JsonDataset => {
     const out = deidentifyJson(o, rc.client.ctx, { writeMarkers: false });
-    noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
     setRetrieveUrl(out, rc.dicomWebBase, level);
     rewriteBulkDataUris(out, rc.dicomWebBase);
     return out;
-  }, q.warnings, Number(q.upstream.get('limit')));
+  };
+  if (rc.client.scope.unrestricted() && q.dateFilters.length === 0) {
+    // Nothing to filter: the PACS pages, and the body streams.
+    const up = new URLSearchParams(q.upstream);
+    up.set('limit', String(q.limit));
+    if (q.offset) up.set('offset', String(q.offset));
+    const res = await ok(rc, path, DICOM_JSON, up);
+    return jsonReply(rc, res, (o) => {
+      const out = deid(o);
+      noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
+      return out;
+    }, q.warnings, q.limit);
+  }
+  return filteredQido(rc, level, path, q);
+}
+
+/**
+ * QIDO over a filtered view (scope rules, opt-out list, shifted dates): limit and offset apply
+ * to what the client may see, so the PACS is paged ahead and every row is checked; the work
+ * per request is capped (server.maxQueryScan), with a Warning when results may be incomplete.
+ * The page (at most `limit` rows) is held, then sent, so the Warning can lead the response.
+ */
+async function filteredQido(rc: RequestContext, level: Level, path: string, q: ReturnType<typeof mapQuery>): Promise<Reply> {
+  const rules = rc.client.scope.rules();
+  const up = new URLSearchParams(q.upstream);
+  const push = (tag: string, value: string): void => { if (!q.matchKeys.has(tag)) up.set(tag, value); };
+  // Push the scope down where the PACS matches it exactly (comma lists work for UIDs, codes and
+  // accession numbers on Orthanc); each row is checked again below either way.
+  if (level === 'study' && !path.startsWith('/studies/')) {
+    if (rules.studies && rules.accessions?.size === 0 && rules.studies.size > 0 && rules.studies.size <= 200) push('0020000D', [...rules.studies].join(','));
+    if (rules.accessions && rules.studies?.size === 0 && rules.accessions.size > 0 && rules.accessions.size <= 200) push('00080050', [...rules.accessions].join(','));
+    if (rules.modalities?.size === 1) push('00080061', [...rules.modalities][0]!);
+  }
+  if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
+    return { status: 200, headers: { 'content-type': DICOM_JSON, ...(q.warnings.length ? { warning: q.warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
+  }
+  if (rules.studyDate && !q.matchKeys.has('00080020')) push('00080020', `${rules.studyDate.from ?? ''}-${rules.studyDate.until ?? ''}`);
+  if (level !== 'study' && rules.modalities) push('00080060', [...rules.modalities].join(','));
+  if (level !== 'study' && rules.bodyParts?.size === 1) push('00180015', [...rules.bodyParts][0]!);
+  if (level === 'instance' && rules.sopClasses) push('00080016', [...rules.sopClasses].join(','));
+  const strip = SCOPE_INCLUDES[level].filter((t) => !q.included.has(t));
+  for (const t of SCOPE_INCLUDES[level]) up.append('includefield', t);
+
+  const visible = async (o: JsonDataset): Promise<boolean> => {
+    const a = jsonAttrs(o);
+    const denial = level === 'study' ? (recordStudyDenial(rc, a) ?? await studyRowCounts(rc, o, a(TAG.studyUid) ?? ''))
+      : level === 'series' ? await seriesRowDenial(rc, a) : recordVisible(rc, a);
+    if (denial) { rc.note.outOfScope++; return false; }
+    if (level === 'series') await seriesRowCount(rc, o, a(TAG.studyUid) ?? '', a(TAG.seriesUid) ?? '');
+    return true;
+  };
+
+  const pageSize = Math.min(1000, Math.max(100, q.offset + q.limit));
+  const rows: string[] = [];
+  let skipped = 0;
+  let scanned = 0;
+  let upOffset = 0;
+  let truncated = false;
+  pages: for (;;) {
+    const page = new URLSearchParams(up);
+    page.set('limit', String(pageSize));
+    if (upOffset) page.set('offset', String(upOffset));
+    const res = await ok(rc, path, DICOM_JSON, page);
+    if (res.status === 204) break;
+    expectType(res, DICOM_JSON, 'application/json');
+    let n = 0;
+    for await (const text of splitJsonArray(res.body)) {
+      if (++n > pageSize) break; // the PACS ignored limit: treat the page as full and move on
+      scanned++;
+      const o = parseObject(text);
+      if (!(await visible(o))) continue;
+      for (const t of strip) delete o[t];
+      const out = deidentifyJson(o, rc.client.ctx, { writeMarkers: false });
+      setRetrieveUrl(out, rc.dicomWebBase, level);
+      rewriteBulkDataUris(out, rc.dicomWebBase);
+      if (!passesDateFilters(q.dateFilters, out)) continue;
+      if (skipped < q.offset) { skipped++; continue; }
+      noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
+      rows.push(JSON.stringify(out));
+      if (rows.length >= q.limit) break pages;
+    }
+    if (n < pageSize) break;
+    upOffset += pageSize;
+    if (scanned >= rc.maxQueryScan) { truncated = true; break; }
+  }
+  const warnings = [...q.warnings];
+  if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${scanned} records; results may be incomplete. Narrow the query."`);
+  const headers: Record<string, string> = { 'content-type': DICOM_JSON };
+  if (warnings.length) headers.warning = warnings.join(', ');
+  return { status: 200, headers, body: withFlush(rc, (async function* () { yield Buffer.from(`[${rows.join(',')}]`); })()) };
+}
+
+/** A study row carries no series or instance attributes: only the study rules apply to the row itself. */
+function recordStudyDenial(rc: RequestContext, a: Attrs): ReturnType<typeof recordVisible> {
+  return studyDenial(rc.client.scope.rules(), rc.client.scope.optOut(), a);
+}
+
+/** Scope check of a WADO-RS path (pseudonymous UIDs): NOT_FOUND when not visible to the client. */
+async function requireVisible(rc: RequestContext, p: { study: string; series?: string | undefined; instance?: string | undefined }): Promise<void> {
+  const study = originalUid(rc, p.study);
+  if (p.series === undefined) return requireStudy(rc, study);
+  const series = originalUid(rc, p.series);
+  if (p.instance === undefined) return requireSeries(rc, study, series);
+  return requireInstance(rc, study, series, originalUid(rc, p.instance));
 }
 
 function upstreamPath(rc: RequestContext, p: { study: string; series?: string | undefined; instance?: string | undefined }): string {
@@ -147,6 +277,7 @@ function upstreamPath(rc: RequestContext, p: { study: string; series?: string | 
 
 /** WADO-RS metadata at study, series or instance level. */
 export async function metadata(rc: RequestContext, p: { study: string; series?: string; instance?: string }): Promise<Reply> {
+  await requireVisible(rc, p);
   const up = await ok(rc, `${upstreamPath(rc, p)}/metadata`, DICOM_JSON);
   // The metadata of a whole study or series is also its pixel facts (see policy/facts-cache.ts).
   const seen = new Map<string, Facts>();
@@ -154,6 +285,7 @@ export async function metadata(rc: RequestContext, p: { study: string; series?: 
   const reply = jsonReply(rc, up, (o) => {
     const sop = o['00080018']?.Value?.[0];
     if (typeof sop === 'string') { const f = factsOf(o); seen.set(sop, f); rc.facts.putInstance(sop, f); }
+    if (recordVisible(rc, jsonAttrs(o))) { rc.note.outOfScope++; return undefined; }
     const out = deidentifyJson(o, rc.client.ctx, { writeMarkers: true });
     noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
     rewriteBulkDataUris(out, rc.dicomWebBase);
@@ -212,6 +344,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const study = originalUid(rc, p.study);
   const series = p.series === undefined ? undefined : originalUid(rc, p.series);
   const sop = p.instance === undefined ? undefined : originalUid(rc, p.instance);
+  await requireVisible(rc, p);
   // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
   // reads every file of the study for them), and only the status line waits for the facts.
   const path = `/studies/${study}${series === undefined ? '' : `/series/${series}`}${sop === undefined ? '' : `/instances/${sop}`}`;
@@ -229,9 +362,16 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     throw e;
   };
   if (sop !== undefined && !facts.has(sop)) await refuse(new GatewayError('NOT_FOUND', 'no such resource'));
-  const announced = [...facts.values()].filter((f) => !pixelDecision(f).allow).length;
+  // Only what the client may see counts: out-of-scope instances are neither sent nor announced.
+  const unrestricted = rc.client.scope.unrestricted();
+  const inScope = unrestricted ? [...facts.values()] : [...facts.values()].filter((f) => !recordVisible(rc, factsAttrs(f)));
+  if (facts.size > 0 && inScope.length === 0) {
+    const f = facts.values().next().value!;
+    await refuse(new GatewayError('NOT_FOUND', 'no such resource', { auditReason: `out-of-scope:${recordVisible(rc, factsAttrs(f)) ?? 'unknown'}` }));
+  }
+  const announced = inScope.filter((f) => !pixelDecision(f).allow).length;
   // A multipart needs at least one part (RFC 2046 5.1.1): nothing to send is a 403 too.
-  if (sop === undefined && facts.size > 0 && announced === facts.size) {
+  if (sop === undefined && inScope.length > 0 && announced === inScope.length) {
     rc.note.withheld += announced;
     await refuse(new GatewayError('PIXELS_WITHHELD', `all ${announced} instance(s) are withheld by the pixel policy`));
   }
@@ -255,8 +395,8 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
       try {
         first = await it.next();
       } catch (e) {
-        if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') {
-          note.withheld++;
+        if (e instanceof GatewayError && (e.code === 'PIXELS_WITHHELD' || e.auditReason?.startsWith('out-of-scope:'))) {
+          if (e.code === 'PIXELS_WITHHELD') note.withheld++; else note.outOfScope++;
           for await (const _ of part.body) { /* drained */ }
           continue;
         }
@@ -274,7 +414,13 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     return deidentifyPart10(part.body, ctx, {
       maxHeaderBytes,
       onInstance: (i) => { if (i.original.study && note.studies.size < 10_000) note.studies.set(i.original.study, i.pseudonymous.study); },
-      admit: (f) => { const d = pixelDecision(f); return d.allow ? undefined : d.reason; },
+      admit: (attr) => {
+        // Scope first: an out-of-scope instance is skipped silently, not counted as withheld.
+        if (!unrestricted) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
+        const f = { burnedInAnnotation: attr(0x00280301), modality: attr(0x00080060), sopClassUid: attr(0x00080016), imageType: attr(0x00080008) };
+        const decision = pixelDecision(f);
+        if (!decision.allow) throw new GatewayError('PIXELS_WITHHELD', decision.reason);
+      },
     });
   }
   const headers: Record<string, string> = { 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` };
@@ -298,8 +444,19 @@ type Facts = InstanceFacts;
 /** Pixel facts of one DICOM JSON object (original values). */
 function factsOf(r: JsonDataset): Facts {
   const s = (k: string): string | undefined => { const v = r[k]?.Value; return Array.isArray(v) ? v.map(String).join('\\') : undefined; };
-  return { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'), rows: s('00280010') };
+  const a = jsonAttrs(r);
+  const scope: Record<number, string> = {};
+  for (const tag of Object.values(TAG)) { const v = a(tag); if (v !== undefined) scope[tag] = v; }
+  return { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'), rows: s('00280010'), scope };
 }
+
+/** The scope attributes of cached facts (missing ones read as absent: rules that need them deny). */
+function factsAttrs(f: Facts): Attrs {
+  return (tag) => f.scope?.[tag];
+}
+
+/** The tags the facts query asks for: pixel facts and everything the scope rules read. */
+const FACT_TAGS = [...new Set(['00280301', '00080060', '00080016', '00080008', '00080018', '00280010', ...Object.values(TAG).map((t) => t.toString(16).toUpperCase().padStart(8, '0'))])];
 
 /** Pixel facts of the instances under an (original) study/series/instance, from the PACS. */
 async function pixelFacts(rc: RequestContext, study: string, series?: string, sop?: string): Promise<Map<string, Facts>> {
@@ -311,7 +468,7 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
     if (known) return known;
   }
   // One includefield per attribute: a comma list is sent as %2C, which Orthanc does not split.
-  const q = new URLSearchParams(['00280301', '00080060', '00080016', '00080008', '00080018', '00280010'].map((t): [string, string] => ['includefield', t]));
+  const q = new URLSearchParams(FACT_TAGS.map((t): [string, string] => ['includefield', t]));
   if (sop) q.set('SOPInstanceUID', sop);
   const path = series ? `/studies/${study}/series/${series}/instances` : `/studies/${study}/instances`;
   const up = await ok(rc, path, DICOM_JSON, q);
@@ -328,8 +485,10 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
 }
 
 async function requirePixels(rc: RequestContext, study: string, series: string, sop: string): Promise<void> {
+  await requireInstance(rc, study, series, sop);
   const facts = (await pixelFacts(rc, study, series, sop)).get(sop);
   if (!facts) throw new GatewayError('NOT_FOUND', 'no such resource');
+  if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, factsAttrs(facts)); if (d) throw notVisible(d); }
   if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
   const d = pixelDecision(facts);
   if (!d.allow) {

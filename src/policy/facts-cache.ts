@@ -11,6 +11,8 @@ import type { PixelFacts } from './pixels.js';
 
 export interface InstanceFacts extends PixelFacts {
   readonly rows?: string | undefined;
+  /** Original values of the attributes the scope rules read (policy/scope.ts TAG), by tag. */
+  readonly scope?: Readonly<Record<number, string>> | undefined;
 }
 
 export class FactsCache {
@@ -55,6 +57,15 @@ export class FactsCache {
   putScope(all: ReadonlyMap<string, InstanceFacts>, study: string, series?: string): void {
     for (const [sop, f] of all) this.putInstance(sop, f);
     this.set(series ? `se:${study}/${series}` : `s:${study}`, Object.freeze([...all.keys()]));
+  }
+
+  /** Any other PACS fact by key (scope lookups: a study's row, its series, a series' instances). */
+  get<T>(key: string): T | undefined {
+    return this.cache.get<T>(`x:${key}`);
+  }
+
+  put(key: string, value: unknown): void {
+    this.set(`x:${key}`, Object.freeze(value));
   }
 
   close(): void {

@@ -219,7 +219,12 @@ describe('gateway against a real Orthanc', () => {
     for (const q of ['PatientName=A*', 'PatientBirthDate=19270926', 'AccessionNumber=X', 'PatientNme=X', 'StudyDate=20240101']) {
       const r = await get(`/dicom-web/studies?${q}`);
       assert.equal(r.status, 400, q);
-      assert.equal(JSON.parse(r.body.toString()).code, 'BAD_QUERY');
+      assert.equal(JSON.parse(r.body.toString()).code, 'QUERY_KEY_REFUSED');
+    }
+    for (const q of ['limit=ten', 'offset=-1', 'fuzzymatching=maybe']) {
+      const r = await get(`/dicom-web/studies?${q}`);
+      assert.equal(r.status, 400, q);
+      assert.equal(JSON.parse(r.body.toString()).code, 'BAD_QUERY', q);
     }
     const all = json(await get('/dicom-web/studies'));
     const [a, b] = all.map((x) => first(x, '0020000D')!);
@@ -254,7 +259,7 @@ describe('gateway against a real Orthanc', () => {
     assert.equal(h.status, 200);
     const r = await get('/readyz', { token: null });
     assert.equal(r.status, 200);
-    assert.deepEqual(JSON.parse(r.body.toString()), { status: 'ready', upstream: 'ok', state: 'ok' });
+    assert.deepEqual(JSON.parse(r.body.toString()), { status: 'ready', upstream: 'ok', state: 'ok', scope: 'ok' });
   });
 
   test('the dates client sees shifted dates; the strict client sees none', async () => {

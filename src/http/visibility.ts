@@ -1,0 +1,188 @@
+/**
+ * Is this study / series / instance visible to the client (issue 4)? Answers from the PACS's
+ * own attributes, fetched with cheap QIDO queries (Orthanc answers them from its index) and
+ * cached by original UID for all clients (the facts are the PACS's; verdicts are per client):
+ *   - a study's row (Patient ID, Issuer, Study Date, Accession Number);
+ *   - its series (Modality, Body Part Examined, instance count), only when series or instance
+ *     rules exist;
+ *   - a series' instances (SOP Class), only when instance rules exist.
+ * Something not visible throws NOT_FOUND with the real reason for the audit log only, so a
+ * client cannot tell "out of scope" from "does not exist".
+ *
+ * These checks decide the status line; every record that is actually sent is checked again on
+ * its own attributes (QIDO rows, metadata objects, each Part 10 header) — the authoritative check.
+ */
+import { GatewayError } from '../core/errors.js';
+import { splitJsonArray } from '../dicomweb/json-array.js';
+import type { JsonDataset } from '../deid/index.js';
+import { mapUpstreamStatus } from '../upstream/client.js';
+import {
+  hasInstanceRules, hasSeriesRules, instanceDenial, jsonAttrs, notVisible, seriesDenial, studyDenial, TAG, type Attrs, type Denial,
+} from '../policy/scope.js';
+import type { RequestContext } from './dicomweb.js';
+
+const DICOM_JSON = 'application/dicom+json';
+const MAX_ROWS = 100_000;
+
+type Row = Readonly<Record<string, { Value?: unknown[] } | undefined>>;
+
+export interface SeriesFacts {
+  readonly uid: string;
+  readonly attrs: Row;
+  readonly instances: number;
+}
+
+/** GET of a QIDO list from the PACS, parsed (rows are small: index attributes only). */
+export async function queryRows(rc: RequestContext, path: string, params: URLSearchParams): Promise<Row[]> {
+  const r = await rc.upstream.get({ path, accept: DICOM_JSON, signal: rc.signal, query: params });
+  if (r.status === 204) { await r.dump(); return []; }
+  if (r.status !== 200) { await r.dump(); throw mapUpstreamStatus(r.status); }
+  const out: Row[] = [];
+  for await (const text of splitJsonArray(r.body, { maxElementBytes: 1 << 20 })) {
+    let o: unknown;
+    try { o = JSON.parse(text); } catch { throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON'); }
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON');
+    if (out.length >= MAX_ROWS) throw new GatewayError('UPSTREAM_RESPONSE_INVALID', 'the PACS listed more records than the gateway checks at once');
+    out.push(o as Row);
+  }
+  return out;
+}
+
+const uidOf = (r: Row, tag: number): string | undefined => jsonAttrs(r)(tag);
+
+async function studyRow(rc: RequestContext, study: string): Promise<Row | undefined> {
+  const key = `study:${study}`;
+  const known = rc.facts.get<{ row: Row | null }>(key);
+  if (known) return known.row ?? undefined;
+  const q = new URLSearchParams([['StudyInstanceUID', study], ['includefield', '00100021'], ['limit', '2']]);
+  const rows = (await queryRows(rc, '/studies', q)).filter((r) => uidOf(r, TAG.studyUid) === study);
+  const row = rows[0];
+  rc.facts.put(key, { row: row ?? null });
+  return row;
+}
+
+async function seriesOf(rc: RequestContext, study: string): Promise<readonly SeriesFacts[]> {
+  const key = `series:${study}`;
+  const known = rc.facts.get<readonly SeriesFacts[]>(key);
+  if (known) return known;
+  const q = new URLSearchParams([['includefield', '00180015'], ['includefield', '00201209'], ['limit', '0']]);
+  const list = (await queryRows(rc, `/studies/${study}/series`, q)).flatMap((r): SeriesFacts[] => {
+    const uid = uidOf(r, TAG.seriesUid);
+    const n = Number(jsonAttrs(r)(0x00201209) ?? '0');
+    return uid ? [{ uid, attrs: r, instances: Number.isFinite(n) ? n : 0 }] : [];
+  });
+  rc.facts.put(key, list);
+  return list;
+}
+
+async function instancesOf(rc: RequestContext, study: string, series: string): Promise<readonly Row[]> {
+  const key = `instances:${study}/${series}`;
+  const known = rc.facts.get<readonly Row[]>(key);
+  if (known) return known;
+  const list = await queryRows(rc, `/studies/${study}/series/${series}/instances`, new URLSearchParams([['limit', '0']]));
+  rc.facts.put(key, list);
+  return list;
+}
+
+/** The visible series of a study (all of them when there are no series or instance rules). */
+export async function visibleSeries(rc: RequestContext, study: string): Promise<{ series: SeriesFacts[]; instances: number } | undefined> {
+  const rules = rc.client.scope.rules();
+  if (!hasSeriesRules(rules) && !hasInstanceRules(rules)) return undefined;
+  const out: SeriesFacts[] = [];
+  let instances = 0;
+  for (const s of await seriesOf(rc, study)) {
+    if (seriesDenial(rules, jsonAttrs(s.attrs))) continue;
+    if (hasInstanceRules(rules)) {
+      const n = (await instancesOf(rc, study, s.uid)).filter((i) => !instanceDenial(rules, jsonAttrs(i))).length;
+      if (n === 0) continue;
+      instances += n;
+    } else {
+      instances += s.instances;
+    }
+    out.push(s);
+  }
+  return { series: out, instances };
+}
+
+/** Throws NOT_FOUND (audit: the reason) unless the study passes the study rules and has something visible. */
+export async function requireStudy(rc: RequestContext, study: string): Promise<void> {
+  if (rc.client.scope.unrestricted()) return;
+  const row = await studyRow(rc, study);
+  if (!row) return; // unknown to the PACS: its own 404 follows
+  await requireStudyRow(rc, jsonAttrs(row), study);
+}
+
+/** The study-level verdict on a record that carries the study's attributes, then its series. */
+export async function requireStudyRow(rc: RequestContext, a: Attrs, study: string): Promise<void> {
+  const rules = rc.client.scope.rules();
+  const d = studyDenial(rules, rc.client.scope.optOut(), a);
+  if (d) throw notVisible(d);
+  const vis = await visibleSeries(rc, study);
+  if (vis && vis.series.length === 0) throw notVisible(hasSeriesRules(rules) ? firstSeriesDenial(rules, await seriesOf(rc, study)) : 'sop-class');
+}
+
+function firstSeriesDenial(rules: ReturnType<RequestContext['client']['scope']['rules']>, series: readonly SeriesFacts[]): Denial {
+  for (const s of series) { const d = seriesDenial(rules, jsonAttrs(s.attrs)); if (d) return d; }
+  return 'sop-class';
+}
+
+export async function requireSeries(rc: RequestContext, study: string, series: string): Promise<void> {
+  if (rc.client.scope.unrestricted()) return;
+  await requireStudy(rc, study);
+  const rules = rc.client.scope.rules();
+  if (!hasSeriesRules(rules) && !hasInstanceRules(rules)) return;
+  const s = (await seriesOf(rc, study)).find((x) => x.uid === series);
+  if (!s) return; // the PACS's own 404 follows
+  const d = seriesDenial(rules, jsonAttrs(s.attrs));
+  if (d) throw notVisible(d);
+  if (hasInstanceRules(rules) && !(await instancesOf(rc, study, series)).some((i) => !instanceDenial(rules, jsonAttrs(i)))) throw notVisible('sop-class');
+}
+
+export async function requireInstance(rc: RequestContext, study: string, series: string, sop: string): Promise<void> {
+  if (rc.client.scope.unrestricted()) return;
+  await requireSeries(rc, study, series);
+  const rules = rc.client.scope.rules();
+  if (!hasInstanceRules(rules)) return;
+  const i = (await instancesOf(rc, study, series)).find((x) => uidOf(x, TAG.sopUid) === sop);
+  if (!i) return;
+  const d = instanceDenial(rules, jsonAttrs(i));
+  if (d) throw notVisible(d);
+}
+
+/** Every level on one record that carries them all (an instance's metadata or header). */
+export function recordVisible(rc: RequestContext, a: Attrs): Denial | undefined {
+  const rules = rc.client.scope.rules();
+  return studyDenial(rules, rc.client.scope.optOut(), a) ?? seriesDenial(rules, a) ?? instanceDenial(rules, a);
+}
+
+/** The series-level verdict on a series row (study rules checked on the same row). */
+export async function seriesRowDenial(rc: RequestContext, a: Attrs): Promise<Denial | undefined> {
+  const rules = rc.client.scope.rules();
+  const d = studyDenial(rules, rc.client.scope.optOut(), a) ?? seriesDenial(rules, a);
+  if (d || !hasInstanceRules(rules)) return d;
+  const study = a(TAG.studyUid);
+  const series = a(TAG.seriesUid);
+  if (!study || !series) return 'sop-class';
+  return (await instancesOf(rc, study, series)).some((i) => !instanceDenial(rules, jsonAttrs(i))) ? undefined : 'sop-class';
+}
+
+/** Rewrites a study row's counts and modalities to the client's visible part of the study. */
+export async function studyRowCounts(rc: RequestContext, row: JsonDataset, study: string): Promise<Denial | undefined> {
+  const vis = await visibleSeries(rc, study);
+  if (!vis) return undefined;
+  if (vis.series.length === 0) return firstSeriesDenial(rc.client.scope.rules(), await seriesOf(rc, study));
+  const set = (tag: string, vr: string, value: unknown[]): void => { if (row[tag]) row[tag] = { vr, Value: value }; };
+  set('00201206', 'IS', [vis.series.length]);
+  set('00201208', 'IS', [vis.instances]);
+  const modalities = [...new Set(vis.series.map((s) => jsonAttrs(s.attrs)(TAG.modality)).filter((m): m is string => !!m))].sort();
+  set('00080061', 'CS', modalities);
+  return undefined;
+}
+
+/** Rewrites a series row's instance count to the visible instances (instance rules only). */
+export async function seriesRowCount(rc: RequestContext, row: JsonDataset, study: string, series: string): Promise<void> {
+  const rules = rc.client.scope.rules();
+  if (!hasInstanceRules(rules) || !row['00201209']) return;
+  const n = (await instancesOf(rc, study, series)).filter((i) => !instanceDenial(rules, jsonAttrs(i))).length;
+  row['00201209'] = { vr: 'IS', Value: [n] };
+}

@@ -2,6 +2,7 @@
  * Composition root: the only file that wires concrete parts together (ARCHITECTURE).
  */
 import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type { Server } from 'node:http';
 import type { Logger } from 'winston';
 import type { Config } from './config/schema.js';
@@ -37,6 +38,8 @@ export interface GatewayParts {
   readonly audit: AuditSink;
   readonly log: Logger;
   readonly limits: LimitStore;
+  /** 'file' (key, problem | undefined): a scope file became unusable, or usable again. */
+  readonly scopeEvents: EventEmitter;
   /** Health of the scope files (allow-lists, opt-out list), for /readyz. */
   readonly scopeHealthy: () => boolean;
 }
@@ -52,11 +55,10 @@ export function buildParts(cfg: Config): GatewayParts {
   const master = loadOrCreateMasterSecret(cfg.state.dir);
   const store = openSqliteStore(cfg.state.dir);
   const log = createOpsLogger();
-  // Scope files are re-read when they change; a broken file fails closed (503) and is logged once.
-  const fileProblem = (key: string) => (message: string | undefined): void => {
-    if (message) log.error(`scope file unusable: ${message}`, { key });
-    else log.info('scope file reloaded and valid again', { key });
-  };
+  // Scope files are re-read when they change; a broken file fails closed (503) and is logged
+  // once, by the logger the gateway runs with (startGateway may be given another one).
+  const scopeEvents = new EventEmitter();
+  const fileProblem = (key: string) => (message: string | undefined): void => { scopeEvents.emit('file', key, message); };
   const optOutFile = cfg.optOut.file === undefined ? undefined
     : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList, fileProblem('optOut.file'));
   const optOut = new OptOutSource(cfg.optOut.patients, optOutFile);
@@ -83,11 +85,16 @@ export function buildParts(cfg: Config): GatewayParts {
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const audit = openAuditLog(cfg.state.dir);
   const limits = openSqliteLimitStore(cfg.state.dir);
-  return { clients, store, upstream, audit, log, limits, scopeHealthy: () => scopes.every((s) => s.status().ok) };
+  return { clients, store, upstream, audit, log, limits, scopeEvents, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }
 
 export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
   const { clients, store, upstream, audit, log, limits } = parts;
+  const onScopeFile = (key: string, message: string | undefined): void => {
+    if (message) log.error(`scope file unusable: ${message}`, { key });
+    else log.info('scope file reloaded and valid again', { key });
+  };
+  parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
   const limitsByClient = new Map(cfg.clients.map((c) => [c.id, c.limits]));
   const limiter = new Limiter(limits, (id) => limitsByClient.get(id));
@@ -133,6 +140,7 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
         store.flush();
         store.close();
         limits.close();
+        parts.scopeEvents.off('file', onScopeFile);
         facts.close();
         await upstream.close();
         await audit.close();

@@ -214,7 +214,8 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     return true;
   };
 
-  const pageSize = Math.min(1000, Math.max(100, q.offset + q.limit));
+  // One row more than the scan budget, so that stopping at the budget knows whether more exist.
+  const pageSize = Math.min(1000, Math.max(100, q.offset + q.limit), rc.maxQueryScan + 1);
   const rows: string[] = [];
   let skipped = 0;
   let scanned = 0;
@@ -230,6 +231,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     let n = 0;
     for await (const text of splitJsonArray(res.body)) {
       if (++n > pageSize) break; // the PACS ignored limit: treat the page as full and move on
+      if (scanned >= rc.maxQueryScan) { truncated = true; break pages; }
       scanned++;
       const o = parseObject(text);
       if (!(await visible(o))) continue;
@@ -245,7 +247,6 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     }
     if (n < pageSize) break;
     upOffset += pageSize;
-    if (scanned >= rc.maxQueryScan) { truncated = true; break; }
   }
   const warnings = [...q.warnings];
   if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${scanned} records; results may be incomplete. Narrow the query."`);

@@ -156,6 +156,9 @@ export function mapQuery(params: URLSearchParams, plan: CompiledPlan, resolve: Q
       dateFilters.push({ tag: tagHex(tag), from: r.from, until: r.until });
     } else if (action.kind === 'shift') {
       throw refused(`match key ${name}: this client's dates are shifted; only DA keys (such as StudyDate) can be matched on shifted values`);
+    } else if (action.kind === 'keep' && entry.vr === 'UI') {
+      // UID list matching (PS3.4 C.2.2.2.2) in either form; Orthanc only understands commas.
+      out.set(tagHex(tag), value.split(/[,\\]/).map((v) => v.trim()).filter(Boolean).join(','));
     } else if (action.kind === 'keep') {
       if (entry.vr === 'DA') parseDateRange(name, value);
       out.set(tagHex(tag), value);

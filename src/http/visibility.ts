@@ -108,7 +108,9 @@ export async function visibleSeries(rc: RequestContext, study: string): Promise<
 export async function requireStudy(rc: RequestContext, study: string): Promise<void> {
   if (rc.client.scope.unrestricted()) return;
   const row = await studyRow(rc, study);
-  if (!row) return; // unknown to the PACS: its own 404 follows
+  // Unknown to the PACS: 404 here, because Orthanc answers nested QIDO on an unknown study with
+  // 200 [], and a restricted client must not tell "absent" from "out of scope".
+  if (!row) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
   await requireStudyRow(rc, jsonAttrs(row), study);
 }
 
@@ -130,9 +132,8 @@ export async function requireSeries(rc: RequestContext, study: string, series: s
   if (rc.client.scope.unrestricted()) return;
   await requireStudy(rc, study);
   const rules = rc.client.scope.rules();
-  if (!hasSeriesRules(rules) && !hasInstanceRules(rules)) return;
   const s = (await seriesOf(rc, study)).find((x) => x.uid === series);
-  if (!s) return; // the PACS's own 404 follows
+  if (!s) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
   const d = seriesDenial(rules, jsonAttrs(s.attrs));
   if (d) throw notVisible(d);
   if (hasInstanceRules(rules) && !(await instancesOf(rc, study, series)).some((i) => !instanceDenial(rules, jsonAttrs(i)))) throw notVisible('sop-class');
@@ -142,9 +143,8 @@ export async function requireInstance(rc: RequestContext, study: string, series:
   if (rc.client.scope.unrestricted()) return;
   await requireSeries(rc, study, series);
   const rules = rc.client.scope.rules();
-  if (!hasInstanceRules(rules)) return;
   const i = (await instancesOf(rc, study, series)).find((x) => uidOf(x, TAG.sopUid) === sop);
-  if (!i) return;
+  if (!i) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
   const d = instanceDenial(rules, jsonAttrs(i));
   if (d) throw notVisible(d);
 }

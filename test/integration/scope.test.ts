@@ -1,0 +1,343 @@
+/**
+ * Issue 4 against a real Orthanc: per-client scope (allow-lists inline and in a reloaded file,
+ * modality / body part / SOP class / study date filters), the opt-out list (inline and in a
+ * reloaded file), access windows, the 404-not-403 rule on every route, pagination over a
+ * filtered view, date ranges on shifted dates, allowed match keys and result caps, rate and
+ * quota limits that survive a restart, and the audit reason of every denial.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import winston from 'winston';
+import { Writable } from 'node:stream';
+import { validateConfig, type Config } from '../../src/config/schema.js';
+import { buildParts, startGateway, type Gateway, type GatewayParts } from '../../src/main.js';
+import { generateCohort, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
+import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+
+const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
+const tok = (id: string): string => `${id}-token-0123456789`;
+type Row = Record<string, { vr: string; Value?: unknown[] }>;
+const val = (r: Row, tag: string): unknown => r[tag]?.Value?.[0];
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Res { status: number; headers: Headers; text: string; json: () => unknown }
+
+describe('per-client scope and query semantics against a real Orthanc', () => {
+  let orthanc: OrthancHandle;
+  let cohort: Cohort;
+  let S: CohortStudy[];
+  let dir: string;
+  let cfg: Config;
+  let parts: GatewayParts;
+  let gw: Gateway;
+  const bodies: string[] = [];
+  const logLines: string[] = [];
+
+  async function get(path: string, client: string, accept?: string, base = gw.url): Promise<Res> {
+    const r = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${tok(client)}`, ...(accept ? { accept } : {}) } });
+    const buf = Buffer.from(await r.arrayBuffer());
+    const text = buf.toString('latin1');
+    bodies.push(text);
+    return { status: r.status, headers: r.headers, text, json: () => JSON.parse(buf.toString('utf8')) };
+  }
+  const rows = async (path: string, client: string): Promise<Row[]> => {
+    const r = await get(path, client);
+    assert.equal(r.status, 200, `${path} as ${client}: ${r.text.slice(0, 200)}`);
+    return r.json() as Row[];
+  };
+  const studyUids = async (path: string, client: string): Promise<string[]> => (await rows(path, client)).map((r) => String(val(r, '0020000D'))).sort();
+  const original = (client: string, pseudo: string): string => parts.store.lookup(client, 'uid', pseudo) ?? `unknown:${pseudo}`;
+  const problem = (r: Res): Record<string, unknown> => { const p = r.json() as Record<string, unknown>; delete p.requestId; return p; };
+  async function auditLines(): Promise<Record<string, unknown>[]> {
+    await sleep(150); // winston writes the file asynchronously
+    return readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+  /** Parts of a multipart body (independent of the product's reader): SOP Instance UIDs found in each. */
+  function partCount(r: Res): number {
+    const m = /boundary=("?)([^";]+)\1/.exec(r.headers.get('content-type') ?? '');
+    assert.ok(m, 'multipart response names its boundary');
+    return r.text.split(`--${m[2]}`).length - 2;
+  }
+
+  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'sr-only', 'expired', 'future', 'limited', 'quota'];
+
+  function config(extra: { maxQueryScan?: number } = {}): Config {
+    return validateConfig({
+      server: { host: '127.0.0.1', port: 0, ...(extra.maxQueryScan ? { maxQueryScan: extra.maxQueryScan } : {}) },
+      upstream: { url: orthanc.dicomWebUrl },
+      state: { dir },
+      optOut: { patients: [{ id: 'MRN-70003', issuer: 'HOSP-B' }], file: 'opt-out.yaml' },
+      clients: CLIENTS.map((id) => {
+        const c: Record<string, unknown> = { id, apiKeySha256: sha(tok(id)), profile: { options: ['retainUIDs'] } };
+        if (id === 'cohort-a') c.scope = { studies: [S[0]!.uid, S[2]!.uid, S[1]!.uid], studiesFile: 'cohort-a.yaml', modalities: ['CT'] };
+        if (id === 'cohort-b') {
+          c.profile = { options: ['retainLongitudinalModifiedDates'], dateShift: { minDays: 10, maxDays: 40 } };
+          c.scope = { studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
+          c.query = { allowedKeys: ['StudyDate', 'StudyInstanceUID'], maxResults: 4 };
+        }
+        if (id === 'sr-only') c.scope = { sopClasses: [SOP_SR] };
+        if (id === 'expired') c.scope = { validUntil: '2020-01-01' };
+        if (id === 'future') c.scope = { validFrom: '2099-01-01T00:00:00Z' };
+        if (id === 'limited') c.limits = { requestsPerMinute: 3 };
+        if (id === 'quota') c.limits = { bytesPerDay: '1.5 kB' };
+        return c;
+      }),
+    }, join(dir, 'gateway.yaml'));
+  }
+
+  async function start(c: Config): Promise<{ gw: Gateway; parts: GatewayParts }> {
+    const p = buildParts(c);
+    const sink = new Writable({ write(chunk, _e, cb) { logLines.push(String(chunk)); cb(); } });
+    const log = winston.createLogger({ level: 'debug', format: winston.format.json(), transports: [new winston.transports.Stream({ stream: sink })] });
+    return { gw: await startGateway(c, { ...p, log }), parts: p };
+  }
+
+  before(async () => {
+    cohort = generateCohort();
+    S = [...cohort.studies];
+    orthanc = await startOrthanc();
+    await orthanc.upload([...cohort.files]);
+    dir = mkdtempSync(join(tmpdir(), 'deid-scope-'));
+    writeFileSync(join(dir, 'opt-out.yaml'), 'patients: []\n');
+    // The opted-out patient's study is on cohort-a's list: the opt-out must still win.
+    writeFileSync(join(dir, 'cohort-a.yaml'), `accessionNumbers: [${S[3]!.accession}]\n`);
+    cfg = config();
+    ({ gw, parts } = await start(cfg));
+  });
+
+  after(async () => {
+    await gw?.close();
+    await orthanc?.stop();
+  });
+
+  test('QIDO at every level shows exactly the client\'s cohort', async () => {
+    // cohort-a: S0 and S2 by UID (S1 is listed but MR, filtered by modality), S3 by accession but opted out.
+    assert.deepEqual(await studyUids('/dicom-web/studies', 'cohort-a'), [S[0]!.uid, S[2]!.uid].sort());
+    const series = await rows('/dicom-web/series', 'cohort-a');
+    assert.deepEqual(series.map((r) => val(r, '0020000E')).sort(), [S[0]!.series[0]!.uid, S[2]!.series[0]!.uid].sort());
+    const instances = await rows('/dicom-web/instances', 'cohort-a');
+    assert.deepEqual(instances.map((r) => val(r, '00080018')).sort(), [...S[0]!.series[0]!.instances, ...S[2]!.series[0]!.instances].sort());
+    assert.deepEqual((await rows(`/dicom-web/studies/${S[2]!.uid}/series`, 'cohort-a')).map((r) => val(r, '00080060')), ['CT']);
+    // cohort-c: everything but the opted-out patient (the same Patient ID under another issuer stays).
+    const all = await studyUids('/dicom-web/studies', 'cohort-c');
+    assert.deepEqual(all, S.filter((s) => s !== S[3]).map((s) => s.uid).sort());
+    assert.ok(all.includes(S[4]!.uid), 'MRN-70003 of HOSP-A is another person and stays visible');
+    // sr-only: only the study with an SR series, and only that series and instance.
+    assert.deepEqual(await studyUids('/dicom-web/studies', 'sr-only'), [S[2]!.uid]);
+    assert.deepEqual((await rows('/dicom-web/instances', 'sr-only')).map((r) => val(r, '00080018')), [S[2]!.series[1]!.instances[0]]);
+    assert.deepEqual((await rows(`/dicom-web/studies/${S[2]!.uid}/series`, 'sr-only')).map((r) => val(r, '0020000E')), [S[2]!.series[1]!.uid]);
+  });
+
+  test('study and series rows count only what the client may see', async () => {
+    const [a] = await rows(`/dicom-web/studies?StudyInstanceUID=${S[2]!.uid}`, 'cohort-a');
+    assert.ok(a, 'the mixed study is listed for cohort-a');
+    assert.equal(val(a, '00201206'), 1, 'one visible series');
+    assert.equal(val(a, '00201208'), 2, 'two visible instances');
+    assert.deepEqual(a['00080061']?.Value, ['CT']);
+    const [c] = await rows(`/dicom-web/studies?StudyInstanceUID=${S[2]!.uid}`, 'cohort-c');
+    assert.equal(val(c!, '00201206'), 2, 'an unrestricted client sees both series');
+    assert.deepEqual(c!['00080061']?.Value, ['CT', 'SR']);
+    const [sr] = await rows(`/dicom-web/studies?StudyInstanceUID=${S[2]!.uid}`, 'sr-only');
+    assert.equal(val(sr!, '00201208'), 1);
+    assert.deepEqual(sr!['00080061']?.Value, ['SR']);
+  });
+
+  test('out of scope answers exactly like "does not exist" on every route (404, same problem)', async () => {
+    const i = (s: CohortStudy, k = 0, n = 0): string => `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}/instances/${s.series[k]!.instances[n]}`;
+    const routes = (s: CohortStudy, k = 0): string[] => [
+      `/dicom-web/studies/${s.uid}`, `/dicom-web/studies/${s.uid}/metadata`, `/dicom-web/studies/${s.uid}/series`, `/dicom-web/studies/${s.uid}/instances`,
+      `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}`, `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}/metadata`,
+      `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}/instances`,
+      i(s, k), `${i(s, k)}/metadata`, `${i(s, k)}/frames/1`, `${i(s, k)}/bulk/7fe00010`,
+    ];
+    const ghost: CohortStudy = { ...S[0]!, uid: '1.2.3.999', series: [{ ...S[0]!.series[0]!, uid: '1.2.3.999.1', instances: ['1.2.3.999.1.1'] }] };
+    const cases: [string, CohortStudy, number][] = [
+      ['cohort-a', S[1]!, 0], // listed, but MR: modality filter
+      ['cohort-a', S[3]!, 0], // on the allow-list file, but opted out
+      ['cohort-a', S[5]!, 0], // not on the list
+      ['cohort-c', S[3]!, 0], // opted out for every client
+      ['sr-only', S[0]!, 0], // no SR in this study
+    ];
+    for (const [client, s, k] of cases) {
+      const want = routes(ghost, k);
+      const got = routes(s, k);
+      for (let n = 0; n < got.length; n++) {
+        const r = await get(got[n]!, client);
+        const g = await get(want[n]!, client);
+        assert.equal(r.status, 404, `${client} ${got[n]}: ${r.status}`);
+        assert.equal(g.status, 404, `${client} ${want[n]} (does not exist): ${g.status}`);
+        assert.deepEqual(problem(r), problem(g), `${client} ${got[n]}: same problem as for a resource that does not exist`);
+      }
+    }
+    // Inside a visible study, an invisible series or instance is 404 too (cohort-a: the SR series of S2).
+    for (const path of [`/dicom-web/studies/${S[2]!.uid}/series/${S[2]!.series[1]!.uid}/metadata`, `${i(S[2]!, 1)}`, `${i(S[2]!, 1)}/metadata`, `/dicom-web/studies/${S[2]!.uid}/series/${S[2]!.series[1]!.uid}`]) {
+      assert.equal((await get(path, 'cohort-a')).status, 404, path);
+    }
+    // ... and the same paths are served to a client whose scope covers them.
+    assert.equal((await get(`${i(S[2]!, 1)}/metadata`, 'sr-only')).status, 200);
+    assert.equal((await get(`${i(S[0]!)}/frames/1`, 'cohort-a')).status, 200);
+  });
+
+  test('retrieve and metadata of a partly visible study carry only the visible instances, with no Warning', async () => {
+    const r = await get(`/dicom-web/studies/${S[2]!.uid}`, 'cohort-a', 'multipart/related; type="application/dicom"');
+    assert.equal(r.status, 200);
+    assert.equal(partCount(r), 2);
+    assert.equal(r.headers.get('warning'), null, 'out-of-scope instances are not announced');
+    assert.ok(!r.text.includes(S[2]!.series[1]!.instances[0]!), 'the SR instance is not in the body');
+    const meta = (await get(`/dicom-web/studies/${S[2]!.uid}/metadata`, 'cohort-a')).json() as Row[];
+    assert.deepEqual(meta.map((m) => val(m, '00080060')), ['CT', 'CT']);
+    const sr = await get(`/dicom-web/studies/${S[2]!.uid}`, 'sr-only', 'multipart/related; type="application/dicom"');
+    assert.equal(sr.status, 200);
+    assert.equal(partCount(sr), 1);
+  });
+
+  test('the opt-out file and the allow-list file are reloaded without restart; a broken file fails closed', async () => {
+    const optOut = join(dir, 'opt-out.yaml');
+    writeFileSync(optOut, `patients:\n  - id: ${S[0]!.patientId}\n    issuer: ${S[0]!.issuer}\n`);
+    await sleep(400);
+    let seen = await studyUids('/dicom-web/studies', 'cohort-c');
+    assert.ok(!seen.includes(S[0]!.uid) && !seen.includes(S[1]!.uid), 'the newly opted-out patient is gone');
+    assert.equal((await get(`/dicom-web/studies/${S[0]!.uid}/metadata`, 'cohort-a')).status, 404);
+    writeFileSync(optOut, 'patients: [ {id: }\n');
+    await sleep(400);
+    const broken = await get('/dicom-web/studies', 'cohort-c');
+    assert.equal(broken.status, 503);
+    assert.equal((broken.json() as { code: string }).code, 'SCOPE_UNAVAILABLE');
+    assert.ok(broken.headers.get('retry-after'), 'a 503 says when to retry');
+    assert.equal((await fetch(`${gw.url}/readyz`)).status, 503);
+    assert.ok(logLines.some((l) => l.includes('optOut.file') && l.includes('not valid YAML')), 'the ops log names the key and the problem');
+    writeFileSync(optOut, 'patients: []\n');
+    await sleep(400);
+    seen = await studyUids('/dicom-web/studies', 'cohort-c');
+    assert.ok(seen.includes(S[0]!.uid), 'the patient is back once removed from the list');
+    assert.equal((await fetch(`${gw.url}/readyz`)).status, 200);
+    // Allow-list file: add S4 by accession.
+    writeFileSync(join(dir, 'cohort-a.yaml'), `accessionNumbers: [${S[3]!.accession}, ${S[4]!.accession}]\n`);
+    await sleep(400);
+    assert.deepEqual(await studyUids('/dicom-web/studies', 'cohort-a'), [S[0]!.uid, S[2]!.uid, S[4]!.uid].sort());
+    writeFileSync(join(dir, 'cohort-a.yaml'), `accessionNumbers: [${S[3]!.accession}]\n`);
+    await sleep(400);
+    assert.deepEqual(await studyUids('/dicom-web/studies', 'cohort-a'), [S[0]!.uid, S[2]!.uid].sort());
+  });
+
+  test('pagination applies limit and offset to the filtered view', async () => {
+    // cohort-b: 2020 and CHEST: six of patient 4's twelve studies (and none of the 2021+ CHEST studies).
+    const expected = S.filter((s) => s.date.startsWith('2020') && s.series[0]!.bodyPart === 'CHEST').map((s) => s.uid).sort();
+    assert.equal(expected.length, 6);
+    const pages: string[][] = [];
+    for (let offset = 0; offset <= 6; offset += 2) {
+      pages.push((await rows(`/dicom-web/studies?limit=2&offset=${offset}`, 'cohort-b')).map((r) => original('cohort-b', String(val(r, '0020000D')))));
+    }
+    assert.deepEqual(pages.map((p) => p.length), [2, 2, 2, 0]);
+    assert.deepEqual(pages.flat().sort(), expected);
+    // The client's cap (query.maxResults: 4) bounds limit, and no limit means the cap.
+    assert.equal((await rows('/dicom-web/studies?limit=50', 'cohort-b')).length, 4);
+    assert.equal((await rows('/dicom-web/studies', 'cohort-b')).length, 4);
+    assert.equal((await rows('/dicom-web/studies?offset=4', 'cohort-b')).length, 2);
+  });
+
+  test('a shifted client queries dates in its own time line and gets exactly the matching studies', async () => {
+    const all: { uid: string; shifted: string }[] = [];
+    for (let offset = 0; offset < 6; offset += 4) {
+      for (const r of await rows(`/dicom-web/studies?offset=${offset}`, 'cohort-b')) all.push({ uid: original('cohort-b', String(val(r, '0020000D'))), shifted: String(val(r, '00080020')) });
+    }
+    assert.equal(all.length, 6);
+    const byOrig = new Map(S.map((s) => [s.uid, s.date]));
+    for (const x of all) assert.ok(x.shifted < byOrig.get(x.uid)!, 'dates are shifted into the past');
+    all.sort((a, b) => a.shifted.localeCompare(b.shifted));
+    const lo = all[1]!.shifted;
+    const hi = all[3]!.shifted;
+    const got = async (range: string): Promise<string[]> => (await rows(`/dicom-web/studies?StudyDate=${range}`, 'cohort-b')).map((r) => String(val(r, '00080020'))).sort();
+    assert.deepEqual(await got(`${lo}-${hi}`), [all[1]!.shifted, all[2]!.shifted, all[3]!.shifted]);
+    const dayBefore = (d: string): string => { const t = new Date(Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8)) - 86_400_000); return t.toISOString().slice(0, 10).replace(/-/g, ''); };
+    assert.deepEqual(await got(`${lo}-${dayBefore(hi)}`), [all[1]!.shifted, all[2]!.shifted], 'the upper bound is exact');
+    assert.deepEqual(await got(lo), [lo], 'a single date matches that shifted date only');
+    assert.deepEqual(await got(`-${dayBefore(lo)}`), [all[0]!.shifted], 'open start');
+    // The original date of a study, which the client should not know, matches nothing on its own.
+    const origOfLo = byOrig.get(all[1]!.uid)!;
+    assert.ok(!(await got(origOfLo)).includes(lo), 'original dates are not matched as such');
+    const bad = await get('/dicom-web/studies?StudyDate=2020-01-01', 'cohort-b');
+    assert.equal(bad.status, 400);
+    assert.equal((bad.json() as { code: string }).code, 'BAD_QUERY');
+  });
+
+  test('allowed match keys per client; identifying keys refused with a stable code', async () => {
+    const r = await get('/dicom-web/studies?ModalitiesInStudy=CT', 'cohort-b');
+    assert.equal(r.status, 400);
+    assert.equal((r.json() as { code: string }).code, 'QUERY_KEY_REFUSED');
+    assert.match((r.json() as { detail: string }).detail, /ModalitiesInStudy is not among this client's allowed match keys/);
+    for (const q of ['PatientName=COHORT*', 'AccessionNumber=ACC81000', 'PatientBirthDate=19600101']) {
+      const x = await get(`/dicom-web/studies?${q}`, 'cohort-c');
+      assert.equal(x.status, 400, q);
+      assert.equal((x.json() as { code: string }).code, 'QUERY_KEY_REFUSED', q);
+    }
+    // UID lists in both forms, intersected with the scope.
+    const both = `${S[0]!.uid}\\${S[1]!.uid}`;
+    assert.deepEqual(await studyUids(`/dicom-web/studies?StudyInstanceUID=${encodeURIComponent(both)}`, 'cohort-a'), [S[0]!.uid], 'backslash list');
+    assert.deepEqual(await studyUids(`/dicom-web/studies?StudyInstanceUID=${S[0]!.uid},${S[1]!.uid}`, 'cohort-a'), [S[0]!.uid], 'comma list');
+  });
+
+  test('a QIDO that would scan more than server.maxQueryScan records stops with a Warning', async () => {
+    const other = await start(config({ maxQueryScan: 5 }));
+    try {
+      const r = await get('/dicom-web/instances?limit=100', 'cohort-a', undefined, other.gw.url);
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get('warning') ?? '', /^299 deid-gateway "The query stopped after examining 5 records; results may be incomplete/);
+      assert.ok((r.json() as Row[]).length <= 5, 'no more rows than were examined');
+      // Within the budget, no Warning.
+      const small = await get(`/dicom-web/studies/${S[0]!.uid}/instances`, 'cohort-a', undefined, other.gw.url);
+      assert.equal(small.status, 200);
+      assert.equal(small.headers.get('warning'), null);
+    } finally {
+      await other.gw.close();
+    }
+  });
+
+  test('access windows: before validFrom and after validUntil every route is 403', async () => {
+    for (const client of ['expired', 'future']) {
+      for (const path of ['/dicom-web/studies', `/dicom-web/studies/${S[0]!.uid}/metadata`, `/dicom-web/studies/${S[0]!.uid}`]) {
+        const r = await get(path, client);
+        assert.equal(r.status, 403, `${client} ${path}`);
+        assert.equal((r.json() as { code: string }).code, 'ACCESS_WINDOW_CLOSED');
+      }
+    }
+  });
+
+  test('rate and quota limits answer 429 with Retry-After, and survive a restart', async () => {
+    for (let n = 0; n < 3; n++) assert.equal((await get('/dicom-web/studies?limit=1', 'limited')).status, 200, `request ${n + 1} of 3`);
+    const limited = await get('/dicom-web/studies?limit=1', 'limited');
+    assert.equal(limited.status, 429);
+    assert.equal((limited.json() as { code: string }).code, 'RATE_LIMITED');
+    const retry = Number(limited.headers.get('retry-after'));
+    assert.ok(retry >= 1 && retry <= 60, `Retry-After ${retry} is within the minute`);
+    // Quota: 1.5 kB a day; one QIDO of the whole cohort is more than that.
+    assert.equal((await get('/dicom-web/studies', 'quota')).status, 200);
+    const quota = await get('/dicom-web/studies?limit=1', 'quota');
+    assert.equal(quota.status, 429);
+    assert.equal((quota.json() as { code: string }).code, 'QUOTA_EXCEEDED');
+    assert.ok(Number(quota.headers.get('retry-after')) <= 86_400, 'quota Retry-After is at most a day');
+    // Restart on the same state directory: the counters are still there.
+    await gw.close();
+    ({ gw, parts } = await start(cfg));
+    assert.equal((await get('/dicom-web/studies?limit=1', 'limited')).status, 429, 'the rate bucket survived the restart');
+    assert.equal((await get('/dicom-web/studies?limit=1', 'quota')).status, 429, 'the day\'s bytes survived the restart');
+    assert.equal((await get('/dicom-web/studies?limit=1', 'cohort-c')).status, 200, 'other clients are not affected');
+  });
+
+  test('every denial is audited with its reason; no planted name or ID in any body', async () => {
+    const lines = await auditLines();
+    const reasons = new Set(lines.map((l) => l.reason).filter(Boolean));
+    for (const want of ['out-of-scope:modality', 'out-of-scope:opted-out', 'out-of-scope:not-in-allow-list', 'out-of-scope:sop-class',
+      'access-window:expired', 'access-window:not-yet-valid', 'limit:requests-per-minute', 'limit:bytes-per-day', 'query-key-refused', 'scope-file-broken']) {
+      assert.ok(reasons.has(want), `an audit record with reason ${want} (have ${[...reasons].join(', ')})`);
+    }
+    const filtered = lines.filter((l) => typeof l.outOfScope === 'number' && (l.outOfScope as number) > 0);
+    assert.ok(filtered.length > 0, 'records left out of responses are counted');
+    const planted = [...new Set(S.flatMap((s) => [s.patientName, s.patientId, s.accession, s.patientName.split('^')[0]!]))];
+    for (const b of bodies) for (const p of planted) assert.ok(!b.includes(p), `a response body carries ${p}`);
+  });
+});

@@ -41,7 +41,7 @@ const bytesSchema = z.union([
     const pow = { '': 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as '' | 'k' | 'm' | 'g' | 't'] ?? 0;
     return Math.round(Number(m[1]) * (unit.endsWith('i') ? 1024 : 1000) ** pow);
   }),
-]);
+], { error: () => 'use bytes as a number or a size such as "500 MB" or "2 TiB"' });
 
 const scopeSchema = z.strictObject({
   studies: z.array(uidSchema).optional(),

@@ -70,12 +70,62 @@ describe('configuration', () => {
     ['duplicate tokens', MINIMAL + `  - id: other\n    apiKeySha256: ${HASH}\n`, /clients\[1\]\.apiKeySha256: the same token hash is used by two clients/],
     ['bad date shift range', MINIMAL.replace('options: []', 'options: []\n      dateShift: {minDays: 0, maxDays: 10}'), /dateShift\.minDays: must be at least 1 day/],
     ['duplicate YAML key', MINIMAL.replace('port: 8080', 'port: 8080\n  port: 8081'), /not valid YAML \(DUPLICATE_KEY\)/],
+    ['scope: unknown key', MINIMAL + '    scope: {modality: [CT]}\n', /clients\[0\]\.scope: unknown key "modality"/],
+    ['scope: a study that is not a UID', MINIMAL + '    scope: {studies: [abc]}\n', /clients\[0\]\.scope\.studies\[0\]: must be a UID/],
+    ['scope: a date that is not a date', MINIMAL + '    scope: {studyDate: {from: 2020/01/01}}\n', /clients\[0\]\.scope\.studyDate\.from: use a date such as 2021-12-31/],
+    ['scope: dates reversed', MINIMAL + '    scope: {studyDate: {from: 2021-01-01, until: 2020-01-01}}\n', /clients\[0\]\.scope\.studyDate: from is after until; swap them/],
+    ['scope: window reversed', MINIMAL + '    scope: {validFrom: 2027-01-01, validUntil: 2026-01-01}\n', /clients\[0\]\.scope: validFrom must be before validUntil/],
+    ['scope: window not a date', MINIMAL + '    scope: {validUntil: next year}\n', /clients\[0\]\.scope\.validUntil: use an ISO 8601 date/],
+    ['scope: empty modality list', MINIMAL + '    scope: {modalities: []}\n', /clients\[0\]\.scope\.modalities: list at least one value, or leave the key out/],
+    ['scope: missing studies file', MINIMAL + '    scope: {studiesFile: ./nope.yaml}\n', /clients\[0\]\.scope\.studiesFile: .*nope\.yaml cannot be read \(ENOENT\); create it or fix the path/],
+    ['query: unknown allowed key', MINIMAL + '    query: {allowedKeys: [StudyDat]}\n', /clients\[0\]\.query\.allowedKeys\[0\]: "StudyDat" is not a DICOM keyword or tag/],
+    ['limits: bad size', MINIMAL + '    limits: {bytesPerDay: lots}\n', /clients\[0\]\.limits\.bytesPerDay: use bytes as a number or a size such as "500 MB"/],
+    ['limits: zero rate', MINIMAL + '    limits: {requestsPerMinute: 0}\n', /clients\[0\]\.limits\.requestsPerMinute: /],
+    ['optOut: entry without id', MINIMAL + 'optOut: {patients: [{issuer: X}]}\n', /optOut\.patients\[0\]\.id: required; add it/],
+    ['optOut: missing file', MINIMAL + 'optOut: {file: ./missing-opt-out.yaml}\n', /optOut\.file: .*missing-opt-out\.yaml cannot be read \(ENOENT\)/],
   ];
   for (const [name, text, re] of cases) {
     test(`invalid: ${name} → the message names the key and the fix`, () => {
       assert.match(invalid(text), re);
     });
   }
+
+  test('scope, query, limits and opt-out keys are read into their runtime form', () => {
+    writeFileSync(join(dir, 'list.yaml'), 'studies: [1.2.3]\naccessionNumbers: [A1]\n');
+    writeFileSync(join(dir, 'opt.yaml'), 'patients: [{id: P1, issuer: H}]\n');
+    const c = loadConfig(file(`${MINIMAL}    scope:
+      studiesFile: ./list.yaml
+      modalities: [ct, MR]
+      studyDate: {from: 2020-01-01, until: '20201231'}
+      validFrom: 2026-01-01
+      validUntil: 2027-01-01T12:00:00+01:00
+    query: {allowedKeys: [StudyDate, 0020000D], maxResults: 50}
+    limits: {requestsPerMinute: 60, concurrentRequests: 4, bytesPerDay: 2 GiB}
+optOut:
+  patients: [{id: P2}]
+  file: ./opt.yaml
+`));
+    const s = c.clients[0]!.scope;
+    assert.equal(s.studiesFile, join(dir, 'list.yaml'));
+    assert.deepEqual(s.modalities, ['CT', 'MR']);
+    assert.deepEqual(s.studyDate, { from: '20200101', until: '20201231' });
+    assert.equal(s.window.from, Date.UTC(2026, 0, 1));
+    assert.equal(s.window.until, Date.UTC(2027, 0, 1, 11));
+    assert.deepEqual([...c.clients[0]!.allowedKeys!].sort((a, b) => a - b), [0x00080020, 0x0020000d]);
+    assert.deepEqual(c.clients[0]!.limits, { requestsPerMinute: 60, concurrentRequests: 4, bytesPerDay: 2 * 1024 ** 3 });
+    assert.deepEqual(c.optOut, { patients: [{ id: 'P2' }], file: join(dir, 'opt.yaml') });
+  });
+
+  test('a broken list file is named with its key and the inner problem, never its values', () => {
+    writeFileSync(join(dir, 'bad-list.yaml'), 'studies: [1.2.3, MRN-SECRET-1]\n');
+    const m = invalid(`${MINIMAL}    scope: {studiesFile: ./bad-list.yaml}\n`);
+    assert.match(m, /clients\[0\]\.scope\.studiesFile: .*bad-list\.yaml: studies\[1\]: must be a UID/);
+    assert.ok(!m.includes('MRN-SECRET-1'), 'the message does not quote the file');
+    writeFileSync(join(dir, 'bad-opt.yaml'), 'patients: [{id: MRN-SECRET-2, isuer: X}]\n');
+    const o = invalid(`${MINIMAL}optOut: {file: ./bad-opt.yaml}\n`);
+    assert.match(o, /optOut\.file: .*patients\[0\]: unknown key\(s\) "isuer"/);
+    assert.ok(!o.includes('MRN-SECRET-2'), 'the message does not quote the file');
+  });
 
   test('an unreadable file is CONFIG_UNREADABLE naming the path', () => {
     assert.throws(() => loadConfig(join(dir, 'nope.yaml')), (e: unknown) => e instanceof GatewayError && e.code === 'CONFIG_UNREADABLE' && /check the --config path/.test(e.message));

@@ -35,7 +35,10 @@ export async function main(argv: string[]): Promise<number> {
         const cfg = configOrExit(values.config);
         process.stdout.write(`${cfg.source}: valid; ${cfg.clients.length} client(s)\n`);
         for (const c of cfg.clients) {
-          process.stdout.write(`  ${c.id}: options [${c.plan.options.join(', ')}], plan sha256:${c.plan.hash.slice(0, 16)}\n`);
+          process.stdout.write(`  ${c.id}: options [${c.plan.options.join(', ')}], plan sha256:${c.plan.hash.slice(0, 16)}; ${scopeSummary(c)}\n`);
+        }
+        if (cfg.optOut.patients.length || cfg.optOut.file) {
+          process.stdout.write(`  opt-out: ${cfg.optOut.patients.length} patient(s) inline${cfg.optOut.file ? ` + ${cfg.optOut.file}` : ''}\n`);
         }
         return 0;
       }
@@ -94,3 +97,24 @@ main(process.argv.slice(2)).then((code) => {
   process.stderr.write(`deid-gateway: internal error: ${(e as Error)?.name ?? 'Error'}: ${(e as Error)?.message ?? ''}\n`);
   process.exitCode = 70;
 });
+
+/** One line on what a client may see, for check-config (counts and names, never list contents). */
+function scopeSummary(c: Config['clients'][number]): string {
+  const s = c.scope;
+  const parts: string[] = [];
+  if (s.studies || s.accessionNumbers || s.studiesFile) {
+    parts.push(`allow-list ${(s.studies?.length ?? 0) + (s.accessionNumbers?.length ?? 0)} inline${s.studiesFile ? ` + ${s.studiesFile}` : ''}`);
+  }
+  if (s.studyDate) parts.push(`study date ${s.studyDate.from ?? '…'}–${s.studyDate.until ?? '…'}`);
+  if (s.modalities) parts.push(`modalities ${s.modalities.join(',')}`);
+  if (s.bodyParts) parts.push(`body parts ${s.bodyParts.join(',')}`);
+  if (s.sopClasses) parts.push(`${s.sopClasses.length} SOP class(es)`);
+  if (s.window.from !== undefined || s.window.until !== undefined) {
+    parts.push(`access ${s.window.from === undefined ? '…' : new Date(s.window.from).toISOString()} to ${s.window.until === undefined ? '…' : new Date(s.window.until).toISOString()}`);
+  }
+  const l = c.limits;
+  if (l && (l.requestsPerMinute || l.concurrentRequests || l.bytesPerDay)) {
+    parts.push(`limits ${[l.requestsPerMinute ? `${l.requestsPerMinute}/min` : '', l.concurrentRequests ? `${l.concurrentRequests} concurrent` : '', l.bytesPerDay ? `${l.bytesPerDay} B/day` : ''].filter(Boolean).join(', ')}`);
+  }
+  return parts.length ? `scope: ${parts.join('; ')}` : 'scope: the whole PACS (minus opt-outs)';
+}

@@ -42,7 +42,20 @@ describe('deid-gateway command line', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
     const ok = run(['check-config', '--config', config(dir)]);
     assert.equal(ok.status, 0, ok.stderr);
-    assert.match(ok.stdout, /valid; 1 client\(s\)\n {2}vendor-a: options \[\], plan sha256:[0-9a-f]{16}/);
+    assert.match(ok.stdout, /valid; 1 client\(s\)\n {2}vendor-a: options \[\], plan sha256:[0-9a-f]{16}; scope: the whole PACS/);
+    // A scoped client and an opt-out file: summarized by counts and names, never by list contents.
+    writeFileSync(join(dir, 'opt.yaml'), 'patients: [{id: MRN-SECRET-9}]\n');
+    const scoped = join(dir, 'scoped.yaml');
+    writeFileSync(scoped, `${readFileSync(config(dir), 'utf8')}    scope: {studies: [1.2.3], modalities: [CT], validUntil: 2027-01-01}\n    limits: {requestsPerMinute: 60}\noptOut: {file: ./opt.yaml}\n`);
+    const s = run(['check-config', '--config', scoped]);
+    assert.equal(s.status, 0, s.stderr);
+    assert.match(s.stdout, /scope: allow-list 1 inline; modalities CT; access … to 2027-01-01T00:00:00\.000Z; limits 60\/min/);
+    assert.match(s.stdout, /opt-out: 0 patient\(s\) inline \+ .*opt\.yaml/);
+    assert.ok(!s.stdout.includes('MRN-SECRET-9'), 'list contents are not printed');
+    writeFileSync(join(dir, 'opt.yaml'), 'patients: [{id: }]\n');
+    const broken = run(['check-config', '--config', scoped]);
+    assert.equal(broken.status, 2);
+    assert.match(broken.stderr, /optOut\.file: .*opt\.yaml: patients\[0\]\.id: expected string/);
     const bad = join(dir, 'bad.yaml');
     writeFileSync(bad, readFileSync(config(dir), 'utf8').replace('port: 8080', 'port: 8080, hots: x'));
     const r = run(['check-config', '--config', bad]);

@@ -6,7 +6,9 @@ import { EventEmitter } from 'node:events';
 import type { Server } from 'node:http';
 import type { Logger } from 'winston';
 import type { Config } from './config/schema.js';
-import { openAuditLog, createOpsLogger, type AuditSink } from './audit/log.js';
+import { createOpsLogger } from './audit/log.js';
+import { createAuditSink, type AuditSink } from './audit/sink.js';
+import { AuditTrail, auditKey } from './audit/trail.js';
 import { FactsCache } from './policy/facts-cache.js';
 import { ClientScope, OptOutSource, type StudyListSource } from './policy/client-scope.js';
 import { Limiter, type LimitStore } from './policy/limits.js';
@@ -83,7 +85,8 @@ export function buildParts(cfg: Config): GatewayParts {
   const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs };
   const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
-  const audit = openAuditLog(cfg.state.dir);
+  const trail = new AuditTrail({ dir: cfg.state.dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
+  const audit = createAuditSink(trail, auditKey(master), [], (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
   const limits = openSqliteLimitStore(cfg.state.dir);
   return { clients, store, upstream, audit, log, limits, scopeEvents, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }

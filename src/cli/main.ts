@@ -12,12 +12,18 @@ import { parseArgs } from 'node:util';
 import { isGatewayError } from '../core/errors.js';
 import { loadConfig, type Config } from '../config/schema.js';
 import { runDeid } from './deid.js';
+import type { QueryArgs, ReportArgs } from './audit.js';
 
 const USAGE = `usage:
   deid-gateway serve --config FILE
   deid-gateway check-config --config FILE
   deid-gateway deid --config FILE --client ID IN... --out DIR [--diff]
-  deid-gateway audit verify --config FILE`;
+  deid-gateway audit verify --config FILE
+  deid-gateway audit query --config FILE [--client ID] [--since T] [--until T] [--study UID]
+                           [--patient ID] [--outcome ok|denied|failed|aborted] [--type request|study]
+                           [--format table|json|csv]
+  deid-gateway audit report --config FILE --client ID --since T [--until T] [--out FILE.html]
+  (T: an ISO date or date-time, or a duration back from now such as 24h or 30d)`;
 
 export class UsageError extends Error {}
 
@@ -61,11 +67,24 @@ export async function main(argv: string[]): Promise<number> {
       }
       case 'audit': {
         const [sub, ...more] = rest;
-        const { values } = parseArgs({ args: more, options: { config: { type: 'string' } }, strict: true });
-        const cfg = configOrExit(values.config);
-        if (sub !== 'verify') throw new UsageError(`unknown audit command "${sub ?? ''}"`);
-        const { verifyAuditCommand } = await import('./audit.js');
-        return await verifyAuditCommand(cfg);
+        if (sub !== 'verify' && sub !== 'query' && sub !== 'report') throw new UsageError(`unknown audit command "${sub ?? ''}"`);
+        const s = { type: 'string' } as const;
+        const { values } = parseArgs({
+          args: more, strict: true,
+          options: sub === 'verify' ? { config: s }
+            : sub === 'query' ? { config: s, client: s, since: s, until: s, study: s, patient: s, outcome: s, type: s, format: s }
+              : { config: s, client: s, since: s, until: s, out: s },
+        });
+        const cfg = configOrExit(values.config as string | undefined);
+        const audit = await import('./audit.js');
+        try {
+          if (sub === 'verify') return await audit.verifyAuditCommand(cfg);
+          if (sub === 'query') return await audit.queryAuditCommand(cfg, values as QueryArgs);
+          return await audit.reportAuditCommand(cfg, values as ReportArgs);
+        } catch (e) {
+          if (isGatewayError(e)) throw e;
+          throw new UsageError((e as Error).message);
+        }
       }
       case undefined: case '-h': case '--help': case 'help':
         process.stdout.write(`${USAGE}\n`);

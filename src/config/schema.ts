@@ -89,6 +89,10 @@ export const configSchema = z.strictObject({
   state: z.strictObject({
     dir: z.string().min(1, 'must name a directory for secrets, pseudonyms and the audit log'),
   }),
+  audit: z.strictObject({
+    maxFileBytes: bytesSchema.default(64 * 1024 * 1024),
+    rotateDaily: z.boolean().default(true),
+  }).default({ maxFileBytes: 64 * 1024 * 1024, rotateDaily: true }),
   engine: z.strictObject({
     maxHeaderBytes: z.number().int().min(65536).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
   }).default({ maxHeaderBytes: 64 * 1024 * 1024 }),

@@ -35,6 +35,7 @@ export const ErrorCodes = {
   CONCURRENCY_LIMITED: { status: 429, title: 'Too many concurrent requests' },
   QUOTA_EXCEEDED: { status: 429, title: 'Daily transfer quota reached' },
   SCOPE_UNAVAILABLE: { status: 503, title: 'Access scope cannot be evaluated' },
+  AUDIT_UNAVAILABLE: { status: 503, title: 'Audit trail cannot be written' },
   PIXELS_WITHHELD: { status: 403, title: 'Pixel data withheld by policy' },
   RENDERING_UNAVAILABLE: { status: 406, title: 'Rendered images are not available' },
   // HTTP: the upstream PACS

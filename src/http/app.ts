@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'winston';
 import { GatewayError, isGatewayError } from '../core/errors.js';
-import type { AuditSink } from '../audit/log.js';
+import type { AuditSink } from '../audit/sink.js';
 import type { Upstream } from '../upstream/client.js';
 import type { FactsCache } from '../policy/facts-cache.js';
 import type { Limiter } from '../policy/limits.js';
@@ -52,6 +52,11 @@ interface Locals {
   code?: string;
   /** The real reason of a denial, for the audit record only. */
   reason?: string;
+  /**
+   * Writes this request's audit records once (later calls do nothing); throws AUDIT_UNAVAILABLE.
+   * Called before the last byte of a body, before a problem is sent, or when the connection closes.
+   */
+  audit: (broken?: boolean) => void;
 }
 
 const READ_ONLY = 'GET';
@@ -69,6 +74,10 @@ function sendProblem(res: Response, e: unknown): void {
     res.destroy(e instanceof Error ? e : new Error(p.code));
     return;
   }
+  res.status(p.status);
+  try {
+    l.audit(); // the record is written before the answer leaves
+  } catch { /* the trail is failing: admission refuses the next requests; a problem carries no data */ }
   const headers: Record<string, string> = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' };
   if (p.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
   if (p.status === 405) headers.allow = READ_ONLY;
@@ -90,13 +99,18 @@ async function send(res: Response, reply: Reply, signal: AbortSignal): Promise<v
   res.set({ ...reply.headers, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
   const l = locals(res);
   async function* rest(): AsyncGenerator<Buffer> {
-    if (!first.done) { l.bytes += first.value.length; yield first.value; }
+    // One chunk is held back: the audit record is written before the body's last byte, and a
+    // failing trail destroys the response instead of completing it (fail closed).
+    let held = first.done ? undefined : first.value;
     for (;;) {
       const n = await it.next();
-      if (n.done) return;
-      l.bytes += n.value.length;
-      yield n.value;
+      if (n.done) break;
+      if (held) { l.bytes += held.length; yield held; }
+      held = n.value;
     }
+    if (held) l.bytes += held.length;
+    l.audit();
+    if (held) yield held;
   }
   await pipeline(Readable.from(rest(), { objectMode: false }), res, { signal });
 }
@@ -108,21 +122,33 @@ export function createApp(deps: AppDeps): express.Express {
   app.set('trust proxy', false);
 
   app.use((req, res, next) => {
-    const l: Locals = { requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0 };
+    let audited = false;
+    const l: Locals = {
+      requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
+      audit: (broken = false) => {
+        if (audited || l.route === 'healthz' || l.route === 'readyz') return; // probes touch no data and are not audited
+        audited = true;
+        const client = l.client;
+        const status = res.statusCode;
+        deps.audit.record({
+          time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
+          status, outcome: broken ? (l.code ? 'failed' : 'aborted') : status < 400 ? 'ok' : status < 500 ? 'denied' : 'failed',
+          code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
+          instances: l.note.instances, withheld: l.note.withheld, outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
+          studies: [...l.note.studies].map(([study, n]) => ({ study, pseudonymous: n.pseudonymous, patientId: n.patientId, instances: n.instances })),
+          policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress,
+        });
+      },
+    };
     res.locals = l as unknown as typeof res.locals;
     res.setHeader('x-request-id', l.requestId);
     res.on('close', () => {
-      const ok = res.writableFinished;
-      const client = l.client;
-      deps.audit.write({
-        time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
-        status: res.statusCode, outcome: !ok ? (l.code ? 'failed' : 'aborted') : res.statusCode < 400 ? 'ok' : res.statusCode < 500 ? 'denied' : 'failed',
-        ...(l.code ? { code: l.code } : {}), ...(l.reason ? { reason: l.reason } : {}), bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
-        instances: l.note.instances, withheld: l.note.withheld, ...(l.note.outOfScope ? { outOfScope: l.note.outOfScope } : {}),
-        studies: [...l.note.studies].map(([original, pseudonymous]) => ({ original, pseudonymous })),
-        policyHash: client?.ctx.plan.hash ?? null,
-      });
-      deps.log.info('request', { requestId: l.requestId, client: client?.id, route: l.route, status: res.statusCode, ms: Math.round(performance.now() - l.started), bytes: l.bytes, ...(l.code ? { code: l.code } : {}) });
+      try {
+        l.audit(!res.writableFinished); // aborted or failed mid-body: recorded now
+      } catch {
+        deps.log.error('audit record could not be written', { requestId: l.requestId });
+      }
+      deps.log.info('request', { requestId: l.requestId, client: l.client?.id, route: l.route, status: res.statusCode, ms: Math.round(performance.now() - l.started), bytes: l.bytes, ...(l.code ? { code: l.code } : {}) });
     });
     next();
   });
@@ -137,8 +163,12 @@ export function createApp(deps: AppDeps): express.Express {
     const upstream = await deps.upstream.ping(AbortSignal.timeout(3000));
     const state = deps.stateHealthy();
     const scope = deps.scopeHealthy();
-    const ready = upstream && state && scope;
-    res.status(ready ? 200 : 503).set('cache-control', 'no-store').json({ status: ready ? 'ready' : 'not ready', upstream: upstream ? 'ok' : 'unreachable', state: state ? 'ok' : 'unavailable', scope: scope ? 'ok' : 'unavailable' });
+    const audit = deps.audit.healthy() || deps.audit.recover();
+    const ready = upstream && state && scope && audit;
+    res.status(ready ? 200 : 503).set('cache-control', 'no-store').json({
+      status: ready ? 'ready' : 'not ready', upstream: upstream ? 'ok' : 'unreachable', state: state ? 'ok' : 'unavailable', scope: scope ? 'ok' : 'unavailable',
+      audit: audit ? 'ok' : 'unavailable', ...(audit ? {} : { auditProblem: deps.audit.problem() }),
+    });
   });
 
   // Read-only: everything but GET (and HEAD, which express answers from GET) is refused.
@@ -153,6 +183,12 @@ export function createApp(deps: AppDeps): express.Express {
   });
 
   app.use('/dicom-web', (req, res, next) => {
+    // Fail closed: nothing is served while the audit trail cannot be written.
+    if (!deps.audit.healthy() && !deps.audit.recover()) {
+      locals(res).route = 'admission';
+      sendProblem(res, new GatewayError('AUDIT_UNAVAILABLE', 'the audit trail cannot be written; nothing is served until it can', { auditReason: 'audit-unavailable', retryAfter: 30 }));
+      return;
+    }
     const client = authenticate(req.headers.authorization, deps.clients);
     if (!client) {
       locals(res).route = 'auth';

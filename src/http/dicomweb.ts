@@ -36,8 +36,22 @@ export interface RequestNote {
   withheld: number;
   /** Records left out because they are outside the client's scope (audit only). */
   outOfScope: number;
-  readonly studies: Map<string, string>;
+  /** QIDO rows returned. */
+  results: number;
+  /** What a QIDO asked: level, match key names, whether a key used wildcards (audit: sweeping queries). */
+  query?: { readonly level: string; readonly keys: readonly string[]; readonly wildcard: boolean };
+  /** Studies released (original UID → pseudonymous UID, original patient, instances sent). */
+  readonly studies: Map<string, StudyNote>;
 }
+
+export interface StudyNote {
+  readonly pseudonymous: string;
+  patientId?: string | undefined;
+  instances: number;
+}
+
+/** At most this many studies are itemized per request record (a QIDO page is capped lower anyway). */
+const MAX_NOTED_STUDIES = 10_000;
 
 export interface RequestContext {
   readonly client: ClientRuntime;
@@ -128,9 +142,19 @@ function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDatas
   return { status: 200, headers, body: withFlush(rc, writeJsonArray(objects)) };
 }
 
-function noteStudy(rc: RequestContext, original: unknown, pseudo: unknown): void {
-  if (typeof original === 'string' && typeof pseudo === 'string' && rc.note.studies.size < 10_000) rc.note.studies.set(original, pseudo);
+export function noteStudy(note: RequestNote, original: unknown, pseudo: unknown, patientId: unknown, instances = 0): void {
+  if (typeof original !== 'string' || typeof pseudo !== 'string') return;
+  const known = note.studies.get(original);
+  if (known) {
+    known.instances += instances;
+    if (known.patientId === undefined && typeof patientId === 'string') known.patientId = patientId;
+    return;
+  }
+  if (note.studies.size >= MAX_NOTED_STUDIES) return;
+  note.studies.set(original, { pseudonymous: pseudo, patientId: typeof patientId === 'string' ? patientId : undefined, instances });
 }
+
+const firstValue = (o: JsonDataset, tag: string): unknown => o[tag]?.Value?.[0];
 
 /** Tags the scope check reads on QIDO rows, asked for explicitly where Orthanc does not return them by default. */
 const SCOPE_INCLUDES: Record<Level, readonly string[]> = {
@@ -144,6 +168,7 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
   const plan = rc.client.ctx.plan;
   const maxLimit = Math.min(rc.maxQueryLimit, rc.client.maxResults ?? Number.MAX_SAFE_INTEGER);
   const q = mapQuery(params, plan, rc.resolver, { maxLimit, allowedKeys: rc.client.allowedKeys });
+  rc.note.query = { level, keys: [...q.matchKeys].map((t) => dictionary().lookup(Number.parseInt(t, 16))?.keyword ?? t), wildcard: [...params].some(([k, v]) => !/^(limit|offset|includefield|fuzzymatching)$/i.test(k) && /[*?]/.test(v)) };
   let path = '';
   const study = scope.study === undefined ? undefined : originalUid(rc, scope.study);
   const series = scope.series === undefined ? undefined : originalUid(rc, scope.series);
@@ -171,7 +196,8 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
     const res = await ok(rc, path, DICOM_JSON, up);
     return jsonReply(rc, res, (o) => {
       const out = deid(o);
-      noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
+      noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
+      rc.note.results++;
       return out;
     }, q.warnings, q.limit);
   }
@@ -241,7 +267,8 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       rewriteBulkDataUris(out, rc.dicomWebBase);
       if (!passesDateFilters(q.dateFilters, out)) continue;
       if (skipped < q.offset) { skipped++; continue; }
-      noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
+      noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
+      rc.note.results++;
       rows.push(JSON.stringify(out));
       if (rows.length >= q.limit) break pages;
     }
@@ -288,7 +315,7 @@ export async function metadata(rc: RequestContext, p: { study: string; series?: 
     if (typeof sop === 'string') { const f = factsOf(o); seen.set(sop, f); rc.facts.putInstance(sop, f); }
     if (recordVisible(rc, jsonAttrs(o))) { rc.note.outOfScope++; return undefined; }
     const out = deidentifyJson(o, rc.client.ctx, { writeMarkers: true });
-    noteStudy(rc, o['0020000D']?.Value?.[0], out['0020000D']?.Value?.[0]);
+    noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'), 1);
     rewriteBulkDataUris(out, rc.dicomWebBase);
     rc.note.instances++;
     return out;
@@ -411,11 +438,13 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
       };
     }
   }
+  let patientOfPart: string | undefined;
   function admitPart(part: Part): AsyncGenerator<Buffer> {
     return deidentifyPart10(part.body, ctx, {
       maxHeaderBytes,
-      onInstance: (i) => { if (i.original.study && note.studies.size < 10_000) note.studies.set(i.original.study, i.pseudonymous.study); },
+      onInstance: (i) => { noteStudy(note, i.original.study, i.pseudonymous.study, patientOfPart, 1); },
       admit: (attr) => {
+        patientOfPart = attr(TAG.patientId);
         // Scope first: an out-of-scope instance is skipped silently, not counted as withheld.
         if (!unrestricted) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
         const f = { burnedInAnnotation: attr(0x00280301), modality: attr(0x00080060), sopClassUid: attr(0x00080016), imageType: attr(0x00080008) };
@@ -485,11 +514,12 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
   return out;
 }
 
-async function requirePixels(rc: RequestContext, study: string, series: string, sop: string): Promise<void> {
+async function requirePixels(rc: RequestContext, study: string, series: string, sop: string): Promise<Facts> {
   await requireInstance(rc, study, series, sop);
   const facts = (await pixelFacts(rc, study, series, sop)).get(sop);
   if (!facts) throw new GatewayError('NOT_FOUND', 'no such resource');
   if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, factsAttrs(facts)); if (d) throw notVisible(d); }
+
   if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
   const d = pixelDecision(facts);
   if (!d.allow) {
@@ -497,6 +527,7 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
     throw new GatewayError('PIXELS_WITHHELD', `the pixel data of this instance is withheld by policy (${d.reason})`);
   }
   if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data');
+  return facts;
 }
 
 /** A multipart of frames or bulk data passed through part by part (pixels only, no header). */
@@ -534,9 +565,10 @@ export async function frames(rc: RequestContext, p: { study: string; series: str
   const study = originalUid(rc, p.study);
   const series = originalUid(rc, p.series);
   const sop = originalUid(rc, p.instance);
-  await requirePixels(rc, study, series, sop);
+  const facts = await requirePixels(rc, study, series, sop);
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/frames/${p.frames}`, frameAccept(accept));
   rc.note.instances++;
+  noteStudy(rc.note, study, p.study, facts.scope?.[TAG.patientId], 1);
   return passParts(rc, up, 'application/octet-stream');
 }
 
@@ -580,10 +612,12 @@ export async function bulk(rc: RequestContext, p: { study: string; series: strin
   const series = originalUid(rc, p.series);
   const sop = originalUid(rc, p.instance);
   const top = parsed.tags[0]!;
+  let facts: Facts | undefined;
   if (top === 0x7fe00010 || top === 0x7fe00008 || top === 0x7fe00009 || (top >>> 16) === 0x5400 || ((top >>> 16) & 0xff01) === 0x6000) {
-    await requirePixels(rc, study, series, sop);
+    facts = await requirePixels(rc, study, series, sop);
   }
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/bulk/${p.path.toLowerCase()}`, accept && /multipart\/related/i.test(accept) ? frameAccept(accept) : 'multipart/related; type="application/octet-stream"');
   rc.note.instances++;
+  noteStudy(rc.note, study, p.study, facts?.scope?.[TAG.patientId], 1);
   return passParts(rc, up, 'application/octet-stream');
 }

@@ -45,6 +45,18 @@ export function loadOrCreateMasterSecret(stateDir: string): Buffer {
   return Buffer.from(text, 'hex');
 }
 
+/** Reads an existing master secret; never creates one (audit verification, reports). */
+export function loadMasterSecret(stateDir: string): Buffer {
+  let text: string;
+  try {
+    text = readFileSync(join(stateDir, FILE), 'utf8').trim();
+  } catch (cause) {
+    throw new GatewayError('STATE_UNAVAILABLE', `state.dir: ${FILE} cannot be read (${(cause as NodeJS.ErrnoException).code ?? 'error'}); point --config at the gateway's configuration`, { cause });
+  }
+  if (!/^[0-9a-f]{64}$/.test(text)) throw new GatewayError('STATE_UNAVAILABLE', `state.dir: ${FILE} is not 64 hex digits; restore it from backup`);
+  return Buffer.from(text, 'hex');
+}
+
 /** HKDF-SHA-256(master, salt, "client:" + id) → 32-byte client key. */
 export function deriveClientKey(master: Buffer, clientId: string): Buffer {
   return Buffer.from(hkdfSync('sha256', master, 'deid-gateway/v1', `client:${clientId}`, 32));

@@ -148,10 +148,11 @@ describe('deid-gateway command line', async () => {
     assert.equal(health.status, 200);
     const ready = await fetch(`${url}/readyz`);
     assert.equal(ready.status, 503, 'the upstream on port 9 is unreachable');
+    assert.equal((await fetch(`${url}/dicom-web/studies`)).status, 401);
     const code = await new Promise<number | null>((resolve) => { child.on('exit', (c) => resolve(c)); child.kill('SIGTERM'); });
     assert.equal(code, 0);
-    const audit = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n');
-    assert.equal(audit.length, 2, 'one audit line per request, flushed before exit');
+    const audit = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: string; status: number });
+    assert.deepEqual(audit.map((a) => [a.type, a.status]), [['request', 401]], 'one record for the one DICOMweb request (probes are not audited), on disk before exit');
     const bad = join(dir, 'bad.yaml');
     writeFileSync(bad, 'server: {host: 127.0.0.1}\n');
     const r = run(['serve', '--config', bad]);

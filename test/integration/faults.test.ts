@@ -20,7 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import winston from 'winston';
 import { validateConfig } from '../../src/config/schema.js';
 import { buildParts, startGateway, tokenHash, type Gateway } from '../../src/main.js';
-import type { AuditRecord } from '../../src/audit/log.js';
+import type { RequestAudit as AuditRecord } from '../../src/audit/sink.js';
 import { findCanaries, fixtures, type FixtureSet } from '../helpers/fixtures.js';
 import { deadPort, route, script, startFakeUpstream, type FakeUpstream, type Handler, type RecordedRequest, type Step } from '../helpers/fake-upstream.js';
 
@@ -60,7 +60,8 @@ async function startHarness(upstreamUrl: string, responseTimeoutMs: number): Pro
     format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
     transports: [new winston.transports.Stream({ stream: new Writable({ write(c: Buffer, _e, cb) { logs.push(c.toString('utf8')); cb(); } }) })],
   });
-  const gw = await startGateway(cfg, { ...base, audit: { write: (r) => { audit.push(r); }, close: async () => {} }, log });
+  const sink = { record: (r: AuditRecord) => { audit.push(r); }, healthy: () => true, recover: () => true, problem: () => undefined, close: async () => {} };
+  const gw = await startGateway(cfg, { ...base, audit: sink, log });
   return { gw, audit, logs, dir };
 }
 

@@ -16,6 +16,8 @@ import { validateConfig } from '../../src/config/schema.js';
 import { readHeaderSync } from '../../src/dicom/part10.js';
 import { toJsonModel, type JsonModel } from '../../src/dicom/to-json.js';
 import { buildParts, startGateway, type Gateway } from '../../src/main.js';
+import { verifyTrail } from '../../src/audit/trail.js';
+import { loadOrCreateMasterSecret } from '../../src/pseudonym/secret.js';
 import { findCanaries, fixtures, type FixtureSet } from '../helpers/fixtures.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 
@@ -259,7 +261,7 @@ describe('gateway against a real Orthanc', () => {
     assert.equal(h.status, 200);
     const r = await get('/readyz', { token: null });
     assert.equal(r.status, 200);
-    assert.deepEqual(JSON.parse(r.body.toString()), { status: 'ready', upstream: 'ok', state: 'ok', scope: 'ok' });
+    assert.deepEqual(JSON.parse(r.body.toString()), { status: 'ready', upstream: 'ok', state: 'ok', scope: 'ok', audit: 'ok' });
   });
 
   test('the dates client sees shifted dates; the strict client sees none', async () => {
@@ -272,11 +274,20 @@ describe('gateway against a real Orthanc', () => {
     assert.ok(dates.every((d) => !originals.has(d)), 'no original study date appears');
   });
 
-  test('every request has one audit line with client, route, status and policy hash', async () => {
+  test('every request has exactly one audit record, with client, route, status and policy hash; the chain verifies', async () => {
     const lines = readFileSync(join(stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.ok(lines.length >= seen.length - 5, `${lines.length} audit lines for ${seen.length} requests`);
-    const retrieve = lines.find((l) => l.route === 'retrieve' && l.status === 200 && (l.instances as number) > 0)!;
-    assert.ok(retrieve && (retrieve.instances as number) > 0 && Array.isArray(retrieve.studies) && typeof retrieve.policyHash === 'string', 'retrieve && (retrieve.instances as number) > 0 && Array.isArray(retrieve.studies) && typeof retrieve.policyHash === \'st');
-    assert.ok(lines.some((l) => l.status === 401 && l.outcome === 'denied' && l.client === null), 'lines.some((l) => l.status === 401 && l.outcome === \'denied\' && l.client === null)');
+    const requests = lines.filter((l) => l.type === 'request');
+    const ids = requests.map((l) => l.requestId);
+    assert.equal(new Set(ids).size, ids.length, 'one request record per request');
+    const expected = seen.filter((x) => !/^\/(healthz|readyz)/.test(x.url)).map((x) => /x-request-id: (\S+)/.exec(x.headers)?.[1]);
+    const missing = expected.filter((id) => !id || !ids.includes(id));
+    assert.deepEqual(missing, [], `${expected.length} requests, ${requests.length} records`);
+    const retrieve = requests.find((l) => l.route === 'retrieve' && l.status === 200 && (l.instances as number) > 0);
+    assert.ok(retrieve && typeof retrieve.policyHash === 'string' && (retrieve.studies as number) > 0, 'a retrieve record with instances, studies and the policy hash');
+    const released = lines.filter((l) => l.type === 'study' && l.requestId === retrieve.requestId);
+    assert.ok(released.length > 0 && released.every((l) => typeof l.study === 'string' && /^P-[0-9a-f]{24}$/.test(String(l.patientRef)) && (l.instances as number) > 0), 'one study record per released study, with a keyed patient reference');
+    assert.ok(requests.some((l) => l.status === 401 && l.outcome === 'denied' && l.client === null), 'an authentication failure is recorded');
+    const v = verifyTrail(stateDir, loadOrCreateMasterSecret(stateDir));
+    assert.ok(v.ok, `the trail verifies: ${JSON.stringify(v.problem)}`);
   });
 });

@@ -1,0 +1,86 @@
+/**
+ * What the gateway records about each request (issue 5), and where it goes:
+ *  - the hash-chained trail in state.dir (trail.ts): one `request` record per request, denied
+ *    and failed ones included, and one `study` record per study released, written together
+ *    (one write) before the response completes;
+ *  - forwarders (DICOM PS3.15 A.5 messages over syslog, metrics), which never block the
+ *    response and never lose a message (the syslog forwarder spools to disk).
+ *
+ * In the trail, a patient appears only as a keyed reference (patientRef); the original Patient
+ * ID goes only to the forwarders (the hospital's audit record repository expects it).
+ */
+import type { AuditTrail } from './trail.js';
+import { patientRef } from './trail.js';
+
+export interface StudyRelease {
+  /** Original Study Instance UID. */
+  readonly study: string;
+  readonly pseudonymous: string;
+  /** Original Patient ID, when known (never written to the trail). */
+  readonly patientId?: string | undefined;
+  readonly instances: number;
+}
+
+export interface RequestAudit {
+  readonly time: string;
+  readonly requestId: string;
+  readonly client: string | null;
+  readonly method: string;
+  readonly route: string;
+  readonly status: number;
+  readonly outcome: 'ok' | 'denied' | 'failed' | 'aborted';
+  readonly code?: string | undefined;
+  /** The real reason of a denial (the client may have seen only "not found"). */
+  readonly reason?: string | undefined;
+  readonly bytes: number;
+  readonly durationMs: number;
+  readonly instances: number;
+  readonly withheld: number;
+  readonly outOfScope: number;
+  readonly results: number;
+  readonly query?: { readonly level: string; readonly keys: readonly string[]; readonly wildcard: boolean } | undefined;
+  readonly studies: readonly StudyRelease[];
+  readonly policyHash: string | null;
+  /** The client's network address (for the A.5 source participant). */
+  readonly remote?: string | undefined;
+}
+
+export interface AuditForwarder {
+  forward(r: RequestAudit): void;
+  close(): Promise<void>;
+}
+
+export interface AuditSink {
+  /** Writes the request's records; throws AUDIT_UNAVAILABLE when the trail cannot be written. */
+  record(r: RequestAudit): void;
+  healthy(): boolean;
+  /** Tries to write again after a failure (admission calls this before refusing). */
+  recover(): boolean;
+  problem(): string | undefined;
+  close(): Promise<void>;
+}
+
+export function createAuditSink(trail: AuditTrail, key: Buffer, forwarders: readonly AuditForwarder[] = [], onForwardError: (e: unknown) => void = () => undefined): AuditSink {
+  let closed = false;
+  return {
+    record(r) {
+      const studies = r.studies.map((s) => ({ study: s.study, pseudonymous: s.pseudonymous, ...(s.patientId ? { patientRef: patientRef(key, s.patientId) } : {}), instances: s.instances }));
+      const { studies: _, remote: __, ...rest } = r;
+      const records: Record<string, unknown>[] = [{ type: 'request', ...rest, studies: studies.length }];
+      for (const s of studies) records.push({ type: 'study', time: r.time, requestId: r.requestId, client: r.client, route: r.route, outcome: r.outcome, ...s, policyHash: r.policyHash });
+      trail.appendAll(records);
+      for (const f of forwarders) {
+        try { f.forward(r); } catch (e) { onForwardError(e); }
+      }
+    },
+    healthy: () => trail.healthy(),
+    recover: () => trail.recover(),
+    problem: () => trail.status().problem,
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const f of forwarders) await f.close();
+      trail.close();
+    },
+  };
+}

@@ -1,0 +1,331 @@
+/**
+ * The audit trail (issue 5): tamper-evident, durable JSON lines in `state.dir`.
+ *
+ * - **Durable:** each record is written with one synchronous write(2) on an O_APPEND file
+ *   before the response it describes completes; a process crash (SIGKILL) loses nothing that
+ *   was written. The data is fdatasync'ed at most once a second (an OS crash may lose up to a
+ *   second). A failed write marks the trail unhealthy: the gateway then refuses to serve
+ *   (fail closed) until a write succeeds again.
+ * - **Hash chain:** every line is `{…record, "seq": N, "prev": H(N-1), "hash": H(N)}` where
+ *   H(N) = SHA-256 of the line's bytes up to (excluding) `,"hash":…` plus the closing brace,
+ *   so verification works on the exact bytes, not on a re-serialization.
+ * - **Keyed anchors:** `audit.head` holds the last record's seq and hash with an HMAC
+ *   (key derived from the master secret), rewritten in place after every append, so removing
+ *   records at the end of the file (truncation) is detected too. At rotation, the old file
+ *   ends with a `checkpoint` record carrying an HMAC of its predecessor's seq and hash, and the
+ *   chain continues in the new file.
+ * - **Rotation:** by size (default 64 MiB) and by UTC day. Rotated files are
+ *   `audit-<first seq, 12 digits>.log`; the current file is `audit.log`.
+ *
+ * Records hold UIDs, codes, counts, and keyed references to patients (`patientRef`, see
+ * patientRef()): no name, ID, date or other value of a data set.
+ */
+import { closeSync, fdatasyncSync, fstatSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
+import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { join } from 'node:path';
+import { GatewayError } from '../core/errors.js';
+
+export const AUDIT_FILE = 'audit.log';
+export const HEAD_FILE = 'audit.head';
+const HEAD_SIZE = 256;
+const ZERO = '0'.repeat(64);
+const HASH_SUFFIX = /,"hash":"([0-9a-f]{64})"\}$/;
+
+export interface TrailOptions {
+  readonly dir: string;
+  /** The master secret; the trail derives its own HMAC key from it. */
+  readonly master: Buffer;
+  readonly maxBytes?: number;
+  readonly rotateDaily?: boolean;
+  readonly now?: () => number;
+}
+
+/** The HMAC key of checkpoints and the head, and of patient references. */
+export function auditKey(master: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', master, 'deid-gateway/v1', 'audit', 32));
+}
+
+/**
+ * A stable, keyed reference to a patient (Issuer + Patient ID): lets `audit query --patient`
+ * find a patient's records by original ID without the log holding the ID.
+ */
+export function patientRef(key: Buffer, patientId: string, issuer = ''): string {
+  return `P-${createHmac('sha256', key).update(`patient\0${issuer.trim()}\0${patientId.trim()}`).digest('hex').slice(0, 24)}`;
+}
+
+function sha256(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+function mac(key: Buffer, seq: number, hash: string): string {
+  return createHmac('sha256', key).update(`audit-anchor\0${seq}\0${hash}`).digest('hex');
+}
+
+const utcDay = (t: number): string => new Date(t).toISOString().slice(0, 10);
+
+/** Rotated files in chain order, then the current file. */
+export function trailFiles(dir: string): string[] {
+  const rotated = existsSync(dir) ? readdirSync(dir).filter((n) => /^audit-\d{12}\.log$/.test(n)).sort() : [];
+  return [...rotated, ...(existsSync(join(dir, AUDIT_FILE)) ? [AUDIT_FILE] : [])];
+}
+
+/** The last well-formed line of a file (for resuming the chain), or undefined. */
+function lastLine(path: string): string | undefined {
+  if (!statSync(path).isFile()) return undefined; // never read a device or a pipe
+  const text = readFileSync(path, 'utf8');
+  const lines = text.split('\n').filter(Boolean);
+  return lines.at(-1);
+}
+
+export class AuditTrail {
+  private fd = -1;
+  private seq = 0;
+  private prev = ZERO;
+  private bytes = 0;
+  private day: string;
+  private firstSeqOfFile = 1;
+  private headFd = -1;
+  private dirty = false;
+  private problem: string | undefined;
+  private readonly key: Buffer;
+  private readonly timer: NodeJS.Timeout;
+  private readonly maxBytes: number;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: TrailOptions) {
+    this.key = auditKey(opts.master);
+    this.maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
+    this.now = opts.now ?? Date.now;
+    this.day = utcDay(this.now());
+    this.open();
+    this.timer = setInterval(() => this.sync(), 1000);
+    this.timer.unref();
+  }
+
+  private path(): string {
+    return join(this.opts.dir, AUDIT_FILE);
+  }
+
+  private open(): void {
+    try {
+      // Resume the chain from the last record of the newest file.
+      const files = trailFiles(this.opts.dir);
+      const newest = files.at(-1);
+      if (newest) {
+        const line = lastLine(join(this.opts.dir, newest));
+        if (line) {
+          const m = HASH_SUFFIX.exec(line);
+          const rec = JSON.parse(line) as { seq?: number };
+          if (m && typeof rec.seq === 'number') { this.seq = rec.seq; this.prev = m[1]!; }
+        }
+      }
+      this.fd = openSync(this.path(), 'a', 0o600);
+      const st = fstatSync(this.fd);
+      this.bytes = st.size;
+      this.day = st.size > 0 ? utcDay(st.mtimeMs) : utcDay(this.now());
+      this.firstSeqOfFile = this.seq + 1;
+      if (st.size > 0 && st.isFile()) {
+        const first = readFileSync(this.path(), 'utf8').split('\n', 1)[0];
+        const s = first ? (JSON.parse(first) as { seq?: number }).seq : undefined;
+        if (typeof s === 'number') this.firstSeqOfFile = s;
+      }
+      this.headFd = openSync(join(this.opts.dir, HEAD_FILE), existsSync(join(this.opts.dir, HEAD_FILE)) ? 'r+' : 'w+', 0o600);
+      this.problem = undefined;
+    } catch (e) {
+      this.problem = `the audit log in ${this.opts.dir} cannot be opened (${(e as NodeJS.ErrnoException).code ?? 'error'}); check that state.dir is writable and has space`;
+    }
+  }
+
+  /** True when the last write succeeded (for /readyz and admission). */
+  healthy(): boolean {
+    return this.problem === undefined;
+  }
+
+  status(): { ok: boolean; problem?: string } {
+    return this.problem === undefined ? { ok: true } : { ok: false, problem: this.problem };
+  }
+
+  /** Tries to become healthy again (an admission calls this before refusing). */
+  recover(): boolean {
+    if (this.problem === undefined) return true;
+    // Reopen: the file may have been replaced (disk freed, file restored).
+    for (const fd of [this.fd, this.headFd]) if (fd >= 0) try { closeSync(fd); } catch { /* closed */ }
+    this.fd = -1;
+    this.headFd = -1;
+    this.open();
+    if (this.fd < 0) return false;
+    try {
+      this.append({ type: 'resume', time: new Date(this.now()).toISOString() });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Appends one record, synchronously; returns its seq. Throws AUDIT_UNAVAILABLE (and marks the
+   * trail unhealthy) when it cannot be written.
+   */
+  append(record: Readonly<Record<string, unknown>>): number {
+    return this.appendAll([record]);
+  }
+
+  /** Appends records in one write (one request's records); returns the last seq. */
+  appendAll(records: readonly Readonly<Record<string, unknown>>[]): number {
+    if (this.fd < 0) throw this.unavailable();
+    const t = this.now();
+    if (this.bytes >= this.maxBytes || ((this.opts.rotateDaily ?? true) && utcDay(t) !== this.day && this.bytes > 0)) this.rotate(t);
+    return this.write(records);
+  }
+
+  private write(records: readonly Readonly<Record<string, unknown>>[]): number {
+    let seq = this.seq;
+    let hash = this.prev;
+    const lines: string[] = [];
+    for (const record of records) {
+      seq++;
+      const body = JSON.stringify({ ...record, seq, prev: hash });
+      hash = sha256(body);
+      lines.push(`${body.slice(0, -1)},"hash":"${hash}"}\n`);
+    }
+    const buf = Buffer.from(lines.join(''), 'utf8');
+    try {
+      let off = 0;
+      while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+      const head = Buffer.alloc(HEAD_SIZE, 0x20);
+      head.write(JSON.stringify({ seq, hash, mac: mac(this.key, seq, hash) }), 'utf8');
+      head[HEAD_SIZE - 1] = 0x0a;
+      writeSync(this.headFd, head, 0, HEAD_SIZE, 0);
+    } catch (e) {
+      this.problem = `the audit log cannot be written (${(e as NodeJS.ErrnoException).code ?? 'error'}); free space or fix permissions in state.dir`;
+      throw this.unavailable();
+    }
+    this.seq = seq;
+    this.prev = hash;
+    this.bytes += buf.length;
+    this.dirty = true;
+    this.problem = undefined;
+    return seq;
+  }
+
+  private unavailable(): GatewayError {
+    return new GatewayError('AUDIT_UNAVAILABLE', 'the audit trail cannot be written; nothing is served until it can', { auditReason: 'audit-unavailable', retryAfter: 30 });
+  }
+
+  private rotate(t: number): void {
+    // The old file ends with a keyed checkpoint of its last record; the chain goes on.
+    const rotated = `audit-${String(this.firstSeqOfFile).padStart(12, '0')}.log`;
+    this.write([{ type: 'checkpoint', time: new Date(t).toISOString(), next: AUDIT_FILE, rotatedTo: rotated, mac: mac(this.key, this.seq, this.prev) }]);
+    try {
+      fdatasyncSync(this.fd);
+      closeSync(this.fd);
+      renameSync(this.path(), join(this.opts.dir, rotated));
+      this.fd = openSync(this.path(), 'a', 0o600);
+    } catch (e) {
+      this.fd = -1;
+      this.problem = `the audit log cannot be rotated (${(e as NodeJS.ErrnoException).code ?? 'error'}); check state.dir`;
+      throw this.unavailable();
+    }
+    this.bytes = 0;
+    this.day = utcDay(t);
+    this.firstSeqOfFile = this.seq + 1;
+    this.write([{ type: 'continue', time: new Date(t).toISOString(), previousFile: rotated }]);
+  }
+
+  /** Forces the data to disk (also done once a second when there were writes). */
+  sync(): void {
+    if (!this.dirty || this.fd < 0) return;
+    this.dirty = false;
+    try { fdatasyncSync(this.fd); } catch { /* the next write reports the problem */ }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.sync();
+    for (const fd of [this.fd, this.headFd]) if (fd >= 0) try { closeSync(fd); } catch { /* closed */ }
+    this.fd = -1;
+    this.headFd = -1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification
+
+export interface VerifyResult {
+  readonly ok: boolean;
+  readonly records: number;
+  readonly files: number;
+  /** The first problem: file, line (1-based), seq where known, and what is wrong. */
+  readonly problem?: { readonly file: string; readonly line: number; readonly seq?: number | undefined; readonly reason: string };
+}
+
+/** Checks every file of the trail in chain order, the checkpoints and the head. */
+export function verifyTrail(dir: string, master: Buffer): VerifyResult {
+  const key = auditKey(master);
+  const files = trailFiles(dir);
+  let prev = ZERO;
+  let expected = 1;
+  let records = 0;
+  let lastFileLines = 0;
+  let started = false;
+  const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => ({ ok: false, records, files: files.length, problem: { file, line, seq, reason } });
+  for (const [fi, file] of files.entries()) {
+    const lines = readFileSync(join(dir, file), 'utf8').split('\n');
+    if (lines.at(-1) === '') lines.pop();
+    else if (lines.length) return fail(file, lines.length, 'the last line is incomplete (the file was cut or edited)');
+    lastFileLines = lines.length;
+    const seqs = lines.map((l) => { try { return (JSON.parse(l) as { seq?: unknown }).seq; } catch { return undefined; } });
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i]!;
+      const m = HASH_SUFFIX.exec(line);
+      let rec: Record<string, unknown>;
+      try { rec = JSON.parse(line) as Record<string, unknown>; } catch { return fail(file, i + 1, 'not a JSON record (altered)'); }
+      const seq = typeof rec.seq === 'number' ? rec.seq : undefined;
+      if (!m || seq === undefined) return fail(file, i + 1, 'the record has no seq or hash (altered)', seq);
+      if (!started) {
+        // The oldest file may have been removed by retention; its successor starts with `continue`.
+        started = true;
+        if (seq !== 1 && rec.type !== 'continue') return fail(file, i + 1, `the trail starts at record ${seq}, not 1 (records before it were removed)`, seq);
+        if (seq !== 1) { expected = seq; prev = String(rec.prev); }
+      }
+      if (seq !== expected) {
+        const later = seqs.indexOf(expected, i + 1);
+        if (seq < expected || later >= 0) return fail(file, i + 1, `record ${expected} is out of order (found ${seq} in its place; reordered)`, expected);
+        return fail(file, i + 1, `record ${expected}${seq - expected > 1 ? `–${seq - 1}` : ''} removed (the next record found is ${seq})`, expected);
+      }
+      const body = `${line.slice(0, line.length - m[0].length)}}`;
+      if (sha256(body) !== m[1]) return fail(file, i + 1, `record ${seq} altered (its hash does not match its content)`, seq);
+      // A record whose own hash is consistent but whose successor does not link to it was
+      // rewritten with a recomputed hash: the altered record is the previous one.
+      if (rec.prev !== prev) return fail(i > 0 ? file : files[fi - 1] ?? file, i, `record ${seq - 1} altered (its hash was recomputed; record ${seq} no longer links to it)`, seq - 1);
+      if (rec.type === 'checkpoint') {
+        const want = mac(key, seq - 1, prev);
+        if (typeof rec.mac !== 'string' || rec.mac.length !== want.length || !timingSafeEqual(Buffer.from(rec.mac), Buffer.from(want))) {
+          return fail(file, i + 1, `checkpoint ${seq} has an invalid key signature (forged, or another master key)`, seq);
+        }
+        if (i !== lines.length - 1) return fail(file, i + 2, `records after the checkpoint ${seq} in a rotated file (appended later)`, seq + 1);
+        if (fi === files.length - 1) return fail(file, i + 1, 'the trail ends with a checkpoint but the next file is missing', seq);
+      } else if (fi < files.length - 1 && i === lines.length - 1) {
+        return fail(file, i + 1, `rotated file ${file} does not end with a checkpoint (records removed at its end)`, seq);
+      }
+      prev = m[1]!;
+      expected = seq + 1;
+      records++;
+    }
+  }
+  // The keyed head names the last record written: anything removed at the end shows here.
+  const headPath = join(dir, HEAD_FILE);
+  if (existsSync(headPath)) {
+    let head: { seq?: number; hash?: string; mac?: string };
+    try { head = JSON.parse(readFileSync(headPath, 'utf8').trim()) as typeof head; } catch { return fail(HEAD_FILE, 1, 'the head file is not readable (altered)'); }
+    const want = typeof head.seq === 'number' && typeof head.hash === 'string' ? mac(key, head.seq, head.hash) : '';
+    if (!head.mac || head.mac !== want) return fail(HEAD_FILE, 1, 'the head file has an invalid key signature (forged, or another master key)');
+    if (head.seq !== expected - 1 || head.hash !== prev) {
+      const last = files.at(-1) ?? AUDIT_FILE;
+      return fail(last, lastFileLines + 1, head.seq! > expected - 1 ? `records ${expected}–${head.seq} removed from the end (truncated)` : `the trail does not end where the head says (record ${head.seq})`, expected);
+    }
+  } else if (records > 0) {
+    return fail(HEAD_FILE, 0, 'the head file is missing');
+  }
+  return { ok: true, records, files: files.length };
+}

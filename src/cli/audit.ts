@@ -12,6 +12,7 @@ export async function verifyAuditCommand(cfg: Config): Promise<number> {
   const r = verifyTrail(cfg.state.dir, loadMasterSecret(cfg.state.dir));
   if (r.ok) {
     process.stdout.write(`audit trail intact: ${r.records} record(s) in ${r.files} file(s) in ${cfg.state.dir}\n`);
+    if (r.note) process.stdout.write(`note: ${r.note}\n`);
     return 0;
   }
   const p = r.problem!;

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: installs what the tests need on a fresh Debian machine (npm packages, and as
-// root the Debian packages the tests drive: dcmtk, dicom3tools, orthanc, orthanc-dicomweb),
+// root the Debian packages the tests drive: dcmtk, dicom3tools, orthanc, orthanc-dicomweb,
+// chromium for the audit report's screenshot, openssl for TLS certificates),
 // then runs every test file
 // with Node's test runner. `npm test -- unit` runs test/unit only.
 import { execSync, spawnSync } from 'node:child_process';
@@ -14,13 +15,13 @@ const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
 if (!existsSync(join(root, 'node_modules/.package-lock.json'))) sh('npm ci --no-audit --no-fund');
 
 // Tool → Debian package; the Orthanc plugin is a file, not a command.
-const debian = { dcmdump: 'dcmtk', dciodvfy: 'dicom3tools', Orthanc: 'orthanc' };
+const debian = { dcmdump: 'dcmtk', dciodvfy: 'dicom3tools', Orthanc: 'orthanc', chromium: 'chromium', openssl: 'openssl' };
 const missing = [...new Set(Object.entries(debian).filter(([bin]) => !has(bin)).map(([, pkg]) => pkg))];
 if (!existsSync('/usr/share/orthanc/plugins/libOrthancDicomWeb.so')) missing.push('orthanc-dicomweb');
 if (missing.length) {
   if (process.getuid?.() === 0 && has('apt-get')) {
     sh('apt-get update -qq');
-    sh(`DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`);
+    sh(`DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${missing.join(' ')}`);
   } else {
     console.error(`npm test: missing Debian packages ${missing.join(', ')}; install them (sudo apt-get install -y ${missing.join(' ')}) and run again`);
     process.exit(1);

@@ -9,6 +9,11 @@ import type { Config } from './config/schema.js';
 import { createOpsLogger } from './audit/log.js';
 import { createAuditSink, type AuditSink } from './audit/sink.js';
 import { AuditTrail, auditKey } from './audit/trail.js';
+import { GatewayMetrics } from './audit/metrics.js';
+import { SyslogForwarder } from './audit/syslog.js';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
 import { ClientScope, OptOutSource, type StudyListSource } from './policy/client-scope.js';
 import { Limiter, type LimitStore } from './policy/limits.js';
@@ -29,6 +34,8 @@ import { createNodeHttpUpstream } from './upstream/node-http.js';
 export interface Gateway {
   readonly url: string;
   readonly server: Server;
+  /** The separate metrics listener's URL, when configured. */
+  readonly metricsUrl?: string | undefined;
   /** Stops accepting, drains in-flight requests, flushes pseudonyms and audit. */
   close(): Promise<void>;
 }
@@ -40,6 +47,8 @@ export interface GatewayParts {
   readonly audit: AuditSink;
   readonly log: Logger;
   readonly limits: LimitStore;
+  readonly metrics?: GatewayMetrics | undefined;
+  readonly syslog?: SyslogForwarder | undefined;
   /** 'file' (key, problem | undefined): a scope file became unusable, or usable again. */
   readonly scopeEvents: EventEmitter;
   /** Health of the scope files (allow-lists, opt-out list), for /readyz. */
@@ -86,9 +95,17 @@ export function buildParts(cfg: Config): GatewayParts {
   const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const trail = new AuditTrail({ dir: cfg.state.dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
-  const audit = createAuditSink(trail, auditKey(master), [], (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
+  const sl = cfg.audit.syslog;
+  const syslog = sl === undefined ? undefined : new SyslogForwarder({
+    host: sl.host, port: sl.port, appName: sl.appName, spoolDir: join(cfg.state.dir, 'audit-spool'),
+    ...(sl.tls ? { tls: { ca: sl.tls.caFile ? readFileSync(sl.tls.caFile) : undefined, cert: sl.tls.certFile ? readFileSync(sl.tls.certFile) : undefined, key: sl.tls.keyFile ? readFileSync(sl.tls.keyFile) : undefined, rejectUnauthorized: sl.tls.rejectUnauthorized } } : {}),
+    onState: (state) => log[state === 'connected' ? 'info' : 'warn'](`audit record repository ${state}`, { host: sl.host, port: sl.port }),
+  });
+  const metrics = cfg.metrics === undefined ? undefined : new GatewayMetrics({ auditHealthy: () => trail.healthy(), spoolPending: syslog ? () => syslog.pending() : undefined });
+  const forwarders = [...(syslog ? [syslog] : []), ...(metrics ? [metrics] : [])];
+  const audit = createAuditSink(trail, auditKey(master), forwarders, (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
   const limits = openSqliteLimitStore(cfg.state.dir);
-  return { clients, store, upstream, audit, log, limits, scopeEvents, scopeHealthy: () => scopes.every((s) => s.status().ok) };
+  return { clients, store, upstream: metrics ? timedUpstream(upstream, metrics) : upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }
 
 export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
@@ -116,6 +133,11 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     maxQueryScan: cfg.server.maxQueryScan,
     limiter,
     scopeHealthy: parts.scopeHealthy,
+    metrics: parts.metrics && {
+      observeDeid: (kind: 'json' | 'part10', seconds: number) => parts.metrics!.deid.observe({ kind }, seconds),
+      render: async () => ({ contentType: parts.metrics!.registry.contentType, body: await parts.metrics!.registry.metrics() }),
+      tokenHash: cfg.metrics?.apiKeySha256 ? Buffer.from(cfg.metrics.apiKeySha256, 'hex') : undefined,
+    },
     maxHeaderBytes: cfg.engine.maxHeaderBytes,
     stateHealthy: () => store.healthy(),
     facts,
@@ -125,6 +147,20 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     s.once('error', reject);
   });
   server.keepAliveTimeout = 5000;
+  // Metrics on their own listener (for a Prometheus inside the hospital), when configured.
+  let metricsServer: Server | undefined;
+  let metricsUrl: string | undefined;
+  if (parts.metrics && cfg.metrics?.port !== undefined) {
+    const registry = parts.metrics.registry;
+    metricsServer = createServer((req, res) => {
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') { res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n'); return; }
+      registry.metrics().then((body) => res.writeHead(200, { 'content-type': registry.contentType, 'cache-control': 'no-store' }).end(body), () => res.writeHead(500).end());
+    });
+    await new Promise<void>((resolve, reject) => { metricsServer!.listen(cfg.metrics!.port, cfg.metrics!.host, resolve); metricsServer!.once('error', reject); });
+    const a = metricsServer.address();
+    metricsUrl = `http://${cfg.metrics.host.includes(':') ? `[${cfg.metrics.host}]` : cfg.metrics.host}:${typeof a === 'object' && a ? a.port : cfg.metrics.port}/metrics`;
+    log.info(`metrics on ${metricsUrl}`);
+  }
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : cfg.server.port;
   const host = cfg.server.host.includes(':') ? `[${cfg.server.host}]` : cfg.server.host;
@@ -134,12 +170,14 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
   return {
     url,
     server,
+    metricsUrl,
     close() {
       closing ??= (async () => {
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           server.closeIdleConnections();
         });
+        if (metricsServer) await new Promise<void>((resolve) => { metricsServer!.close(() => resolve()); metricsServer!.closeAllConnections(); });
         store.flush();
         store.close();
         limits.close();
@@ -150,6 +188,27 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
       })();
       return closing;
     },
+  };
+}
+
+/** The upstream with its latency observed (time to response headers), by kind of request. */
+function timedUpstream(up: Upstream, metrics: GatewayMetrics): Upstream {
+  const kind = (path: string): string => (/\/metadata$/.test(path) ? 'metadata' : /\/frames\//.test(path) ? 'frames' : /\/bulk\//.test(path) ? 'bulk'
+    : /\/(studies|series|instances)$/.test(path) ? 'qido' : 'retrieve');
+  return {
+    async get(req) {
+      const t0 = performance.now();
+      try {
+        const r = await up.get(req);
+        metrics.upstream.observe({ kind: kind(req.path), status: String(r.status) }, (performance.now() - t0) / 1000);
+        return r;
+      } catch (e) {
+        metrics.upstream.observe({ kind: kind(req.path), status: 'error' }, (performance.now() - t0) / 1000);
+        throw e;
+      }
+    },
+    ping: (signal) => up.ping(signal),
+    close: () => up.close(),
   };
 }
 

@@ -41,8 +41,10 @@ export interface RequestAudit {
   readonly query?: { readonly level: string; readonly keys: readonly string[]; readonly wildcard: boolean } | undefined;
   readonly studies: readonly StudyRelease[];
   readonly policyHash: string | null;
-  /** The client's network address (for the A.5 source participant). */
+  /** The client's network address (the A.5 destination participant). */
   readonly remote?: string | undefined;
+  /** The request's path and query (pseudonymous values only), for the A.5 Query message; not in the trail. */
+  readonly url?: string | undefined;
 }
 
 export interface AuditForwarder {
@@ -65,7 +67,7 @@ export function createAuditSink(trail: AuditTrail, key: Buffer, forwarders: read
   return {
     record(r) {
       const studies = r.studies.map((s) => ({ study: s.study, pseudonymous: s.pseudonymous, ...(s.patientId ? { patientRef: patientRef(key, s.patientId) } : {}), instances: s.instances }));
-      const { studies: _, remote: __, ...rest } = r;
+      const { studies: _, url: __, ...rest } = r;
       const records: Record<string, unknown>[] = [{ type: 'request', ...rest, studies: studies.length }];
       for (const s of studies) records.push({ type: 'study', time: r.time, requestId: r.requestId, client: r.client, route: r.route, outcome: r.outcome, ...s, policyHash: r.policyHash });
       trail.appendAll(records);

@@ -92,7 +92,23 @@ export const configSchema = z.strictObject({
   audit: z.strictObject({
     maxFileBytes: bytesSchema.default(64 * 1024 * 1024),
     rotateDaily: z.boolean().default(true),
+    syslog: z.strictObject({
+      host: z.string().min(1, 'name the audit record repository host'),
+      port: z.number().int().min(1).max(65535, 'must be a TCP port, 1–65535'),
+      appName: z.string().regex(/^[\x21-\x7e]{1,48}$/, 'use 1–48 printable characters without spaces (RFC 5424 APP-NAME)').default('deid-gateway'),
+      tls: z.strictObject({
+        caFile: z.string().min(1).optional(),
+        certFile: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        rejectUnauthorized: z.boolean().default(true),
+      }).optional(),
+    }).optional(),
   }).default({ maxFileBytes: 64 * 1024 * 1024, rotateDaily: true }),
+  metrics: z.strictObject({
+    host: z.string().min(1).default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535, 'must be a TCP port, 0–65535').optional(),
+    apiKeySha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be the SHA-256 of the admin token as 64 hex digits').optional(),
+  }).optional(),
   engine: z.strictObject({
     maxHeaderBytes: z.number().int().min(65536).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
   }).default({ maxHeaderBytes: 64 * 1024 * 1024 }),
@@ -180,6 +196,16 @@ export function validateConfig(raw: unknown, source: string): Config {
     try { parse(doc.toJS()); } catch (e) { problems.push(`${key}: ${file}: ${(e as Error).message}`); }
   };
   const optOutFile = cfg.optOut?.file === undefined ? undefined : abs(cfg.optOut.file);
+  if (cfg.metrics && cfg.metrics.port === undefined && cfg.metrics.apiKeySha256 === undefined) problems.push('metrics: give port (a separate listener) and/or apiKeySha256 (/metrics on the main listener behind an admin token)');
+  const tls = cfg.audit.syslog?.tls;
+  const tlsFiles: Record<string, string> = {};
+  for (const k of ['caFile', 'certFile', 'keyFile'] as const) {
+    const f = tls?.[k];
+    if (f === undefined) continue;
+    tlsFiles[k] = abs(f);
+    try { readFileSync(tlsFiles[k]); } catch (e) { problems.push(`audit.syslog.tls.${k}: ${tlsFiles[k]} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); fix the path`); }
+  }
+  if (tls && (tls.certFile === undefined) !== (tls.keyFile === undefined)) problems.push('audit.syslog.tls: give certFile and keyFile together (client certificate), or neither');
   if (optOutFile) checkFile('optOut.file', optOutFile, parseOptOutList);
   cfg.clients.forEach((c, i) => {
     if (ids.has(c.id)) problems.push(`clients[${i}].id: "${c.id}" is used twice; give every client its own id`);
@@ -225,7 +251,8 @@ export function validateConfig(raw: unknown, source: string): Config {
   });
   if (problems.length) throw new GatewayError('CONFIG_INVALID', `${source}: invalid configuration\n  ${problems.join('\n  ')}`);
   const dir = isAbsolute(cfg.state.dir) ? cfg.state.dir : resolve(dirname(source), cfg.state.dir);
-  return deepFreeze({ ...cfg, state: { dir }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
+  const audit = { ...cfg.audit, ...(cfg.audit.syslog ? { syslog: { ...cfg.audit.syslog, ...(cfg.audit.syslog.tls ? { tls: { ...cfg.audit.syslog.tls, ...tlsFiles } } : {}) } } : {}) };
+  return deepFreeze({ ...cfg, audit, state: { dir }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
 }
 
 /** Reads, parses and validates a YAML configuration file. */

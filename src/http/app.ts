@@ -7,7 +7,7 @@
  * destroys the connection, so the client sees a broken transfer, never a truncated-but-valid
  * body (fastify reply.js).
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import express, { type NextFunction, type Request, type Response } from 'express';
@@ -39,6 +39,8 @@ export interface AppDeps {
   /** Readiness: every scope file (allow-lists, opt-out) readable and valid. */
   readonly scopeHealthy: () => boolean;
   readonly limiter: Limiter;
+  /** Prometheus metrics: observed de-identification time, and /metrics behind an admin token. */
+  readonly metrics?: { readonly observeDeid: (kind: 'json' | 'part10', seconds: number) => void; readonly render: () => Promise<{ contentType: string; body: string }>; readonly tokenHash?: Buffer | undefined } | undefined;
   readonly facts: FactsCache;
 }
 
@@ -126,7 +128,7 @@ export function createApp(deps: AppDeps): express.Express {
     const l: Locals = {
       requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
       audit: (broken = false) => {
-        if (audited || l.route === 'healthz' || l.route === 'readyz') return; // probes touch no data and are not audited
+        if (audited || l.route === 'healthz' || l.route === 'readyz' || l.route === 'metrics') return; // probes and metrics touch no data and are not audited
         audited = true;
         const client = l.client;
         const status = res.statusCode;
@@ -136,7 +138,7 @@ export function createApp(deps: AppDeps): express.Express {
           code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
           instances: l.note.instances, withheld: l.note.withheld, outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
           studies: [...l.note.studies].map(([study, n]) => ({ study, pseudonymous: n.pseudonymous, patientId: n.patientId, instances: n.instances })),
-          policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress,
+          policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress, url: req.originalUrl.slice(0, 4096),
         });
       },
     };
@@ -170,6 +172,23 @@ export function createApp(deps: AppDeps): express.Express {
       audit: audit ? 'ok' : 'unavailable', ...(audit ? {} : { auditProblem: deps.audit.problem() }),
     });
   });
+
+  const metricsHash = deps.metrics?.tokenHash;
+  if (deps.metrics && metricsHash) {
+    const m = deps.metrics;
+    app.get('/metrics', async (req, res) => {
+      locals(res).route = 'metrics';
+      const token = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
+      const given = createHash('sha256').update(token ?? '').digest();
+      if (!token || !timingSafeEqual(given, metricsHash)) {
+        res.status(401).set({ 'content-type': 'application/problem+json', 'www-authenticate': 'Bearer realm="deid-gateway-metrics"', 'cache-control': 'no-store' })
+          .send(JSON.stringify(toProblem(new GatewayError('UNAUTHORIZED', 'the metrics admin token is required'), locals(res).requestId)));
+        return;
+      }
+      const out = await m.render();
+      res.set({ 'content-type': out.contentType, 'cache-control': 'no-store' }).send(out.body);
+    });
+  }
 
   // Read-only: everything but GET (and HEAD, which express answers from GET) is refused.
   app.all('/dicom-web/{*rest}', (req, res, next) => {
@@ -218,7 +237,7 @@ export function createApp(deps: AppDeps): express.Express {
       const client = l.client!;
       const rc: RequestContext = {
         client, upstream: deps.upstream, resolver: deps.resolverFor(client), dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush, facts: deps.facts,
+        signal: abort.signal, note: l.note, observeDeid: deps.metrics?.observeDeid, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush, facts: deps.facts,
       };
       try {
         await send(res, await fn(rc, req), abort.signal);

@@ -1,0 +1,181 @@
+/**
+ * The A.5 audit messages to the hospital's Audit Record Repository over syslog: RFC 5424
+ * messages, framed by octet counting (RFC 6587 3.4.1) over TCP, or over TLS (RFC 5425).
+ *
+ * Nothing is lost: every message is first appended to a spool file in the state directory
+ * (synchronously, in the request's own audit step); a sender copies whole frames from the spool
+ * to the connection and records how far it got (`spool.offset`) once the socket has taken them.
+ * While the repository is unreachable the spool grows and the sender retries with backoff
+ * (0.5 s doubling to 30 s); after a restart it resumes from the recorded offset. Delivery is
+ * at-least-once: frames written just before a connection broke are sent again. A fully sent
+ * spool is truncated when it passes 1 MiB.
+ */
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync, writeSync, ftruncateSync, renameSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import type { AuditForwarder, RequestAudit } from './sink.js';
+import { atnaMessages, type AtnaContext } from './atna.js';
+
+export interface SyslogOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly tls?: { readonly ca?: Buffer | undefined; readonly cert?: Buffer | undefined; readonly key?: Buffer | undefined; readonly rejectUnauthorized?: boolean | undefined } | undefined;
+  readonly appName?: string | undefined;
+  /** Directory of the spool (created 0700). */
+  readonly spoolDir: string;
+  /** Syslog facility (default 10, security/authorization) and severity (default 5, notice). */
+  readonly facility?: number | undefined;
+  readonly severity?: number | undefined;
+  readonly onState?: ((state: 'connected' | 'disconnected', detail?: string) => void) | undefined;
+}
+
+const MAX_BATCH = 256 * 1024;
+const COMPACT_AT = 1024 * 1024;
+
+export class SyslogForwarder implements AuditForwarder {
+  private readonly spoolPath: string;
+  private readonly offsetPath: string;
+  private readonly fd: number;
+  private offset: number;
+  private socket: Socket | undefined;
+  private connected = false;
+  private writing = false;
+  private closed = false;
+  private backoff = 500;
+  private retry: NodeJS.Timeout | undefined;
+  private readonly seen = new Set<string>();
+  private readonly ctx: AtnaContext;
+  private readonly hostName = hostname();
+
+  constructor(private readonly opts: SyslogOptions) {
+    mkdirSync(opts.spoolDir, { recursive: true, mode: 0o700 });
+    this.spoolPath = join(opts.spoolDir, 'spool.log');
+    this.offsetPath = join(opts.spoolDir, 'spool.offset');
+    this.fd = openSync(this.spoolPath, 'a+', 0o600);
+    const size = fstatSync(this.fd).size;
+    const saved = existsSync(this.offsetPath) ? Number(readFileSync(this.offsetPath, 'utf8').trim()) : 0;
+    this.offset = Number.isInteger(saved) && saved >= 0 && saved <= size ? saved : 0;
+    this.ctx = { sourceId: `${opts.appName ?? 'deid-gateway'}@${this.hostName}`, host: this.hostName, pid: process.pid };
+    this.connect();
+  }
+
+  /** Bytes spooled and not yet handed to the repository. */
+  pending(): number {
+    return fstatSync(this.fd).size - this.offset;
+  }
+
+  forward(r: RequestAudit): void {
+    const firstLogin = r.client !== null && r.status !== 401 && !this.seen.has(r.client);
+    if (firstLogin && r.client) this.seen.add(r.client);
+    const pri = (this.opts.facility ?? 10) * 8 + (this.opts.severity ?? 5);
+    const frames = atnaMessages(this.ctx, r, { firstLogin }).map((m) => {
+      const msg = Buffer.from(`<${pri}>1 ${new Date().toISOString()} ${this.hostName} ${this.opts.appName ?? 'deid-gateway'} ${process.pid} IHE+RFC-3881 - \uFEFF${m.xml}`, 'utf8');
+      return Buffer.concat([Buffer.from(`${msg.length} `, 'ascii'), msg]);
+    });
+    if (!frames.length) return;
+    const buf = Buffer.concat(frames);
+    let off = 0;
+    while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+    this.pump();
+  }
+
+  private connect(): void {
+    if (this.closed || this.socket) return;
+    const { host, port, tls } = this.opts;
+    const s = tls
+      ? tlsConnect({ host, port, ...(tls.ca ? { ca: tls.ca } : {}), ...(tls.cert ? { cert: tls.cert } : {}), ...(tls.key ? { key: tls.key } : {}), rejectUnauthorized: tls.rejectUnauthorized ?? true, servername: host })
+      : netConnect({ host, port });
+    this.socket = s;
+    s.setNoDelay(true);
+    s.once(tls ? 'secureConnect' : 'connect', () => {
+      this.connected = true;
+      this.backoff = 500;
+      this.opts.onState?.('connected');
+      this.pump();
+    });
+    s.on('error', () => { /* 'close' follows */ });
+    s.once('close', () => {
+      const was = this.connected;
+      this.connected = false;
+      this.writing = false;
+      this.socket = undefined;
+      if (was) this.opts.onState?.('disconnected');
+      if (this.closed) return;
+      this.retry = setTimeout(() => { this.retry = undefined; this.connect(); }, this.backoff);
+      this.retry.unref();
+      this.backoff = Math.min(30_000, this.backoff * 2);
+    });
+  }
+
+  /** Whole frames from the spool at `offset`, up to MAX_BATCH bytes (at least one frame). */
+  private nextBatch(): Buffer | undefined {
+    const size = fstatSync(this.fd).size;
+    if (this.offset >= size) return undefined;
+    const want = Math.min(size - this.offset, MAX_BATCH);
+    const buf = Buffer.alloc(want);
+    const n = readSync(this.fd, buf, 0, want, this.offset);
+    let end = 0;
+    for (;;) {
+      const sp = buf.indexOf(0x20, end);
+      if (sp < 0 || sp - end > 10) break;
+      const len = Number(buf.toString('ascii', end, sp));
+      if (!Number.isInteger(len) || sp + 1 + len > n) {
+        if (end === 0 && Number.isInteger(len) && sp + 1 + len <= size - this.offset) {
+          // One frame larger than a batch: read it whole.
+          const big = Buffer.alloc(sp + 1 + len);
+          readSync(this.fd, big, 0, big.length, this.offset);
+          return big;
+        }
+        break;
+      }
+      end = sp + 1 + len;
+    }
+    return end > 0 ? buf.subarray(0, end) : undefined;
+  }
+
+  private pump(): void {
+    if (!this.connected || this.writing || !this.socket) return;
+    const batch = this.nextBatch();
+    if (!batch) {
+      this.compact();
+      return;
+    }
+    this.writing = true;
+    const s = this.socket;
+    s.write(batch, (err) => {
+      if (err || s !== this.socket) return; // resent from the recorded offset after reconnecting
+      this.writing = false;
+      this.offset += batch.length;
+      this.saveOffset();
+      this.pump();
+    });
+  }
+
+  private saveOffset(): void {
+    const tmp = `${this.offsetPath}.tmp`;
+    writeFileSync(tmp, `${this.offset}\n`, { mode: 0o600 });
+    renameSync(tmp, this.offsetPath);
+  }
+
+  private compact(): void {
+    const size = fstatSync(this.fd).size;
+    if (this.offset === size && size >= COMPACT_AT) {
+      ftruncateSync(this.fd, 0);
+      this.offset = 0;
+      this.saveOffset();
+    }
+  }
+
+  /** Gives the sender up to `ms` to drain, then closes; the spool keeps the rest. */
+  async close(ms = 2000): Promise<void> {
+    const until = Date.now() + ms;
+    while (this.connected && this.pending() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    this.closed = true;
+    if (this.retry) clearTimeout(this.retry);
+    this.socket?.end();
+    this.socket?.destroy();
+    closeSync(this.fd);
+  }
+}

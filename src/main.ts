@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
+import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import { ClientScope, OptOutSource, type StudyListSource } from './policy/client-scope.js';
 import { Limiter, type LimitStore } from './policy/limits.js';
 import { openSqliteLimitStore } from './policy/limits-sqlite.js';
@@ -84,6 +85,7 @@ export function buildParts(cfg: Config): GatewayParts {
     scope,
     allowedKeys: c.allowedKeys,
     maxResults: c.query?.maxResults,
+    pixels: c.pixels ?? DEFAULT_PIXEL_POLICY,
     tokenHash: Buffer.from(c.apiKeySha256, 'hex'),
     ctx: createEngineContext({
       clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: recorderFor(store, c.id),
@@ -139,6 +141,7 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
       tokenHash: cfg.metrics?.apiKeySha256 ? Buffer.from(cfg.metrics.apiKeySha256, 'hex') : undefined,
     },
     maxHeaderBytes: cfg.engine.maxHeaderBytes,
+    maxRenderBytes: cfg.engine.maxRenderBytes,
     stateHealthy: () => store.healthy(),
     facts,
   });

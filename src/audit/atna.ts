@@ -85,7 +85,7 @@ function patientObject(patientId: string): string {
   return `<ParticipantObjectIdentification ParticipantObjectID="${x(patientId)}" ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1">${coded('ParticipantObjectIDTypeCode', PATIENT_NUMBER)}</ParticipantObjectIdentification>`;
 }
 
-const TRANSFER_ROUTES = new Set(['metadata', 'retrieve', 'frames', 'bulk']);
+const TRANSFER_ROUTES = new Set(['metadata', 'retrieve', 'frames', 'bulk', 'rendered', 'thumbnail']);
 
 /** The A.5 messages of one request record (possibly none). */
 export function atnaMessages(ctx: AtnaContext, r: RequestAudit, opts: { firstLogin: boolean }): AtnaMessage[] {

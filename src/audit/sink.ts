@@ -36,6 +36,9 @@ export interface RequestAudit {
   readonly durationMs: number;
   readonly instances: number;
   readonly withheld: number;
+  /** Risky instances released masked under a rule, or allowed by an explicit policy (audited). */
+  readonly masked?: number | undefined;
+  readonly riskyAllowed?: number | undefined;
   readonly outOfScope: number;
   readonly results: number;
   readonly query?: { readonly level: string; readonly keys: readonly string[]; readonly wildcard: boolean } | undefined;

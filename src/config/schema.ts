@@ -65,6 +65,21 @@ const clientSchema = z.strictObject({
     allowedKeys: z.array(z.string().trim().min(1)).optional(),
     maxResults: z.number().int().min(1).max(1_000_000).optional(),
   }).optional(),
+  pixels: z.strictObject({
+    risky: z.enum(['withhold', 'mask', 'allow'], { error: () => 'use withhold (default), mask or allow' }).default('withhold'),
+    masks: z.array(z.strictObject({
+      match: z.strictObject({
+        manufacturer: z.string().min(1).optional(),
+        model: z.string().min(1).optional(),
+        rows: z.number().int().min(1).optional(),
+        columns: z.number().int().min(1).optional(),
+      }),
+      regions: z.array(z.strictObject({
+        x: z.number().int().min(0), y: z.number().int().min(0),
+        width: z.number().int().min(1), height: z.number().int().min(1),
+      })).min(1, 'give at least one region {x, y, width, height}'),
+    })).default([]),
+  }).optional(),
   limits: z.strictObject({
     requestsPerMinute: z.number().int().min(1).max(1_000_000).optional(),
     concurrentRequests: z.number().int().min(1).max(100_000).optional(),
@@ -111,7 +126,8 @@ export const configSchema = z.strictObject({
   }).optional(),
   engine: z.strictObject({
     maxHeaderBytes: z.number().int().min(65536).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
-  }).default({ maxHeaderBytes: 64 * 1024 * 1024 }),
+    maxRenderBytes: bytesSchema.default(256 * 1024 * 1024),
+  }).default({ maxHeaderBytes: 64 * 1024 * 1024, maxRenderBytes: 256 * 1024 * 1024 }),
   optOut: z.strictObject({
     patients: z.array(optOutEntrySchema).default([]),
     file: z.string().min(1).optional(),
@@ -216,6 +232,7 @@ export function validateConfig(raw: unknown, source: string): Config {
     if (c.profile.dateShift && c.profile.dateShift.maxDays < c.profile.dateShift.minDays) {
       problems.push(`clients[${i}].profile.dateShift: maxDays must be ≥ minDays`);
     }
+    if (c.pixels?.risky === 'mask' && c.pixels.masks.length === 0) problems.push(`clients[${i}].pixels.masks: risky: mask needs at least one mask rule (match + regions); without one every risky instance is withheld`);
     const sc = c.scope ?? {};
     const studiesFile = sc.studiesFile === undefined ? undefined : abs(sc.studiesFile);
     if (studiesFile) checkFile(`clients[${i}].scope.studiesFile`, studiesFile, parseStudyList);

@@ -39,6 +39,8 @@ export interface EngineContext {
 export interface ApplyOptions {
   /** Write Patient Identity Removed, the method and its codes (instances, metadata); not for QIDO rows. */
   readonly writeMarkers: boolean;
+  /** Further De-identification Method codes (e.g. 113101 Clean Pixel Data when regions were blanked). */
+  readonly extraMethodCodes?: readonly { readonly code: string; readonly meaning: string }[];
 }
 
 const TAG = {
@@ -115,7 +117,7 @@ export function deidentify<E, D, O>(ad: Adapter<E, D, O>, root: D, ctx: EngineCo
   const state = new DatasetState(ad, root, ctx);
   const out = processDataset(ad, root, 'inherit', state);
   if (opts.writeMarkers) {
-    out.push(...markers(ad, root, state));
+    out.push(...markers(ad, root, state, opts.extraMethodCodes ?? []));
     out.sort((a, b) => ad.outTag(a) - ad.outTag(b));
   }
   return out;
@@ -245,7 +247,7 @@ function applyAction<E, D, O>(
 }
 
 /** PS3.15 E.1.1 items 6–7 and C.12.1.1.7 (PS3.3): what was done, by whom, under which policy. */
-function markers<E, D, O>(ad: Adapter<E, D, O>, ds: D, state: DatasetState<E, D, O>): O[] {
+function markers<E, D, O>(ad: Adapter<E, D, O>, ds: D, state: DatasetState<E, D, O>, extra: readonly { readonly code: string; readonly meaning: string }[]): O[] {
   const plan = state.ctx.plan;
   const set = (tag: number, vr: VR, values: string[], where: D = ds): O => ad.setStrings(tag, vr, values, where) ?? ad.setEmpty(tag, vr);
   const method = [
@@ -256,7 +258,7 @@ function markers<E, D, O>(ad: Adapter<E, D, O>, ds: D, state: DatasetState<E, D,
   if (plan.options.includes('cleanDescriptors') || plan.options.includes('cleanStructuredContent')) {
     method.push('text: identifiers, phone, e-mail, dates redacted');
   }
-  const codes = [METHOD_CODES.basic, ...plan.options.map((o) => METHOD_CODES[o])];
+  const codes = [METHOD_CODES.basic, ...plan.options.map((o) => METHOD_CODES[o]), ...extra];
   const items = codes.map((c) => [
     set(TAG.CodeValue, 'SH', [c.code]),
     set(TAG.CodingSchemeDesignator, 'SH', ['DCM']),

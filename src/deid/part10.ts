@@ -19,9 +19,13 @@ import {
   ByteQueue, ElementParser, encodeElements, encodeToBuffer, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
   EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
 } from '../dicom/part10.js';
-import { decodeStrings, encodeStrings } from '../dicom/values.js';
+import { decodeNumbers, decodeStrings, encodeStrings } from '../dicom/values.js';
 import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type Adapter, type EngineContext } from './engine.js';
+import { checkGeometry, frameBytes, pixelMasker, type PixelGeometry, type Region } from './pixel-mask.js';
+
+/** PS3.16 CID 7050: the pixel data was cleaned of burned-in identification. */
+const CLEAN_PIXEL_DATA = { code: '113101', meaning: 'Clean Pixel Data Option' } as const;
 import { PRODUCT_VERSION } from './plan.js';
 
 export interface BinaryDataset {
@@ -91,7 +95,7 @@ export interface Part10Options {
    * set, values joined with "\\", padding trimmed; undefined when absent or empty) and throws
    * (a GatewayError such as PIXELS_WITHHELD) to refuse the instance.
    */
-  readonly admit?: (attr: (tag: number) => string | undefined) => void;
+  readonly admit?: (attr: (tag: number) => string | undefined) => void | { readonly mask?: readonly Region[] | undefined };
 }
 
 /** Values larger than this that the plan removes are skipped, not buffered. */
@@ -341,17 +345,52 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   }
 
   const charset = charsetOf(header) ?? charsetFor(undefined);
-  if (opts.admit) {
-    const ds: BinaryDataset = { elements: header, charset };
-    opts.admit((tag) => {
-      const el = header.find((e) => e.tag === tag) ?? (tag === 0x00080016 ? meta.find((e) => e.tag === 0x00020002) : undefined);
-      const values = el ? binaryAdapter.strings(el, ds) : null;
-      const text = values?.map((v) => v.trim()).join('\\');
-      return text ? text : undefined;
-    });
+  const ds: BinaryDataset = { elements: header, charset };
+  const attr = (tag: number): string | undefined => {
+    const el = header.find((e) => e.tag === tag) ?? (tag === 0x00080016 ? meta.find((e) => e.tag === 0x00020002) : undefined);
+    if (!el?.value) return undefined;
+    const vr = binaryAdapter.vr(el, ds);
+    const values = STRING_VRS.has(vr) ? binaryAdapter.strings(el, ds) : NUMERIC_SIZES[vr] !== undefined ? decodeNumbers(el.value, vr, el.syntax.littleEndian).map(String) : null;
+    const text = values?.map((v) => v.trim()).join('\\');
+    return text ? text : undefined;
+  };
+  const admitted = opts.admit?.(attr);
+  const mask = admitted ? admitted.mask : undefined;
+  // Overlays embedded in unused bits of the pixel cells (no Overlay Data of their own) are
+  // cleared from the pixels when the plan removes the overlay (PS3.15 E.1-1, Clean Graphics).
+  const overlayBits: number[] = [];
+  for (const e of header) {
+    const g = e.tag >>> 16;
+    if ((e.tag & 0xffff) !== 0x0102 || g < 0x6000 || g > 0x601e || g % 2 !== 0 || !e.value || e.value.length < 2) continue;
+    if (header.some((x) => x.tag === ((g << 16) | 0x3000)) || ctx.plan.lookup(e.tag).action.kind === 'keep') continue;
+    overlayBits.push(e.syntax.littleEndian ? e.value.readUInt16LE(0) : e.value.readUInt16BE(0));
+  }
+  let masker: ((chunk: Buffer) => Buffer) | undefined;
+  if ((mask?.length || overlayBits.length) && pixel) {
+    if (pixel.tag !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned');
+    if (pixel.length === UNDEFINED_LENGTH) {
+      if (mask?.length) throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be masked; ask for an uncompressed transfer syntax');
+    } else {
+      const n = (tag: number, dflt?: number): number => { const v = attr(tag); return v === undefined ? (dflt ?? Number.NaN) : Number(v.split('\\')[0]); };
+      const g: PixelGeometry = {
+        rows: n(0x00280010), columns: n(0x00280011), samplesPerPixel: n(0x00280002, 1), bitsAllocated: n(0x00280100),
+        planarConfiguration: n(0x00280006, 0), frames: n(0x00280008, 1), photometric: (attr(0x00280004) ?? '').toUpperCase(), littleEndian: ts.littleEndian,
+      };
+      checkGeometry(g);
+      const want = frameBytes(g) * g.frames;
+      if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so regions cannot be located');
+      masker = pixelMasker(g, { regions: mask ?? [], overlayBits });
+    }
   }
   const t0 = performance.now();
-  const out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true });
+  const cleaned = !!mask?.length && !!masker;
+  let out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true, ...(cleaned ? { extraMethodCodes: [CLEAN_PIXEL_DATA] } : {}) });
+  if (cleaned) {
+    // The regions a rule names are blanked: the burned-in text is gone (PS3.15 E.3.1).
+    out = out.filter((e) => e.tag !== 0x00280301);
+    out.push(binaryAdapter.setStrings(0x00280301, 'CS', ['NO'], ds)!);
+    out.sort((a, b) => a.tag - b.tag);
+  }
   const deidSeconds = (performance.now() - t0) / 1000;
 
   const sopClass = firstString(meta, 0x00020002) || firstString(header, 0x00080016);
@@ -373,7 +412,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   const metaSop = firstString(meta, 0x00020003);
   const outSop = pSop || (metaSop && ctx.plan.lookup(0x00020003).action.kind !== 'keep' ? ctx.pseudonymizer.uid(metaSop) : metaSop);
   yield encodeMeta(sopClass, outSop, ts);
-  const body = datasetBody(dq, ts, out, pixel, lastTag, ctx);
+  const body = datasetBody(dq, ts, out, pixel, lastTag, ctx, masker);
   if (ts.deflated) {
     yield* pipeThrough(body, createDeflateRaw());
   } else {
@@ -383,7 +422,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
 
 async function* datasetBody(
   q: ByteQueue, ts: TransferSyntax, header: OutElement[], firstPixel: { tag: number; length: number; headerLength: number } | null,
-  lastTagIn: number, ctx: EngineContext,
+  lastTagIn: number, ctx: EngineContext, masker?: (chunk: Buffer) => Buffer,
 ): AsyncGenerator<Buffer> {
   yield encodeToBuffer(header, ts);
   let pixel = firstPixel;
@@ -393,7 +432,14 @@ async function* datasetBody(
   // private data there are removed (fail closed, docs/deid-rules.md).
   for (;;) {
     if (pixel) {
-      yield* passPixelData(q, ts, pixel, ctx.plan.lookup(pixel.tag).action.kind === 'keep');
+      const emit = ctx.plan.lookup(pixel.tag).action.kind === 'keep';
+      if (masker && emit && pixel.length !== UNDEFINED_LENGTH) {
+        yield Buffer.from(q.peek(pixel.headerLength));
+        q.consume(pixel.headerLength);
+        for await (const c of passBytes(q, pixel.length, true, 'the pixel data')) yield masker(c);
+      } else {
+        yield* passPixelData(q, ts, pixel, emit);
+      }
       pixel = null;
     }
     const h = await peekHeader(q, ts);

@@ -448,3 +448,27 @@ export function readHeaderSync(buf: Buffer, inflate: (b: Buffer) => Buffer): Par
   }
   return { meta, transferSyntax: ts, elements };
 }
+
+/**
+ * The header and the native pixel data of a Part 10 object held in memory (rendering).
+ * `pixel` is null when the pixel data is encapsulated (compressed) or absent.
+ */
+export function readInstanceSync(buf: Buffer, inflate: (b: Buffer) => Buffer): Part10Header & { readonly pixel: Buffer | null } {
+  const head = readHeaderSync(buf, inflate);
+  const ts = head.transferSyntax;
+  let pos = 132;
+  while (pos + 2 <= buf.length && buf.readUInt16LE(pos) === 0x0002) pos = new ElementParser(buf, 0, false).element(pos, buf.length, EXPLICIT_LE).next;
+  const body = ts.deflated ? inflate(buf.subarray(pos)) : buf.subarray(pos);
+  const bp = new ElementParser(body, 0, false);
+  let at = 0;
+  while (at < body.length) {
+    const h = bp.header(at, body.length, ts);
+    if (h.tag === 0x7fe00010) {
+      if (h.length === UNDEFINED) return { ...head, pixel: null };
+      if (at + h.headerLength + h.length > body.length) throw new GatewayError('DICOM_TRUNCATED', 'the pixel data ends early');
+      return { ...head, pixel: body.subarray(at + h.headerLength, at + h.headerLength + h.length) };
+    }
+    at = bp.element(at, body.length, ts, h).next;
+  }
+  return { ...head, pixel: null };
+}

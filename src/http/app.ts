@@ -19,7 +19,7 @@ import type { FactsCache } from '../policy/facts-cache.js';
 import type { Limiter } from '../policy/limits.js';
 import { checkWindow } from '../policy/scope.js';
 import { authenticate } from './auth.js';
-import { bulk, frames, metadata, qido, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
+import { bulk, frames, metadata, qido, rendered, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
 import { toProblem } from './problem.js';
 import type { QueryResolver } from './query.js';
 
@@ -34,6 +34,7 @@ export interface AppDeps {
   readonly maxQueryLimit: number;
   readonly maxQueryScan: number;
   readonly maxHeaderBytes: number;
+  readonly maxRenderBytes: number;
   /** Readiness beyond the upstream: state writable, audit writable. */
   readonly stateHealthy: () => boolean;
   /** Readiness: every scope file (allow-lists, opt-out) readable and valid. */
@@ -126,7 +127,7 @@ export function createApp(deps: AppDeps): express.Express {
   app.use((req, res, next) => {
     let audited = false;
     const l: Locals = {
-      requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
+      requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
       audit: (broken = false) => {
         if (audited || l.route === 'healthz' || l.route === 'readyz' || l.route === 'metrics') return; // probes and metrics touch no data and are not audited
         audited = true;
@@ -136,7 +137,7 @@ export function createApp(deps: AppDeps): express.Express {
           time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
           status, outcome: broken ? (l.code ? 'failed' : 'aborted') : status < 400 ? 'ok' : status < 500 ? 'denied' : 'failed',
           code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
-          instances: l.note.instances, withheld: l.note.withheld, outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
+          instances: l.note.instances, withheld: l.note.withheld, masked: l.note.masked, riskyAllowed: l.note.riskyAllowed, outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
           studies: [...l.note.studies].map(([study, n]) => ({ study, pseudonymous: n.pseudonymous, patientId: n.patientId, instances: n.instances })),
           policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress, url: req.originalUrl.slice(0, 4096),
         });
@@ -237,7 +238,7 @@ export function createApp(deps: AppDeps): express.Express {
       const client = l.client!;
       const rc: RequestContext = {
         client, upstream: deps.upstream, resolver: deps.resolverFor(client), dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, observeDeid: deps.metrics?.observeDeid, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, flush: deps.flush, facts: deps.facts,
+        signal: abort.signal, note: l.note, observeDeid: deps.metrics?.observeDeid, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts,
       };
       try {
         await send(res, await fn(rc, req), abort.signal);
@@ -266,12 +267,16 @@ export function createApp(deps: AppDeps): express.Express {
   app.get('/dicom-web/studies/:study/series/:series/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series') })));
   app.get('/dicom-web/studies/:study/series/:series/instances/:instance/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
 
-  // Rendered and thumbnails: never the PACS's rendering (it shows whatever is in the pixels).
-  app.get(['/dicom-web/studies/:study/rendered', '/dicom-web/studies/:study/thumbnail', '/dicom-web/studies/:study/series/:series/{*rest}'], (req, res, next) => {
-    if (!/\/(rendered|thumbnail)$/.test(req.path) && !/\/frames\/[^/]+\/(rendered|thumbnail)$/.test(req.path)) return next();
-    locals(res).route = 'rendered';
-    sendProblem(res, new GatewayError('RENDERING_UNAVAILABLE', 'rendered images and thumbnails are not served yet; retrieve the instance or its frames'));
-  });
+  // Rendered and thumbnails (PS3.18 8.3.5): made by the gateway from the de-identified,
+  // masked pixels; never the PACS's rendering, which shows whatever is in the pixels.
+  for (const kind of ['rendered', 'thumbnail'] as const) {
+    const t = kind === 'thumbnail';
+    const r = (rc: RequestContext, req: Request, at: { study: string; series?: string; instance?: string; frame?: string }): Promise<Reply> => rendered(rc, at, req.headers.accept, q(req), t);
+    app.get(`/dicom-web/studies/:study/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study') })));
+    app.get(`/dicom-web/studies/:study/series/:series/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series') })));
+    app.get(`/dicom-web/studies/:study/series/:series/instances/:instance/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
+    app.get(`/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frame: p(req, 'frames') })));
+  }
 
   // WADO-RS retrieve, frames, bulk data (PS3.18 10.4)
   app.get('/dicom-web/studies/:study', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study') }, req.headers.accept)));

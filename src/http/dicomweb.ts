@@ -9,7 +9,11 @@ import { deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset 
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
 import { splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { pixelDecision } from '../policy/pixels.js';
+import { pixelDecision, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import { pixelMasker, type PixelGeometry } from '../deid/pixel-mask.js';
+import { readInstanceSync } from '../dicom/part10.js';
+import { renderFrame } from '../render/render.js';
+import { inflateRawSync } from 'node:zlib';
 import { FactsCache, type InstanceFacts } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
 import type { ClientScope } from '../policy/client-scope.js';
@@ -24,6 +28,8 @@ export interface ClientRuntime {
   readonly ctx: EngineContext;
   readonly tokenHash: Buffer;
   readonly scope: ClientScope;
+  /** What happens to risky instances (withhold, mask under region rules, allow). */
+  readonly pixels: PixelPolicy;
   /** Allowed QIDO match keys (tags); undefined: whatever the plan permits. */
   readonly allowedKeys?: ReadonlySet<number> | undefined;
   /** The client's cap on QIDO results (the lower of this and server.maxQueryResults applies). */
@@ -36,6 +42,9 @@ export interface RequestNote {
   withheld: number;
   /** Records left out because they are outside the client's scope (audit only). */
   outOfScope: number;
+  /** Risky instances released: masked under a rule, or allowed by an explicit policy. */
+  masked: number;
+  riskyAllowed: number;
   /** QIDO rows returned. */
   results: number;
   /** What a QIDO asked: level, match key names, whether a key used wildcards (audit: sweeping queries). */
@@ -65,6 +74,8 @@ export interface RequestContext {
   /** Upstream records a filtered QIDO may examine before it stops (Warning: truncated). */
   readonly maxQueryScan: number;
   readonly maxHeaderBytes: number;
+  /** Cap on one instance held in memory to render it. */
+  readonly maxRenderBytes: number;
   /** Called once a response body completes, before its last byte: makes pseudonyms durable. */
   readonly flush: () => void;
   readonly facts: FactsCache;
@@ -377,7 +388,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   if (!acceptsDicomMultipart(accept)) throw new GatewayError('NOT_ACCEPTABLE', 'this resource is served as multipart/related; type="application/dicom"');
   const ts = requestedTransferSyntax(accept);
   if (ts !== undefined && ts !== '*' && !/^[0-9.]{1,64}$/.test(ts)) throw new GatewayError('NOT_ACCEPTABLE', 'transfer-syntax must be a UID or *');
-  const upAccept = `multipart/related; type="application/dicom"${ts ? `; transfer-syntax=${ts}` : ''}`;
+  // Masking needs native pixel data: a client that accepts any syntax (`*`) gets the PACS's
+  // default (Explicit VR Little Endian) when its policy masks; a specific compressed syntax
+  // leaves masked instances withheld (the engine refuses to mask compressed pixel data).
+  const upTs = ts === '*' && rc.client.pixels.risky === 'mask' ? undefined : ts;
+  const upAccept = `multipart/related; type="application/dicom"${upTs ? `; transfer-syntax=${upTs}` : ''}`;
   // Which instances the pixel policy withholds, before the status line: a direct instance
   // request is refused, a study or series says how many it leaves out (Warning 299).
   const study = originalUid(rc, p.study);
@@ -408,7 +423,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     const f = facts.values().next().value!;
     await refuse(new GatewayError('NOT_FOUND', 'no such resource', { auditReason: `out-of-scope:${recordVisible(rc, factsAttrs(f)) ?? 'unknown'}` }));
   }
-  const announced = inScope.filter((f) => !pixelDecision(f).allow).length;
+  const announced = inScope.filter((f) => !decide(rc, f).allow).length;
   // A multipart needs at least one part (RFC 2046 5.1.1): nothing to send is a 403 too.
   if (sop === undefined && inScope.length > 0 && announced === inScope.length) {
     rc.note.withheld += announced;
@@ -416,7 +431,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   }
   if (sop !== undefined && announced > 0) {
     rc.note.withheld++;
-    await refuse(new GatewayError('PIXELS_WITHHELD', `this instance is withheld by policy (${(pixelDecision(facts.get(sop)!) as { reason: string }).reason})`));
+    await refuse(new GatewayError('PIXELS_WITHHELD', `this instance is withheld by policy (${(decide(rc, facts.get(sop)!) as { reason: string }).reason})`));
   }
   const up = await retrieving;
   expectType(up, 'multipart/related');
@@ -442,6 +457,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         throw e;
       }
       note.instances++;
+      if (maskedPart) note.masked++;
       const partTs = partTransferSyntax(part);
       yield {
         headers: { 'content-type': `application/dicom${partTs ? `; transfer-syntax=${partTs}` : ''}` },
@@ -450,7 +466,9 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     }
   }
   let patientOfPart: string | undefined;
+  let maskedPart = false;
   function admitPart(part: Part): AsyncGenerator<Buffer> {
+    maskedPart = false;
     return deidentifyPart10(part.body, ctx, {
       maxHeaderBytes,
       onInstance: (i) => { noteStudy(note, i.original.study, i.pseudonymous.study, patientOfPart, 1); rc.observeDeid?.('part10', i.deidSeconds); },
@@ -458,9 +476,15 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         patientOfPart = attr(TAG.patientId);
         // Scope first: an out-of-scope instance is skipped silently, not counted as withheld.
         if (!unrestricted) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
-        const f = { burnedInAnnotation: attr(0x00280301), modality: attr(0x00080060), sopClassUid: attr(0x00080016), imageType: attr(0x00080008) };
-        const decision = pixelDecision(f);
+        const decision = decide(rc, {
+          burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
+          imageType: attr(0x00080008), manufacturer: attr(0x00080070), model: attr(0x00081090), rows: attr(0x00280010), columns: attr(0x00280011),
+          samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
+        });
         if (!decision.allow) throw new GatewayError('PIXELS_WITHHELD', decision.reason);
+        if (decision.mask) { maskedPart = true; return { mask: decision.mask }; }
+        if (decision.risk) note.riskyAllowed++;
+        return undefined;
       },
     });
   }
@@ -482,13 +506,38 @@ function partTransferSyntax(part: Part): string | undefined {
 
 type Facts = InstanceFacts;
 
+const OVERLAY_BIT_TAGS = Array.from({ length: 16 }, (_, i) => `60${(i * 2).toString(16).toUpperCase().padStart(2, '0')}0102`);
+
 /** Pixel facts of one DICOM JSON object (original values). */
 function factsOf(r: JsonDataset): Facts {
   const s = (k: string): string | undefined => { const v = r[k]?.Value; return Array.isArray(v) ? v.map(String).join('\\') : undefined; };
   const a = jsonAttrs(r);
   const scope: Record<number, string> = {};
   for (const tag of Object.values(TAG)) { const v = a(tag); if (v !== undefined) scope[tag] = v; }
-  return { burnedInAnnotation: s('00280301'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'), rows: s('00280010'), scope };
+  // Overlays embedded in the pixel cells (a bit position and no Overlay Data of their own).
+  const overlayBits = OVERLAY_BIT_TAGS.flatMap((t) => {
+    const bit = Number(s(t));
+    return Number.isInteger(bit) && bit > 0 && !r[`${t.slice(0, 4)}3000`] ? [bit] : [];
+  });
+  return {
+    burnedInAnnotation: s('00280301'), recognizableVisualFeatures: s('00280302'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'),
+    manufacturer: s('00080070'), model: s('00081090'), rows: s('00280010'), columns: s('00280011'), samplesPerPixel: s('00280002'), numberOfFrames: s('00280008'),
+    bitsAllocated: s('00280100'), planarConfiguration: s('00280006'), photometric: s('00280004'), overlayBits, scope,
+  };
+}
+
+/** The client's pixel decision on an instance's facts. */
+function decide(rc: RequestContext, f: Facts): PixelDecision {
+  return pixelDecision(f, rc.client.pixels);
+}
+
+/** Geometry of one frame (frames endpoint) or of all frames (bulk pixel data), from the facts. */
+function geometryOf(f: Facts, frames: number, littleEndian: boolean): PixelGeometry {
+  const n = (v: string | undefined, d: number): number => (v === undefined || v === '' ? d : Number(v.split('\\')[0]));
+  return {
+    rows: n(f.rows, Number.NaN), columns: n(f.columns, Number.NaN), samplesPerPixel: n(f.samplesPerPixel, 1), bitsAllocated: n(f.bitsAllocated, Number.NaN),
+    planarConfiguration: n(f.planarConfiguration, 0), frames, photometric: (f.photometric ?? '').toUpperCase(), littleEndian,
+  };
 }
 
 /** The scope attributes of cached facts (missing ones read as absent: rules that need them deny). */
@@ -497,7 +546,11 @@ function factsAttrs(f: Facts): Attrs {
 }
 
 /** The tags the facts query asks for: pixel facts and everything the scope rules read. */
-const FACT_TAGS = [...new Set(['00280301', '00080060', '00080016', '00080008', '00080018', '00280010', ...Object.values(TAG).map((t) => t.toString(16).toUpperCase().padStart(8, '0'))])];
+const FACT_TAGS = [...new Set([
+  '00280301', '00280302', '00080060', '00080016', '00080008', '00080018', '00080070', '00081090',
+  '00280010', '00280011', '00280002', '00280008', '00280100', '00280006', '00280004', ...OVERLAY_BIT_TAGS,
+  ...Object.values(TAG).map((t) => t.toString(16).toUpperCase().padStart(8, '0')),
+])];
 
 /** Pixel facts of the instances under an (original) study/series/instance, from the PACS. */
 async function pixelFacts(rc: RequestContext, study: string, series?: string, sop?: string): Promise<Map<string, Facts>> {
@@ -532,17 +585,33 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
   if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, factsAttrs(facts)); if (d) throw notVisible(d); }
 
   if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
-  const d = pixelDecision(facts);
+  const d = decide(rc, facts);
   if (!d.allow) {
     rc.note.withheld++;
     throw new GatewayError('PIXELS_WITHHELD', `the pixel data of this instance is withheld by policy (${d.reason})`);
   }
   if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data');
+  if (d.mask) rc.note.masked++;
+  else if (d.risk) rc.note.riskyAllowed++;
   return facts;
 }
 
+const NATIVE_TS: Record<string, boolean> = { '1.2.840.10008.1.2': true, '1.2.840.10008.1.2.1': true, '1.2.840.10008.1.2.2': false };
+
+/**
+ * The pixel cleaning a frames or bulk response needs (mask regions of a rule, embedded overlay
+ * bits), as a factory of per-part transformers; undefined when the bytes pass as they are.
+ */
+function partCleaner(rc: RequestContext, facts: Facts, framesPerPart: number): ((littleEndian: boolean) => (c: Buffer) => Buffer) | undefined {
+  const d = decide(rc, facts);
+  const regions = d.allow && d.mask ? d.mask : [];
+  const overlayBits = facts.overlayBits ?? [];
+  if (!regions.length && !overlayBits.length) return undefined;
+  return (le) => pixelMasker(geometryOf(facts, framesPerPart, le), { regions, overlayBits });
+}
+
 /** A multipart of frames or bulk data passed through part by part (pixels only, no header). */
-function passParts(rc: RequestContext, up: UpstreamResponse, defaultType: string): Reply {
+function passParts(rc: RequestContext, up: UpstreamResponse, defaultType: string, clean?: (littleEndian: boolean) => (c: Buffer) => Buffer): Reply {
   expectType(up, 'multipart/related');
   const boundary = newBoundary();
   const upCt = parseContentType(up.contentType);
@@ -557,6 +626,16 @@ function passParts(rc: RequestContext, up: UpstreamResponse, defaultType: string
         safe = `${parsed.type}${ts && /^[0-9.]{1,64}$/.test(ts) ? `; transfer-syntax=${ts}` : ''}`;
       } catch {
         safe = 'application/octet-stream';
+      }
+      if (clean) {
+        // Cleaning needs native bytes: a compressed part cannot be cleaned and is refused.
+        let ts: string | undefined;
+        try { ts = parseContentType(ct).params['transfer-syntax']; } catch { ts = undefined; }
+        const le = NATIVE_TS[ts ?? '1.2.840.10008.1.2.1'];
+        if (le === undefined || !/^application\/octet-stream/i.test(safe)) throw new GatewayError('PIXELS_WITHHELD', 'this instance\'s pixels must be cleaned, and the PACS sent them compressed');
+        const t = clean(le);
+        yield { headers: { 'content-type': safe }, body: (async function* () { for await (const c of part.body) yield t(c); })() };
+        continue;
       }
       yield { headers: { 'content-type': safe }, body: part.body };
     }
@@ -577,10 +656,12 @@ export async function frames(rc: RequestContext, p: { study: string; series: str
   const series = originalUid(rc, p.series);
   const sop = originalUid(rc, p.instance);
   const facts = await requirePixels(rc, study, series, sop);
-  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/frames/${p.frames}`, frameAccept(accept));
+  // Frames of an instance that must be cleaned are asked for uncompressed and cleaned here.
+  const clean = partCleaner(rc, facts, 1);
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/frames/${p.frames}`, clean ? 'multipart/related; type="application/octet-stream"' : frameAccept(accept));
   rc.note.instances++;
   noteStudy(rc.note, study, p.study, facts.scope?.[TAG.patientId], 1);
-  return passParts(rc, up, 'application/octet-stream');
+  return passParts(rc, up, 'application/octet-stream', clean);
 }
 
 function frameAccept(accept: string | undefined): string {
@@ -627,8 +708,105 @@ export async function bulk(rc: RequestContext, p: { study: string; series: strin
   if (top === 0x7fe00010 || top === 0x7fe00008 || top === 0x7fe00009 || (top >>> 16) === 0x5400 || ((top >>> 16) & 0xff01) === 0x6000) {
     facts = await requirePixels(rc, study, series, sop);
   }
-  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/bulk/${p.path.toLowerCase()}`, accept && /multipart\/related/i.test(accept) ? frameAccept(accept) : 'multipart/related; type="application/octet-stream"');
+  const clean = facts && top === 0x7fe00010 ? partCleaner(rc, facts, Number(facts.numberOfFrames ?? '1') || 1) : undefined;
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/bulk/${p.path.toLowerCase()}`, accept && /multipart\/related/i.test(accept) && !clean ? frameAccept(accept) : 'multipart/related; type="application/octet-stream"');
   rc.note.instances++;
   noteStudy(rc.note, study, p.study, facts?.scope?.[TAG.patientId], 1);
-  return passParts(rc, up, 'application/octet-stream');
+  return passParts(rc, up, 'application/octet-stream', clean);
+}
+
+/** The image format a client accepts for rendered resources (JPEG unless it prefers PNG). */
+export function renderedFormat(accept: string | undefined): 'png' | 'jpeg' {
+  if (!accept || accept.trim() === '') return 'jpeg';
+  const ranges = accept.split(',').map((r) => r.split(';')[0]!.trim().toLowerCase());
+  for (const r of ranges) {
+    if (r === 'image/jpeg' || r === 'image/*' || r === '*/*') return 'jpeg';
+    if (r === 'image/png') return 'png';
+  }
+  throw new GatewayError('NOT_ACCEPTABLE', 'rendered resources are served as image/jpeg or image/png');
+}
+
+function renderParams(params: URLSearchParams, thumbnail: boolean): { window?: { center: number; width: number }; viewport?: { width: number; height: number }; quality?: number } {
+  const out: { window?: { center: number; width: number }; viewport?: { width: number; height: number }; quality?: number } = {};
+  const w = params.get('window');
+  if (w !== null) {
+    const m = /^(-?\d+(?:\.\d+)?),(\d+(?:\.\d+)?)(?:,(linear))?$/i.exec(w.trim());
+    if (!m || Number(m[2]) < 1) throw new GatewayError('BAD_QUERY', 'window must be center,width[,linear] with width ≥ 1');
+    out.window = { center: Number(m[1]), width: Number(m[2]) };
+  }
+  const v = params.get('viewport');
+  if (v !== null) {
+    const m = /^(\d{1,5}),(\d{1,5})$/.exec(v.trim());
+    if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) throw new GatewayError('BAD_QUERY', 'viewport must be width,height in pixels');
+    out.viewport = { width: Number(m[1]), height: Number(m[2]) };
+  } else if (thumbnail) {
+    out.viewport = { width: 128, height: 128 };
+  }
+  const q = params.get('quality');
+  if (q !== null) {
+    if (!/^\d{1,3}$/.test(q) || Number(q) < 1 || Number(q) > 100) throw new GatewayError('BAD_QUERY', 'quality must be 1–100');
+    out.quality = Number(q);
+  }
+  return out;
+}
+
+/**
+ * WADO-RS rendered and thumbnail resources (PS3.18 8.3.5), made by the gateway from the
+ * de-identified, masked instance — never the PACS's rendering. Instance and frame level; a
+ * study or series thumbnail shows a representative instance (the first, in UID order, whose
+ * pixels this client may receive).
+ */
+export async function rendered(rc: RequestContext, p: { study: string; series?: string; instance?: string; frame?: string }, accept: string | undefined, params: URLSearchParams, thumbnail: boolean): Promise<Reply> {
+  const format = renderedFormat(accept);
+  const opts = renderParams(params, thumbnail);
+  let frame = 1;
+  if (p.frame !== undefined) {
+    if (!/^\d{1,9}$/.test(p.frame) || Number(p.frame) < 1) throw new GatewayError('BAD_QUERY', 'a rendered frame is one positive frame number');
+    frame = Number(p.frame);
+  }
+  const study = originalUid(rc, p.study);
+  let series = p.series === undefined ? undefined : originalUid(rc, p.series);
+  let sop = p.instance === undefined ? undefined : originalUid(rc, p.instance);
+  let pseudoStudy = p.study;
+  if (sop === undefined) {
+    if (!thumbnail) throw new GatewayError('RENDERING_UNAVAILABLE', 'rendered images are served per instance or frame; thumbnails at every level');
+    await requireVisible(rc, p);
+    const all = [...(await pixelFacts(rc, study, series)).entries()].sort(([a], [b]) => a.localeCompare(b));
+    const pick = all.find(([, f]) => f.rows !== undefined && decide(rc, f).allow && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid]);
+    if (!pick) throw new GatewayError('PIXELS_WITHHELD', 'no instance here has pixels this client may receive');
+    sop = pick[0];
+    series = pick[1].scope![TAG.seriesUid]!;
+  }
+  if (series === undefined) throw new GatewayError('NOT_FOUND', 'no such resource');
+  const facts = await requirePixels(rc, study, series, sop);
+  const decision = decide(rc, facts);
+  // The instance, uncompressed, through the engine: the same de-identification and masking as
+  // a retrieve; held in memory (bounded) only to draw it.
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"');
+  expectType(up, 'multipart/related');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
+    if (chunks.length) { for await (const _ of part.body) { /* only the first part */ } continue; }
+    const out = deidentifyPart10(part.body, rc.client.ctx, {
+      maxHeaderBytes: rc.maxHeaderBytes,
+      onInstance: (i) => { pseudoStudy = i.pseudonymous.study; },
+      admit: (attr) => {
+        if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
+        return decision.allow && decision.mask ? { mask: decision.mask } : undefined;
+      },
+    });
+    for await (const c of out) {
+      size += c.length;
+      if (size > rc.maxRenderBytes) throw new GatewayError('RENDERING_UNAVAILABLE', `this instance is larger than engine.maxRenderBytes (${rc.maxRenderBytes} bytes) and is not rendered`);
+      chunks.push(c);
+    }
+  }
+  if (!chunks.length) throw new GatewayError('NOT_FOUND', 'no such resource');
+  const inst = readInstanceSync(Buffer.concat(chunks), (b) => inflateRawSync(b));
+  if (!inst.pixel) throw new GatewayError('RENDERING_UNAVAILABLE', 'this instance has no native pixel data to render');
+  const image = renderFrame({ elements: inst.elements, transferSyntax: inst.transferSyntax, pixel: inst.pixel }, { frame, format, ...opts });
+  rc.note.instances++;
+  noteStudy(rc.note, study, pseudoStudy, facts.scope?.[TAG.patientId], 1);
+  return { status: 200, headers: { 'content-type': format === 'png' ? 'image/png' : 'image/jpeg' }, body: withFlush(rc, (async function* () { yield image; })()) };
 }

@@ -11,6 +11,11 @@ import type { PixelFacts } from './pixels.js';
 
 export interface InstanceFacts extends PixelFacts {
   readonly rows?: string | undefined;
+  readonly bitsAllocated?: string | undefined;
+  readonly planarConfiguration?: string | undefined;
+  readonly photometric?: string | undefined;
+  /** Bit positions of overlays embedded in the pixel cells. */
+  readonly overlayBits?: readonly number[] | undefined;
   /** Original values of the attributes the scope rules read (policy/scope.ts TAG), by tag. */
   readonly scope?: Readonly<Record<number, string>> | undefined;
 }

@@ -1,42 +1,102 @@
 /**
- * Which instances' pixels may leave (issue 3's default; issue 6 refines it with masking).
- * An instance whose Burned In Annotation (0028,0301) is anything but NO is withheld. Where
- * the attribute is absent, instances of kinds that customarily carry burned-in text —
- * ultrasound, secondary capture and screen captures, other/external cameras, endoscopy,
- * documents and video — are withheld too; the rest (CT, MR, PT, NM, CR, DX, MG…) pass.
+ * Which instances' pixels may leave, and how (issue 6).
+ *
+ * Risk classification per instance, on original attributes:
+ *  - Burned In Annotation (0028,0301) other than NO;
+ *  - Recognizable Visual Features (0028,0302) YES (a face, a tattoo…);
+ *  - where Burned In Annotation is absent, kinds that customarily carry burned-in text:
+ *    ultrasound, secondary capture and screen captures, other/external cameras, endoscopy,
+ *    documents and video (modality or SOP class), derived SECONDARY images (screen grabs, dose
+ *    screens), multi-frame true colour;
+ *  - encapsulated documents (PDF, CDA, STL…) are always risky.
+ * Burned In Annotation = NO, stated by the modality, clears the kind-based suspicion (not
+ * Recognizable Visual Features, not documents).
+ *
+ * Per client, a risky instance is withheld (default), masked (a region rule keyed by
+ * Manufacturer, Model, Rows and Columns — CTP's pixel anonymizer approach — must cover it,
+ * else it is withheld), or allowed (explicit, and audited).
  */
+import type { Region } from '../deid/pixel-mask.js';
 
 export interface PixelFacts {
   readonly burnedInAnnotation?: string | undefined;
+  readonly recognizableVisualFeatures?: string | undefined;
   readonly modality?: string | undefined;
   readonly sopClassUid?: string | undefined;
   readonly imageType?: string | undefined;
+  readonly manufacturer?: string | undefined;
+  readonly model?: string | undefined;
+  readonly rows?: string | undefined;
+  readonly columns?: string | undefined;
+  readonly samplesPerPixel?: string | undefined;
+  readonly numberOfFrames?: string | undefined;
 }
 
-export type PixelDecision = { readonly allow: true } | { readonly allow: false; readonly reason: string };
+export interface MaskRule {
+  /** Each given key must match (case-insensitive, trimmed); an omitted key matches anything. */
+  readonly match: { readonly manufacturer?: string | undefined; readonly model?: string | undefined; readonly rows?: number | undefined; readonly columns?: number | undefined };
+  readonly regions: readonly Region[];
+}
+
+export interface PixelPolicy {
+  readonly risky: 'withhold' | 'mask' | 'allow';
+  readonly masks: readonly MaskRule[];
+}
+
+export const DEFAULT_PIXEL_POLICY: PixelPolicy = { risky: 'withhold', masks: [] };
+
+export type PixelDecision =
+  | { readonly allow: true; readonly mask?: readonly Region[] | undefined; readonly risk?: string | undefined }
+  | { readonly allow: false; readonly reason: string };
 
 const RISKY_MODALITIES = new Set(['US', 'IVUS', 'SC', 'OT', 'XC', 'ES', 'GM', 'SM', 'DOC', 'VIDEO', 'OP', 'OPT']);
+const DOCUMENT_SOP_PREFIX = '1.2.840.10008.5.1.4.1.1.104'; // Encapsulated PDF, CDA, STL, OBJ, MTL
 const RISKY_SOP_PREFIXES = [
-  '1.2.840.10008.5.1.4.1.1.7', // Secondary Capture family
-  '1.2.840.10008.5.1.4.1.1.104', // Encapsulated PDF/CDA/STL…
+  '1.2.840.10008.5.1.4.1.1.7', // Secondary Capture family (incl. multi-frame SC)
   '1.2.840.10008.5.1.4.1.1.77.1.4.1', // Video photographic
   '1.2.840.10008.5.1.4.1.1.77.1.1.1', // Video endoscopic
   '1.2.840.10008.5.1.4.1.1.77.1.2.1', // Video microscopic
-  '1.2.840.10008.5.1.4.1.1.6', // Ultrasound
+  '1.2.840.10008.5.1.4.1.1.77.1.4', // VL photographic
+  '1.2.840.10008.5.1.4.1.1.77.1.1', // VL endoscopic
+  '1.2.840.10008.5.1.4.1.1.6', // Ultrasound (and multi-frame)
   '1.2.840.10008.5.1.4.1.1.3', // Ultrasound multi-frame (retired)
 ];
+const has = (sop: string, p: string): boolean => sop === p || sop.startsWith(`${p}.`);
 
-export function pixelDecision(f: PixelFacts): PixelDecision {
+/** The reason an instance's pixels are risky, or undefined. */
+export function pixelRisk(f: PixelFacts): string | undefined {
+  const sop = f.sopClassUid?.trim() ?? '';
+  if (sop && has(sop, DOCUMENT_SOP_PREFIX)) return 'encapsulated document';
+  if (f.recognizableVisualFeatures?.trim().toUpperCase() === 'YES') return 'Recognizable Visual Features is YES';
   const bia = f.burnedInAnnotation?.trim().toUpperCase();
-  if (bia !== undefined && bia !== '') {
-    return bia === 'NO' ? { allow: true } : { allow: false, reason: 'Burned In Annotation is not NO' };
-  }
+  if (bia !== undefined && bia !== '') return bia === 'NO' ? undefined : 'Burned In Annotation is not NO';
   const modality = f.modality?.trim().toUpperCase();
-  if (modality && RISKY_MODALITIES.has(modality)) return { allow: false, reason: `modality ${modality} without Burned In Annotation = NO` };
-  const sop = f.sopClassUid?.trim();
-  if (sop && RISKY_SOP_PREFIXES.some((p) => sop === p || sop.startsWith(`${p}.`))) return { allow: false, reason: 'SOP class that may carry burned-in text' };
-  if (f.imageType && /\b(SECONDARY)\b/i.test(f.imageType) && /\bDERIVED\b/i.test(f.imageType) && !modality) {
-    return { allow: false, reason: 'derived secondary image without Burned In Annotation = NO' };
+  if (modality && RISKY_MODALITIES.has(modality)) return `modality ${modality} without Burned In Annotation = NO`;
+  if (sop && RISKY_SOP_PREFIXES.some((p) => has(sop, p))) return 'SOP class that may carry burned-in text';
+  if (f.imageType && /\bSECONDARY\b/i.test(f.imageType) && /\bDERIVED\b/i.test(f.imageType)) return 'derived secondary image without Burned In Annotation = NO';
+  if (f.samplesPerPixel?.trim() === '3' && Number(f.numberOfFrames ?? '1') > 1) return 'multi-frame true colour without Burned In Annotation = NO';
+  return undefined;
+}
+
+const same = (a: string | undefined, b: string | undefined): boolean => (a ?? '').trim().toUpperCase() === (b ?? '').trim().toUpperCase();
+
+/** The first mask rule that covers the instance (device and image size), if any. */
+export function maskRuleFor(f: PixelFacts, rules: readonly MaskRule[]): MaskRule | undefined {
+  return rules.find((r) => (r.match.manufacturer === undefined || same(r.match.manufacturer, f.manufacturer))
+    && (r.match.model === undefined || same(r.match.model, f.model))
+    && (r.match.rows === undefined || Number(f.rows) === r.match.rows)
+    && (r.match.columns === undefined || Number(f.columns) === r.match.columns));
+}
+
+export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY): PixelDecision {
+  const risk = pixelRisk(f);
+  if (risk === undefined) return { allow: true };
+  if (risk === 'encapsulated document' && policy.risky !== 'allow') return { allow: false, reason: 'an encapsulated document cannot be masked' };
+  if (policy.risky === 'allow') return { allow: true, risk };
+  if (policy.risky === 'mask') {
+    const rule = maskRuleFor(f, policy.masks);
+    if (rule) return { allow: true, mask: rule.regions, risk };
+    return { allow: false, reason: `${risk}, and no mask rule covers this device and image size` };
   }
-  return { allow: true };
+  return { allow: false, reason: risk };
 }

@@ -194,14 +194,23 @@ describe('gateway against a real Orthanc', () => {
     }
   });
 
-  test('rendered and thumbnail are refused; /bulk of a removed attribute is 404', async () => {
+  test('rendered and thumbnail are made by the gateway; /bulk of a removed attribute is 404', async () => {
     const st = json(await get('/dicom-web/studies?ModalitiesInStudy=CT'))[0]!;
     const s = first(st, '0020000D')!;
     const inst = json(await get(`/dicom-web/studies/${s}/instances`)).find((x) => first(x, '00080060') === 'CT')!;
     const base = `/dicom-web/studies/${s}/series/${first(inst, '0020000E')}/instances/${first(inst, '00080018')}`;
-    assert.equal((await get(`${base}/rendered`)).status, 406);
-    assert.equal((await get(`${base}/thumbnail`)).status, 406);
-    assert.equal((await get(`/dicom-web/studies/${s}/rendered`)).status, 406);
+    const jpegImg = await get(`${base}/rendered`);
+    assert.equal(jpegImg.status, 200);
+    assert.match(jpegImg.headers, /content-type: image\/jpeg/);
+    assert.equal(jpegImg.body.subarray(0, 2).toString('hex'), 'ffd8', 'a JPEG');
+    const pngImg = await get(`${base}/frames/1/rendered`, { accept: 'image/png' });
+    assert.equal(pngImg.status, 200);
+    assert.equal(pngImg.body.subarray(1, 4).toString('latin1'), 'PNG');
+    assert.equal((await get(`${base}/thumbnail`)).status, 200);
+    assert.equal((await get(`/dicom-web/studies/${s}/thumbnail`)).status, 200, 'a study thumbnail shows a representative instance');
+    assert.equal((await get(`/dicom-web/studies/${s}/rendered`)).status, 406, 'study-level rendered is not served');
+    assert.equal((await get(`${base}/rendered`, { accept: 'image/gif' })).status, 406);
+    assert.equal((await get(`${base}/rendered?window=40`)).status, 400);
     assert.equal((await get(`${base}/bulk/00100010`)).status, 404); // the PACS would send PatientName
     assert.equal((await get(`${base}/bulk/7fe00010`)).status, 200);
   });

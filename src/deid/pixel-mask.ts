@@ -50,7 +50,7 @@ export function checkGeometry(g: PixelGeometry): void {
   if (![8, 16, 32].includes(g.bitsAllocated)) throw bad(`pixel data with Bits Allocated ${g.bitsAllocated} cannot be cleaned`);
   if (!(g.rows > 0 && g.columns > 0 && g.frames > 0 && (g.samplesPerPixel === 1 || g.samplesPerPixel === 3))) throw bad('pixel data whose geometry (rows, columns, samples, frames) cannot be read cannot be cleaned');
   if (g.samplesPerPixel === 3 && g.planarConfiguration !== 0 && g.planarConfiguration !== 1) throw bad('unknown planar configuration');
-  if (/^YBR_(PARTIAL_)?422$|^YBR_PARTIAL_420$/.test(g.photometric)) throw bad(`${g.photometric} (subsampled chroma) cannot be cleaned natively`);
+  if (/^YBR_(FULL|PARTIAL)_42[02]$/.test(g.photometric)) throw bad(`${g.photometric} (subsampled chroma) cannot be cleaned natively`);
 }
 
 /** Sorted, merged byte ranges [start, end) of the regions in the whole pixel data, with each range's fill byte. */

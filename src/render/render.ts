@@ -89,8 +89,9 @@ export function frameToRgb8(src: RenderSource, frame: number, window?: { center:
     if (!Number.isFinite(center) || !Number.isFinite(width) || width < 1) {
       let lo = Infinity, hi = -Infinity;
       for (let i = 0; i < n; i++) { const v = read(i) * slope + intercept; if (v < lo) lo = v; if (v > hi) hi = v; }
-      center = (lo + hi) / 2;
-      width = Math.max(1, hi - lo + 1);
+      // The range maps onto 0–255 exactly under the linear function below.
+      center = (lo + hi) / 2 + 0.5;
+      width = Math.max(2, hi - lo + 1);
     }
     const invert = photometric === 'MONOCHROME1';
     for (let i = 0; i < n; i++) {

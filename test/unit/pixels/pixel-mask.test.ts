@@ -1,0 +1,181 @@
+/**
+ * Masking as it streams: every frame, photometric interpretation, planar configuration, bit
+ * depth and byte order, at any chunking, against a naive per-pixel reference; embedded overlay
+ * bits; the Part 10 engine's use of it; the risk classification and per-client decision.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { pixelMasker, type PixelGeometry, type Region } from '../../../src/deid/pixel-mask.js';
+import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
+import { readInstanceSync } from '../../../src/dicom/part10.js';
+import { GatewayError } from '../../../src/core/errors.js';
+import { pixelDecision, pixelRisk } from '../../../src/policy/pixels.js';
+import { encodePart10, encapsulatedPixelData, type El } from '../../helpers/dicom-builder.js';
+import { engine } from '../../helpers/fixtures.js';
+import { mulberry32 } from '../../helpers/prng.js';
+import { inflateRawSync } from 'node:zlib';
+
+/** Reference: the value each (frame, row, column, sample) cell must have after masking. */
+function reference(g: PixelGeometry, input: Buffer, regions: Region[]): Buffer {
+  const out = Buffer.from(input);
+  const bpp = g.bitsAllocated / 8;
+  const chroma = g.photometric.startsWith('YBR') && g.samplesPerPixel === 3;
+  for (let f = 0; f < g.frames; f++) for (let y = 0; y < g.rows; y++) for (let x = 0; x < g.columns; x++) {
+    if (!regions.some((r) => x >= r.x && x < r.x + r.width && y >= r.y && y < r.y + r.height)) continue;
+    for (let s = 0; s < g.samplesPerPixel; s++) {
+      const cell = g.planarConfiguration === 1 && g.samplesPerPixel === 3
+        ? f * g.rows * g.columns * 3 + s * g.rows * g.columns + y * g.columns + x
+        : ((f * g.rows + y) * g.columns + x) * g.samplesPerPixel + s;
+      const v = chroma && s > 0 ? 1 << (g.bitsAllocated - 1) : 0;
+      const o = cell * bpp;
+      if (bpp === 1) out[o] = v;
+      else if (bpp === 2) (g.littleEndian ? out.writeUInt16LE(v, o) : out.writeUInt16BE(v, o));
+      else (g.littleEndian ? out.writeUInt32LE(v, o) : out.writeUInt32BE(v, o));
+    }
+  }
+  return out;
+}
+
+function run(g: PixelGeometry, input: Buffer, regions: Region[], overlayBits: number[], chunkSizes: () => number): Buffer {
+  const m = pixelMasker(g, { regions, overlayBits });
+  const parts: Buffer[] = [];
+  for (let at = 0; at < input.length;) {
+    const n = Math.min(input.length - at, Math.max(1, chunkSizes()));
+    parts.push(m(input.subarray(at, at + n)));
+    at += n;
+  }
+  return Buffer.concat(parts);
+}
+
+const GEOMETRIES: [string, PixelGeometry][] = [
+  ['MONOCHROME2 8-bit', { rows: 9, columns: 11, samplesPerPixel: 1, bitsAllocated: 8, planarConfiguration: 0, frames: 2, photometric: 'MONOCHROME2', littleEndian: true }],
+  ['MONOCHROME1 16-bit LE', { rows: 7, columns: 13, samplesPerPixel: 1, bitsAllocated: 16, planarConfiguration: 0, frames: 3, photometric: 'MONOCHROME1', littleEndian: true }],
+  ['MONOCHROME2 16-bit BE', { rows: 7, columns: 13, samplesPerPixel: 1, bitsAllocated: 16, planarConfiguration: 0, frames: 1, photometric: 'MONOCHROME2', littleEndian: false }],
+  ['MONOCHROME2 32-bit', { rows: 5, columns: 6, samplesPerPixel: 1, bitsAllocated: 32, planarConfiguration: 0, frames: 2, photometric: 'MONOCHROME2', littleEndian: true }],
+  ['RGB interleaved', { rows: 10, columns: 12, samplesPerPixel: 3, bitsAllocated: 8, planarConfiguration: 0, frames: 3, photometric: 'RGB', littleEndian: true }],
+  ['RGB planar', { rows: 10, columns: 12, samplesPerPixel: 3, bitsAllocated: 8, planarConfiguration: 1, frames: 2, photometric: 'RGB', littleEndian: true }],
+  ['YBR_FULL interleaved', { rows: 8, columns: 8, samplesPerPixel: 3, bitsAllocated: 8, planarConfiguration: 0, frames: 2, photometric: 'YBR_FULL', littleEndian: true }],
+  ['YBR_FULL planar 16-bit', { rows: 8, columns: 8, samplesPerPixel: 3, bitsAllocated: 16, planarConfiguration: 1, frames: 1, photometric: 'YBR_FULL', littleEndian: true }],
+  ['PALETTE COLOR', { rows: 6, columns: 9, samplesPerPixel: 1, bitsAllocated: 8, planarConfiguration: 0, frames: 1, photometric: 'PALETTE COLOR', littleEndian: true }],
+];
+const REGIONS: Region[] = [{ x: 0, y: 0, width: 5, height: 2 }, { x: 3, y: 1, width: 4, height: 3 }, { x: 100, y: 100, width: 5, height: 5 }];
+
+describe('pixel masking', () => {
+  for (const [name, g] of GEOMETRIES) {
+    test(`${name}: regions blanked in every frame, every other byte unchanged, at any chunking`, () => {
+      const rnd = mulberry32(7);
+      const bytes = g.rows * g.columns * g.samplesPerPixel * (g.bitsAllocated / 8) * g.frames;
+      const input = Buffer.from(Array.from({ length: bytes }, () => 1 + Math.floor(rnd() * 254)));
+      const copy = Buffer.from(input);
+      const want = reference(g, input, REGIONS);
+      for (const [label, size] of [['whole', () => bytes], ['1-byte', () => 1], ['random', () => 1 + Math.floor(rnd() * 17)]] as const) {
+        assert.ok(run(g, input, REGIONS, [], size).equals(want), `${label} chunks`);
+      }
+      assert.ok(input.equals(copy), 'the input buffers are never written');
+      assert.ok(!want.equals(input), 'the regions changed something');
+    });
+  }
+
+  test('embedded overlay bits are cleared in every cell and nothing else changes', () => {
+    for (const le of [true, false]) {
+      const g: PixelGeometry = { rows: 4, columns: 5, samplesPerPixel: 1, bitsAllocated: 16, planarConfiguration: 0, frames: 2, photometric: 'MONOCHROME2', littleEndian: le };
+      const input = Buffer.alloc(4 * 5 * 2 * 2);
+      for (let i = 0; i < 40; i++) le ? input.writeUInt16LE(0xf000 | (i * 37) & 0x0fff, i * 2) : input.writeUInt16BE(0xf000 | (i * 37) & 0x0fff, i * 2);
+      const out = run(g, input, [], [12, 14], () => 3);
+      for (let i = 0; i < 40; i++) {
+        const a = le ? input.readUInt16LE(i * 2) : input.readUInt16BE(i * 2);
+        const b = le ? out.readUInt16LE(i * 2) : out.readUInt16BE(i * 2);
+        assert.equal(b, a & ~((1 << 12) | (1 << 14)), `cell ${i} (${le ? 'LE' : 'BE'})`);
+      }
+    }
+  });
+
+  test('geometry that cannot be cleaned is refused', () => {
+    const base: PixelGeometry = { rows: 4, columns: 4, samplesPerPixel: 1, bitsAllocated: 8, planarConfiguration: 0, frames: 1, photometric: 'MONOCHROME2', littleEndian: true };
+    for (const g of [{ ...base, bitsAllocated: 1 }, { ...base, rows: Number.NaN }, { ...base, samplesPerPixel: 3, photometric: 'YBR_FULL_422' }]) {
+      assert.throws(() => pixelMasker(g, { regions: REGIONS, overlayBits: [] }), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');
+    }
+  });
+});
+
+function usFile(opts: { encapsulated?: boolean; badLength?: boolean } = {}): { file: Buffer; pixels: Buffer } {
+  const rows = 16, cols = 24, frames = 3;
+  const pixels = Buffer.alloc(rows * cols * 3 * frames);
+  for (let i = 0; i < pixels.length; i++) pixels[i] = 10 + (i % 200);
+  const els: El[] = [
+    { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.3.1' },
+    { tag: 0x00080018, vr: 'UI', value: '1.2.3.4.5.6' },
+    { tag: 0x00080060, vr: 'CS', value: 'US' },
+    { tag: 0x00080070, vr: 'LO', value: 'ACME' },
+    { tag: 0x00081090, vr: 'LO', value: 'SONO-1' },
+    { tag: 0x00100010, vr: 'PN', value: 'BURNED^IN' },
+    { tag: 0x0020000d, vr: 'UI', value: '1.2.3.4' },
+    { tag: 0x0020000e, vr: 'UI', value: '1.2.3.4.5' },
+    { tag: 0x00280002, vr: 'US', value: [3] },
+    { tag: 0x00280004, vr: 'CS', value: 'RGB' },
+    { tag: 0x00280006, vr: 'US', value: [0] },
+    { tag: 0x00280008, vr: 'IS', value: String(frames) },
+    { tag: 0x00280010, vr: 'US', value: [rows] },
+    { tag: 0x00280011, vr: 'US', value: [cols] },
+    { tag: 0x00280100, vr: 'US', value: [8] },
+    { tag: 0x00280101, vr: 'US', value: [8] },
+    { tag: 0x00280102, vr: 'US', value: [7] },
+    { tag: 0x00280103, vr: 'US', value: [0] },
+    { tag: 0x00280301, vr: 'CS', value: 'YES' },
+    opts.encapsulated ? encapsulatedPixelData([Buffer.alloc(0), Buffer.alloc(100, 1)]) : { tag: 0x7fe00010, vr: 'OB', value: opts.badLength ? pixels.subarray(0, pixels.length - 2) : pixels },
+  ];
+  return { file: encodePart10(els, { ts: 'explicitLE', ...(opts.encapsulated ? { meta: { transferSyntaxUid: '1.2.840.10008.1.2.5' } } : {}) }), pixels };
+}
+
+describe('the Part 10 engine with a mask', () => {
+  const band: Region[] = [{ x: 0, y: 0, width: 10, height: 3 }];
+
+  test('the band is gone in every frame, the rest is bit-exact; Burned In Annotation NO and 113101', async () => {
+    const { file, pixels } = usFile();
+    const out = await deidentifyPart10Buffer(file, engine(), { admit: () => ({ mask: band }) });
+    const inst = readInstanceSync(out, inflateRawSync);
+    const g: PixelGeometry = { rows: 16, columns: 24, samplesPerPixel: 3, bitsAllocated: 8, planarConfiguration: 0, frames: 3, photometric: 'RGB', littleEndian: true };
+    assert.ok(inst.pixel!.equals(reference(g, pixels, band)), 'exactly the band, in every frame');
+    const text = out.toString('latin1');
+    const bia = inst.elements.find((e) => e.tag === 0x00280301)!;
+    assert.equal(bia.value!.toString('latin1').trim(), 'NO');
+    assert.ok(text.includes('113101') && text.includes('Clean Pixel Data'), 'the method code sequence names Clean Pixel Data');
+    const plain = await deidentifyPart10Buffer(file, engine(), { admit: () => undefined });
+    assert.equal(readInstanceSync(plain, inflateRawSync).elements.find((e) => e.tag === 0x00280301)!.value!.toString('latin1').trim(), 'YES', 'without a mask, Burned In Annotation is not touched');
+    assert.ok(!plain.toString('latin1').includes('113101'));
+    assert.ok(readInstanceSync(plain, inflateRawSync).pixel!.equals(pixels), 'without a mask, pixels pass unchanged');
+  });
+
+  test('compressed pixel data or a length that does not fit the geometry cannot be masked', async () => {
+    for (const f of [usFile({ encapsulated: true }).file, usFile({ badLength: true }).file]) {
+      await assert.rejects(deidentifyPart10Buffer(f, engine(), { admit: () => ({ mask: band }) }), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');
+    }
+  });
+});
+
+describe('risk classification and per-client decision', () => {
+  const cases: [string, Record<string, string>, string | undefined][] = [
+    ['CT, Burned In Annotation absent', { modality: 'CT', sopClassUid: '1.2.840.10008.5.1.4.1.1.2' }, undefined],
+    ['CT with Burned In Annotation YES', { modality: 'CT', burnedInAnnotation: 'YES' }, 'Burned In Annotation is not NO'],
+    ['US without Burned In Annotation', { modality: 'US' }, 'modality US without Burned In Annotation = NO'],
+    ['US stating NO', { modality: 'US', burnedInAnnotation: 'NO' }, undefined],
+    ['recognizable visual features', { modality: 'CT', burnedInAnnotation: 'NO', recognizableVisualFeatures: 'YES' }, 'Recognizable Visual Features is YES'],
+    ['encapsulated PDF', { sopClassUid: '1.2.840.10008.5.1.4.1.1.104.1', burnedInAnnotation: 'NO' }, 'encapsulated document'],
+    ['secondary capture by SOP class', { sopClassUid: '1.2.840.10008.5.1.4.1.1.7' }, 'SOP class that may carry burned-in text'],
+    ['derived secondary (dose screen)', { modality: 'CT', imageType: 'DERIVED\\SECONDARY\\SCREEN SAVE' }, 'derived secondary image without Burned In Annotation = NO'],
+    ['multi-frame true colour', { modality: 'XA', samplesPerPixel: '3', numberOfFrames: '20' }, 'multi-frame true colour without Burned In Annotation = NO'],
+  ];
+  for (const [name, f, want] of cases) test(`risk: ${name}`, () => { assert.equal(pixelRisk(f), want); });
+
+  test('withhold (default), mask under a matching rule only, allow (with the risk named)', () => {
+    const us = { modality: 'US', manufacturer: 'Acme ', model: 'SONO-1', rows: '16', columns: '24' };
+    assert.equal(pixelDecision(us).allow, false);
+    const rule = { match: { manufacturer: 'ACME', model: 'sono-1', rows: 16, columns: 24 }, regions: [{ x: 0, y: 0, width: 5, height: 5 }] };
+    assert.deepEqual(pixelDecision(us, { risky: 'mask', masks: [rule] }), { allow: true, mask: rule.regions, risk: 'modality US without Burned In Annotation = NO' });
+    const other = pixelDecision({ ...us, columns: '32' }, { risky: 'mask', masks: [rule] });
+    assert.equal(other.allow, false, 'another image size is not covered');
+    assert.match((other as { reason: string }).reason, /no mask rule covers this device and image size/);
+    assert.deepEqual(pixelDecision(us, { risky: 'allow', masks: [] }), { allow: true, risk: 'modality US without Burned In Annotation = NO' });
+    assert.equal(pixelDecision({ sopClassUid: '1.2.840.10008.5.1.4.1.1.104.1' }, { risky: 'mask', masks: [{ match: {}, regions: rule.regions }] }).allow, false, 'a document cannot be masked');
+  });
+});

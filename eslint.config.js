@@ -30,4 +30,5 @@ export default tseslint.config(
   layer(['deid', 'core'], ['dcmjs', 'node-cache', 'better-sqlite3']),
   layer(['pseudonym'], ['dcmjs']),
   layer(['dicom'], ['node-cache', 'better-sqlite3']),
+  layer(['render'], ['dcmjs', 'node-cache', 'better-sqlite3']),
 );

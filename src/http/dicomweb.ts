@@ -440,7 +440,15 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const ctx = rc.client.ctx;
   const note = rc.note;
   const maxHeaderBytes = rc.maxHeaderBytes;
+  let sent = 0;
   async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
+    yield* admittedParts();
+    // Nothing left to send (every instance refused in the stream): a multipart needs a part
+    // (RFC 2046 5.1.1), and nothing has been written yet, so this is still a clean problem.
+    if (sent === 0 && note.withheld > 0) throw new GatewayError('PIXELS_WITHHELD', 'every instance asked for is withheld by the pixel policy');
+    if (sent === 0) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'out-of-scope:all-instances' });
+  }
+  async function* admittedParts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
     for await (const part of readMultipart(up.body, upBoundary, { sniffBoundary: true })) {
       const out = admitPart(part);
       // Pull the first chunk here: a withheld instance is skipped before its part begins.
@@ -457,6 +465,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         throw e;
       }
       note.instances++;
+      sent++;
       if (maskedPart) note.masked++;
       const partTs = partTransferSyntax(part);
       yield {

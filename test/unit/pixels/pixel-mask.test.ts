@@ -29,8 +29,9 @@ function reference(g: PixelGeometry, input: Buffer, regions: Region[]): Buffer {
       const v = chroma && s > 0 ? 1 << (g.bitsAllocated - 1) : 0;
       const o = cell * bpp;
       if (bpp === 1) out[o] = v;
-      else if (bpp === 2) (g.littleEndian ? out.writeUInt16LE(v, o) : out.writeUInt16BE(v, o));
-      else (g.littleEndian ? out.writeUInt32LE(v, o) : out.writeUInt32BE(v, o));
+      else if (bpp === 2) { if (g.littleEndian) out.writeUInt16LE(v, o); else out.writeUInt16BE(v, o); }
+      else if (g.littleEndian) out.writeUInt32LE(v, o);
+      else out.writeUInt32BE(v, o);
     }
   }
   return out;
@@ -80,7 +81,10 @@ describe('pixel masking', () => {
     for (const le of [true, false]) {
       const g: PixelGeometry = { rows: 4, columns: 5, samplesPerPixel: 1, bitsAllocated: 16, planarConfiguration: 0, frames: 2, photometric: 'MONOCHROME2', littleEndian: le };
       const input = Buffer.alloc(4 * 5 * 2 * 2);
-      for (let i = 0; i < 40; i++) le ? input.writeUInt16LE(0xf000 | (i * 37) & 0x0fff, i * 2) : input.writeUInt16BE(0xf000 | (i * 37) & 0x0fff, i * 2);
+      for (let i = 0; i < 40; i++) {
+        const v = 0xf000 | ((i * 37) & 0x0fff);
+        if (le) input.writeUInt16LE(v, i * 2); else input.writeUInt16BE(v, i * 2);
+      }
       const out = run(g, input, [], [12, 14], () => 3);
       for (let i = 0; i < 40; i++) {
         const a = le ? input.readUInt16LE(i * 2) : input.readUInt16BE(i * 2);

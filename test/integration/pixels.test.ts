@@ -1,0 +1,310 @@
+/**
+ * Issue 6 against a real Orthanc: instances with a known burned-in band (multi-frame RGB,
+ * planar RGB, RLE-compressed), an instance of a device no rule covers, and a CT with an overlay
+ * embedded in unused pixel bits. Withheld by default; masked exactly under a rule (the band
+ * gone, every other byte unchanged) in retrieves, frames, bulk data and rendered images;
+ * compressed inputs negotiated to native or withheld; explicitly allowed and audited.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inflateRawSync, inflateSync } from 'node:zlib';
+import winston from 'winston';
+import { validateConfig } from '../../src/config/schema.js';
+import { readInstanceSync } from '../../src/dicom/part10.js';
+import { buildParts, startGateway, type Gateway } from '../../src/main.js';
+import { encodePart10, encapsulatedPixelData, type El } from '../helpers/dicom-builder.js';
+import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+
+const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
+const tok = (id: string): string => `${id}-token-0123456789`;
+const ROOT = '1.2.826.0.1.3680043.9.7433.6.';
+const STUDY = `${ROOT}1`;
+const ROWS = 32, COLS = 48;
+const BAND = { x: 0, y: 0, width: 24, height: 4 };
+const BAND_RGB = [196, 78, 167];
+
+interface Fixture { sop: string; series: string; file: Buffer; pixels: Buffer; frames: number; planar: number }
+
+/** RGB pixels: a gradient, with the burned-in band in every frame. */
+function rgbPixels(frames: number, planar: number): Buffer {
+  const n = ROWS * COLS;
+  const out = Buffer.alloc(n * 3 * frames);
+  for (let f = 0; f < frames; f++) for (let y = 0; y < ROWS; y++) for (let x = 0; x < COLS; x++) {
+    const inBand = x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
+    const rgb = inBand ? BAND_RGB : [(x * 5 + f * 7) % 256 || 1, (y * 7 + 3) % 256 || 1, (x + y + f * 11) % 256 || 1];
+    for (let s = 0; s < 3; s++) out[f * n * 3 + (planar ? s * n + y * COLS + x : (y * COLS + x) * 3 + s)] = rgb[s]!;
+  }
+  return out;
+}
+
+/** The expected output: the band's samples 0, everything else as it was. */
+function masked(pixels: Buffer, frames: number, planar: number): Buffer {
+  const out = Buffer.from(pixels);
+  const n = ROWS * COLS;
+  for (let f = 0; f < frames; f++) for (let y = BAND.y; y < BAND.y + BAND.height; y++) for (let x = BAND.x; x < BAND.x + BAND.width; x++) {
+    for (let s = 0; s < 3; s++) out[f * n * 3 + (planar ? s * n + y * COLS + x : (y * COLS + x) * 3 + s)] = 0;
+  }
+  return out;
+}
+
+/** PS3.5 Annex G RLE of one 8-bit RGB frame: three byte planes, literal runs only. */
+function rle(frame: Buffer): Buffer {
+  const n = ROWS * COLS;
+  const segs = [0, 1, 2].map((s) => {
+    const plane = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) plane[i] = frame[i * 3 + s]!;
+    const parts: Buffer[] = [];
+    for (let at = 0; at < n; at += 128) { const len = Math.min(128, n - at); parts.push(Buffer.from([len - 1]), plane.subarray(at, at + len)); }
+    const seg = Buffer.concat(parts);
+    return seg.length % 2 ? Buffer.concat([seg, Buffer.from([0])]) : seg;
+  });
+  const header = Buffer.alloc(64);
+  header.writeUInt32LE(3, 0);
+  let off = 64;
+  segs.forEach((seg, i) => { header.writeUInt32LE(off, 4 + i * 4); off += seg.length; });
+  return Buffer.concat([header, ...segs]);
+}
+
+function usInstance(k: number, opts: { frames: number; planar: number; model?: string; rle?: boolean }): Fixture {
+  const series = `${STUDY}.${k}`;
+  const sop = `${series}.1`;
+  const pixels = rgbPixels(opts.frames, opts.planar);
+  const els: El[] = [
+    { tag: 0x00080005, vr: 'CS', value: 'ISO_IR 100' },
+    { tag: 0x00080016, vr: 'UI', value: opts.frames > 1 ? '1.2.840.10008.5.1.4.1.1.3.1' : '1.2.840.10008.5.1.4.1.1.6.1' },
+    { tag: 0x00080018, vr: 'UI', value: sop },
+    { tag: 0x00080020, vr: 'DA', value: '20240102' },
+    { tag: 0x00080060, vr: 'CS', value: 'US' },
+    { tag: 0x00080070, vr: 'LO', value: 'ACME' },
+    { tag: 0x00081090, vr: 'LO', value: opts.model ?? 'SONO-1' },
+    { tag: 0x00100010, vr: 'PN', value: 'BANDED^PATIENT' },
+    { tag: 0x00100020, vr: 'LO', value: 'MRN-BAND-1' },
+    { tag: 0x0020000d, vr: 'UI', value: STUDY },
+    { tag: 0x0020000e, vr: 'UI', value: series },
+    { tag: 0x00200011, vr: 'IS', value: String(k) },
+    { tag: 0x00280002, vr: 'US', value: [3] },
+    { tag: 0x00280004, vr: 'CS', value: 'RGB' },
+    { tag: 0x00280006, vr: 'US', value: [opts.planar] },
+    ...(opts.frames > 1 ? [{ tag: 0x00280008, vr: 'IS', value: String(opts.frames) } as El] : []),
+    { tag: 0x00280010, vr: 'US', value: [ROWS] },
+    { tag: 0x00280011, vr: 'US', value: [COLS] },
+    { tag: 0x00280100, vr: 'US', value: [8] },
+    { tag: 0x00280101, vr: 'US', value: [8] },
+    { tag: 0x00280102, vr: 'US', value: [7] },
+    { tag: 0x00280103, vr: 'US', value: [0] },
+    { tag: 0x00280301, vr: 'CS', value: 'YES' },
+    opts.rle ? encapsulatedPixelData([rle(pixels)]) : { tag: 0x7fe00010, vr: 'OB', value: pixels },
+  ];
+  const file = encodePart10(els, { ts: 'explicitLE', ...(opts.rle ? { meta: { transferSyntaxUid: '1.2.840.10008.1.2.5' } } : {}) });
+  return { sop, series, file, pixels, frames: opts.frames, planar: opts.planar };
+}
+
+/** A CT whose overlay lives in bit 12 of 16-bit cells (BitsStored 12): no Overlay Data element. */
+function ctWithEmbeddedOverlay(): Fixture & { overlayBit: number } {
+  const series = `${STUDY}.9`;
+  const sop = `${series}.1`;
+  const pixels = Buffer.alloc(ROWS * COLS * 2);
+  for (let i = 0; i < ROWS * COLS; i++) pixels.writeUInt16LE((i * 13) % 4096 | (i % 7 === 0 ? 1 << 12 : 0), i * 2);
+  const els: El[] = [
+    { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' },
+    { tag: 0x00080018, vr: 'UI', value: sop },
+    { tag: 0x00080060, vr: 'CS', value: 'CT' },
+    { tag: 0x00100010, vr: 'PN', value: 'BANDED^PATIENT' },
+    { tag: 0x00100020, vr: 'LO', value: 'MRN-BAND-1' },
+    { tag: 0x0020000d, vr: 'UI', value: STUDY },
+    { tag: 0x0020000e, vr: 'UI', value: series },
+    { tag: 0x00280002, vr: 'US', value: [1] },
+    { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' },
+    { tag: 0x00280010, vr: 'US', value: [ROWS] },
+    { tag: 0x00280011, vr: 'US', value: [COLS] },
+    { tag: 0x00280100, vr: 'US', value: [16] },
+    { tag: 0x00280101, vr: 'US', value: [12] },
+    { tag: 0x00280102, vr: 'US', value: [11] },
+    { tag: 0x00280103, vr: 'US', value: [0] },
+    { tag: 0x00280301, vr: 'CS', value: 'NO' },
+    { tag: 0x60000010, vr: 'US', value: [ROWS] },
+    { tag: 0x60000011, vr: 'US', value: [COLS] },
+    { tag: 0x60000040, vr: 'CS', value: 'G' },
+    { tag: 0x60000050, vr: 'SS', value: [1, 1] },
+    { tag: 0x60000100, vr: 'US', value: [16] },
+    { tag: 0x60000102, vr: 'US', value: [12] },
+    { tag: 0x7fe00010, vr: 'OW', value: pixels },
+  ];
+  return { sop, series, file: encodePart10(els, { ts: 'explicitLE' }), pixels, frames: 1, planar: 0, overlayBit: 12 };
+}
+
+/** Parts of a multipart body (independent of the product's reader). */
+function parts(body: Buffer, contentType: string): { headers: string; body: Buffer }[] {
+  const m = /boundary=("?)([^";]+)\1/.exec(contentType);
+  assert.ok(m, 'multipart response names its boundary');
+  const delim = Buffer.from(`--${m[2]}`);
+  const out: { headers: string; body: Buffer }[] = [];
+  let at = body.indexOf(delim);
+  for (;;) {
+    at += delim.length;
+    if (body.subarray(at, at + 2).toString() === '--') break;
+    const next = body.indexOf(Buffer.concat([Buffer.from('\r\n'), delim]), at);
+    const part = body.subarray(at + 2, next);
+    const sep = part.indexOf('\r\n\r\n');
+    out.push({ headers: part.subarray(0, sep).toString('latin1'), body: part.subarray(sep + 4) });
+    at = next + 2;
+  }
+  return out;
+}
+
+function decodePng(buf: Buffer): { width: number; height: number; data: Buffer } {
+  let at = 8, width = 0, height = 0;
+  const idat: Buffer[] = [];
+  while (at < buf.length) {
+    const len = buf.readUInt32BE(at);
+    const type = buf.toString('latin1', at + 4, at + 8);
+    if (type === 'IHDR') { width = buf.readUInt32BE(at + 8); height = buf.readUInt32BE(at + 12); }
+    if (type === 'IDAT') idat.push(buf.subarray(at + 8, at + 8 + len));
+    at += 12 + len;
+  }
+  const raw = inflateSync(Buffer.concat(idat));
+  const data = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++) raw.copy(data, y * width * 3, y * (width * 3 + 1) + 1, (y + 1) * (width * 3 + 1));
+  return { width, height, data };
+}
+
+describe('pixel safety against a real Orthanc', () => {
+  let orthanc: OrthancHandle;
+  let gw: Gateway;
+  let dir: string;
+  const multi = usInstance(1, { frames: 3, planar: 0 });
+  const planar = usInstance(2, { frames: 1, planar: 1 });
+  const uncovered = usInstance(3, { frames: 1, planar: 0, model: 'OTHER-9' });
+  const compressed = usInstance(4, { frames: 1, planar: 0, rle: true });
+  const ct = ctWithEmbeddedOverlay();
+  const ALL = [multi, planar, uncovered, compressed, ct];
+
+  const get = async (path: string, client: string, accept?: string): Promise<{ status: number; type: string; warning: string | null; body: Buffer }> => {
+    const r = await fetch(`${gw.url}${path}`, { headers: { authorization: `Bearer ${tok(client)}`, ...(accept ? { accept } : {}) } });
+    return { status: r.status, type: r.headers.get('content-type') ?? '', warning: r.headers.get('warning'), body: Buffer.from(await r.arrayBuffer()) };
+  };
+  const inst = (f: Fixture): string => `/dicom-web/studies/${STUDY}/series/${f.series}/instances/${f.sop}`;
+  const retrieved = async (path: string, client: string, accept = 'multipart/related; type="application/dicom"') => {
+    const r = await get(path, client, accept);
+    assert.equal(r.status, 200, `${path} as ${client}: ${r.body.toString('utf8').slice(0, 200)}`);
+    return { ...r, instances: parts(r.body, r.type).map((p) => readInstanceSync(p.body, inflateRawSync)) };
+  };
+  const sopOf = (i: ReturnType<typeof readInstanceSync>): string => i.elements.find((e) => e.tag === 0x00080018)!.value!.toString('latin1').replace(/\0/g, '');
+  const str = (i: ReturnType<typeof readInstanceSync>, tag: number): string | undefined => i.elements.find((e) => e.tag === tag)?.value?.toString('latin1').trim();
+
+  before(async () => {
+    orthanc = await startOrthanc();
+    await orthanc.upload(ALL.map((f) => f.file));
+    dir = mkdtempSync(join(tmpdir(), 'deid-pixels-'));
+    const rule = { match: { manufacturer: 'ACME', model: 'SONO-1', rows: ROWS, columns: COLS }, regions: [BAND] };
+    const cfg = validateConfig({
+      server: { host: '127.0.0.1', port: 0 }, upstream: { url: orthanc.dicomWebUrl }, state: { dir },
+      clients: [
+        { id: 'withholder', apiKeySha256: sha(tok('withholder')), profile: { options: ['retainUIDs'] } },
+        { id: 'masker', apiKeySha256: sha(tok('masker')), profile: { options: ['retainUIDs'] }, pixels: { risky: 'mask', masks: [rule] } },
+        { id: 'allower', apiKeySha256: sha(tok('allower')), profile: { options: ['retainUIDs'] }, pixels: { risky: 'allow' } },
+      ],
+    }, join(dir, 'g.yaml'));
+    gw = await startGateway(cfg, { ...buildParts(cfg), log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
+  });
+
+  after(async () => {
+    await gw?.close();
+    await orthanc?.stop();
+  });
+
+  test('withheld by default: left out of the study (Warning), and 403 on the instance, its frames, bulk data and rendering', async () => {
+    const r = await retrieved(`/dicom-web/studies/${STUDY}`, 'withholder');
+    assert.deepEqual(r.instances.map(sopOf), [ct.sop]);
+    assert.match(r.warning ?? '', /299 deid-gateway "4 instance\(s\) withheld by the pixel policy"/);
+    for (const path of [inst(multi), `${inst(multi)}/frames/1`, `${inst(multi)}/bulk/7fe00010`, `${inst(multi)}/rendered`, `${inst(multi)}/thumbnail`]) {
+      const x = await get(path, 'withholder');
+      assert.equal(x.status, 403, path);
+      assert.equal((JSON.parse(x.body.toString()) as { code: string }).code, 'PIXELS_WITHHELD');
+    }
+  });
+
+  test('masked exactly under a rule: the band gone in every frame, every other byte unchanged; Burned In Annotation NO, 113101', async () => {
+    const r = await retrieved(`/dicom-web/studies/${STUDY}`, 'masker');
+    const bySop = new Map(r.instances.map((i) => [sopOf(i), i]));
+    assert.ok(!bySop.has(uncovered.sop), 'a device no rule covers is withheld');
+    assert.match(r.warning ?? '', /"1 instance\(s\) withheld/);
+    for (const f of [multi, planar, compressed]) {
+      const i = bySop.get(f.sop);
+      assert.ok(i, `${f.sop} is served masked`);
+      assert.ok(i.pixel!.equals(masked(f.pixels, f.frames, f.planar)), `${f.sop}: exactly the band blanked`);
+      assert.equal(str(i, 0x00280301), 'NO');
+      assert.ok(i.elements.some((e) => e.tag === 0x00120064), 'a method code sequence');
+    }
+    assert.equal(bySop.get(compressed.sop)!.transferSyntax.uid, '1.2.840.10008.1.2.1', 'the RLE instance was asked for natively');
+    const raw = Buffer.concat(parts(r.body, r.type).map((p) => p.body)).toString('latin1');
+    assert.ok(raw.includes('113101'), 'Clean Pixel Data is recorded');
+    assert.ok(!raw.includes('BANDED'), 'the name is gone');
+  });
+
+  test('frames and bulk pixel data obey the same decision and the same mask', async () => {
+    const frame2 = await get(`${inst(multi)}/frames/2`, 'masker');
+    assert.equal(frame2.status, 200);
+    const per = ROWS * COLS * 3;
+    assert.ok(parts(frame2.body, frame2.type)[0]!.body.equals(masked(multi.pixels, 3, 0).subarray(per, 2 * per)), 'frame 2 is masked');
+    const bulk = await get(`${inst(planar)}/bulk/7fe00010`, 'masker');
+    assert.equal(bulk.status, 200);
+    assert.ok(parts(bulk.body, bulk.type)[0]!.body.equals(masked(planar.pixels, 1, 1)), 'bulk pixel data is masked (planar)');
+    assert.equal((await get(`${inst(uncovered)}/frames/1`, 'masker')).status, 403);
+  });
+
+  test('rendered images are drawn from the masked pixels: the band is black, the rest is the image', async () => {
+    for (const f of [multi, planar]) {
+      const r = await get(`${inst(f)}/rendered`, 'masker', 'image/png');
+      assert.equal(r.status, 200);
+      const png = decodePng(r.body);
+      assert.deepEqual([png.width, png.height], [COLS, ROWS]);
+      const want = masked(f.pixels, 1, f.planar);
+      const n = ROWS * COLS;
+      for (let p = 0; p < n; p++) {
+        for (let s = 0; s < 3; s++) {
+          const v = want[f.planar ? s * n + p : p * 3 + s]!;
+          assert.equal(png.data[p * 3 + s], v, `pixel ${p} sample ${s}`);
+        }
+      }
+    }
+    const jpg = await get(`${inst(multi)}/frames/3/thumbnail`, 'masker');
+    assert.equal(jpg.status, 200);
+    assert.equal(jpg.type, 'image/jpeg');
+  });
+
+  test('compressed inputs: asked for natively when the client accepts any syntax, withheld when it insists on a compressed one', async () => {
+    const any = await retrieved(inst(compressed), 'masker', 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    assert.ok(any.instances[0]!.pixel!.equals(masked(compressed.pixels, 1, 0)));
+    const rleOnly = await get(inst(compressed), 'masker', 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5');
+    assert.equal(rleOnly.status, 403);
+    assert.equal((JSON.parse(rleOnly.body.toString()) as { code: string }).code, 'PIXELS_WITHHELD');
+  });
+
+  test('an overlay embedded in unused pixel bits is cleared with the overlay; the image bits are untouched', async () => {
+    const r = await retrieved(inst(ct), 'withholder');
+    const out = r.instances[0]!;
+    assert.ok(!out.elements.some((e) => e.tag >>> 16 === 0x6000), 'the overlay group is removed');
+    for (let i = 0; i < ROWS * COLS; i++) {
+      const a = ct.pixels.readUInt16LE(i * 2);
+      assert.equal(out.pixel!.readUInt16LE(i * 2), a & ~(1 << ct.overlayBit), `cell ${i}`);
+    }
+    const frame = await get(`${inst(ct)}/frames/1`, 'withholder');
+    assert.equal(frame.status, 200);
+    const fb = parts(frame.body, frame.type)[0]!.body;
+    assert.ok([...Array(ROWS * COLS).keys()].every((i) => (fb.readUInt16LE(i * 2) & (1 << 12)) === 0), 'the frames endpoint clears it too');
+  });
+
+  test('explicitly allowed risky pixels pass unchanged, and the audit trail says so', async () => {
+    const r = await retrieved(inst(multi), 'allower');
+    assert.ok(r.instances[0]!.pixel!.equals(multi.pixels), 'allowed: unchanged');
+    assert.equal(str(r.instances[0]!, 0x00280301), 'YES');
+    const recs = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.ok(recs.some((x) => x.type === 'request' && x.client === 'allower' && (x.riskyAllowed as number) > 0), 'riskyAllowed is audited');
+    assert.ok(recs.some((x) => x.type === 'request' && x.client === 'masker' && (x.masked as number) > 0), 'masked instances are audited');
+  });
+});

@@ -13,6 +13,7 @@ import { GatewayMetrics } from './audit/metrics.js';
 import { SyslogForwarder } from './audit/syslog.js';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
@@ -35,6 +36,8 @@ import { createNodeHttpUpstream } from './upstream/node-http.js';
 export interface Gateway {
   readonly url: string;
   readonly server: Server;
+  /** Applies a new configuration's clients and opt-out list; returns what needs a restart. */
+  reload(next: Config): string[];
   /** The separate metrics listener's URL, when configured. */
   readonly metricsUrl?: string | undefined;
   /** Stops accepting, drains in-flight requests, flushes pseudonyms and audit. */
@@ -52,6 +55,8 @@ export interface GatewayParts {
   readonly syslog?: SyslogForwarder | undefined;
   /** 'file' (key, problem | undefined): a scope file became unusable, or usable again. */
   readonly scopeEvents: EventEmitter;
+  readonly scopes: readonly ClientScope[];
+  readonly master: Buffer;
   /** Health of the scope files (allow-lists, opt-out list), for /readyz. */
   readonly scopeHealthy: () => boolean;
 }
@@ -70,29 +75,7 @@ export function buildParts(cfg: Config): GatewayParts {
   // Scope files are re-read when they change; a broken file fails closed (503) and is logged
   // once, by the logger the gateway runs with (startGateway may be given another one).
   const scopeEvents = new EventEmitter();
-  const fileProblem = (key: string) => (message: string | undefined): void => { scopeEvents.emit('file', key, message); };
-  const optOutFile = cfg.optOut.file === undefined ? undefined
-    : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList, fileProblem('optOut.file'));
-  const optOut = new OptOutSource(cfg.optOut.patients, optOutFile);
-  const scopes: ClientScope[] = [];
-  const clients: ClientRuntime[] = cfg.clients.map((c, i) => {
-    const key = `clients[${i}].scope.studiesFile`;
-    const file = c.scope.studiesFile === undefined ? undefined : new WatchedFile<StudyListSource>(c.scope.studiesFile, key, parseStudyList, fileProblem(key));
-    const scope = new ClientScope(c.scope, optOut, file);
-    scopes.push(scope);
-    return {
-    id: c.id,
-    scope,
-    allowedKeys: c.allowedKeys,
-    maxResults: c.query?.maxResults,
-    pixels: c.pixels ?? DEFAULT_PIXEL_POLICY,
-    tokenHash: Buffer.from(c.apiKeySha256, 'hex'),
-    ctx: createEngineContext({
-      clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: recorderFor(store, c.id),
-      profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
-    }),
-    };
-  });
+  const { clients, scopes } = buildClients(cfg, master, store, scopeEvents);
   const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs };
   const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
@@ -107,19 +90,51 @@ export function buildParts(cfg: Config): GatewayParts {
   const forwarders = [...(syslog ? [syslog] : []), ...(metrics ? [metrics] : [])];
   const audit = createAuditSink(trail, auditKey(master), forwarders, (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
   const limits = openSqliteLimitStore(cfg.state.dir);
-  return { clients, store, upstream: metrics ? timedUpstream(upstream, metrics) : upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };
+  return { clients, scopes, master, store, upstream: metrics ? timedUpstream(upstream, metrics) : upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }
 
+/** The runtime form of every configured client (engine context, scope, pixel policy). */
+function buildClients(cfg: Config, master: Buffer, store: PseudonymStore, scopeEvents: EventEmitter): { clients: ClientRuntime[]; scopes: ClientScope[] } {
+  const fileProblem = (key: string) => (message: string | undefined): void => { scopeEvents.emit('file', key, message); };
+  const optOutFile = cfg.optOut.file === undefined ? undefined
+    : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList, fileProblem('optOut.file'));
+  const optOut = new OptOutSource(cfg.optOut.patients, optOutFile);
+  const scopes: ClientScope[] = [];
+  const clients: ClientRuntime[] = cfg.clients.map((c, i) => {
+    const key = `clients[${i}].scope.studiesFile`;
+    const file = c.scope.studiesFile === undefined ? undefined : new WatchedFile<StudyListSource>(c.scope.studiesFile, key, parseStudyList, fileProblem(key));
+    const scope = new ClientScope(c.scope, optOut, file);
+    scopes.push(scope);
+    return {
+      id: c.id,
+      scope,
+      allowedKeys: c.allowedKeys,
+      maxResults: c.query?.maxResults,
+      pixels: c.pixels ?? DEFAULT_PIXEL_POLICY,
+      tokenHash: c.apiKeySha256 === undefined ? undefined : Buffer.from(c.apiKeySha256, 'hex'),
+      certificateSubject: c.certificateSubject,
+      ctx: createEngineContext({
+        clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: recorderFor(store, c.id),
+        profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
+      }),
+    };
+  });
+  return { clients, scopes };
+}
+
+/** Keys that only a restart applies (listeners, state, PACS, audit, metrics, engine limits). */
+const RESTART_KEYS = ['server', 'upstream', 'state', 'audit', 'metrics', 'engine'] as const;
+
 export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
-  const { clients, store, upstream, audit, log, limits } = parts;
+  const { store, upstream, audit, log, limits } = parts;
+  let current = { clients: parts.clients, scopes: parts.scopes, cfg };
   const onScopeFile = (key: string, message: string | undefined): void => {
     if (message) log.error(`scope file unusable: ${message}`, { key });
     else log.info('scope file reloaded and valid again', { key });
   };
   parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
-  const limitsByClient = new Map(cfg.clients.map((c) => [c.id, c.limits]));
-  const limiter = new Limiter(limits, (id) => limitsByClient.get(id));
+  const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits);
   const resolverFor = (client: ClientRuntime): QueryResolver => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
     return {
@@ -128,13 +143,13 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     };
   };
   const app = createApp({
-    clients, upstream, resolverFor, audit, log,
+    clients: () => current.clients, upstream, resolverFor, audit, log,
     flush: () => store.flush(),
     publicBaseUrl: cfg.server.publicBaseUrl,
     maxQueryLimit: cfg.server.maxQueryResults,
     maxQueryScan: cfg.server.maxQueryScan,
     limiter,
-    scopeHealthy: parts.scopeHealthy,
+    scopeHealthy: () => current.scopes.every((x) => x.status().ok),
     metrics: parts.metrics && {
       observeDeid: (kind: 'json' | 'part10', seconds: number) => parts.metrics!.deid.observe({ kind }, seconds),
       render: async () => ({ contentType: parts.metrics!.registry.contentType, body: await parts.metrics!.registry.metrics() }),
@@ -146,7 +161,16 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
     facts,
   });
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(cfg.server.port, cfg.server.host, () => resolve(s));
+    // HTTPS when server.tls is set; client certificates are requested (and, with `require`,
+    // demanded) and verified against server.tls.caFile for mutual TLS authentication.
+    const t = cfg.server.tls;
+    const s: Server = t
+      ? createHttpsServer({
+        cert: readFileSync(t.certFile), key: readFileSync(t.keyFile), ...(t.caFile ? { ca: readFileSync(t.caFile) } : {}),
+        requestCert: t.clientCertificates !== 'none', rejectUnauthorized: t.clientCertificates === 'require', minVersion: 'TLSv1.2',
+      }, app)
+      : createServer(app);
+    s.listen(cfg.server.port, cfg.server.host, () => resolve(s));
     s.once('error', reject);
   });
   server.keepAliveTimeout = 5000;
@@ -167,13 +191,23 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : cfg.server.port;
   const host = cfg.server.host.includes(':') ? `[${cfg.server.host}]` : cfg.server.host;
-  const url = `http://${host}:${port}`;
-  log.info(`listening on ${url}`, { clients: clients.length, plans: clients.map((c) => ({ client: c.id, plan: c.ctx.plan.hash.slice(0, 16) })) });
+  const url = `${cfg.server.tls ? 'https' : 'http'}://${host}:${port}`;
+  log.info(`listening on ${url}`, { clients: parts.clients.length, plans: parts.clients.map((c) => ({ client: c.id, plan: c.ctx.plan.hash.slice(0, 16) })) });
   let closing: Promise<void> | undefined;
   return {
     url,
     server,
     metricsUrl,
+    reload(next: Config): string[] {
+      // Clients, their policies, scopes, limits and pixel rules, and the opt-out list change at
+      // once for new requests; requests in flight finish under the client they started with.
+      const warnings = RESTART_KEYS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(current.cfg[k])).map((k) => `${k}: changed, applied at the next restart`);
+      const built = buildClients(next, parts.master, store, parts.scopeEvents);
+      current = { clients: built.clients, scopes: built.scopes, cfg: { ...next, ...Object.fromEntries(RESTART_KEYS.map((k) => [k, current.cfg[k]])) } as Config };
+      log.info('configuration reloaded', { clients: built.clients.length, plans: built.clients.map((c) => ({ client: c.id, plan: c.ctx.plan.hash.slice(0, 16) })) });
+      for (const w of warnings) log.warn(`configuration reload: ${w}`);
+      return warnings;
+    },
     close() {
       closing ??= (async () => {
         await new Promise<void>((resolve) => {

@@ -10,6 +10,7 @@ import { GatewayError, isGatewayError } from '../core/errors.js';
 import { compilePlan, type CompiledPlan, type OverrideAction } from '../deid/plan.js';
 import { OPTION_NAMES, type OptionName } from '../deid/table.js';
 import { dictionary, parseTag } from '../dicom/dictionary.js';
+import { normalizeSubject } from '../core/subject.js';
 import { accessionSchema, optOutEntrySchema, parseOptOutList, parseStudyList, uidSchema } from './lists.js';
 
 const OVERRIDE_ACTIONS = ['keep', 'remove', 'empty', 'dummy', 'pseudonym', 'shift'] as const;
@@ -57,7 +58,8 @@ const scopeSchema = z.strictObject({
 
 const clientSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'use 1–64 letters, digits, ".", "_" or "-", starting with a letter or digit'),
-  apiKeySha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be the SHA-256 of the token as 64 hex digits (printf %s TOKEN | sha256sum)'),
+  apiKeySha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be the SHA-256 of the token as 64 hex digits (printf %s TOKEN | sha256sum)').optional(),
+  certificateSubject: z.string().regex(/^\s*[A-Za-z][A-Za-z0-9.]*\s*=.+/, 'use a subject such as "CN=acme-ai,O=Acme AI"').optional(),
   policyId: z.string().min(1).max(48).optional(),
   profile: profileSchema.default({ options: [], overrides: {} }),
   scope: scopeSchema.optional(),
@@ -94,6 +96,12 @@ export const configSchema = z.strictObject({
     publicBaseUrl: z.url({ error: 'must be an absolute URL such as https://gateway.example.org' }).optional(),
     maxQueryResults: z.number().int().min(1).max(1_000_000).default(1000),
     maxQueryScan: z.number().int().min(1).max(10_000_000).default(10_000),
+    tls: z.strictObject({
+      certFile: z.string().min(1, 'name the PEM certificate (chain) of this server'),
+      keyFile: z.string().min(1, 'name the PEM private key of this server'),
+      caFile: z.string().min(1).optional(),
+      clientCertificates: z.enum(['none', 'optional', 'require'], { error: () => 'use none (default), optional or require' }).default('none'),
+    }).optional(),
   }),
   upstream: z.strictObject({
     url: z.url({ error: 'must be an absolute URL such as http://127.0.0.1:8042/dicom-web' }),
@@ -195,6 +203,7 @@ export function validateConfig(raw: unknown, source: string): Config {
   const problems: string[] = [];
   const ids = new Set<string>();
   const keys = new Set<string>();
+  const subjects = new Set<string>();
   const clients: ClientConfig[] = [];
   const base = dirname(resolve(source));
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
@@ -212,6 +221,16 @@ export function validateConfig(raw: unknown, source: string): Config {
     try { parse(doc.toJS()); } catch (e) { problems.push(`${key}: ${file}: ${(e as Error).message}`); }
   };
   const optOutFile = cfg.optOut?.file === undefined ? undefined : abs(cfg.optOut.file);
+  let serverTls: { certFile: string; keyFile: string; caFile?: string; clientCertificates: 'none' | 'optional' | 'require' } | undefined;
+  if (cfg.server.tls) {
+    const t = cfg.server.tls;
+    serverTls = { certFile: abs(t.certFile), keyFile: abs(t.keyFile), ...(t.caFile ? { caFile: abs(t.caFile) } : {}), clientCertificates: t.clientCertificates };
+    for (const [k, f] of Object.entries(serverTls)) {
+      if (!k.endsWith('File')) continue;
+      try { readFileSync(f as string); } catch (e) { problems.push(`server.tls.${k}: ${f as string} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); fix the path`); }
+    }
+    if (t.clientCertificates !== 'none' && !t.caFile) problems.push('server.tls.caFile: client certificates need the CA that issues them; add caFile or set clientCertificates: none');
+  }
   if (cfg.metrics && cfg.metrics.port === undefined && cfg.metrics.apiKeySha256 === undefined) problems.push('metrics: give port (a separate listener) and/or apiKeySha256 (/metrics on the main listener behind an admin token)');
   const tls = cfg.audit.syslog?.tls;
   const tlsFiles: Record<string, string> = {};
@@ -226,9 +245,16 @@ export function validateConfig(raw: unknown, source: string): Config {
   cfg.clients.forEach((c, i) => {
     if (ids.has(c.id)) problems.push(`clients[${i}].id: "${c.id}" is used twice; give every client its own id`);
     ids.add(c.id);
-    const k = c.apiKeySha256.toLowerCase();
-    if (keys.has(k)) problems.push(`clients[${i}].apiKeySha256: the same token hash is used by two clients; give every client its own token`);
-    keys.add(k);
+    const k = c.apiKeySha256?.toLowerCase();
+    if (k === undefined && c.certificateSubject === undefined) problems.push(`clients[${i}]: give apiKeySha256 (a token) and/or certificateSubject (mutual TLS)`);
+    if (k !== undefined && keys.has(k)) problems.push(`clients[${i}].apiKeySha256: the same token hash is used by two clients; give every client its own token`);
+    if (k !== undefined) keys.add(k);
+    if (c.certificateSubject !== undefined) {
+      if (cfg.server.tls === undefined || cfg.server.tls.clientCertificates === 'none' || cfg.server.tls.caFile === undefined) problems.push(`clients[${i}].certificateSubject: needs server.tls with caFile and clientCertificates optional or require`);
+      const sub = normalizeSubject(c.certificateSubject);
+      if (subjects.has(sub)) problems.push(`clients[${i}].certificateSubject: the same subject names two clients`);
+      subjects.add(sub);
+    }
     if (c.profile.dateShift && c.profile.dateShift.maxDays < c.profile.dateShift.minDays) {
       problems.push(`clients[${i}].profile.dateShift: maxDays must be ≥ minDays`);
     }
@@ -260,7 +286,7 @@ export function validateConfig(raw: unknown, source: string): Config {
         overrides: c.profile.overrides as Record<string, OverrideAction>,
         ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}),
       });
-      clients.push({ ...c, apiKeySha256: k, plan, scope, ...(allowedKeys ? { allowedKeys } : {}) });
+      clients.push({ ...c, apiKeySha256: k, ...(c.certificateSubject ? { certificateSubject: normalizeSubject(c.certificateSubject) } : {}), plan, scope, ...(allowedKeys ? { allowedKeys } : {}) });
     } catch (e) {
       if (!isGatewayError(e)) throw e;
       problems.push(`clients[${i}].profile.${e.message}`);
@@ -269,7 +295,7 @@ export function validateConfig(raw: unknown, source: string): Config {
   if (problems.length) throw new GatewayError('CONFIG_INVALID', `${source}: invalid configuration\n  ${problems.join('\n  ')}`);
   const dir = isAbsolute(cfg.state.dir) ? cfg.state.dir : resolve(dirname(source), cfg.state.dir);
   const audit = { ...cfg.audit, ...(cfg.audit.syslog ? { syslog: { ...cfg.audit.syslog, ...(cfg.audit.syslog.tls ? { tls: { ...cfg.audit.syslog.tls, ...tlsFiles } } : {}) } } : {}) };
-  return deepFreeze({ ...cfg, audit, state: { dir }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
+  return deepFreeze({ ...cfg, server: { ...cfg.server, ...(serverTls ? { tls: serverTls } : {}) }, audit, state: { dir }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
 }
 
 /** Reads, parses and validates a YAML configuration file. */

@@ -18,13 +18,14 @@ import type { Upstream } from '../upstream/client.js';
 import type { FactsCache } from '../policy/facts-cache.js';
 import type { Limiter } from '../policy/limits.js';
 import { checkWindow } from '../policy/scope.js';
-import { authenticate } from './auth.js';
+import { authenticate, authenticateCertificate, normalizeSubject } from './auth.js';
 import { bulk, frames, metadata, qido, rendered, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
 import { toProblem } from './problem.js';
 import type { QueryResolver } from './query.js';
 
 export interface AppDeps {
-  readonly clients: readonly ClientRuntime[];
+  /** The current clients (a configuration reload replaces them). */
+  readonly clients: () => readonly ClientRuntime[];
   readonly upstream: Upstream;
   readonly resolverFor: (client: ClientRuntime) => QueryResolver;
   readonly flush: () => void;
@@ -209,7 +210,11 @@ export function createApp(deps: AppDeps): express.Express {
       sendProblem(res, new GatewayError('AUDIT_UNAVAILABLE', 'the audit trail cannot be written; nothing is served until it can', { auditReason: 'audit-unavailable', retryAfter: 30 }));
       return;
     }
-    const client = authenticate(req.headers.authorization, deps.clients);
+    // Mutual TLS: a certificate the listener verified names its client; otherwise a token.
+    const tls = req.socket as import('node:tls').TLSSocket;
+    const peer = tls.encrypted && tls.authorized ? tls.getPeerCertificate() : undefined;
+    const client = (peer && peer.subject ? authenticateCertificate(normalizeSubject(peer.subject as unknown as Record<string, string>), deps.clients()) : undefined)
+      ?? authenticate(req.headers.authorization, deps.clients());
     if (!client) {
       locals(res).route = 'auth';
       sendProblem(res, new GatewayError('UNAUTHORIZED', 'a valid Bearer token (or Basic client id and token) is required'));

@@ -5,10 +5,22 @@
  * time taken says nothing about which client or how much matched.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+export { normalizeSubject } from '../core/subject.js';
 
 export interface Authenticatable {
   readonly id: string;
-  readonly tokenHash: Buffer;
+  /** SHA-256 of the client's token; undefined for a client that authenticates by certificate only. */
+  readonly tokenHash: Buffer | undefined;
+  /** Normalized subject of the client's TLS certificate (mutual TLS), e.g. "CN=acme-ai,O=Acme". */
+  readonly certificateSubject?: string | undefined;
+}
+
+const ZERO_HASH = Buffer.alloc(32);
+
+/** The client a verified peer certificate names (mutual TLS), or undefined. */
+export function authenticateCertificate<C extends Authenticatable>(subject: string | undefined, clients: readonly C[]): C | undefined {
+  if (!subject) return undefined;
+  return clients.find((c) => c.certificateSubject !== undefined && c.certificateSubject === subject);
 }
 
 function sha256(s: string): Buffer {
@@ -35,7 +47,7 @@ export function authenticate<C extends Authenticatable>(header: string | undefin
   const h = sha256(token);
   let found: C | undefined;
   for (const c of clients) {
-    const match = timingSafeEqual(h, c.tokenHash);
+    const match = timingSafeEqual(h, c.tokenHash ?? ZERO_HASH) && c.tokenHash !== undefined;
     if (match && (id === undefined || id === c.id) && !found) found = c;
   }
   return found;

@@ -26,7 +26,10 @@ import {
 export interface ClientRuntime {
   readonly id: string;
   readonly ctx: EngineContext;
-  readonly tokenHash: Buffer;
+  /** SHA-256 of the token; undefined for a client that authenticates by certificate only. */
+  readonly tokenHash: Buffer | undefined;
+  /** Normalized TLS certificate subject (mutual TLS). */
+  readonly certificateSubject?: string | undefined;
   readonly scope: ClientScope;
   /** What happens to risky instances (withhold, mask under region rules, allow). */
   readonly pixels: PixelPolicy;

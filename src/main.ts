@@ -19,6 +19,7 @@ import { FactsCache } from './policy/facts-cache.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import { ClientScope, OptOutSource, type StudyListSource } from './policy/client-scope.js';
 import { Limiter, type LimitStore } from './policy/limits.js';
+import { GatewayError } from './core/errors.js';
 import { openSqliteLimitStore } from './policy/limits-sqlite.js';
 import type { OptOutEntry } from './policy/scope.js';
 import { WatchedFile } from './policy/watched-file.js';
@@ -28,7 +29,9 @@ import { createApp } from './http/app.js';
 import type { ClientRuntime } from './http/dicomweb.js';
 import type { QueryResolver } from './http/query.js';
 import { loadOrCreateMasterSecret } from './pseudonym/secret.js';
-import { openSqliteStore, recorderFor, type PseudonymStore } from './pseudonym/store.js';
+import { openSqliteStore } from './pseudonym/store.js';
+import { fromSqlite, type GatewayPseudonymStore } from './pseudonym/shared.js';
+import { openPostgresState } from './state/postgres.js';
 import { createUndiciUpstream, type Upstream } from './upstream/client.js';
 import { createHttpProxyUpstream } from './upstream/http-proxy.js';
 import { createNodeHttpUpstream } from './upstream/node-http.js';
@@ -46,7 +49,9 @@ export interface Gateway {
 
 export interface GatewayParts {
   readonly clients: readonly ClientRuntime[];
-  readonly store: PseudonymStore;
+  readonly store: GatewayPseudonymStore;
+  /** Releases what the parts hold beyond the store and limits (the PostgreSQL pool). */
+  readonly closeState?: (() => Promise<void>) | undefined;
   readonly upstream: Upstream;
   readonly audit: AuditSink;
   readonly log: Logger;
@@ -68,9 +73,23 @@ function patientIdOf(key: string | undefined): string | undefined {
   return i < 0 ? undefined : key.slice(i + 1);
 }
 
+/** The parts with the embedded state (SQLite in state.dir). */
 export function buildParts(cfg: Config): GatewayParts {
+  if (cfg.state.store) throw new GatewayError('CONFIG_INVALID', 'state.store names a PostgreSQL database: build the parts with buildPartsAsync');
+  loadOrCreateMasterSecret(cfg.state.dir); // creates state.dir (0700) and the key before the stores
+  return assemble(cfg, fromSqlite(openSqliteStore(cfg.state.dir)), openSqliteLimitStore(cfg.state.dir));
+}
+
+/** The parts with whichever state the configuration names (PostgreSQL: connected and migrated). */
+export async function buildPartsAsync(cfg: Config): Promise<GatewayParts> {
+  if (!cfg.state.store) return buildParts(cfg);
+  loadOrCreateMasterSecret(cfg.state.dir);
+  const pg = await openPostgresState(cfg.state.store);
+  return { ...assemble(cfg, pg.pseudonyms, pg.limits), closeState: () => pg.close() };
+}
+
+function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore): GatewayParts {
   const master = loadOrCreateMasterSecret(cfg.state.dir);
-  const store = openSqliteStore(cfg.state.dir);
   const log = createOpsLogger();
   // Scope files are re-read when they change; a broken file fails closed (503) and is logged
   // once, by the logger the gateway runs with (startGateway may be given another one).
@@ -89,12 +108,11 @@ export function buildParts(cfg: Config): GatewayParts {
   const metrics = cfg.metrics === undefined ? undefined : new GatewayMetrics({ auditHealthy: () => trail.healthy(), spoolPending: syslog ? () => syslog.pending() : undefined });
   const forwarders = [...(syslog ? [syslog] : []), ...(metrics ? [metrics] : [])];
   const audit = createAuditSink(trail, auditKey(master), forwarders, (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
-  const limits = openSqliteLimitStore(cfg.state.dir);
   return { clients, scopes, master, store, upstream: metrics ? timedUpstream(upstream, metrics) : upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }
 
 /** The runtime form of every configured client (engine context, scope, pixel policy). */
-function buildClients(cfg: Config, master: Buffer, store: PseudonymStore, scopeEvents: EventEmitter): { clients: ClientRuntime[]; scopes: ClientScope[] } {
+function buildClients(cfg: Config, master: Buffer, store: GatewayPseudonymStore, scopeEvents: EventEmitter): { clients: ClientRuntime[]; scopes: ClientScope[] } {
   const fileProblem = (key: string) => (message: string | undefined): void => { scopeEvents.emit('file', key, message); };
   const optOutFile = cfg.optOut.file === undefined ? undefined
     : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList, fileProblem('optOut.file'));
@@ -114,7 +132,7 @@ function buildClients(cfg: Config, master: Buffer, store: PseudonymStore, scopeE
       tokenHash: c.apiKeySha256 === undefined ? undefined : Buffer.from(c.apiKeySha256, 'hex'),
       certificateSubject: c.certificateSubject,
       ctx: createEngineContext({
-        clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: recorderFor(store, c.id),
+        clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: { record: (kind, pseudonym, original) => store.record(c.id, kind, pseudonym, original) },
         profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
       }),
     };
@@ -125,7 +143,8 @@ function buildClients(cfg: Config, master: Buffer, store: PseudonymStore, scopeE
 /** Keys that only a restart applies (listeners, state, PACS, audit, metrics, engine limits). */
 const RESTART_KEYS = ['server', 'upstream', 'state', 'audit', 'metrics', 'engine'] as const;
 
-export async function startGateway(cfg: Config, parts: GatewayParts = buildParts(cfg)): Promise<Gateway> {
+export async function startGateway(cfg: Config, given?: GatewayParts): Promise<Gateway> {
+  const parts = given ?? await buildPartsAsync(cfg);
   const { store, upstream, audit, log, limits } = parts;
   let current = { clients: parts.clients, scopes: parts.scopes, cfg };
   const onScopeFile = (key: string, message: string | undefined): void => {
@@ -134,12 +153,16 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
   };
   parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
-  const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits);
-  const resolverFor = (client: ClientRuntime): QueryResolver => {
+  const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
+  const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
+    const [uids, patients] = await Promise.all([
+      retainUids || names.uids.length === 0 ? new Map<string, string>() : store.lookupMany(client.id, 'uid', names.uids),
+      names.patientIds.length === 0 ? new Map<string, string>() : store.lookupMany(client.id, 'patient', names.patientIds),
+    ]);
     return {
-      uid: (pseudo) => (retainUids ? pseudo : store.lookup(client.id, 'uid', pseudo)),
-      patientId: (pseudo) => patientIdOf(store.lookup(client.id, 'patient', pseudo)),
+      uid: (pseudo) => (retainUids ? pseudo : uids.get(pseudo)),
+      patientId: (pseudo) => patientIdOf(patients.get(pseudo)),
     };
   };
   const app = createApp({
@@ -215,9 +238,10 @@ export async function startGateway(cfg: Config, parts: GatewayParts = buildParts
           server.closeIdleConnections();
         });
         if (metricsServer) await new Promise<void>((resolve) => { metricsServer!.close(() => resolve()); metricsServer!.closeAllConnections(); });
-        store.flush();
-        store.close();
+        await store.flush().catch((e: unknown) => log.error('pseudonyms could not be flushed at shutdown', { error: (e as Error)?.name }));
+        await store.close().catch(() => undefined);
         limits.close();
+        await parts.closeState?.();
         parts.scopeEvents.off('file', onScopeFile);
         facts.close();
         await upstream.close();

@@ -27,8 +27,9 @@ export interface AppDeps {
   /** The current clients (a configuration reload replaces them). */
   readonly clients: () => readonly ClientRuntime[];
   readonly upstream: Upstream;
-  readonly resolverFor: (client: ClientRuntime) => QueryResolver;
-  readonly flush: () => void;
+  /** A resolver for the pseudonyms a request names (looked up in one batch before the handler runs). */
+  readonly resolverFor: (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }) => Promise<QueryResolver>;
+  readonly flush: () => Promise<void>;
   readonly audit: AuditSink;
   readonly log: Logger;
   readonly publicBaseUrl?: string | undefined;
@@ -87,6 +88,22 @@ function sendProblem(res: Response, e: unknown): void {
   if (p.status === 405) headers.allow = READ_ONLY;
   if (isGatewayError(e) && e.retryAfter !== undefined) headers['retry-after'] = String(e.retryAfter);
   res.status(p.status).set(headers).send(JSON.stringify(p));
+}
+
+/** UIDs in the path and in query values, and Patient ID match values: what the resolver must know. */
+function pseudonymsOf(req: Request): { uids: string[]; patientIds: string[] } {
+  const uids = new Set<string>();
+  for (const v of Object.values(req.params as Record<string, string | string[]>)) {
+    for (const x of Array.isArray(v) ? v : [v]) if (typeof x === 'string' && /^[0-9.]{1,64}$/.test(x)) uids.add(x);
+  }
+  const patientIds: string[] = [];
+  const qs = req.url.includes('?') ? new URLSearchParams(req.url.slice(req.url.indexOf('?') + 1)) : undefined;
+  for (const [k, v] of qs ?? []) {
+    if (/^(PatientID|00100020)$/i.test(k.trim())) { patientIds.push(v.trim()); continue; }
+    for (const x of v.split(/[,\\]/)) if (/^[0-9.]{1,64}$/.test(x.trim())) uids.add(x.trim());
+    if (uids.size > 2000) break;
+  }
+  return { uids: [...uids], patientIds };
 }
 
 function baseUrl(req: Request, deps: AppDeps): string {
@@ -203,7 +220,7 @@ export function createApp(deps: AppDeps): express.Express {
     sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', 'WADO-URI is not served; use WADO-RS'));
   });
 
-  app.use('/dicom-web', (req, res, next) => {
+  app.use('/dicom-web', async (req, res, next) => {
     // Fail closed: nothing is served while the audit trail cannot be written.
     if (!deps.audit.healthy() && !deps.audit.recover()) {
       locals(res).route = 'admission';
@@ -224,7 +241,7 @@ export function createApp(deps: AppDeps): express.Express {
     // The agreement's window, then the client's limits; each refusal is audited with its reason.
     try {
       checkWindow(client.scope.window);
-      const release = deps.limiter.admit(client.id);
+      const release = await deps.limiter.admit(client.id);
       res.on('close', () => release(locals(res).bytes));
     } catch (e) {
       locals(res).route = 'admission';
@@ -241,8 +258,16 @@ export function createApp(deps: AppDeps): express.Express {
       const abort = new AbortController();
       res.on('close', () => { if (!res.writableFinished) abort.abort(); });
       const client = l.client!;
+      let resolver: QueryResolver;
+      try {
+        // Every pseudonym the request names (path and query), resolved in one batch.
+        resolver = await deps.resolverFor(client, pseudonymsOf(req));
+      } catch (e) {
+        sendProblem(res, e);
+        return;
+      }
       const rc: RequestContext = {
-        client, upstream: deps.upstream, resolver: deps.resolverFor(client), dicomWebBase: baseUrl(req, deps),
+        client, upstream: deps.upstream, resolver, dicomWebBase: baseUrl(req, deps),
         signal: abort.signal, note: l.note, observeDeid: deps.metrics?.observeDeid, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts,
       };
       try {

@@ -80,7 +80,7 @@ export interface RequestContext {
   /** Cap on one instance held in memory to render it. */
   readonly maxRenderBytes: number;
   /** Called once a response body completes, before its last byte: makes pseudonyms durable. */
-  readonly flush: () => void;
+  readonly flush: () => Promise<void>;
   readonly facts: FactsCache;
   /** Observes de-identification time per object (metrics), when metrics are on. */
   readonly observeDeid?: ((kind: 'json' | 'part10', seconds: number) => void) | undefined;
@@ -135,7 +135,7 @@ async function* withFlush(rc: RequestContext, body: AsyncIterable<Buffer>): Asyn
     if (pending) yield pending;
     pending = c;
   }
-  rc.flush(); // pseudonyms in this body are durable before its last byte leaves
+  await rc.flush(); // pseudonyms in this body are durable before its last byte leaves
   if (pending) yield pending;
 }
 
@@ -154,7 +154,7 @@ function parseObject(text: string): JsonDataset {
 function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDataset) => JsonDataset | undefined, warnings: readonly string[] = [], maxRows = Number.MAX_SAFE_INTEGER): Reply {
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
-  if (up.status === 204) return { status: 200, headers, body: (async function* () { rc.flush(); yield Buffer.from('[]'); })() };
+  if (up.status === 204) return { status: 200, headers, body: (async function* () { await rc.flush(); yield Buffer.from('[]'); })() };
   expectType(up, DICOM_JSON, 'application/json');
   let rows = 0;
   const objects = (async function* () {

@@ -7,7 +7,7 @@ import Database from 'better-sqlite3';
 import { chmodSync, closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { GatewayError } from '../core/errors.js';
-import type { LimitStore } from './limits.js';
+import { refill, type LimitStore } from './limits.js';
 
 export const LIMITS_FILE = 'limits.sqlite';
 
@@ -33,8 +33,11 @@ export function openSqliteLimitStore(dir: string): LimitStore {
   const addBytes = db.prepare<[string, string, number]>('INSERT INTO day_bytes (client_id, day, bytes) VALUES (?, ?, ?) ON CONFLICT(client_id, day) DO UPDATE SET bytes = bytes + excluded.bytes');
   let open = true;
   return {
-    bucket: (c) => getBucket.get(c),
-    saveBucket: (c, tokens, at) => { putBucket.run(c, tokens, at); },
+    take(c, cap, perMs, now) {
+      const r = refill(getBucket.get(c), cap, perMs, now);
+      putBucket.run(c, r.after, now);
+      return r;
+    },
     bytes: (c, d) => getBytes.get(c, d)?.bytes ?? 0,
     addBytes: (c, d, n) => { addBytes.run(c, d, n); },
     close: () => { if (open) { open = false; db.close(); } },

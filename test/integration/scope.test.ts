@@ -50,7 +50,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     return r.json() as Row[];
   };
   const studyUids = async (path: string, client: string): Promise<string[]> => (await rows(path, client)).map((r) => String(val(r, '0020000D'))).sort();
-  const original = (client: string, pseudo: string): string => parts.store.lookup(client, 'uid', pseudo) ?? `unknown:${pseudo}`;
+  const original = async (client: string, pseudo: string): Promise<string> => (await parts.store.lookupMany(client, 'uid', [pseudo])).get(pseudo) ?? `unknown:${pseudo}`;
   const problem = (r: Res): Record<string, unknown> => { const p = r.json() as Record<string, unknown>; delete p.requestId; return p; };
   async function auditLines(): Promise<Record<string, unknown>[]> {
     await sleep(150); // winston writes the file asynchronously
@@ -230,7 +230,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.equal(expected.length, 6);
     const pages: string[][] = [];
     for (let offset = 0; offset <= 6; offset += 2) {
-      pages.push((await rows(`/dicom-web/studies?limit=2&offset=${offset}`, 'cohort-b')).map((r) => original('cohort-b', String(val(r, '0020000D')))));
+      pages.push(await Promise.all((await rows(`/dicom-web/studies?limit=2&offset=${offset}`, 'cohort-b')).map((r) => original('cohort-b', String(val(r, '0020000D'))))));
     }
     assert.deepEqual(pages.map((p) => p.length), [2, 2, 2, 0]);
     assert.deepEqual(pages.flat().sort(), expected);
@@ -243,7 +243,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
   test('a shifted client queries dates in its own time line and gets exactly the matching studies', async () => {
     const all: { uid: string; shifted: string }[] = [];
     for (let offset = 0; offset < 6; offset += 4) {
-      for (const r of await rows(`/dicom-web/studies?offset=${offset}`, 'cohort-b')) all.push({ uid: original('cohort-b', String(val(r, '0020000D'))), shifted: String(val(r, '00080020')) });
+      for (const r of await rows(`/dicom-web/studies?offset=${offset}`, 'cohort-b')) all.push({ uid: await original('cohort-b', String(val(r, '0020000D'))), shifted: String(val(r, '00080020')) });
     }
     assert.equal(all.length, 6);
     const byOrig = new Map(S.map((s) => [s.uid, s.date]));

@@ -20,6 +20,11 @@ const code = (fn: () => unknown): string => {
   return 'none';
 };
 
+const acode = async (fn: () => Promise<unknown>): Promise<string> => {
+  try { await fn(); } catch (e) { assert.ok(e instanceof GatewayError, `a GatewayError, got ${String(e)}`); return e.code; }
+  return 'none';
+};
+
 describe('scope rules', () => {
   const rec = { [TAG.studyUid]: '1.2.3', [TAG.accession]: 'A7', [TAG.studyDate]: '20210305', [TAG.patientId]: 'P1', [TAG.issuer]: 'H1', [TAG.modality]: 'CT', [TAG.bodyPart]: 'CHEST', [TAG.sopClass]: '1.2.840.10008.5.1.4.1.1.2' };
   const none = new OptOutList([]);
@@ -123,45 +128,46 @@ describe('query mapping', () => {
 });
 
 describe('limits', () => {
-  test('rate: a minute\'s burst, then the steady rate; Retry-After until the next token', () => {
+  test('rate: a minute\'s burst, then the steady rate; Retry-After until the next token', async () => {
     let now = 1_000_000;
     const l = new Limiter(memoryLimitStore(), () => ({ requestsPerMinute: 6 }), () => now);
-    for (let i = 0; i < 6; i++) l.admit('c')(0);
-    try { l.admit('c'); assert.fail('the 7th request in the same instant is refused'); } catch (e) {
+    for (let i = 0; i < 6; i++) (await l.admit('c'))(0);
+    try { await l.admit('c'); assert.fail('the 7th request in the same instant is refused'); } catch (e) {
       assert.ok(e instanceof GatewayError && e.code === 'RATE_LIMITED', 'RATE_LIMITED');
       assert.equal(e.retryAfter, 10, 'one token every 10 s');
     }
     now += 10_000;
-    l.admit('c')(0);
-    assert.equal(code(() => l.admit('c')), 'RATE_LIMITED');
-    assert.equal(code(() => l.admit('other')), 'none', 'limits are per client');
+    (await l.admit('c'))(0);
+    assert.equal(await acode(() => l.admit('c')), 'RATE_LIMITED');
+    assert.equal(await acode(() => l.admit('other')), 'none', 'limits are per client');
   });
 
-  test('concurrency: in-flight requests, released once', () => {
+  test('concurrency: in-flight requests, released once', async () => {
     const l = new Limiter(memoryLimitStore(), () => ({ concurrentRequests: 2 }));
-    const a = l.admit('c');
-    const b = l.admit('c');
-    assert.equal(code(() => l.admit('c')), 'CONCURRENCY_LIMITED');
+    const a = await l.admit('c');
+    const b = await l.admit('c');
+    assert.equal(await acode(() => l.admit('c')), 'CONCURRENCY_LIMITED');
     a(0); a(0); // a double release frees one slot only
-    const c = l.admit('c');
-    assert.equal(code(() => l.admit('c')), 'CONCURRENCY_LIMITED');
+    const c = await l.admit('c');
+    assert.equal(await acode(() => l.admit('c')), 'CONCURRENCY_LIMITED');
     b(0); c(0);
   });
 
-  test('bytes per day: counted at the end of each response; refused until 00:00 UTC; persisted in the store', () => {
+  test('bytes per day: counted at the end of each response; refused until 00:00 UTC; persisted in the store', async () => {
     let now = Date.UTC(2026, 10, 25, 23, 0, 0);
     const store = memoryLimitStore();
     const l = new Limiter(store, () => ({ bytesPerDay: 1000 }), () => now);
-    l.admit('c')(600);
-    l.admit('c')(600); // admitted at 600 < 1000; completes and crosses the quota
-    try { l.admit('c'); assert.fail('quota reached'); } catch (e) {
+    const first = await l.admit('c');
+    first(600);
+    (await l.admit('c'))(600); // admitted at 600 < 1000; completes and crosses the quota
+    try { await l.admit('c'); assert.fail('quota reached'); } catch (e) {
       assert.ok(e instanceof GatewayError && e.code === 'QUOTA_EXCEEDED', 'QUOTA_EXCEEDED');
       assert.equal(e.retryAfter, 3600, 'until midnight UTC');
     }
     const again = new Limiter(store, () => ({ bytesPerDay: 1000 }), () => now);
-    assert.equal(code(() => again.admit('c')), 'QUOTA_EXCEEDED', 'a new limiter on the same store (a restart) remembers');
+    assert.equal(await acode(() => again.admit('c')), 'QUOTA_EXCEEDED', 'a new limiter on the same store (a restart) remembers');
     now += 3600_000;
-    assert.equal(code(() => again.admit('c')), 'none', 'a new day');
+    assert.equal(await acode(() => again.admit('c')), 'none', 'a new day');
   });
 });
 

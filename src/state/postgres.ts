@@ -1,0 +1,198 @@
+/**
+ * Shared state on PostgreSQL (`state.store: postgres://…`), for several gateway replicas behind
+ * one load balancer: the pseudonym reverse map and the rate and quota counters. Migrations run
+ * at start, inside a transaction under an advisory lock (two replicas starting together do
+ * not race), and are recorded in `deid_schema_version`; a database written by a newer version
+ * is refused.
+ *
+ * - Pseudonyms: recorded in a pending batch (visible to this replica at once) and committed by
+ *   flush() in one INSERT … ON CONFLICT DO NOTHING before a response's last byte, so another
+ *   replica resolves every pseudonym a client has received. A bounded cache keeps lookups off
+ *   the database; pseudonyms never change once written, so caching is safe.
+ * - Rate buckets: read and updated under SELECT … FOR UPDATE in one transaction, so replicas
+ *   share one bucket per client. Day bytes: an atomic upsert.
+ *
+ * Errors are STATE_UNAVAILABLE naming the database by host and name only (never the password
+ * or a value).
+ */
+import pg from 'pg';
+import { GatewayError } from '../core/errors.js';
+import type { GatewayPseudonymStore } from '../pseudonym/shared.js';
+import type { PseudonymKind } from '../pseudonym/store.js';
+import type { LimitStore } from '../policy/limits.js';
+
+export const PG_SCHEMA_VERSION = 1;
+
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE deid_pseudonyms (
+     client_id  TEXT NOT NULL,
+     kind       TEXT NOT NULL CHECK (kind IN ('uid', 'patient')),
+     pseudonym  TEXT NOT NULL,
+     original   TEXT NOT NULL,
+     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+     PRIMARY KEY (client_id, kind, pseudonym));
+   CREATE TABLE deid_limit_buckets (client_id TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, at BIGINT NOT NULL);
+   CREATE TABLE deid_limit_day_bytes (client_id TEXT NOT NULL, day DATE NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (client_id, day));`,
+];
+
+function where(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.hostname}${u.port ? `:${u.port}` : ''}/${u.pathname.replace(/^\//, '')}`;
+  } catch {
+    return 'the configured database';
+  }
+}
+
+function unavailable(db: string, what: string, cause?: unknown): GatewayError {
+  const code = (cause as { code?: string } | undefined)?.code;
+  return new GatewayError('STATE_UNAVAILABLE', `PostgreSQL ${db}: ${what}${code ? ` (${code})` : ''}; check state.store, the server and the credentials`, cause === undefined ? undefined : { cause });
+}
+
+export interface PgState {
+  readonly pseudonyms: GatewayPseudonymStore;
+  readonly limits: LimitStore;
+  /** Ends the pool (after the pseudonym store flushed). */
+  close(): Promise<void>;
+}
+
+async function migrate(pool: pg.Pool, db: string): Promise<void> {
+  const c = await pool.connect();
+  try {
+    await c.query('BEGIN');
+    await c.query('SELECT pg_advisory_xact_lock(7433001)');
+    await c.query('CREATE TABLE IF NOT EXISTS deid_schema_version (version INTEGER NOT NULL)');
+    const r = await c.query<{ v: number | null }>('SELECT max(version) AS v FROM deid_schema_version');
+    const current = r.rows[0]?.v ?? 0;
+    if (current > PG_SCHEMA_VERSION) throw unavailable(db, `schema version ${current} is newer than this gateway supports (${PG_SCHEMA_VERSION}); upgrade the gateway`);
+    for (let v = current; v < PG_SCHEMA_VERSION; v++) await c.query(MIGRATIONS[v]!);
+    if (current < PG_SCHEMA_VERSION) {
+      await c.query('DELETE FROM deid_schema_version');
+      await c.query('INSERT INTO deid_schema_version (version) VALUES ($1)', [PG_SCHEMA_VERSION]);
+    }
+    await c.query('COMMIT');
+  } catch (e) {
+    await c.query('ROLLBACK').catch(() => undefined);
+    throw e instanceof GatewayError ? e : unavailable(db, 'migration failed', e);
+  } finally {
+    c.release();
+  }
+}
+
+/** Connects, migrates, and returns the shared stores. */
+export async function openPostgresState(url: string, opts: { cacheEntries?: number; max?: number } = {}): Promise<PgState> {
+  const db = where(url);
+  const pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, connectionTimeoutMillis: 5000, idleTimeoutMillis: 30_000 });
+  let healthy = true;
+  pool.on('error', () => { healthy = false; }); // an idle client lost its connection; the next query reconnects
+  try {
+    await migrate(pool, db);
+  } catch (e) {
+    await pool.end().catch(() => undefined);
+    throw e instanceof GatewayError ? e : unavailable(db, 'cannot connect', e);
+  }
+  const q = async <R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> => {
+    try {
+      const r = await pool.query<R>(text, values);
+      healthy = true;
+      return r;
+    } catch (e) {
+      healthy = false;
+      throw unavailable(db, 'a query failed', e);
+    }
+  };
+  const ping = setInterval(() => { pool.query('SELECT 1').then(() => { healthy = true; }, () => { healthy = false; }); }, 5000);
+  ping.unref();
+
+  const max = opts.cacheEntries ?? 100_000;
+  const cache = new Map<string, string>();
+  const remember = (k: string, v: string): void => {
+    cache.delete(k);
+    cache.set(k, v);
+    if (cache.size > max) cache.delete(cache.keys().next().value!);
+  };
+  const key = (c: string, k: PseudonymKind, p: string): string => `${c}\0${k}\0${p}`;
+  let pending = new Map<string, [string, PseudonymKind, string, string]>();
+  let flushing: Promise<void> = Promise.resolve();
+
+  const pseudonyms: GatewayPseudonymStore = {
+    record(clientId, kind, pseudonym, original) {
+      const k = key(clientId, kind, pseudonym);
+      if (!pending.has(k) && !cache.has(k)) pending.set(k, [clientId, kind, pseudonym, original]);
+    },
+    async lookupMany(clientId, kind, ps) {
+      const out = new Map<string, string>();
+      const missing: string[] = [];
+      for (const p of ps) {
+        const k = key(clientId, kind, p);
+        const v = pending.get(k)?.[3] ?? cache.get(k);
+        if (v !== undefined) out.set(p, v); else missing.push(p);
+      }
+      if (missing.length) {
+        const r = await q<{ pseudonym: string; original: string }>('SELECT pseudonym, original FROM deid_pseudonyms WHERE client_id = $1 AND kind = $2 AND pseudonym = ANY($3)', [clientId, kind, missing]);
+        for (const row of r.rows) { out.set(row.pseudonym, row.original); remember(key(clientId, kind, row.pseudonym), row.original); }
+      }
+      return out;
+    },
+    flush() {
+      // Serialized: each flush commits what was pending when it started, after the previous one.
+      flushing = flushing.catch(() => undefined).then(async () => {
+        if (pending.size === 0) return;
+        const batch = pending;
+        pending = new Map();
+        const rows = [...batch.values()];
+        try {
+          await q('INSERT INTO deid_pseudonyms (client_id, kind, pseudonym, original) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING',
+            [rows.map((r) => r[0]), rows.map((r) => r[1]), rows.map((r) => r[2]), rows.map((r) => r[3])]);
+        } catch (e) {
+          for (const [k, v] of batch) if (!pending.has(k)) pending.set(k, v); // retried by the next flush
+          throw e;
+        }
+        for (const [k, r] of batch) remember(k, r[3]);
+      });
+      return flushing;
+    },
+    healthy: () => healthy,
+    async close() { await pseudonyms.flush(); },
+  };
+
+  const limits: LimitStore = {
+    async take(clientId, capacity, perMs, now) {
+      const c = await pool.connect().catch((e: unknown) => { healthy = false; throw unavailable(db, 'cannot connect', e); });
+      try {
+        await c.query('BEGIN');
+        await c.query('INSERT INTO deid_limit_buckets (client_id, tokens, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [clientId, capacity, now]);
+        const r = await c.query<{ tokens: number; at: string }>('SELECT tokens, at FROM deid_limit_buckets WHERE client_id = $1 FOR UPDATE', [clientId]);
+        const row = r.rows[0]!;
+        const tokens = Math.min(capacity, row.tokens + Math.max(0, now - Number(row.at)) * perMs);
+        const admitted = tokens >= 1;
+        await c.query('UPDATE deid_limit_buckets SET tokens = $2, at = $3 WHERE client_id = $1', [clientId, admitted ? tokens - 1 : tokens, now]);
+        await c.query('COMMIT');
+        return { admitted, tokens };
+      } catch (e) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        throw e instanceof GatewayError ? e : unavailable(db, 'a limit update failed', e);
+      } finally {
+        c.release();
+      }
+    },
+    async bytes(clientId, day) {
+      const r = await q<{ bytes: string }>('SELECT bytes FROM deid_limit_day_bytes WHERE client_id = $1 AND day = $2', [clientId, day]);
+      return Number(r.rows[0]?.bytes ?? 0);
+    },
+    async addBytes(clientId, day, n) {
+      await q('INSERT INTO deid_limit_day_bytes (client_id, day, bytes) VALUES ($1, $2, $3) ON CONFLICT (client_id, day) DO UPDATE SET bytes = deid_limit_day_bytes.bytes + excluded.bytes', [clientId, day, n]);
+    },
+    close: () => undefined,
+  };
+
+  return {
+    pseudonyms,
+    limits,
+    async close() {
+      clearInterval(ping);
+      await pseudonyms.close().catch(() => undefined);
+      await pool.end();
+    },
+  };
+}

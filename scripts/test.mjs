@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm test`: installs what the tests need on a fresh Debian machine (npm packages, and as
 // root the Debian packages the tests drive: dcmtk, dicom3tools, orthanc, orthanc-dicomweb,
-// chromium for the audit report's screenshot, openssl for TLS certificates),
+// chromium for the audit report's screenshot, openssl for TLS certificates, postgresql for
+// shared state),
 // then runs every test file
 // with Node's test runner. `npm test -- unit` runs test/unit only.
 import { execSync, spawnSync } from 'node:child_process';
@@ -18,8 +19,12 @@ if (!existsSync(join(root, 'node_modules/.package-lock.json'))) sh('npm ci --no-
 const debian = { dcmdump: 'dcmtk', dciodvfy: 'dicom3tools', Orthanc: 'orthanc', chromium: 'chromium', openssl: 'openssl' };
 const missing = [...new Set(Object.entries(debian).filter(([bin]) => !has(bin)).map(([, pkg]) => pkg))];
 if (!existsSync('/usr/share/orthanc/plugins/libOrthancDicomWeb.so')) missing.push('orthanc-dicomweb');
-// chromium and openssl only enable tests that otherwise skip (the report screenshot, TLS).
-const optional = new Set(['chromium', 'openssl']);
+// PostgreSQL's server binaries live outside PATH (/usr/lib/postgresql/N/bin).
+const hasPostgres = existsSync('/usr/lib/postgresql') && readdirSync('/usr/lib/postgresql').some((v) => existsSync(join('/usr/lib/postgresql', v, 'bin', 'initdb')));
+if (!hasPostgres) missing.push('postgresql');
+// chromium, openssl and postgresql only enable tests that otherwise skip (the report
+// screenshot, TLS, shared state on PostgreSQL); as root they are installed like the rest.
+const optional = new Set(['chromium', 'openssl', 'postgresql']);
 if (missing.length) {
   if (process.getuid?.() === 0 && has('apt-get')) {
     sh('apt-get update -qq');

@@ -1,0 +1,121 @@
+/**
+ * Issue 7's shared state on a real PostgreSQL (Debian package, started by the test on
+ * loopback): two gateway replicas on one database resolve each other's pseudonyms and share
+ * rate limits; state survives restarts; migrations are recorded and a newer schema refused.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import winston from 'winston';
+import { validateConfig, type Config } from '../../src/config/schema.js';
+import { buildPartsAsync, startGateway, type Gateway } from '../../src/main.js';
+import { loadOrCreateMasterSecret } from '../../src/pseudonym/secret.js';
+import { generateCohort, type Cohort } from '../fixtures/cohort.js';
+import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+import { postgresBin, startPostgres, type PostgresHandle } from '../helpers/postgres.js';
+
+const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
+const tok = (id: string): string => `${id}-token-0123456789`;
+const quiet = (): winston.Logger => winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] });
+
+describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? false : 'PostgreSQL is not installed (apt-get install postgresql)' }, () => {
+  let pg: PostgresHandle;
+  let orthanc: OrthancHandle;
+  let cohort: Cohort;
+  const dirs: string[] = [];
+  const cfgs: Config[] = [];
+  let a: Gateway;
+  let b: Gateway;
+
+  const start = async (i: number): Promise<Gateway> => startGateway(cfgs[i]!, { ...(await buildPartsAsync(cfgs[i]!)), log: quiet() });
+  const get = async (gw: Gateway, path: string, client = 'vendor'): Promise<{ status: number; body: string }> => {
+    const r = await fetch(`${gw.url}${path}`, { headers: { authorization: `Bearer ${tok(client)}` } });
+    return { status: r.status, body: await r.text() };
+  };
+
+  before(async () => {
+    pg = await startPostgres();
+    cohort = generateCohort();
+    orthanc = await startOrthanc();
+    await orthanc.upload([...cohort.files]);
+    // Replicas share the master key (a secret in production) and the database; each has its own
+    // state.dir for the audit trail.
+    for (let i = 0; i < 2; i++) {
+      const dir = mkdtempSync(join(tmpdir(), `deid-replica${i}-`));
+      dirs.push(dir);
+      if (i === 0) loadOrCreateMasterSecret(dir);
+      else { mkdirSync(dir, { recursive: true }); copyFileSync(join(dirs[0]!, 'master.key'), join(dir, 'master.key')); }
+      cfgs.push(validateConfig({
+        server: { host: '127.0.0.1', port: 0 }, upstream: { url: orthanc.dicomWebUrl }, state: { dir, store: pg.url },
+        clients: [
+          { id: 'vendor', apiKeySha256: sha(tok('vendor')) },
+          { id: 'limited', apiKeySha256: sha(tok('limited')), limits: { requestsPerMinute: 4 } },
+        ],
+      }, join(dir, 'g.yaml')));
+    }
+    a = await start(0);
+    b = await start(1);
+  });
+
+  after(async () => {
+    await a?.close();
+    await b?.close();
+    await orthanc?.stop();
+    pg?.stop();
+  });
+
+  test('migrations ran once and are recorded', () => {
+    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '1');
+    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version/);
+  });
+
+  test('a replica resolves the pseudonyms another replica issued', async () => {
+    const list = await get(a, '/dicom-web/studies?limit=3');
+    assert.equal(list.status, 200);
+    const uids = (JSON.parse(list.body) as Record<string, { Value: string[] }>[]).map((r) => r['0020000D']!.Value[0]!);
+    assert.equal(uids.length, 3);
+    for (const u of uids) {
+      assert.match(u, /^2\.25\.\d+$/);
+      const meta = await get(b, `/dicom-web/studies/${u}/metadata`);
+      assert.equal(meta.status, 200, `replica B resolves ${u}`);
+      const series = (JSON.parse(meta.body) as Record<string, { Value: string[] }>[])[0]!['0020000E']!.Value[0]!;
+      assert.equal((await get(a, `/dicom-web/studies/${u}/series/${series}/metadata`)).status, 200, 'and A resolves what B issued');
+    }
+    assert.equal((await get(b, '/dicom-web/studies/2.25.42/metadata')).status, 404, 'unknown pseudonyms stay unknown');
+    assert.ok(Number(pg.psql("SELECT count(*) FROM deid_pseudonyms WHERE client_id = 'vendor'")) >= 6, 'the pairs are in the shared table');
+  });
+
+  test('rate limits are shared by the replicas, and survive a restart of both', async () => {
+    for (const [gw, n] of [[a, 2], [b, 2]] as const) for (let i = 0; i < n; i++) assert.equal((await get(gw, '/dicom-web/studies?limit=1', 'limited')).status, 200);
+    assert.equal((await get(a, '/dicom-web/studies?limit=1', 'limited')).status, 429, 'the fifth request, on either replica, is over the shared limit');
+    assert.equal((await get(b, '/dicom-web/studies?limit=1', 'limited')).status, 429);
+    await a.close();
+    await b.close();
+    a = await start(0);
+    b = await start(1);
+    assert.equal((await get(b, '/dicom-web/studies?limit=1', 'limited')).status, 429, 'the bucket is in the database');
+    const list = await get(a, '/dicom-web/studies?limit=1');
+    const uid = (JSON.parse(list.body) as Record<string, { Value: string[] }>[])[0]!['0020000D']!.Value[0]!;
+    assert.equal((await get(b, `/dicom-web/studies/${uid}/metadata`)).status, 200, 'pseudonyms survive the restart');
+  });
+
+  test('a database written by a newer version is refused at start, with the reason', async () => {
+    pg.psql('UPDATE deid_schema_version SET version = 99');
+    try {
+      await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(1\); upgrade the gateway/);
+    } finally {
+      pg.psql('UPDATE deid_schema_version SET version = 1');
+    }
+  });
+
+  test('an unreachable database is a clear error, without the credentials', async () => {
+    const c = validateConfig({
+      server: { host: '127.0.0.1', port: 0 }, upstream: { url: orthanc.dicomWebUrl },
+      state: { dir: dirs[0]!, store: 'postgres://gw:s3cret-pw@127.0.0.1:9/deid' }, clients: [{ id: 'v', apiKeySha256: sha('x') }],
+    }, join(dirs[0]!, 'h.yaml'));
+    await assert.rejects(buildPartsAsync(c), (e: Error) => /STATE_UNAVAILABLE|PostgreSQL 127\.0\.0\.1:9\/deid: cannot connect/.test(`${(e as { code?: string }).code} ${e.message}`) && !e.message.includes('s3cret'));
+  });
+});

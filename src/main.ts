@@ -10,7 +10,7 @@ import { createOpsLogger } from './audit/log.js';
 import { createAuditSink, type AuditSink } from './audit/sink.js';
 import { AuditTrail, auditKey } from './audit/trail.js';
 import { GatewayMetrics } from './audit/metrics.js';
-import { SyslogForwarder } from './audit/syslog.js';
+import { FileSpool, SyslogForwarder, type Spool } from './audit/syslog.js';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -77,7 +77,7 @@ function patientIdOf(key: string | undefined): string | undefined {
 export function buildParts(cfg: Config): GatewayParts {
   if (cfg.state.store) throw new GatewayError('CONFIG_INVALID', 'state.store names a PostgreSQL database: build the parts with buildPartsAsync');
   loadOrCreateMasterSecret(cfg.state.dir); // creates state.dir (0700) and the key before the stores
-  return assemble(cfg, fromSqlite(openSqliteStore(cfg.state.dir)), openSqliteLimitStore(cfg.state.dir));
+  return assemble(cfg, fromSqlite(openSqliteStore(cfg.state.dir)), openSqliteLimitStore(cfg.state.dir), cfg.audit.syslog ? new FileSpool(join(cfg.state.dir, 'audit-spool')) : undefined);
 }
 
 /** The parts with whichever state the configuration names (PostgreSQL: connected and migrated). */
@@ -85,10 +85,10 @@ export async function buildPartsAsync(cfg: Config): Promise<GatewayParts> {
   if (!cfg.state.store) return buildParts(cfg);
   loadOrCreateMasterSecret(cfg.state.dir);
   const pg = await openPostgresState(cfg.state.store);
-  return { ...assemble(cfg, pg.pseudonyms, pg.limits), closeState: () => pg.close() };
+  return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close() };
 }
 
-function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore): GatewayParts {
+function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore, spool: Spool | undefined): GatewayParts {
   const master = loadOrCreateMasterSecret(cfg.state.dir);
   const log = createOpsLogger();
   // Scope files are re-read when they change; a broken file fails closed (503) and is logged
@@ -100,8 +100,8 @@ function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore)
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const trail = new AuditTrail({ dir: cfg.state.dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
   const sl = cfg.audit.syslog;
-  const syslog = sl === undefined ? undefined : new SyslogForwarder({
-    host: sl.host, port: sl.port, appName: sl.appName, spoolDir: join(cfg.state.dir, 'audit-spool'),
+  const syslog = sl === undefined || spool === undefined ? undefined : new SyslogForwarder({
+    host: sl.host, port: sl.port, appName: sl.appName, spool,
     ...(sl.tls ? { tls: { ca: sl.tls.caFile ? readFileSync(sl.tls.caFile) : undefined, cert: sl.tls.certFile ? readFileSync(sl.tls.certFile) : undefined, key: sl.tls.keyFile ? readFileSync(sl.tls.keyFile) : undefined, rejectUnauthorized: sl.tls.rejectUnauthorized } } : {}),
     onState: (state) => log[state === 'connected' ? 'info' : 'warn'](`audit record repository ${state}`, { host: sl.host, port: sl.port }),
   });

@@ -51,13 +51,17 @@ export interface RequestAudit {
 }
 
 export interface AuditForwarder {
-  forward(r: RequestAudit): void;
+  /** May return a promise (a shared spool): awaited before the response's last byte. */
+  forward(r: RequestAudit): void | Promise<void>;
   close(): Promise<void>;
 }
 
 export interface AuditSink {
-  /** Writes the request's records; throws AUDIT_UNAVAILABLE when the trail cannot be written. */
-  record(r: RequestAudit): void;
+  /**
+   * Writes the request's records to the trail (synchronously; throws AUDIT_UNAVAILABLE when it
+   * cannot) and hands them to the forwarders; the promise, if any, settles when they have them.
+   */
+  record(r: RequestAudit): void | Promise<void>;
   healthy(): boolean;
   /** Tries to write again after a failure (admission calls this before refusing). */
   recover(): boolean;
@@ -74,9 +78,14 @@ export function createAuditSink(trail: AuditTrail, key: Buffer, forwarders: read
       const records: Record<string, unknown>[] = [{ type: 'request', ...rest, studies: studies.length }];
       for (const s of studies) records.push({ type: 'study', time: r.time, requestId: r.requestId, client: r.client, route: r.route, outcome: r.outcome, ...s, policyHash: r.policyHash });
       trail.appendAll(records);
+      let waiting: Promise<void>[] | undefined;
       for (const f of forwarders) {
-        try { f.forward(r); } catch (e) { onForwardError(e); }
+        try {
+          const p = f.forward(r);
+          if (p) (waiting ??= []).push(p.catch(onForwardError));
+        } catch (e) { onForwardError(e); }
       }
+      return waiting ? Promise.all(waiting).then(() => undefined) : undefined;
     },
     healthy: () => trail.healthy(),
     recover: () => trail.recover(),

@@ -2,9 +2,11 @@
  * The A.5 audit messages to the hospital's Audit Record Repository over syslog: RFC 5424
  * messages, framed by octet counting (RFC 6587 3.4.1) over TCP, or over TLS (RFC 5425).
  *
- * Nothing is lost: every message is first appended to a spool file in the state directory
- * (synchronously, in the request's own audit step); a sender copies whole frames from the spool
- * to the connection and records how far it got (`spool.offset`) once the socket has taken them.
+ * Nothing is lost: every message is first appended to a spool in the request's own audit step —
+ * a file in the state directory (FileSpool: synchronous), or with shared state a PostgreSQL
+ * table that every replica's sender drains (so a replica that dies leaves nothing behind) — and
+ * a sender copies whole frames from the spool to the connection and marks them sent once the
+ * socket has taken them.
  * While the repository is unreachable the spool grows and the sender retries with backoff
  * (0.5 s doubling to 30 s); after a restart it resumes from the recorded offset. Delivery is
  * at-least-once: frames written just before a connection broke are sent again. A fully sent
@@ -23,8 +25,8 @@ export interface SyslogOptions {
   readonly port: number;
   readonly tls?: { readonly ca?: Buffer | undefined; readonly cert?: Buffer | undefined; readonly key?: Buffer | undefined; readonly rejectUnauthorized?: boolean | undefined } | undefined;
   readonly appName?: string | undefined;
-  /** Directory of the spool (created 0700). */
-  readonly spoolDir: string;
+  /** Where frames wait: a file in the state directory, or a table replicas share (state/postgres.ts). */
+  readonly spool: Spool;
   /** Syslog facility (default 10, security/authorization) and severity (default 5, notice). */
   readonly facility?: number | undefined;
   readonly severity?: number | undefined;
@@ -34,39 +36,133 @@ export interface SyslogOptions {
 const MAX_BATCH = 256 * 1024;
 const COMPACT_AT = 1024 * 1024;
 
-export class SyslogForwarder implements AuditForwarder {
+/** A batch of whole frames taken from a spool: sent() marks them delivered, release() puts them back. */
+export interface SpoolBatch {
+  readonly data: Buffer;
+  sent(): Promise<void> | void;
+  release(): Promise<void> | void;
+}
+
+export interface Spool {
+  /** Appends whole frames; durable when it returns (or resolves). */
+  append(frames: Buffer): void | Promise<void>;
+  /** The next frames to send, or undefined when nothing waits. */
+  take(): Promise<SpoolBatch | undefined>;
+  /** Bytes waiting (for the metrics); may be an estimate. */
+  pending(): number;
+  close(): Promise<void> | void;
+}
+
+/** The spool in a file (`spool.log`) with the offset sent so far (`spool.offset`). */
+export class FileSpool implements Spool {
   private readonly spoolPath: string;
   private readonly offsetPath: string;
   private readonly fd: number;
   private offset: number;
+  private taken = false;
+
+  constructor(dir: string) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.spoolPath = join(dir, 'spool.log');
+    this.offsetPath = join(dir, 'spool.offset');
+    this.fd = openSync(this.spoolPath, 'a+', 0o600);
+    const size = fstatSync(this.fd).size;
+    const saved = existsSync(this.offsetPath) ? Number(readFileSync(this.offsetPath, 'utf8').trim()) : 0;
+    this.offset = Number.isInteger(saved) && saved >= 0 && saved <= size ? saved : 0;
+  }
+
+  append(buf: Buffer): void {
+    let off = 0;
+    while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+  }
+
+  pending(): number {
+    return fstatSync(this.fd).size - this.offset;
+  }
+
+  async take(): Promise<SpoolBatch | undefined> {
+    if (this.taken) return undefined;
+    const data = this.nextBatch();
+    if (!data) { this.compact(); return undefined; }
+    this.taken = true;
+    return {
+      data,
+      sent: () => { this.taken = false; this.offset += data.length; this.saveOffset(); },
+      release: () => { this.taken = false; },
+    };
+  }
+
+  /** Whole frames from the spool at `offset`, up to MAX_BATCH bytes (at least one frame). */
+  private nextBatch(): Buffer | undefined {
+    const size = fstatSync(this.fd).size;
+    if (this.offset >= size) return undefined;
+    const want = Math.min(size - this.offset, MAX_BATCH);
+    const buf = Buffer.alloc(want);
+    const n = readSync(this.fd, buf, 0, want, this.offset);
+    let end = 0;
+    for (;;) {
+      const sp = buf.indexOf(0x20, end);
+      if (sp < 0 || sp - end > 10) break;
+      const len = Number(buf.toString('ascii', end, sp));
+      if (!Number.isInteger(len) || sp + 1 + len > n) {
+        if (end === 0 && Number.isInteger(len) && sp + 1 + len <= size - this.offset) {
+          const big = Buffer.alloc(sp + 1 + len); // one frame larger than a batch: read it whole
+          readSync(this.fd, big, 0, big.length, this.offset);
+          return big;
+        }
+        break;
+      }
+      end = sp + 1 + len;
+    }
+    return end > 0 ? buf.subarray(0, end) : undefined;
+  }
+
+  private saveOffset(): void {
+    const tmp = `${this.offsetPath}.tmp`;
+    writeFileSync(tmp, `${this.offset}\n`, { mode: 0o600 });
+    renameSync(tmp, this.offsetPath);
+  }
+
+  private compact(): void {
+    const size = fstatSync(this.fd).size;
+    if (this.offset === size && size >= COMPACT_AT) {
+      ftruncateSync(this.fd, 0);
+      this.offset = 0;
+      this.saveOffset();
+    }
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+export class SyslogForwarder implements AuditForwarder {
   private socket: Socket | undefined;
   private connected = false;
   private writing = false;
   private closed = false;
   private backoff = 500;
   private retry: NodeJS.Timeout | undefined;
+  private poll: NodeJS.Timeout;
   private readonly seen = new Set<string>();
   private readonly ctx: AtnaContext;
   private readonly hostName = hostname();
 
   constructor(private readonly opts: SyslogOptions) {
-    mkdirSync(opts.spoolDir, { recursive: true, mode: 0o700 });
-    this.spoolPath = join(opts.spoolDir, 'spool.log');
-    this.offsetPath = join(opts.spoolDir, 'spool.offset');
-    this.fd = openSync(this.spoolPath, 'a+', 0o600);
-    const size = fstatSync(this.fd).size;
-    const saved = existsSync(this.offsetPath) ? Number(readFileSync(this.offsetPath, 'utf8').trim()) : 0;
-    this.offset = Number.isInteger(saved) && saved >= 0 && saved <= size ? saved : 0;
     this.ctx = { sourceId: `${opts.appName ?? 'deid-gateway'}@${this.hostName}`, host: this.hostName, pid: process.pid };
+    // A shared spool also fills from other replicas: look for work now and then.
+    this.poll = setInterval(() => this.pump(), 1000);
+    this.poll.unref();
     this.connect();
   }
 
   /** Bytes spooled and not yet handed to the repository. */
   pending(): number {
-    return fstatSync(this.fd).size - this.offset;
+    return this.opts.spool.pending();
   }
 
-  forward(r: RequestAudit): void {
+  forward(r: RequestAudit): void | Promise<void> {
     const firstLogin = r.client !== null && r.status !== 401 && !this.seen.has(r.client);
     if (firstLogin && r.client) this.seen.add(r.client);
     const pri = (this.opts.facility ?? 10) * 8 + (this.opts.severity ?? 5);
@@ -74,11 +170,11 @@ export class SyslogForwarder implements AuditForwarder {
       const msg = Buffer.from(`<${pri}>1 ${new Date().toISOString()} ${this.hostName} ${this.opts.appName ?? 'deid-gateway'} ${process.pid} IHE+RFC-3881 - \uFEFF${m.xml}`, 'utf8');
       return Buffer.concat([Buffer.from(`${msg.length} `, 'ascii'), msg]);
     });
-    if (!frames.length) return;
-    const buf = Buffer.concat(frames);
-    let off = 0;
-    while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+    if (!frames.length) return undefined;
+    const appended = this.opts.spool.append(Buffer.concat(frames));
+    if (appended instanceof Promise) return appended.then(() => this.pump());
     this.pump();
+    return undefined;
   }
 
   private connect(): void {
@@ -99,7 +195,6 @@ export class SyslogForwarder implements AuditForwarder {
     s.once('close', () => {
       const was = this.connected;
       this.connected = false;
-      this.writing = false;
       this.socket = undefined;
       if (was) this.opts.onState?.('disconnected');
       if (this.closed) return;
@@ -109,63 +204,31 @@ export class SyslogForwarder implements AuditForwarder {
     });
   }
 
-  /** Whole frames from the spool at `offset`, up to MAX_BATCH bytes (at least one frame). */
-  private nextBatch(): Buffer | undefined {
-    const size = fstatSync(this.fd).size;
-    if (this.offset >= size) return undefined;
-    const want = Math.min(size - this.offset, MAX_BATCH);
-    const buf = Buffer.alloc(want);
-    const n = readSync(this.fd, buf, 0, want, this.offset);
-    let end = 0;
-    for (;;) {
-      const sp = buf.indexOf(0x20, end);
-      if (sp < 0 || sp - end > 10) break;
-      const len = Number(buf.toString('ascii', end, sp));
-      if (!Number.isInteger(len) || sp + 1 + len > n) {
-        if (end === 0 && Number.isInteger(len) && sp + 1 + len <= size - this.offset) {
-          // One frame larger than a batch: read it whole.
-          const big = Buffer.alloc(sp + 1 + len);
-          readSync(this.fd, big, 0, big.length, this.offset);
-          return big;
-        }
-        break;
-      }
-      end = sp + 1 + len;
-    }
-    return end > 0 ? buf.subarray(0, end) : undefined;
-  }
-
   private pump(): void {
     if (!this.connected || this.writing || !this.socket) return;
-    const batch = this.nextBatch();
-    if (!batch) {
-      this.compact();
-      return;
-    }
     this.writing = true;
     const s = this.socket;
-    s.write(batch, (err) => {
-      if (err || s !== this.socket) return; // resent from the recorded offset after reconnecting
-      this.writing = false;
-      this.offset += batch.length;
-      this.saveOffset();
-      this.pump();
-    });
-  }
-
-  private saveOffset(): void {
-    const tmp = `${this.offsetPath}.tmp`;
-    writeFileSync(tmp, `${this.offset}\n`, { mode: 0o600 });
-    renameSync(tmp, this.offsetPath);
-  }
-
-  private compact(): void {
-    const size = fstatSync(this.fd).size;
-    if (this.offset === size && size >= COMPACT_AT) {
-      ftruncateSync(this.fd, 0);
-      this.offset = 0;
-      this.saveOffset();
-    }
+    void (async () => {
+      let batch: SpoolBatch | undefined;
+      try {
+        batch = await this.opts.spool.take();
+      } catch {
+        this.writing = false; // the spool is unavailable: the poll tries again
+        return;
+      }
+      if (!batch) { this.writing = false; return; }
+      if (s !== this.socket || !this.connected) { await batch.release(); this.writing = false; return; }
+      s.write(batch.data, (err) => {
+        void (async () => {
+          try {
+            if (err || s !== this.socket) await batch.release(); // resent after reconnecting
+            else await batch.sent();
+          } catch { /* a shared spool marks it on the next try */ }
+          this.writing = false;
+          if (!err) this.pump();
+        })();
+      });
+    })();
   }
 
   /** Gives the sender up to `ms` to drain, then closes; the spool keeps the rest. */
@@ -173,9 +236,11 @@ export class SyslogForwarder implements AuditForwarder {
     const until = Date.now() + ms;
     while (this.connected && this.pending() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     this.closed = true;
+    clearInterval(this.poll);
     if (this.retry) clearTimeout(this.retry);
+    while (this.writing && Date.now() < until + 1000) await new Promise((r) => setTimeout(r, 10));
     this.socket?.end();
     this.socket?.destroy();
-    closeSync(this.fd);
+    await this.opts.spool.close();
   }
 }

@@ -61,7 +61,7 @@ interface Locals {
    * Writes this request's audit records once (later calls do nothing); throws AUDIT_UNAVAILABLE.
    * Called before the last byte of a body, before a problem is sent, or when the connection closes.
    */
-  audit: (broken?: boolean) => void;
+  audit: (broken?: boolean) => void | Promise<void>;
 }
 
 const READ_ONLY = 'GET';
@@ -81,7 +81,7 @@ function sendProblem(res: Response, e: unknown): void {
   }
   res.status(p.status);
   try {
-    l.audit(); // the record is written before the answer leaves
+    void Promise.resolve(l.audit()).catch(() => undefined); // the trail record is written before the answer leaves
   } catch { /* the trail is failing: admission refuses the next requests; a problem carries no data */ }
   const headers: Record<string, string> = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' };
   if (p.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
@@ -130,7 +130,7 @@ async function send(res: Response, reply: Reply, signal: AbortSignal): Promise<v
       held = n.value;
     }
     if (held) l.bytes += held.length;
-    l.audit();
+    await l.audit();
     if (held) yield held;
   }
   await pipeline(Readable.from(rest(), { objectMode: false }), res, { signal });
@@ -147,11 +147,11 @@ export function createApp(deps: AppDeps): express.Express {
     const l: Locals = {
       requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
       audit: (broken = false) => {
-        if (audited || l.route === 'healthz' || l.route === 'readyz' || l.route === 'metrics') return; // probes and metrics touch no data and are not audited
+        if (audited || l.route === 'healthz' || l.route === 'readyz' || l.route === 'metrics') return undefined; // probes and metrics touch no data and are not audited
         audited = true;
         const client = l.client;
         const status = res.statusCode;
-        deps.audit.record({
+        return deps.audit.record({
           time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
           status, outcome: broken ? (l.code ? 'failed' : 'aborted') : status < 400 ? 'ok' : status < 500 ? 'denied' : 'failed',
           code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
@@ -165,7 +165,7 @@ export function createApp(deps: AppDeps): express.Express {
     res.setHeader('x-request-id', l.requestId);
     res.on('close', () => {
       try {
-        l.audit(!res.writableFinished); // aborted or failed mid-body: recorded now
+        void Promise.resolve(l.audit(!res.writableFinished)).catch(() => undefined); // aborted or failed mid-body: recorded now
       } catch {
         deps.log.error('audit record could not be written', { requestId: l.requestId });
       }

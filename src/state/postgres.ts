@@ -20,8 +20,9 @@ import { GatewayError } from '../core/errors.js';
 import type { GatewayPseudonymStore } from '../pseudonym/shared.js';
 import type { PseudonymKind } from '../pseudonym/store.js';
 import type { LimitStore } from '../policy/limits.js';
+import type { Spool, SpoolBatch } from '../audit/syslog.js';
 
-export const PG_SCHEMA_VERSION = 1;
+export const PG_SCHEMA_VERSION = 2;
 
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE deid_pseudonyms (
@@ -33,6 +34,8 @@ const MIGRATIONS: readonly string[] = [
      PRIMARY KEY (client_id, kind, pseudonym));
    CREATE TABLE deid_limit_buckets (client_id TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, at BIGINT NOT NULL);
    CREATE TABLE deid_limit_day_bytes (client_id TEXT NOT NULL, day DATE NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (client_id, day));`,
+  `CREATE TABLE deid_audit_spool (id BIGSERIAL PRIMARY KEY, frame BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), sent_at TIMESTAMPTZ);
+   CREATE INDEX deid_audit_spool_unsent ON deid_audit_spool (id) WHERE sent_at IS NULL;`,
 ];
 
 function where(url: string): string {
@@ -52,6 +55,8 @@ function unavailable(db: string, what: string, cause?: unknown): GatewayError {
 export interface PgState {
   readonly pseudonyms: GatewayPseudonymStore;
   readonly limits: LimitStore;
+  /** The A.5 message spool every replica's sender drains. */
+  readonly spool: Spool;
   /** Ends the pool (after the pseudonym store flushed). */
   close(): Promise<void>;
 }
@@ -186,10 +191,57 @@ export async function openPostgresState(url: string, opts: { cacheEntries?: numb
     close: () => undefined,
   };
 
+  // A.5 spool: rows are taken with FOR UPDATE SKIP LOCKED inside a transaction held while the
+  // frames are written to the repository, so two replicas never send the same rows at once,
+  // and a replica that dies mid-send leaves its rows to the others (its transaction aborts).
+  let pendingEstimate = 0;
+  const spool: Spool = {
+    async append(frames) {
+      await q('INSERT INTO deid_audit_spool (frame) VALUES ($1)', [frames]);
+      pendingEstimate += frames.length;
+    },
+    async take(): Promise<SpoolBatch | undefined> {
+      const c = await pool.connect();
+      try {
+        await c.query('BEGIN');
+        const r = await c.query<{ id: string; frame: Buffer }>('SELECT id, frame FROM deid_audit_spool WHERE sent_at IS NULL ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED');
+        if (r.rows.length === 0) {
+          await c.query('COMMIT');
+          c.release();
+          pendingEstimate = 0;
+          return undefined;
+        }
+        const ids = r.rows.map((x) => x.id);
+        const data = Buffer.concat(r.rows.map((x) => x.frame));
+        let done = false;
+        const finish = async (sql: string): Promise<void> => {
+          if (done) return;
+          done = true;
+          try { if (sql) await c.query(sql, [ids]); await c.query('COMMIT'); } catch { await c.query('ROLLBACK').catch(() => undefined); } finally { c.release(); }
+        };
+        return {
+          data,
+          sent: async () => { await finish('UPDATE deid_audit_spool SET sent_at = now() WHERE id = ANY($1::bigint[])'); pendingEstimate = Math.max(0, pendingEstimate - data.length); },
+          release: () => finish(''),
+        };
+      } catch (e) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        c.release();
+        throw unavailable(db, 'the audit spool cannot be read', e);
+      }
+    },
+    pending: () => pendingEstimate,
+    close: () => undefined,
+  };
+  const prune = setInterval(() => { pool.query("DELETE FROM deid_audit_spool WHERE sent_at < now() - interval '7 days'").catch(() => undefined); }, 3_600_000);
+  prune.unref();
+
   return {
     pseudonyms,
     limits,
+    spool,
     async close() {
+      clearInterval(prune);
       clearInterval(ping);
       await pseudonyms.close().catch(() => undefined);
       await pool.end();

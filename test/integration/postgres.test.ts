@@ -14,7 +14,8 @@ import { validateConfig, type Config } from '../../src/config/schema.js';
 import { buildPartsAsync, startGateway, type Gateway } from '../../src/main.js';
 import { loadOrCreateMasterSecret } from '../../src/pseudonym/secret.js';
 import { generateCohort, type Cohort } from '../fixtures/cohort.js';
-import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+import { freePort, startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+import { createServer, type Socket } from 'node:net';
 import { postgresBin, startPostgres, type PostgresHandle } from '../helpers/postgres.js';
 
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
@@ -29,6 +30,7 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
   const cfgs: Config[] = [];
   let a: Gateway;
   let b: Gateway;
+  let syslogPort: number;
 
   const start = async (i: number): Promise<Gateway> => startGateway(cfgs[i]!, { ...(await buildPartsAsync(cfgs[i]!)), log: quiet() });
   const get = async (gw: Gateway, path: string, client = 'vendor'): Promise<{ status: number; body: string }> => {
@@ -38,6 +40,7 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
 
   before(async () => {
     pg = await startPostgres();
+    syslogPort = await freePort(); // the repository is down until the spool test starts it
     cohort = generateCohort();
     orthanc = await startOrthanc();
     await orthanc.upload([...cohort.files]);
@@ -50,6 +53,7 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
       else { mkdirSync(dir, { recursive: true }); copyFileSync(join(dirs[0]!, 'master.key'), join(dir, 'master.key')); }
       cfgs.push(validateConfig({
         server: { host: '127.0.0.1', port: 0 }, upstream: { url: orthanc.dicomWebUrl }, state: { dir, store: pg.url },
+        audit: { syslog: { host: '127.0.0.1', port: syslogPort } },
         clients: [
           { id: 'vendor', apiKeySha256: sha(tok('vendor')) },
           { id: 'limited', apiKeySha256: sha(tok('limited')), limits: { requestsPerMinute: 4 } },
@@ -68,8 +72,8 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
   });
 
   test('migrations ran once and are recorded', () => {
-    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '1');
-    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version/);
+    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '2');
+    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_audit_spool,deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version/);
   });
 
   test('a replica resolves the pseudonyms another replica issued', async () => {
@@ -102,12 +106,33 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
     assert.equal((await get(b, `/dicom-web/studies/${uid}/metadata`)).status, 200, 'pseudonyms survive the restart');
   });
 
+  test('A.5 messages spooled by a replica that is gone are sent by the other one (shared spool)', async () => {
+    await get(b, '/dicom-web/studies?limit=2');
+    await get(b, '/dicom-web/studies', 'nobody-at-all');
+    const spooled = Number(pg.psql('SELECT count(*) FROM deid_audit_spool WHERE sent_at IS NULL'));
+    assert.ok(spooled >= 2, `messages wait in the shared spool (${spooled})`);
+    await b.close(); // B is gone; its messages are still in the database
+    const got: string[] = [];
+    const sockets = new Set<Socket>();
+    const server = createServer((s) => { sockets.add(s); s.on('data', (d) => got.push(String(d))); });
+    await new Promise<void>((r) => server.listen(syslogPort, '127.0.0.1', () => r()));
+    try {
+      for (let i = 0; i < 300 && Number(pg.psql('SELECT count(*) FROM deid_audit_spool WHERE sent_at IS NULL')) > 0; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.equal(pg.psql('SELECT count(*) FROM deid_audit_spool WHERE sent_at IS NULL').trim(), '0', 'replica A sent everything');
+      assert.match(got.join(''), /csd-code="110114"[\s\S]*EventOutcomeIndicator="4"|EventOutcomeIndicator="4"[\s\S]*csd-code="110114"/, 'B\'s authentication failure reached the repository');
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+      b = await start(1);
+    }
+  });
+
   test('a database written by a newer version is refused at start, with the reason', async () => {
     pg.psql('UPDATE deid_schema_version SET version = 99');
     try {
-      await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(1\); upgrade the gateway/);
+      await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(2\); upgrade the gateway/);
     } finally {
-      pg.psql('UPDATE deid_schema_version SET version = 1');
+      pg.psql('UPDATE deid_schema_version SET version = 2');
     }
   });
 

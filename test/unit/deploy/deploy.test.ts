@@ -22,11 +22,17 @@ test('Dockerfile: multi-stage, non-root, a state volume, a health check, SIGTERM
   assert.ok(!/^COPY (test|bench)/m.test(d), 'no tests or benchmarks in the image');
 });
 
-test('compose: read-only gateway, dropped capabilities, the PACS on an internal network', () => {
-  const c = parse(read('compose.yaml')) as { services: Record<string, Record<string, unknown>>; networks: Record<string, { internal?: boolean }> };
-  const g = c.services.gateway!;
-  assert.equal(g.read_only, true);
-  assert.deepEqual(g.cap_drop, ['ALL']);
+test('compose: two read-only replicas on PostgreSQL, dropped capabilities, the PACS and the database on an internal network', () => {
+  const c = parse(read('compose.yaml'), { merge: true }) as { services: Record<string, Record<string, unknown>>; networks: Record<string, { internal?: boolean }> };
+  for (const name of ['gateway-a', 'gateway-b']) {
+    const g = c.services[name]!;
+    assert.equal(g.read_only, true, name);
+    assert.deepEqual(g.cap_drop, ['ALL'], name);
+    assert.ok((g.volumes as string[]).some((v) => v.includes('master.key')), `${name}: the shared master key`);
+  }
+  assert.deepEqual(c.services.postgres!.networks, ['pacs']);
+  const cfg = validateConfig(parse(read('compose-gateway.yaml')), '/etc/deid-gateway/gateway.yaml');
+  assert.match(cfg.state.store ?? '', /^postgres:\/\/.*@postgres:5432\/deid$/);
   assert.deepEqual(c.services.orthanc!.networks, ['pacs']);
   assert.equal(c.networks.pacs!.internal, true);
   assert.equal(c.services.orthanc!.ports, undefined, 'the PACS publishes no port');
@@ -51,6 +57,16 @@ test('Kubernetes: probes, non-root, read-only root, the master key from a secret
   assert.equal(keyMount.mountPath, '/var/lib/deid-gateway/master.key');
   assert.equal(pod.volumes.find((v: { name: string }) => v.name === 'master-key').secret.secretName, 'deid-gateway-master-key');
   assert.ok(pod.terminationGracePeriodSeconds >= 30, 'time to drain');
+});
+
+test('Kubernetes, replicated: a StatefulSet with a volume per pod for its audit trail, a disruption budget', () => {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- walking an untyped manifest
+  const docs = parseAllDocuments(read('kubernetes/deid-gateway-replicated.yaml')).map((d) => d.toJS() as Record<string, any>);
+  const ss = docs.find((d) => d.kind === 'StatefulSet')!;
+  assert.ok(ss.spec.replicas >= 2);
+  assert.equal(ss.spec.volumeClaimTemplates[0].metadata.name, 'state');
+  assert.equal(ss.spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem, true);
+  assert.ok(docs.some((d) => d.kind === 'PodDisruptionBudget'));
 });
 
 test('the bundled configuration is valid and keeps its state where the volumes are', () => {

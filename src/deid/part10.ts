@@ -96,6 +96,12 @@ export interface Part10Options {
    * (a GatewayError such as PIXELS_WITHHELD) to refuse the instance.
    */
   readonly admit?: (attr: (tag: number) => string | undefined) => void | { readonly mask?: readonly Region[] | undefined };
+  /**
+   * Emit only the (cleaned) value bytes of native Pixel Data (7FE0,0010), nothing else: bulk
+   * pixel data and frames of instances whose pixels must be cleaned. Compressed or absent
+   * pixel data is refused (PIXELS_WITHHELD).
+   */
+  readonly pixelsOnly?: boolean;
 }
 
 /** Values larger than this that the plan removes are skipped, not buffered. */
@@ -305,6 +311,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   let pixel: { tag: number; length: number; headerLength: number } | null = null;
   let lastTag = -1;
   let held = 0; // bytes of header held in memory (skipped values do not count)
+  const skipped = new Set<number>(); // large removed values not held (e.g. Overlay Data)
   for (;;) {
     // Fast path: every whole, ordinary element already in the first buffered chunk, parsed
     // with one parser and consumed at once. Anything else takes the element-by-element path.
@@ -336,6 +343,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       continue;
     }
     if (h.length !== UNDEFINED_LENGTH && h.length > SKIP_THRESHOLD && !isPrivateTag(h.tag) && ctx.plan.lookup(h.tag).action.kind === 'remove') {
+      skipped.add(h.tag);
       for await (const _ of passBytes(dq, h.headerLength + h.length, false, `the value of ${tagString(h.tag)}`)) { /* skipped */ }
       continue;
     }
@@ -359,17 +367,27 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   // Overlays embedded in unused bits of the pixel cells (no Overlay Data of their own) are
   // cleared from the pixels when the plan removes the overlay (PS3.15 E.1-1, Clean Graphics).
   const overlayBits: number[] = [];
+  const bitsStored = Number(attr(0x00280101) ?? Number.NaN);
+  const highBit = Number(attr(0x00280102) ?? (Number.isFinite(bitsStored) ? bitsStored - 1 : Number.NaN));
   for (const e of header) {
     const g = e.tag >>> 16;
     if ((e.tag & 0xffff) !== 0x0102 || g < 0x6000 || g > 0x601e || g % 2 !== 0 || !e.value || e.value.length < 2) continue;
-    if (header.some((x) => x.tag === ((g << 16) | 0x3000)) || ctx.plan.lookup(e.tag).action.kind === 'keep') continue;
-    overlayBits.push(e.syntax.littleEndian ? e.value.readUInt16LE(0) : e.value.readUInt16BE(0));
+    const data = (g << 16) | 0x3000;
+    if (header.some((x) => x.tag === data) || skipped.has(data) || ctx.plan.lookup(e.tag).action.kind === 'keep') continue;
+    const bit = e.syntax.littleEndian ? e.value.readUInt16LE(0) : e.value.readUInt16BE(0);
+    // Only bits outside the stored range carry an overlay; the image's own bits are never cleared.
+    const inStored = Number.isFinite(bitsStored) && Number.isFinite(highBit) && bit <= highBit && bit >= highBit - bitsStored + 1;
+    if (!inStored) overlayBits.push(bit);
   }
   let masker: ((chunk: Buffer) => Buffer) | undefined;
+  if (opts.pixelsOnly && (!pixel || pixel.tag !== 0x7fe00010 || pixel.length === UNDEFINED_LENGTH)) {
+    throw new GatewayError('PIXELS_WITHHELD', 'this instance\'s pixels must be cleaned and have no native pixel data to clean');
+  }
   if ((mask?.length || overlayBits.length) && pixel) {
     if (pixel.tag !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned');
     if (pixel.length === UNDEFINED_LENGTH) {
-      if (mask?.length) throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be masked; ask for an uncompressed transfer syntax');
+      // Neither regions nor embedded overlay bits can be located in compressed pixel data.
+      throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be masked or have its overlay bits cleared; ask for an uncompressed transfer syntax');
     } else {
       const n = (tag: number, dflt?: number): number => { const v = attr(tag); return v === undefined ? (dflt ?? Number.NaN) : Number(v.split('\\')[0]); };
       const g: PixelGeometry = {
@@ -409,6 +427,12 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
 
   // Media Storage SOP Instance UID is the output's SOP Instance UID (PS3.10 7.1), so the two
   // agree even when the input's did not; without one, the meta value maps like a U row.
+  if (opts.pixelsOnly) {
+    // Only the value of the pixel data: skip to it, clean it, and stop.
+    dq.consume(pixel!.headerLength);
+    for await (const c of passBytes(dq, pixel!.length, true, 'the pixel data')) yield masker ? masker(c) : c;
+    return;
+  }
   const metaSop = firstString(meta, 0x00020003);
   const outSop = pSop || (metaSop && ctx.plan.lookup(0x00020003).action.kind !== 'keep' ? ctx.pseudonymizer.uid(metaSop) : metaSop);
   yield encodeMeta(sopClass, outSop, ts);

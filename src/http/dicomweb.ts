@@ -9,8 +9,8 @@ import { deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset 
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
 import { splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { pixelDecision, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
-import { pixelMasker, type PixelGeometry } from '../deid/pixel-mask.js';
+import { pixelDecision, pixelRisk, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import type { PixelGeometry } from '../deid/pixel-mask.js';
 import { readInstanceSync } from '../dicom/part10.js';
 import { renderFrame } from '../render/render.js';
 import { inflateRawSync } from 'node:zlib';
@@ -120,13 +120,16 @@ async function ok(rc: RequestContext, path: string, accept: string, query?: URLS
 }
 
 function expectType(r: UpstreamResponse, ...types: string[]): void {
-  let t: string;
+  let t: string | undefined;
   try {
     t = parseContentType(r.contentType).type;
   } catch {
-    throw new GatewayError('UPSTREAM_RESPONSE_INVALID', 'the PACS sent a body without a usable content type');
+    t = undefined;
   }
-  if (!types.includes(t)) throw new GatewayError('UPSTREAM_RESPONSE_INVALID', `the PACS sent another media type where ${types[0]} was expected`);
+  if (t === undefined || !types.includes(t)) {
+    void r.dump().catch(() => undefined); // release the connection
+    throw new GatewayError('UPSTREAM_RESPONSE_INVALID', t === undefined ? 'the PACS sent a body without a usable content type' : `the PACS sent another media type where ${types[0]} was expected`);
+  }
 }
 
 async function* withFlush(rc: RequestContext, body: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
@@ -486,16 +489,10 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
       onInstance: (i) => { noteStudy(note, i.original.study, i.pseudonymous.study, patientOfPart, 1); rc.observeDeid?.('part10', i.deidSeconds); },
       admit: (attr) => {
         patientOfPart = attr(TAG.patientId);
-        // Scope first: an out-of-scope instance is skipped silently, not counted as withheld.
-        if (!unrestricted) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
-        const decision = decide(rc, {
-          burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
-          imageType: attr(0x00080008), manufacturer: attr(0x00080070), model: attr(0x00081090), rows: attr(0x00280010), columns: attr(0x00280011),
-          samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
-        });
-        if (!decision.allow) throw new GatewayError('PIXELS_WITHHELD', decision.reason);
-        if (decision.mask) { maskedPart = true; return { mask: decision.mask }; }
-        if (decision.risk) note.riskyAllowed++;
+        // Scope first (inside admitHeader): an out-of-scope instance is skipped silently, not counted as withheld.
+        const r = admitHeader(rc, attr);
+        if (r?.mask) { maskedPart = true; return r; }
+        if (pixelRiskOf(attr) && rc.client.pixels.risky === 'allow') note.riskyAllowed++;
         return undefined;
       },
     });
@@ -538,6 +535,11 @@ function factsOf(r: JsonDataset): Facts {
   };
 }
 
+/** The pixel risk of a header (for counting explicitly allowed risky instances). */
+function pixelRiskOf(attr: (tag: number) => string | undefined): string | undefined {
+  return pixelRisk({ burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016), imageType: attr(0x00080008), samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008) });
+}
+
 /** The client's pixel decision on an instance's facts. */
 function decide(rc: RequestContext, f: Facts): PixelDecision {
   return pixelDecision(f, rc.client.pixels);
@@ -568,7 +570,9 @@ const FACT_TAGS = [...new Set([
 async function pixelFacts(rc: RequestContext, study: string, series?: string, sop?: string): Promise<Map<string, Facts>> {
   if (sop) {
     const known = rc.facts.instance(sop);
-    if (known) return new Map([[sop, known]]);
+    // SOP Instance UIDs are not always unique in a PACS: use cached facts only for this study and series.
+    const sameFolder = known && known.scope?.[TAG.studyUid] === study && (series === undefined || known.scope?.[TAG.seriesUid] === series);
+    if (known && sameFolder) return new Map([[sop, known]]);
   } else {
     const known = rc.facts.scope(study, series);
     if (known) return known;
@@ -608,22 +612,74 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
   return facts;
 }
 
-const NATIVE_TS: Record<string, boolean> = { '1.2.840.10008.1.2': true, '1.2.840.10008.1.2.1': true, '1.2.840.10008.1.2.2': false };
+
+/** True when an instance's pixels must be changed before they leave (mask regions, embedded overlay bits). */
+function needsCleaning(rc: RequestContext, facts: Facts): boolean {
+  const d = decide(rc, facts);
+  return (d.allow && !!d.mask?.length) || (facts.overlayBits?.length ?? 0) > 0;
+}
 
 /**
- * The pixel cleaning a frames or bulk response needs (mask regions of a rule, embedded overlay
- * bits), as a factory of per-part transformers; undefined when the bytes pass as they are.
+ * The cleaned value bytes of an instance's native pixel data, streamed: the instance is asked
+ * for uncompressed and passed through the engine (the same decision and masks as a retrieve,
+ * taken from its own header), which emits only the pixel value. Frames and bulk pixel data of
+ * instances that need cleaning are cut from this, never taken from the PACS's own frames or
+ * bulk routes (which may be compressed, big-endian or unlabelled).
  */
-function partCleaner(rc: RequestContext, facts: Facts, framesPerPart: number): ((littleEndian: boolean) => (c: Buffer) => Buffer) | undefined {
-  const d = decide(rc, facts);
-  const regions = d.allow && d.mask ? d.mask : [];
-  const overlayBits = facts.overlayBits ?? [];
-  if (!regions.length && !overlayBits.length) return undefined;
-  return (le) => pixelMasker(geometryOf(facts, framesPerPart, le), { regions, overlayBits });
+async function* cleanedPixels(rc: RequestContext, study: string, series: string, sop: string): AsyncGenerator<Buffer> {
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"');
+  expectType(up, 'multipart/related');
+  let seen = false;
+  for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
+    if (seen) { for await (const _ of part.body) { /* only the first part */ } continue; }
+    seen = true;
+    yield* deidentifyPart10(part.body, rc.client.ctx, { maxHeaderBytes: rc.maxHeaderBytes, pixelsOnly: true, admit: (attr) => admitHeader(rc, attr) });
+  }
+  if (!seen) throw new GatewayError('NOT_FOUND', 'no such resource');
+}
+
+/** The scope and pixel decision on an instance's own header (retrieve, rendered, cleaned pixels). */
+function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): { mask?: readonly import('../deid/pixel-mask.js').Region[] } | undefined {
+  if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
+  const decision = decide(rc, {
+    burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
+    imageType: attr(0x00080008), manufacturer: attr(0x00080070), model: attr(0x00081090), rows: attr(0x00280010), columns: attr(0x00280011),
+    samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
+  });
+  if (!decision.allow) throw new GatewayError('PIXELS_WITHHELD', decision.reason);
+  return decision.mask ? { mask: decision.mask } : undefined;
+}
+
+/** One multipart part per requested frame, cut from the cleaned pixel stream (only requested frames are held). */
+function cleanedFrames(rc: RequestContext, facts: Facts, pixels: AsyncIterable<Buffer>, wanted: readonly number[]): Reply {
+  const g = geometryOf(facts, 1, true);
+  const size = g.rows * g.columns * g.samplesPerPixel * (g.bitsAllocated / 8);
+  if (!(size > 0)) throw new GatewayError('PIXELS_WITHHELD', 'the frame size of this instance cannot be determined, so its frames cannot be cleaned');
+  const boundary = newBoundary();
+  async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
+    const want = new Set(wanted);
+    const got = new Map<number, Buffer[]>();
+    let offset = 0;
+    for await (const c of pixels) {
+      for (let at = 0; at < c.length;) {
+        const frame = Math.floor((offset + at) / size) + 1;
+        const end = Math.min(c.length, (frame * size) - offset);
+        if (want.has(frame)) (got.get(frame) ?? got.set(frame, []).get(frame)!).push(c.subarray(at, end));
+        at = end;
+      }
+      offset += c.length;
+    }
+    for (const f of wanted) {
+      const b = got.get(f);
+      if (!b) throw new GatewayError('NOT_FOUND', `frame ${f} does not exist`);
+      yield { headers: { 'content-type': 'application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1' }, body: (async function* () { yield* b; })() };
+    }
+  }
+  return { status: 200, headers: { 'content-type': `multipart/related; type="application/octet-stream"; boundary=${boundary}` }, body: withFlush(rc, writeMultipart(parts(), boundary)) };
 }
 
 /** A multipart of frames or bulk data passed through part by part (pixels only, no header). */
-function passParts(rc: RequestContext, up: UpstreamResponse, defaultType: string, clean?: (littleEndian: boolean) => (c: Buffer) => Buffer): Reply {
+function passParts(rc: RequestContext, up: UpstreamResponse, defaultType: string): Reply {
   expectType(up, 'multipart/related');
   const boundary = newBoundary();
   const upCt = parseContentType(up.contentType);
@@ -638,16 +694,6 @@ function passParts(rc: RequestContext, up: UpstreamResponse, defaultType: string
         safe = `${parsed.type}${ts && /^[0-9.]{1,64}$/.test(ts) ? `; transfer-syntax=${ts}` : ''}`;
       } catch {
         safe = 'application/octet-stream';
-      }
-      if (clean) {
-        // Cleaning needs native bytes: a compressed part cannot be cleaned and is refused.
-        let ts: string | undefined;
-        try { ts = parseContentType(ct).params['transfer-syntax']; } catch { ts = undefined; }
-        const le = NATIVE_TS[ts ?? '1.2.840.10008.1.2.1'];
-        if (le === undefined || !/^application\/octet-stream/i.test(safe)) throw new GatewayError('PIXELS_WITHHELD', 'this instance\'s pixels must be cleaned, and the PACS sent them compressed');
-        const t = clean(le);
-        yield { headers: { 'content-type': safe }, body: (async function* () { for await (const c of part.body) yield t(c); })() };
-        continue;
       }
       yield { headers: { 'content-type': safe }, body: part.body };
     }
@@ -668,12 +714,12 @@ export async function frames(rc: RequestContext, p: { study: string; series: str
   const series = originalUid(rc, p.series);
   const sop = originalUid(rc, p.instance);
   const facts = await requirePixels(rc, study, series, sop);
-  // Frames of an instance that must be cleaned are asked for uncompressed and cleaned here.
-  const clean = partCleaner(rc, facts, 1);
-  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/frames/${p.frames}`, clean ? 'multipart/related; type="application/octet-stream"' : frameAccept(accept));
   rc.note.instances++;
   noteStudy(rc.note, study, p.study, facts.scope?.[TAG.patientId], 1);
-  return passParts(rc, up, 'application/octet-stream', clean);
+  // Frames of an instance whose pixels must be cleaned are cut from the engine's output.
+  if (needsCleaning(rc, facts)) return cleanedFrames(rc, facts, cleanedPixels(rc, study, series, sop), p.frames.split(',').map(Number));
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/frames/${p.frames}`, frameAccept(accept));
+  return passParts(rc, up, 'application/octet-stream');
 }
 
 function frameAccept(accept: string | undefined): string {
@@ -716,15 +762,31 @@ export async function bulk(rc: RequestContext, p: { study: string; series: strin
   const series = originalUid(rc, p.series);
   const sop = originalUid(rc, p.instance);
   const top = parsed.tags[0]!;
-  let facts: Facts | undefined;
+  let facts: Facts;
   if (top === 0x7fe00010 || top === 0x7fe00008 || top === 0x7fe00009 || (top >>> 16) === 0x5400 || ((top >>> 16) & 0xff01) === 0x6000) {
     facts = await requirePixels(rc, study, series, sop);
+  } else {
+    // Any other attribute: the same scope checks as the instance itself.
+    await requireInstance(rc, study, series, sop);
+    const f = (await pixelFacts(rc, study, series, sop)).get(sop);
+    if (!f) throw new GatewayError('NOT_FOUND', 'no such resource');
+    if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, factsAttrs(f)); if (d) throw notVisible(d); }
+    facts = f;
   }
-  const clean = facts && top === 0x7fe00010 ? partCleaner(rc, facts, Number(facts.numberOfFrames ?? '1') || 1) : undefined;
-  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/bulk/${p.path.toLowerCase()}`, accept && /multipart\/related/i.test(accept) && !clean ? frameAccept(accept) : 'multipart/related; type="application/octet-stream"');
   rc.note.instances++;
-  noteStudy(rc.note, study, p.study, facts?.scope?.[TAG.patientId], 1);
-  return passParts(rc, up, 'application/octet-stream', clean);
+  noteStudy(rc.note, study, p.study, facts.scope?.[TAG.patientId], 1);
+  if ((top === 0x7fe00010 || top === 0x7fe00008 || top === 0x7fe00009) && needsCleaning(rc, facts)) {
+    if (top !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned');
+    const boundary = newBoundary();
+    const pixels = cleanedPixels(rc, study, series, sop);
+    return {
+      status: 200,
+      headers: { 'content-type': `multipart/related; type="application/octet-stream"; boundary=${boundary}` },
+      body: withFlush(rc, writeMultipart((async function* () { yield { headers: { 'content-type': 'application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1' }, body: pixels }; })(), boundary)),
+    };
+  }
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}/bulk/${p.path.toLowerCase()}`, accept && /multipart\/related/i.test(accept) ? frameAccept(accept) : 'multipart/related; type="application/octet-stream"');
+  return passParts(rc, up, 'application/octet-stream');
 }
 
 /** The image format a client accepts for rendered resources (JPEG unless it prefers PNG). */
@@ -791,7 +853,6 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
   }
   if (series === undefined) throw new GatewayError('NOT_FOUND', 'no such resource');
   const facts = await requirePixels(rc, study, series, sop);
-  const decision = decide(rc, facts);
   // The instance, uncompressed, through the engine: the same de-identification and masking as
   // a retrieve; held in memory (bounded) only to draw it.
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"');
@@ -803,10 +864,7 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
     const out = deidentifyPart10(part.body, rc.client.ctx, {
       maxHeaderBytes: rc.maxHeaderBytes,
       onInstance: (i) => { pseudoStudy = i.pseudonymous.study; },
-      admit: (attr) => {
-        if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
-        return decision.allow && decision.mask ? { mask: decision.mask } : undefined;
-      },
+      admit: (attr) => admitHeader(rc, attr), // decided again on the instance's own header
     });
     for await (const c of out) {
       size += c.length;

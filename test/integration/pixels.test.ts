@@ -255,6 +255,18 @@ describe('pixel safety against a real Orthanc', () => {
     assert.equal(bulk.status, 200);
     assert.ok(parts(bulk.body, bulk.type)[0]!.body.equals(masked(planar.pixels, 1, 1)), 'bulk pixel data is masked (planar)');
     assert.equal((await get(`${inst(uncovered)}/frames/1`, 'masker')).status, 403);
+    // An instance stored compressed: its bulk pixel data and frames are cut from the engine's
+    // native, masked output, never taken from the PACS's compressed bytes.
+    const rleBulk = await get(`${inst(compressed)}/bulk/7fe00010`, 'masker');
+    assert.equal(rleBulk.status, 200);
+    assert.ok(parts(rleBulk.body, rleBulk.type)[0]!.body.equals(masked(compressed.pixels, 1, 0)), 'bulk pixel data of the RLE instance is native and masked');
+    const rleFrame = await get(`${inst(compressed)}/frames/1`, 'masker');
+    assert.ok(parts(rleFrame.body, rleFrame.type)[0]!.body.equals(masked(compressed.pixels, 1, 0)), 'its frame too');
+    const two = await get(`${inst(multi)}/frames/3,1`, 'masker');
+    const got = parts(two.body, two.type).map((x) => x.body);
+    const all = masked(multi.pixels, 3, 0);
+    assert.ok(got.length === 2 && got[0]!.equals(all.subarray(2 * per, 3 * per)) && got[1]!.equals(all.subarray(0, per)), 'frames in the order asked');
+    assert.equal((await get(`${inst(multi)}/frames/4`, 'masker')).status, 404);
   });
 
   test('rendered images are drawn from the masked pixels: the band is black, the rest is the image', async () => {

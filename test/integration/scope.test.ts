@@ -152,7 +152,8 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       `/dicom-web/studies/${s.uid}`, `/dicom-web/studies/${s.uid}/metadata`, `/dicom-web/studies/${s.uid}/series`, `/dicom-web/studies/${s.uid}/instances`,
       `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}`, `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}/metadata`,
       `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}/instances`,
-      i(s, k), `${i(s, k)}/metadata`, `${i(s, k)}/frames/1`, `${i(s, k)}/bulk/7fe00010`,
+      i(s, k), `${i(s, k)}/metadata`, `${i(s, k)}/frames/1`, `${i(s, k)}/bulk/7fe00010`, `${i(s, k)}/bulk/00080060`,
+      `${i(s, k)}/rendered`, `${i(s, k)}/thumbnail`, `/dicom-web/studies/${s.uid}/thumbnail`,
     ];
     const ghost: CohortStudy = { ...S[0]!, uid: '1.2.3.999', series: [{ ...S[0]!.series[0]!, uid: '1.2.3.999.1', instances: ['1.2.3.999.1.1'] }] };
     const cases: [string, CohortStudy, number][] = [

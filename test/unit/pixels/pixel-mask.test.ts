@@ -150,6 +150,35 @@ describe('the Part 10 engine with a mask', () => {
     assert.ok(readInstanceSync(plain, inflateRawSync).pixel!.equals(pixels), 'without a mask, pixels pass unchanged');
   });
 
+  test('a separate Overlay Data element (even one too large to hold) is not mistaken for an embedded overlay', async () => {
+    const rows = 64, cols = 64;
+    const px = Buffer.alloc(rows * cols * 2);
+    for (let i = 0; i < rows * cols; i++) px.writeUInt16LE((i * 7) & 0x0fff | 1, i * 2);
+    const ov = Buffer.alloc(512 * 1024, 0xff); // larger than the engine holds: skipped, not parsed
+    const f = encodePart10([
+      { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' }, { tag: 0x00080018, vr: 'UI', value: '1.2.3.9' },
+      { tag: 0x00280002, vr: 'US', value: [1] }, { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' },
+      { tag: 0x00280010, vr: 'US', value: [rows] }, { tag: 0x00280011, vr: 'US', value: [cols] },
+      { tag: 0x00280100, vr: 'US', value: [16] }, { tag: 0x00280101, vr: 'US', value: [12] }, { tag: 0x00280102, vr: 'US', value: [11] },
+      { tag: 0x60000100, vr: 'US', value: [1] }, { tag: 0x60000102, vr: 'US', value: [0] }, { tag: 0x60003000, vr: 'OW', value: ov },
+      { tag: 0x7fe00010, vr: 'OW', value: px },
+    ], { ts: 'explicitLE' });
+    const out = readInstanceSync(await deidentifyPart10Buffer(f, engine()), inflateRawSync);
+    assert.ok(out.pixel!.equals(px), 'no pixel bit changed');
+    assert.ok(!out.elements.some((e) => e.tag >>> 16 === 0x6000), 'the overlay is removed');
+  });
+
+  test('an embedded overlay in compressed pixel data cannot be cleared: withheld', async () => {
+    const els: El[] = [
+      { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' }, { tag: 0x00080018, vr: 'UI', value: '1.2.3.8' },
+      { tag: 0x00280100, vr: 'US', value: [16] }, { tag: 0x00280101, vr: 'US', value: [12] }, { tag: 0x00280102, vr: 'US', value: [11] },
+      { tag: 0x60000100, vr: 'US', value: [16] }, { tag: 0x60000102, vr: 'US', value: [12] },
+      encapsulatedPixelData([Buffer.alloc(64, 1)]),
+    ];
+    const f = encodePart10(els, { ts: 'explicitLE', meta: { transferSyntaxUid: '1.2.840.10008.1.2.5' } });
+    await assert.rejects(deidentifyPart10Buffer(f, engine()), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');
+  });
+
   test('compressed pixel data or a length that does not fit the geometry cannot be masked', async () => {
     for (const f of [usFile({ encapsulated: true }).file, usFile({ badLength: true }).file]) {
       await assert.rejects(deidentifyPart10Buffer(f, engine(), { admit: () => ({ mask: band }) }), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');

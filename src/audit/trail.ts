@@ -20,7 +20,7 @@
  * Records hold UIDs, codes, counts, and keyed references to patients (`patientRef`, see
  * patientRef()): no name, ID, date or other value of a data set.
  */
-import { closeSync, fdatasyncSync, fstatSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
 import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import { GatewayError } from '../core/errors.js';
@@ -108,16 +108,40 @@ export class AuditTrail {
 
   private open(): void {
     try {
-      // Resume the chain from the last record of the newest file.
-      const files = trailFiles(this.opts.dir);
-      const newest = files.at(-1);
-      if (newest) {
-        const line = lastLine(join(this.opts.dir, newest));
-        if (line) {
-          const m = HASH_SUFFIX.exec(line);
-          const rec = JSON.parse(line) as { seq?: number };
-          if (m && typeof rec.seq === 'number') { this.seq = rec.seq; this.prev = m[1]!; }
+      const dir = this.opts.dir;
+      // A torn tail (a crash or a full disk in the middle of a write) is cut back to the last
+      // whole record; the repair is recorded in the chain below, so a reviewer sees it.
+      let torn = 0;
+      if (existsSync(this.path()) && statSync(this.path()).isFile()) {
+        const text = readFileSync(this.path());
+        const end = text.lastIndexOf(0x0a) + 1;
+        if (end < text.length) {
+          torn = text.length - end;
+          const fd = openSync(this.path(), 'r+');
+          try { ftruncateSync(fd, end); } finally { closeSync(fd); }
         }
+      }
+      // Resume the chain from the last record of the newest file that has one.
+      const files = trailFiles(dir);
+      let last: { rec: { seq?: number; type?: string; rotatedTo?: string }; hash: string; file: string } | undefined;
+      for (const f of [...files].reverse()) {
+        const line = lastLine(join(dir, f));
+        if (!line) continue;
+        const m = HASH_SUFFIX.exec(line);
+        const rec = JSON.parse(line) as { seq?: number; type?: string; rotatedTo?: string };
+        if (!m || typeof rec.seq !== 'number') throw Object.assign(new Error('damaged'), { code: 'EDAMAGED' });
+        last = { rec, hash: m[1]!, file: f };
+        break;
+      }
+      if (last) { this.seq = last.rec.seq!; this.prev = last.hash; }
+      // A rotation interrupted after its checkpoint: finish it (rename, then `continue`).
+      let finishRotation: string | undefined;
+      if (last?.rec.type === 'checkpoint' && typeof last.rec.rotatedTo === 'string' && /^audit-\d{12}\.log$/.test(last.rec.rotatedTo)) {
+        if (last.file === AUDIT_FILE) {
+          if (existsSync(join(dir, last.rec.rotatedTo))) throw Object.assign(new Error('exists'), { code: 'EEXIST' });
+          renameSync(this.path(), join(dir, last.rec.rotatedTo)); // stopped before the rename
+        }
+        finishRotation = last.rec.rotatedTo; // stopped before the `continue` record
       }
       this.fd = openSync(this.path(), 'a', 0o600);
       const st = fstatSync(this.fd);
@@ -129,10 +153,18 @@ export class AuditTrail {
         const s = first ? (JSON.parse(first) as { seq?: number }).seq : undefined;
         if (typeof s === 'number') this.firstSeqOfFile = s;
       }
-      this.headFd = openSync(join(this.opts.dir, HEAD_FILE), existsSync(join(this.opts.dir, HEAD_FILE)) ? 'r+' : 'w+', 0o600);
+      this.headFd = openSync(join(dir, HEAD_FILE), existsSync(join(dir, HEAD_FILE)) ? 'r+' : 'w+', 0o600);
       this.problem = undefined;
+      const time = new Date(this.now()).toISOString();
+      if (finishRotation) this.write([{ type: 'continue', time, previousFile: finishRotation }]);
+      if (torn) this.write([{ type: 'repaired', time, tornBytes: torn, note: 'an incomplete record at the end of audit.log (an interrupted write) was removed' }]);
     } catch (e) {
-      this.problem = `the audit log in ${this.opts.dir} cannot be opened (${(e as NodeJS.ErrnoException).code ?? 'error'}); check that state.dir is writable and has space`;
+      const code = (e as NodeJS.ErrnoException).code;
+      this.problem = code === 'EDAMAGED'
+        ? `the audit log in ${this.opts.dir} ends with a damaged record; run \`deid-gateway audit verify\`, keep the files as evidence, and move them aside to start a new trail`
+        : code === 'EEXIST'
+          ? `an interrupted rotation in ${this.opts.dir} would overwrite an existing rotated file; keep both files and move audit.log aside`
+          : `the audit log in ${this.opts.dir} cannot be opened (${code ?? 'error'}); check that state.dir is writable and has space`;
     }
   }
 
@@ -197,6 +229,8 @@ export class AuditTrail {
       head[HEAD_SIZE - 1] = 0x0a;
       writeSync(this.headFd, head, 0, HEAD_SIZE, 0);
     } catch (e) {
+      // Cut back anything this write left, so the file never keeps half a record.
+      try { ftruncateSync(this.fd, this.bytes); } catch { /* the next open repairs the tail */ }
       this.problem = `the audit log cannot be written (${(e as NodeJS.ErrnoException).code ?? 'error'}); free space or fix permissions in state.dir`;
       throw this.unavailable();
     }
@@ -215,6 +249,10 @@ export class AuditTrail {
   private rotate(t: number): void {
     // The old file ends with a keyed checkpoint of its last record; the chain goes on.
     const rotated = `audit-${String(this.firstSeqOfFile).padStart(12, '0')}.log`;
+    if (existsSync(join(this.opts.dir, rotated))) {
+      this.problem = `rotating the audit log would overwrite ${rotated}; keep both files and move audit.log aside`;
+      throw this.unavailable(); // never overwrite evidence
+    }
     this.write([{ type: 'checkpoint', time: new Date(t).toISOString(), next: AUDIT_FILE, rotatedTo: rotated, mac: mac(this.key, this.seq, this.prev) }]);
     try {
       fdatasyncSync(this.fd);

@@ -5,8 +5,8 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createHash, createHmac } from 'node:crypto';
+import { mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuditTrail, patientRef, auditKey, verifyTrail, AUDIT_FILE } from '../../../src/audit/trail.js';
@@ -105,6 +105,58 @@ describe('audit trail', () => {
     t.close();
     assert.equal(readdirSync(dir).filter((f) => /^audit-\d{12}\.log$/.test(f)).length, 1);
     assert.equal(verifyTrail(dir, MASTER).ok, true);
+  });
+
+  test('an interrupted write leaves no half record: the tail is cut back and the repair recorded', () => {
+    const dir = dirOf();
+    fill(dir, 3).close();
+    const path = join(dir, AUDIT_FILE);
+    writeFileSync(path, `${readFileSync(path, 'utf8')}{"type":"request","seq":4,"prev":"ab`);
+    const t = new AuditTrail({ dir, master: MASTER });
+    assert.equal(t.healthy(), true, 'a torn tail does not stop the gateway');
+    t.append({ type: 'request', requestId: 'after' });
+    t.close();
+    const recs = lines(dir).map((l) => JSON.parse(l) as { type: string; tornBytes?: number; seq: number });
+    assert.equal(recs.at(-2)!.type, 'repaired');
+    assert.ok((recs.at(-2)!.tornBytes ?? 0) > 0);
+    assert.equal(verifyTrail(dir, MASTER).ok, true);
+  });
+
+  for (const when of ['before the rename', 'after the rename, before the continue record']) {
+    test(`a rotation interrupted ${when} is finished at the next start; nothing is overwritten`, () => {
+      const dir = dirOf();
+      // Rotate once: audit-000000000001.log = [r1, checkpoint(2)], audit.log = [continue(3), r2(4)].
+      const t = new AuditTrail({ dir, master: MASTER, maxBytes: 1 });
+      t.append({ type: 'request', n: 1 });
+      t.append({ type: 'request', n: 2 });
+      t.close();
+      const rotated = 'audit-000000000001.log';
+      const checkpoint = JSON.parse(lines(dir, rotated).at(-1)!) as { seq: number; hash: string };
+      // Back to the moment of the crash: the head names the checkpoint; the new file never existed.
+      unlinkSync(join(dir, AUDIT_FILE));
+      if (when === 'before the rename') renameSync(join(dir, rotated), join(dir, AUDIT_FILE));
+      const mac = createHmac('sha256', auditKey(MASTER)).update(`audit-anchor\0${checkpoint.seq}\0${checkpoint.hash}`).digest('hex');
+      writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: checkpoint.seq, hash: checkpoint.hash, mac }));
+      const again = new AuditTrail({ dir, master: MASTER, maxBytes: 1 << 20 });
+      assert.equal(again.healthy(), true, again.status().problem);
+      again.append({ type: 'request', n: 3 });
+      again.close();
+      const v = verifyTrail(dir, MASTER);
+      assert.equal(v.ok, true, JSON.stringify(v.problem));
+      assert.equal((JSON.parse(lines(dir)[0]!) as { type: string }).type, 'continue');
+      assert.equal(lines(dir, rotated).length, 2, 'the rotated file kept its records');
+    });
+  }
+
+  test('a rotation never overwrites an existing rotated file', () => {
+    const dir = dirOf();
+    fill(dir, 2).close();
+    writeFileSync(join(dir, 'audit-000000000001.log'), 'evidence\n');
+    const t = new AuditTrail({ dir, master: MASTER, maxBytes: 1 });
+    assert.throws(() => t.append({ type: 'request' }), (e) => e instanceof GatewayError && e.code === 'AUDIT_UNAVAILABLE');
+    assert.match(t.status().problem ?? '', /would overwrite audit-000000000001\.log/);
+    t.close();
+    assert.equal(readFileSync(join(dir, 'audit-000000000001.log'), 'utf8'), 'evidence\n');
   });
 
   test('a forged head is detected', () => {

@@ -10,7 +10,7 @@ import { GatewayError, isGatewayError } from '../core/errors.js';
 import { compilePlan, type CompiledPlan, type OverrideAction } from '../deid/plan.js';
 import { OPTION_NAMES, type OptionName } from '../deid/table.js';
 import { dictionary, parseTag } from '../dicom/dictionary.js';
-import { normalizeSubject } from '../core/subject.js';
+import { normalizeSubject, parseSubject } from '../core/subject.js';
 import { accessionSchema, optOutEntrySchema, parseOptOutList, parseStudyList, uidSchema } from './lists.js';
 
 const OVERRIDE_ACTIONS = ['keep', 'remove', 'empty', 'dummy', 'pseudonym', 'shift'] as const;
@@ -59,7 +59,7 @@ const scopeSchema = z.strictObject({
 const clientSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'use 1–64 letters, digits, ".", "_" or "-", starting with a letter or digit'),
   apiKeySha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be the SHA-256 of the token as 64 hex digits (printf %s TOKEN | sha256sum)').optional(),
-  certificateSubject: z.string().regex(/^\s*[A-Za-z][A-Za-z0-9.]*\s*=.+/, 'use a subject such as "CN=acme-ai,O=Acme AI"').optional(),
+  certificateSubject: z.string().refine((v) => parseSubject(v) !== undefined, { message: 'use an RFC 4514 subject such as "CN=acme-ai,O=Acme AI" (escape , + = \\ in values with a backslash)' }).optional(),
   policyId: z.string().min(1).max(48).optional(),
   profile: profileSchema.default({ options: [], overrides: {} }),
   scope: scopeSchema.optional(),

@@ -252,7 +252,21 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
     return { status: 200, headers: { 'content-type': DICOM_JSON, ...(q.warnings.length ? { warning: q.warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
   }
-  if (rules.studyDate && !q.matchKeys.has('00080020')) push('00080020', `${rules.studyDate.from ?? ''}-${rules.studyDate.until ?? ''}`);
+  if (rules.studyDate) {
+    // The scope's date range always reaches the PACS: intersected with the client's own (the
+    // upstream form of it, widened when its dates are shifted), so how much the gateway has to
+    // examine — and so whether a truncation Warning appears — never depends on out-of-scope studies.
+    const given = q.matchKeys.has('00080020') ? /^(\d{8})?(?:-(\d{8})?)?$/.exec(up.get('00080020') ?? '') : null;
+    const single = given && !(up.get('00080020') ?? '').includes('-');
+    const gFrom = given?.[1];
+    const gUntil = single ? given?.[1] : given?.[2];
+    const from = [gFrom, rules.studyDate.from].filter((x): x is string => !!x).sort().at(-1);
+    const until = [gUntil, rules.studyDate.until].filter((x): x is string => !!x).sort()[0];
+    if (from && until && from > until) {
+      return { status: 200, headers: { 'content-type': DICOM_JSON, ...(q.warnings.length ? { warning: q.warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
+    }
+    if (!q.matchKeys.has('00080020') || given) up.set('00080020', `${from ?? ''}-${until ?? ''}`);
+  }
   if (level !== 'study' && rules.modalities) push('00080060', [...rules.modalities].join(','));
   if (level !== 'study' && rules.bodyParts?.size === 1) push('00180015', [...rules.bodyParts][0]!);
   if (level === 'instance' && rules.sopClasses) push('00080016', [...rules.sopClasses].join(','));

@@ -9,8 +9,8 @@ import { deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset 
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
 import { splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { pixelDecision, pixelRisk, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
-import type { PixelGeometry } from '../deid/pixel-mask.js';
+import { pixelDecision, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import type { PixelGeometry, Region } from '../deid/pixel-mask.js';
 import { readInstanceSync } from '../dicom/part10.js';
 import { renderFrame } from '../render/render.js';
 import { inflateRawSync } from 'node:zlib';
@@ -170,7 +170,12 @@ function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDatas
   return { status: 200, headers, body: withFlush(rc, writeJsonArray(objects)) };
 }
 
-export function noteStudy(note: RequestNote, original: unknown, pseudo: unknown, patientId: unknown, instances = 0): void {
+export /** `[]` without asking the PACS: nothing this client may see can match. */
+function emptyJsonReply(warnings: readonly string[]): Reply {
+  return { status: 200, headers: { 'content-type': DICOM_JSON, ...(warnings.length ? { warning: warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
+}
+
+function noteStudy(note: RequestNote, original: unknown, pseudo: unknown, patientId: unknown, instances = 0): void {
   if (typeof original !== 'string' || typeof pseudo !== 'string') return;
   const known = note.studies.get(original);
   if (known) {
@@ -205,11 +210,7 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
   if (study !== undefined) path += `/studies/${study}`;
   if (series !== undefined) path += `/series/${series}`;
   path += level === 'study' ? '/studies' : level === 'series' ? '/series' : '/instances';
-  const headers: Record<string, string> = { 'content-type': DICOM_JSON };
-  if (q.empty) {
-    if (q.warnings.length) headers.warning = q.warnings.join(', ');
-    return { status: 200, headers, body: (async function* () { yield Buffer.from('[]'); })() };
-  }
+  if (q.empty) return emptyJsonReply(q.warnings);
   const deid = (o: JsonDataset): JsonDataset => {
     const out = deidJson(rc, o, false);
     setRetrieveUrl(out, rc.dicomWebBase, level);
@@ -250,7 +251,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     if (rules.modalities?.size === 1) push('00080061', [...rules.modalities][0]!);
   }
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
-    return { status: 200, headers: { 'content-type': DICOM_JSON, ...(q.warnings.length ? { warning: q.warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
+    return emptyJsonReply(q.warnings);
   }
   if (rules.studyDate) {
     // The scope's date range always reaches the PACS: intersected with the client's own (the
@@ -262,9 +263,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     const gUntil = single ? given?.[1] : given?.[2];
     const from = [gFrom, rules.studyDate.from].filter((x): x is string => !!x).sort().at(-1);
     const until = [gUntil, rules.studyDate.until].filter((x): x is string => !!x).sort()[0];
-    if (from && until && from > until) {
-      return { status: 200, headers: { 'content-type': DICOM_JSON, ...(q.warnings.length ? { warning: q.warnings.join(', ') } : {}) }, body: (async function* () { yield Buffer.from('[]'); })() };
-    }
+    if (from && until && from > until) return emptyJsonReply(q.warnings);
     if (!q.matchKeys.has('00080020') || given) up.set('00080020', `${from ?? ''}-${until ?? ''}`);
   }
   if (level !== 'study' && rules.modalities) push('00080060', [...rules.modalities].join(','));
@@ -505,9 +504,9 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         patientOfPart = attr(TAG.patientId);
         // Scope first (inside admitHeader): an out-of-scope instance is skipped silently, not counted as withheld.
         const r = admitHeader(rc, attr);
-        if (r?.mask) { maskedPart = true; return r; }
-        if (pixelRiskOf(attr) && rc.client.pixels.risky === 'allow') note.riskyAllowed++;
-        return undefined;
+        if (r?.mask) maskedPart = true;
+        else if (r?.risk) note.riskyAllowed++; // allowed by an explicit policy, and counted
+        return r;
       },
     });
   }
@@ -547,11 +546,6 @@ function factsOf(r: JsonDataset): Facts {
     manufacturer: s('00080070'), model: s('00081090'), rows: s('00280010'), columns: s('00280011'), samplesPerPixel: s('00280002'), numberOfFrames: s('00280008'),
     bitsAllocated: s('00280100'), planarConfiguration: s('00280006'), photometric: s('00280004'), overlayBits, scope,
   };
-}
-
-/** The pixel risk of a header (for counting explicitly allowed risky instances). */
-function pixelRiskOf(attr: (tag: number) => string | undefined): string | undefined {
-  return pixelRisk({ burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016), imageType: attr(0x00080008), samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008) });
 }
 
 /** The client's pixel decision on an instance's facts. */
@@ -653,7 +647,7 @@ async function* cleanedPixels(rc: RequestContext, study: string, series: string,
 }
 
 /** The scope and pixel decision on an instance's own header (retrieve, rendered, cleaned pixels). */
-function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): { mask?: readonly import('../deid/pixel-mask.js').Region[] } | undefined {
+function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): { mask?: readonly Region[]; risk?: string } | undefined {
   if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
   const decision = decide(rc, {
     burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
@@ -661,7 +655,7 @@ function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefin
     samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
   });
   if (!decision.allow) throw new GatewayError('PIXELS_WITHHELD', decision.reason);
-  return decision.mask ? { mask: decision.mask } : undefined;
+  return decision.mask ? { mask: decision.mask } : decision.risk ? { risk: decision.risk } : undefined;
 }
 
 /** One multipart part per requested frame, cut from the cleaned pixel stream (only requested frames are held). */

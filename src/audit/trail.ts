@@ -72,9 +72,11 @@ export function trailFiles(dir: string): string[] {
 /** The last well-formed line of a file (for resuming the chain), or undefined. */
 function lastLine(path: string): string | undefined {
   if (!statSync(path).isFile()) return undefined; // never read a device or a pipe
-  const text = readFileSync(path, 'utf8');
-  const lines = text.split('\n').filter(Boolean);
-  return lines.at(-1);
+  return lastLineOf(readFileSync(path, 'utf8'));
+}
+
+function lastLineOf(text: string): string | undefined {
+  return text.split('\n').filter(Boolean).at(-1);
 }
 
 export class AuditTrail {
@@ -111,7 +113,9 @@ export class AuditTrail {
       const dir = this.opts.dir;
       // A torn tail (a crash or a full disk in the middle of a write) is cut back to the last
       // whole record; the repair is recorded in the chain below, so a reviewer sees it.
+      // The current file is read once: for its torn tail, its last record and its first seq.
       let torn = 0;
+      let current: string | undefined;
       if (existsSync(this.path()) && statSync(this.path()).isFile()) {
         const text = readFileSync(this.path());
         const end = text.lastIndexOf(0x0a) + 1;
@@ -120,12 +124,13 @@ export class AuditTrail {
           const fd = openSync(this.path(), 'r+');
           try { ftruncateSync(fd, end); } finally { closeSync(fd); }
         }
+        current = text.toString('utf8', 0, end);
       }
       // Resume the chain from the last record of the newest file that has one.
       const files = trailFiles(dir);
       let last: { rec: { seq?: number; type?: string; rotatedTo?: string }; hash: string; file: string } | undefined;
       for (const f of [...files].reverse()) {
-        const line = lastLine(join(dir, f));
+        const line = f === AUDIT_FILE ? lastLineOf(current ?? '') : lastLine(join(dir, f));
         if (!line) continue;
         const m = HASH_SUFFIX.exec(line);
         const rec = JSON.parse(line) as { seq?: number; type?: string; rotatedTo?: string };
@@ -140,6 +145,7 @@ export class AuditTrail {
         if (last.file === AUDIT_FILE) {
           if (existsSync(join(dir, last.rec.rotatedTo))) throw Object.assign(new Error('exists'), { code: 'EEXIST' });
           renameSync(this.path(), join(dir, last.rec.rotatedTo)); // stopped before the rename
+          current = undefined;
         }
         finishRotation = last.rec.rotatedTo; // stopped before the `continue` record
       }
@@ -148,8 +154,8 @@ export class AuditTrail {
       this.bytes = st.size;
       this.day = st.size > 0 ? utcDay(st.mtimeMs) : utcDay(this.now());
       this.firstSeqOfFile = this.seq + 1;
-      if (st.size > 0 && st.isFile()) {
-        const first = readFileSync(this.path(), 'utf8').split('\n', 1)[0];
+      if (st.size > 0 && current) {
+        const first = current.split('\n', 1)[0];
         const s = first ? (JSON.parse(first) as { seq?: number }).seq : undefined;
         if (typeof s === 'number') this.firstSeqOfFile = s;
       }

@@ -11,6 +11,7 @@ import { compilePlan, type CompiledPlan, type OverrideAction } from '../deid/pla
 import { OPTION_NAMES, type OptionName } from '../deid/table.js';
 import { dictionary, parseTag } from '../dicom/dictionary.js';
 import { normalizeSubject, parseSubject } from '../core/subject.js';
+import { readListFile } from '../policy/watched-file.js';
 import { accessionSchema, optOutEntrySchema, parseOptOutList, parseStudyList, uidSchema } from './lists.js';
 
 const OVERRIDE_ACTIONS = ['keep', 'remove', 'empty', 'dummy', 'pseudonym', 'shift'] as const;
@@ -210,16 +211,8 @@ export function validateConfig(raw: unknown, source: string): Config {
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   /** Reads and validates a list file once (check-config and start); the gateway reloads it later. */
   const checkFile = (key: string, file: string, parse: (doc: unknown) => unknown): void => {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (e) {
-      problems.push(`${key}: ${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); create it or fix the path (relative paths start at the configuration file)`);
-      return;
-    }
-    const doc = parseDocument(text, { uniqueKeys: true });
-    if (doc.errors.length) { problems.push(`${key}: ${file} is not valid YAML (${doc.errors[0]!.code}); fix the syntax`); return; }
-    try { parse(doc.toJS()); } catch (e) { problems.push(`${key}: ${file}: ${(e as Error).message}`); }
+    const r = readListFile(file, key, parse);
+    if ('problem' in r) problems.push(r.problem);
   };
   const optOutFile = cfg.optOut?.file === undefined ? undefined : abs(cfg.optOut.file);
   let serverTls: { certFile: string; keyFile: string; caFile?: string; clientCertificates: 'none' | 'optional' | 'require' } | undefined;

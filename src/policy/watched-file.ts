@@ -19,6 +19,33 @@ export interface FileStatus {
   readonly problem?: string;
 }
 
+function unreadable(key: string, path: string, e: unknown): string {
+  return `${key}: ${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); create it or fix the path (relative paths start at the configuration file)`;
+}
+
+/**
+ * Reads and validates a list file once: the value, or a problem naming the key, the file (and
+ * the line of a YAML error) and the fix. Used at start (configuration) and on every reload.
+ */
+export function readListFile<T>(path: string, key: string, parse: (doc: unknown) => T): { value: T } | { problem: string } {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    return { problem: unreadable(key, path, e) };
+  }
+  const doc = parseDocument(text, { uniqueKeys: true });
+  if (doc.errors.length) {
+    const line = doc.errors[0]!.linePos?.[0];
+    return { problem: `${key}: ${path}${line ? `:${line.line}:${line.col}` : ''} is not valid YAML (${doc.errors[0]!.code}); fix the syntax there` };
+  }
+  try {
+    return { value: parse(doc.toJS()) };
+  } catch (e) {
+    return { problem: `${key}: ${path}: ${(e as Error).message}` };
+  }
+}
+
 export class WatchedFile<T> {
   private current: T;
   private stamp: string;
@@ -52,23 +79,13 @@ export class WatchedFile<T> {
 
   private load(): { value: T; stamp: string } | { problem: string } {
     let stamp: string;
-    let text: string;
     try {
       stamp = this.statStamp();
-      text = readFileSync(this.path, 'utf8');
     } catch (e) {
-      return { problem: `${this.key}: ${this.path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); restore the file or fix the path` };
+      return { problem: unreadable(this.key, this.path, e) };
     }
-    const doc = parseDocument(text, { uniqueKeys: true });
-    if (doc.errors.length) {
-      const line = doc.errors[0]!.linePos?.[0];
-      return { problem: `${this.key}: ${this.path}${line ? `:${line.line}:${line.col}` : ''} is not valid YAML (${doc.errors[0]!.code}); fix the syntax there` };
-    }
-    try {
-      return { value: this.parse(doc.toJS()), stamp };
-    } catch (e) {
-      return { problem: `${this.key}: ${this.path}: ${(e as Error).message}` };
-    }
+    const r = readListFile(this.path, this.key, this.parse);
+    return 'problem' in r ? r : { value: r.value, stamp };
   }
 
   /** Re-reads the file if it changed since the last check (at most once per interval). */
@@ -81,7 +98,7 @@ export class WatchedFile<T> {
       stamp = this.statStamp();
     } catch (e) {
       this.stamp = ''; // whatever comes back is read again
-      this.setProblem(`${this.key}: ${this.path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); restore the file or fix the path`);
+      this.setProblem(unreadable(this.key, this.path, e));
       return;
     }
     if (stamp === this.stamp) return; // unchanged: still good, or still the same broken content

@@ -20,32 +20,13 @@ import { verifyTrail } from '../../src/audit/trail.js';
 import { loadOrCreateMasterSecret } from '../../src/pseudonym/secret.js';
 import { findCanaries, fixtures, type FixtureSet } from '../helpers/fixtures.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+import { splitMultipart } from '../helpers/multipart.js';
 
 const TOKENS = { strict: 'strict-token-0123456789', dates: 'dates-token-0123456789' };
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
 
 interface Seen { url: string; status: number; headers: string; body: Buffer }
 
-/** Splits a multipart/related body (independent of the product's reader). */
-function parts(body: Buffer, contentType: string): { headers: string; body: Buffer }[] {
-  const m = /boundary=("?)([^";]+)\1/.exec(contentType);
-  assert.ok(m, 'multipart response names its boundary');
-  const delim = Buffer.from(`--${m[2]}`);
-  const out: { headers: string; body: Buffer }[] = [];
-  let at = body.indexOf(delim);
-  assert.ok(at >= 0, 'body has a first boundary');
-  for (;;) {
-    at += delim.length;
-    if (body.subarray(at, at + 2).toString() === '--') break;
-    const next = body.indexOf(Buffer.concat([Buffer.from('\r\n'), delim]), at);
-    assert.ok(next > 0, 'every part is closed by a boundary');
-    const part = body.subarray(at + 2, next);
-    const sep = part.indexOf('\r\n\r\n');
-    out.push({ headers: part.subarray(0, sep).toString('latin1'), body: part.subarray(sep + 4) });
-    at = next + 2;
-  }
-  return out;
-}
 
 const first = (m: JsonModel, k: string): string | undefined => {
   const v = m[k]?.Value?.[0];
@@ -133,7 +114,7 @@ describe('gateway against a real Orthanc', () => {
       }
       assert.equal(r.status, 200);
       const ct = /content-type: (.*)/.exec(r.headers)![1]!;
-      for (const p of parts(r.body, ct)) {
+      for (const p of splitMultipart(r.body, ct)) {
         retrievedParts++;
         const h = toJsonModel(readHeaderSync(p.body, inflateRawSync).elements);
         assert.equal(first(h, '00120062'), 'YES');
@@ -168,7 +149,7 @@ describe('gateway against a real Orthanc', () => {
     }
     assert.equal(r.status, 200, 'the study also holds an ultrasound with Burned In Annotation NO');
     const ct = /content-type: (.*)/.exec(r.headers)![1]!;
-    const got = parts(r.body, ct).map((p) => first(toJsonModel(readHeaderSync(p.body, inflateRawSync).elements), '00280301'));
+    const got = splitMultipart(r.body, ct).map((p) => first(toJsonModel(readHeaderSync(p.body, inflateRawSync).elements), '00280301'));
     assert.deepEqual(got, ['NO'], 'only the instance with Burned In Annotation NO is sent');
     void us;
   });
@@ -257,7 +238,7 @@ describe('gateway against a real Orthanc', () => {
     const s = first(studies[0]!, '0020000D')!;
     const stored = await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' });
     const def = await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"' });
-    const syntaxes = (r: Seen): string[] => parts(r.body, /content-type: (.*)/.exec(r.headers)![1]!).map((p) => {
+    const syntaxes = (r: Seen): string[] => splitMultipart(r.body, /content-type: (.*)/.exec(r.headers)![1]!).map((p) => {
       const h = readHeaderSync(p.body, inflateRawSync);
       return h.meta.find((e) => e.tag === 0x00020010)!.value!.toString('latin1').replace(/\0+$/, '');
     });

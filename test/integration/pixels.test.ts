@@ -11,13 +11,14 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { inflateRawSync, inflateSync } from 'node:zlib';
+import { inflateRawSync } from 'node:zlib';
 import winston from 'winston';
 import { validateConfig } from '../../src/config/schema.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
 import { buildParts, startGateway, type Gateway } from '../../src/main.js';
 import { encodePart10, encapsulatedPixelData, type El } from '../helpers/dicom-builder.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
+import { decodePng, splitMultipart } from '../helpers/multipart.js';
 
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
 const tok = (id: string): string => `${id}-token-0123456789`;
@@ -137,40 +138,7 @@ function ctWithEmbeddedOverlay(): Fixture & { overlayBit: number } {
   return { sop, series, file: encodePart10(els, { ts: 'explicitLE' }), pixels, frames: 1, planar: 0, overlayBit: 12 };
 }
 
-/** Parts of a multipart body (independent of the product's reader). */
-function parts(body: Buffer, contentType: string): { headers: string; body: Buffer }[] {
-  const m = /boundary=("?)([^";]+)\1/.exec(contentType);
-  assert.ok(m, 'multipart response names its boundary');
-  const delim = Buffer.from(`--${m[2]}`);
-  const out: { headers: string; body: Buffer }[] = [];
-  let at = body.indexOf(delim);
-  for (;;) {
-    at += delim.length;
-    if (body.subarray(at, at + 2).toString() === '--') break;
-    const next = body.indexOf(Buffer.concat([Buffer.from('\r\n'), delim]), at);
-    const part = body.subarray(at + 2, next);
-    const sep = part.indexOf('\r\n\r\n');
-    out.push({ headers: part.subarray(0, sep).toString('latin1'), body: part.subarray(sep + 4) });
-    at = next + 2;
-  }
-  return out;
-}
 
-function decodePng(buf: Buffer): { width: number; height: number; data: Buffer } {
-  let at = 8, width = 0, height = 0;
-  const idat: Buffer[] = [];
-  while (at < buf.length) {
-    const len = buf.readUInt32BE(at);
-    const type = buf.toString('latin1', at + 4, at + 8);
-    if (type === 'IHDR') { width = buf.readUInt32BE(at + 8); height = buf.readUInt32BE(at + 12); }
-    if (type === 'IDAT') idat.push(buf.subarray(at + 8, at + 8 + len));
-    at += 12 + len;
-  }
-  const raw = inflateSync(Buffer.concat(idat));
-  const data = Buffer.alloc(width * height * 3);
-  for (let y = 0; y < height; y++) raw.copy(data, y * width * 3, y * (width * 3 + 1) + 1, (y + 1) * (width * 3 + 1));
-  return { width, height, data };
-}
 
 describe('pixel safety against a real Orthanc', () => {
   let orthanc: OrthancHandle;
@@ -191,7 +159,7 @@ describe('pixel safety against a real Orthanc', () => {
   const retrieved = async (path: string, client: string, accept = 'multipart/related; type="application/dicom"') => {
     const r = await get(path, client, accept);
     assert.equal(r.status, 200, `${path} as ${client}: ${r.body.toString('utf8').slice(0, 200)}`);
-    return { ...r, instances: parts(r.body, r.type).map((p) => readInstanceSync(p.body, inflateRawSync)) };
+    return { ...r, instances: splitMultipart(r.body, r.type).map((p) => readInstanceSync(p.body, inflateRawSync)) };
   };
   const sopOf = (i: ReturnType<typeof readInstanceSync>): string => i.elements.find((e) => e.tag === 0x00080018)!.value!.toString('latin1').replace(/\0/g, '');
   const str = (i: ReturnType<typeof readInstanceSync>, tag: number): string | undefined => i.elements.find((e) => e.tag === tag)?.value?.toString('latin1').trim();
@@ -241,7 +209,7 @@ describe('pixel safety against a real Orthanc', () => {
       assert.ok(i.elements.some((e) => e.tag === 0x00120064), 'a method code sequence');
     }
     assert.equal(bySop.get(compressed.sop)!.transferSyntax.uid, '1.2.840.10008.1.2.1', 'the RLE instance was asked for natively');
-    const raw = Buffer.concat(parts(r.body, r.type).map((p) => p.body)).toString('latin1');
+    const raw = Buffer.concat(splitMultipart(r.body, r.type).map((p) => p.body)).toString('latin1');
     assert.ok(raw.includes('113101'), 'Clean Pixel Data is recorded');
     assert.ok(!raw.includes('BANDED'), 'the name is gone');
   });
@@ -250,20 +218,20 @@ describe('pixel safety against a real Orthanc', () => {
     const frame2 = await get(`${inst(multi)}/frames/2`, 'masker');
     assert.equal(frame2.status, 200);
     const per = ROWS * COLS * 3;
-    assert.ok(parts(frame2.body, frame2.type)[0]!.body.equals(masked(multi.pixels, 3, 0).subarray(per, 2 * per)), 'frame 2 is masked');
+    assert.ok(splitMultipart(frame2.body, frame2.type)[0]!.body.equals(masked(multi.pixels, 3, 0).subarray(per, 2 * per)), 'frame 2 is masked');
     const bulk = await get(`${inst(planar)}/bulk/7fe00010`, 'masker');
     assert.equal(bulk.status, 200);
-    assert.ok(parts(bulk.body, bulk.type)[0]!.body.equals(masked(planar.pixels, 1, 1)), 'bulk pixel data is masked (planar)');
+    assert.ok(splitMultipart(bulk.body, bulk.type)[0]!.body.equals(masked(planar.pixels, 1, 1)), 'bulk pixel data is masked (planar)');
     assert.equal((await get(`${inst(uncovered)}/frames/1`, 'masker')).status, 403);
     // An instance stored compressed: its bulk pixel data and frames are cut from the engine's
     // native, masked output, never taken from the PACS's compressed bytes.
     const rleBulk = await get(`${inst(compressed)}/bulk/7fe00010`, 'masker');
     assert.equal(rleBulk.status, 200);
-    assert.ok(parts(rleBulk.body, rleBulk.type)[0]!.body.equals(masked(compressed.pixels, 1, 0)), 'bulk pixel data of the RLE instance is native and masked');
+    assert.ok(splitMultipart(rleBulk.body, rleBulk.type)[0]!.body.equals(masked(compressed.pixels, 1, 0)), 'bulk pixel data of the RLE instance is native and masked');
     const rleFrame = await get(`${inst(compressed)}/frames/1`, 'masker');
-    assert.ok(parts(rleFrame.body, rleFrame.type)[0]!.body.equals(masked(compressed.pixels, 1, 0)), 'its frame too');
+    assert.ok(splitMultipart(rleFrame.body, rleFrame.type)[0]!.body.equals(masked(compressed.pixels, 1, 0)), 'its frame too');
     const two = await get(`${inst(multi)}/frames/3,1`, 'masker');
-    const got = parts(two.body, two.type).map((x) => x.body);
+    const got = splitMultipart(two.body, two.type).map((x) => x.body);
     const all = masked(multi.pixels, 3, 0);
     assert.ok(got.length === 2 && got[0]!.equals(all.subarray(2 * per, 3 * per)) && got[1]!.equals(all.subarray(0, per)), 'frames in the order asked');
     assert.equal((await get(`${inst(multi)}/frames/4`, 'masker')).status, 404);
@@ -307,7 +275,7 @@ describe('pixel safety against a real Orthanc', () => {
     }
     const frame = await get(`${inst(ct)}/frames/1`, 'withholder');
     assert.equal(frame.status, 200);
-    const fb = parts(frame.body, frame.type)[0]!.body;
+    const fb = splitMultipart(frame.body, frame.type)[0]!.body;
     assert.ok([...Array(ROWS * COLS).keys()].every((i) => (fb.readUInt16LE(i * 2) & (1 << 12)) === 0), 'the frames endpoint clears it too');
   });
 

@@ -4,11 +4,12 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { inflateSync, inflateRawSync } from 'node:zlib';
+import { inflateRawSync } from 'node:zlib';
 import jpeg from 'jpeg-js';
 import { frameToRgb8, renderFrame } from '../../../src/render/render.js';
 import { readInstanceSync } from '../../../src/dicom/part10.js';
 import { encodePart10, type El } from '../../helpers/dicom-builder.js';
+import { decodePng } from '../../helpers/multipart.js';
 
 function instance(extra: El[], pixel: Buffer) {
   const els: El[] = [
@@ -27,27 +28,6 @@ const geometry = (rows: number, cols: number, spp: number, bits: number, photome
   { tag: 0x00280103, vr: 'US', value: [0] }, ...more,
 ];
 
-/** Decodes the PNGs we write (8-bit, filter 0). */
-function decodePng(buf: Buffer): { width: number; height: number; channels: number; data: Buffer } {
-  let at = 8, width = 0, height = 0, channels = 0;
-  const idat: Buffer[] = [];
-  while (at < buf.length) {
-    const len = buf.readUInt32BE(at);
-    const type = buf.toString('latin1', at + 4, at + 8);
-    const body = buf.subarray(at + 8, at + 8 + len);
-    if (type === 'IHDR') { width = body.readUInt32BE(0); height = body.readUInt32BE(4); channels = body[9] === 2 ? 3 : 1; }
-    if (type === 'IDAT') idat.push(body);
-    at += 12 + len;
-  }
-  const raw = inflateSync(Buffer.concat(idat));
-  const stride = width * channels;
-  const data = Buffer.alloc(stride * height);
-  for (let y = 0; y < height; y++) {
-    assert.equal(raw[y * (stride + 1)], 0, 'filter 0');
-    raw.copy(data, y * stride, y * (stride + 1) + 1, (y + 1) * (stride + 1));
-  }
-  return { width, height, channels, data };
-}
 
 describe('rendering', () => {
   test('16-bit monochrome: Modality LUT, the window of the header or of the request, linear VOI', () => {

@@ -327,3 +327,17 @@ export async function* writeJsonArray(elements: AsyncIterable<string>): AsyncGen
   }
   yield Buffer.from(first ? '[]' : ']', 'utf8');
 }
+
+/**
+ * One object of a DICOM JSON array, parsed. JSON.parse's own error message quotes the input
+ * (PHI), so a failure is reported as DICOM_JSON_MALFORMED without it.
+ */
+export function parseJsonObject<T extends object = Record<string, unknown>>(text: string): T {
+  try {
+    const o = JSON.parse(text) as unknown;
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new Error('not an object');
+    return o as T;
+  } catch {
+    throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON');
+  }
+}

@@ -7,7 +7,7 @@ import { GatewayError } from '../core/errors.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
 import { deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset } from '../deid/index.js';
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
-import { splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
+import { parseJsonObject, splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
 import { pixelDecision, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
 import type { PixelGeometry, Region } from '../deid/pixel-mask.js';
@@ -20,7 +20,7 @@ import type { ClientScope } from '../policy/client-scope.js';
 import { jsonAttrs, notVisible, studyDenial, TAG, type Attrs } from '../policy/scope.js';
 import { mapQuery, passesDateFilters, type QueryResolver } from './query.js';
 import {
-  recordVisible, requireInstance, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts,
+  queryRows, recordVisible, requireInstance, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts,
 } from './visibility.js';
 
 export interface ClientRuntime {
@@ -142,18 +142,9 @@ async function* withFlush(rc: RequestContext, body: AsyncIterable<Buffer>): Asyn
   if (pending) yield pending;
 }
 
-/** A JSON array from the PACS, de-identified object by object. */
-/** JSON.parse without its error message, which quotes the input (PHI). */
-function parseObject(text: string): JsonDataset {
-  try {
-    const o = JSON.parse(text) as unknown;
-    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new Error('not an object');
-    return o as JsonDataset;
-  } catch {
-    throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON');
-  }
-}
+const parseObject = (text: string): JsonDataset => parseJsonObject<JsonDataset>(text);
 
+/** A JSON array from the PACS, de-identified object by object. */
 function jsonReply(rc: RequestContext, up: UpstreamResponse, each: (o: JsonDataset) => JsonDataset | undefined, warnings: readonly string[] = [], maxRows = Number.MAX_SAFE_INTEGER): Reply {
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
@@ -589,14 +580,10 @@ async function pixelFacts(rc: RequestContext, study: string, series?: string, so
   const q = new URLSearchParams(FACT_TAGS.map((t): [string, string] => ['includefield', t]));
   if (sop) q.set('SOPInstanceUID', sop);
   const path = series ? `/studies/${study}/series/${series}/instances` : `/studies/${study}/instances`;
-  const up = await ok(rc, path, DICOM_JSON, q);
   const out = new Map<string, Facts>();
-  if (up.status === 204) return out;
-  expectType(up, DICOM_JSON, 'application/json');
-  for await (const text of splitJsonArray(up.body, { maxElementBytes: 1 << 20 })) {
-    const r = parseObject(text);
+  for (const r of await queryRows(rc, path, q)) {
     const uid = r['00080018']?.Value?.[0];
-    if (typeof uid === 'string') out.set(uid, factsOf(r));
+    if (typeof uid === 'string') out.set(uid, factsOf(r as JsonDataset));
   }
   if (sop) { const f = out.get(sop); if (f) rc.facts.putInstance(sop, f); } else rc.facts.putScope(out, study, series);
   return out;

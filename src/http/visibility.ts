@@ -13,7 +13,8 @@
  * its own attributes (QIDO rows, metadata objects, each Part 10 header) — the authoritative check.
  */
 import { GatewayError } from '../core/errors.js';
-import { splitJsonArray } from '../dicomweb/json-array.js';
+import { parseJsonObject, splitJsonArray } from '../dicomweb/json-array.js';
+import { parseContentType } from '../dicomweb/multipart.js';
 import type { JsonDataset } from '../deid/index.js';
 import { mapUpstreamStatus } from '../upstream/client.js';
 import {
@@ -36,14 +37,17 @@ export interface SeriesFacts {
 export async function queryRows(rc: RequestContext, path: string, params: URLSearchParams): Promise<Row[]> {
   const r = await rc.upstream.get({ path, accept: DICOM_JSON, signal: rc.signal, query: params });
   if (r.status === 204) { await r.dump(); return []; }
-  if (r.status !== 200) { await r.dump(); throw mapUpstreamStatus(r.status); }
+  if (r.status !== 200 && r.status !== 206) { await r.dump(); throw mapUpstreamStatus(r.status); }
+  let type: string | undefined;
+  try { type = parseContentType(r.contentType).type; } catch { type = undefined; }
+  if (type !== DICOM_JSON && type !== 'application/json') {
+    await r.dump();
+    throw new GatewayError('UPSTREAM_RESPONSE_INVALID', `the PACS sent another media type where ${DICOM_JSON} was expected`);
+  }
   const out: Row[] = [];
   for await (const text of splitJsonArray(r.body, { maxElementBytes: 1 << 20 })) {
-    let o: unknown;
-    try { o = JSON.parse(text); } catch { throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON'); }
-    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new GatewayError('DICOM_JSON_MALFORMED', 'an object of the PACS response is not valid DICOM JSON');
     if (out.length >= MAX_ROWS) throw new GatewayError('UPSTREAM_RESPONSE_INVALID', 'the PACS listed more records than the gateway checks at once');
-    out.push(o as Row);
+    out.push(parseJsonObject<Row>(text));
   }
   return out;
 }

@@ -5,11 +5,11 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { hkdfSync } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GatewayError } from '../../../src/core/errors.js';
-import { deriveClientKey, loadOrCreateMasterSecret } from '../../../src/pseudonym/secret.js';
+import { deriveClientKey, loadOrCreateMasterSecret, secureKeyFile } from '../../../src/pseudonym/secret.js';
 
 let root: string;
 let n = 0;
@@ -70,6 +70,60 @@ describe('master secret: creation and reuse', () => {
     assert.equal(mode(file), 0o644, 'precondition');
     assert.ok(loadOrCreateMasterSecret(dir).equals(key), 'loadOrCreateMasterSecret(dir).equals(key)');
     assert.equal(mode(file), 0o600);
+  });
+});
+
+describe('master secret: a mounted key (read-only, another owner, group access)', () => {
+  const me = { uid: 1000, gids: [1000, 2000] };
+  const erofs = (): never => { throw Object.assign(new Error('read-only file system'), { code: 'EROFS' }); };
+  const refused = (re: RegExp) => (e: unknown): boolean => {
+    assert.ok(e instanceof GatewayError, 'a GatewayError');
+    assert.equal(e.code, 'STATE_UNAVAILABLE');
+    assert.match(e.message, re);
+    return true;
+  };
+
+  test('Kubernetes secret volume: root-owned 0440 with the fsGroup, read-only → accepted, never chmod-ed', () => {
+    const calls: number[] = [];
+    secureKeyFile('/k', { mode: 0o100440, uid: 0, gid: 2000 }, me, (_p, m) => { calls.push(m); erofs(); });
+    assert.deepEqual(calls, [], 'a file the process does not own is never chmod-ed');
+  });
+
+  test('compose read-only bind mount: own 0440 file, chmod fails (EROFS) → accepted; 0400 needs no chmod', () => {
+    const calls: number[] = [];
+    secureKeyFile('/k', { mode: 0o100440, uid: 1000, gid: 1000 }, me, (_p, m) => { calls.push(m); erofs(); });
+    assert.deepEqual(calls, [0o400], 'tightening was tried once, and its failure ignored');
+    secureKeyFile('/k', { mode: 0o100400, uid: 1000, gid: 1000 }, me, () => assert.fail('0400 is left alone'));
+  });
+
+  test('world-readable: tightened when owned; refused when the chmod fails or the file is not ours', () => {
+    const calls: number[] = [];
+    secureKeyFile('/k', { mode: 0o100644, uid: 1000, gid: 1000 }, me, (_p, m) => { calls.push(m); });
+    assert.deepEqual(calls, [0o600]);
+    assert.throws(() => secureKeyFile('/k', { mode: 0o100644, uid: 1000, gid: 1000 }, me, erofs), refused(/mode 0644 \(readable by others\) and cannot be tightened \(EROFS\); run chmod 0400/));
+    assert.throws(() => secureKeyFile('/k', { mode: 0o100444, uid: 0, gid: 2000 }, me, () => assert.fail('not ours: never chmod-ed')),
+      refused(/mode 0444 \(readable by others\) and belongs to another user \(uid 0\); chown it to the gateway's user \(uid 1000\) and chmod 0400/));
+  });
+
+  test('group-readable by a group the process is not in: refused unless the process owns it and can tighten it', () => {
+    assert.throws(() => secureKeyFile('/k', { mode: 0o100440, uid: 0, gid: 3000 }, me, () => assert.fail('not ours')), refused(/readable by a group the gateway is not in/));
+    assert.throws(() => secureKeyFile('/k', { mode: 0o100640, uid: 1000, gid: 3000 }, me, erofs), refused(/readable by a group the gateway is not in\) and cannot be tightened/));
+    const calls: number[] = [];
+    secureKeyFile('/k', { mode: 0o100640, uid: 1000, gid: 3000 }, me, (_p, m) => { calls.push(m); });
+    assert.deepEqual(calls, [0o600]);
+  });
+
+  test('on disk: another owner with the process\'s group (0440) is read and left unchanged; a foreign group is refused', { skip: process.getuid?.() === 0 ? false : 'needs root to chown' }, () => {
+    const dir = freshDir();
+    const key = loadOrCreateMasterSecret(dir);
+    const file = join(dir, 'master.key');
+    chownSync(file, 4242, process.getgid!());
+    chmodSync(file, 0o440);
+    assert.ok(loadOrCreateMasterSecret(dir).equals(key), 'the key is read');
+    assert.equal(mode(file), 0o440, 'a file the process does not own keeps its mode');
+    chownSync(file, 4242, 4243);
+    assert.throws(() => loadOrCreateMasterSecret(dir), refused(/readable by a group the gateway is not in/));
+    assert.equal(mode(file), 0o440, 'still untouched');
   });
 });
 

@@ -105,7 +105,7 @@ function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore,
     ...(sl.tls ? { tls: { ca: sl.tls.caFile ? readFileSync(sl.tls.caFile) : undefined, cert: sl.tls.certFile ? readFileSync(sl.tls.certFile) : undefined, key: sl.tls.keyFile ? readFileSync(sl.tls.keyFile) : undefined, rejectUnauthorized: sl.tls.rejectUnauthorized } } : {}),
     onState: (state) => log[state === 'connected' ? 'info' : 'warn'](`audit record repository ${state}`, { host: sl.host, port: sl.port }),
   });
-  const metrics = cfg.metrics === undefined ? undefined : new GatewayMetrics({ auditHealthy: () => trail.healthy(), spoolPending: syslog ? () => syslog.pending() : undefined });
+  const metrics = cfg.metrics === undefined ? undefined : new GatewayMetrics({ auditHealthy: () => trail.healthy() && (syslog?.healthy() ?? true), spoolPending: syslog ? () => syslog.pending() : undefined });
   const forwarders = [...(syslog ? [syslog] : []), ...(metrics ? [metrics] : [])];
   const audit = createAuditSink(trail, auditKey(master), forwarders, (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
   return { clients, scopes, master, store, upstream: metrics ? timedUpstream(upstream, metrics) : upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };

@@ -51,8 +51,15 @@ export interface RequestAudit {
 }
 
 export interface AuditForwarder {
-  /** May return a promise (a shared spool): awaited before the response's last byte. */
+  /**
+   * May return a promise (a shared spool): awaited before the response's last byte. A forwarder
+   * with healthy() is part of the audit (the A.5 spool): its failure fails the request like the
+   * trail's (AUDIT_UNAVAILABLE); others' failures (metrics) are only logged.
+   */
   forward(r: RequestAudit): void | Promise<void>;
+  healthy?(): boolean;
+  recover?(): boolean;
+  problemText?(): string | undefined;
   close(): Promise<void>;
 }
 
@@ -62,6 +69,7 @@ export interface AuditSink {
    * cannot) and hands them to the forwarders; the promise, if any, settles when they have them.
    */
   record(r: RequestAudit): void | Promise<void>;
+  /** The trail and every spool can be written. */
   healthy(): boolean;
   /** Tries to write again after a failure (admission calls this before refusing). */
   recover(): boolean;
@@ -79,17 +87,26 @@ export function createAuditSink(trail: AuditTrail, key: Buffer, forwarders: read
       for (const s of studies) records.push({ type: 'study', time: r.time, requestId: r.requestId, client: r.client, route: r.route, outcome: r.outcome, ...s, policyHash: r.policyHash });
       trail.appendAll(records);
       let waiting: Promise<void>[] | undefined;
+      let failure: unknown;
       for (const f of forwarders) {
         try {
           const p = f.forward(r);
-          if (p) (waiting ??= []).push(p.catch(onForwardError));
-        } catch (e) { onForwardError(e); }
+          // A spool's failure rejects the request's audit step (after it is logged).
+          if (p) (waiting ??= []).push(f.healthy ? p.catch((e: unknown) => { onForwardError(e); throw e; }) : p.catch(onForwardError));
+        } catch (e) {
+          onForwardError(e);
+          if (f.healthy) failure ??= e;
+        }
+      }
+      if (failure !== undefined) {
+        for (const w of waiting ?? []) w.catch(() => undefined);
+        throw failure;
       }
       return waiting ? Promise.all(waiting).then(() => undefined) : undefined;
     },
-    healthy: () => trail.healthy(),
-    recover: () => trail.recover(),
-    problem: () => trail.status().problem,
+    healthy: () => trail.healthy() && forwarders.every((f) => f.healthy?.() ?? true),
+    recover: () => trail.recover() && forwarders.every((f) => f.recover?.() ?? true),
+    problem: () => trail.status().problem ?? forwarders.map((f) => f.problemText?.()).find((p) => p !== undefined),
     async close() {
       if (closed) return;
       closed = true;

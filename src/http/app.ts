@@ -80,14 +80,29 @@ function sendProblem(res: Response, e: unknown): void {
     return;
   }
   res.status(p.status);
+  // The answer leaves only once its audit records (trail and A.5 spool) are written. When they
+  // cannot be, the client gets AUDIT_UNAVAILABLE instead (it carries no data); admission refuses
+  // the next requests until the audit can be written again.
+  const reply = (q: typeof p, err: unknown): void => {
+    const headers: Record<string, string> = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' };
+    if (q.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
+    if (q.status === 405) headers.allow = READ_ONLY;
+    if (isGatewayError(err) && err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
+    if (!res.destroyed) res.status(q.status).set(headers).send(JSON.stringify(q));
+  };
+  const unavailable = (): void => {
+    const u = new GatewayError('AUDIT_UNAVAILABLE', 'the audit trail cannot be written; nothing is served until it can', { retryAfter: 30 });
+    reply(toProblem(u, l.requestId), u);
+  };
+  let audited: void | Promise<void>;
   try {
-    void Promise.resolve(l.audit()).catch(() => undefined); // the trail record is written before the answer leaves
-  } catch { /* the trail is failing: admission refuses the next requests; a problem carries no data */ }
-  const headers: Record<string, string> = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' };
-  if (p.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
-  if (p.status === 405) headers.allow = READ_ONLY;
-  if (isGatewayError(e) && e.retryAfter !== undefined) headers['retry-after'] = String(e.retryAfter);
-  res.status(p.status).set(headers).send(JSON.stringify(p));
+    audited = l.audit();
+  } catch {
+    unavailable();
+    return;
+  }
+  if (audited instanceof Promise) audited.then(() => reply(p, e), unavailable);
+  else reply(p, e);
 }
 
 /** UIDs in the path and in query values, and Patient ID match values: what the resolver must know. */

@@ -9,7 +9,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
@@ -302,6 +302,71 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
     } finally {
       await g.close();
       rmSync(fdir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the A.5 spool is part of the audit (no PACS needed)', () => {
+  const base = (dir: string, syslogPort: number): Config => validateConfig({
+    server: { host: '127.0.0.1', port: 0 }, upstream: { url: 'http://127.0.0.1:9/dicom-web', connectTimeoutMs: 200 }, state: { dir },
+    audit: { syslog: { host: '127.0.0.1', port: syslogPort } },
+    clients: [{ id: 'vendor', apiKeySha256: sha(tok('vendor')) }],
+  }, join(dir, 'g.yaml'));
+  const get = (g: Gateway, path: string, client: string | null = 'vendor'): Promise<Response> =>
+    fetch(`${g.url}${path}`, { headers: client ? { authorization: `Bearer ${tok(client)}` } : {} });
+
+  test('a spool that cannot be written fails closed like the trail: AUDIT_UNAVAILABLE, /readyz says why, nothing lost once it can', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-spool-full-'));
+    const c = base(dir, await freePort()); // no repository listening: everything stays in the spool
+    mkdirSync(join(dir, 'audit-spool'), { recursive: true });
+    symlinkSync('/dev/full', join(dir, 'audit-spool', 'spool.log')); // every append fails with ENOSPC
+    const g = await startGateway(c, { ...buildParts(c), log: quiet() });
+    try {
+      const first = await get(g, '/dicom-web/studies/2.25.1/metadata'); // a 404 problem: its A.5 messages cannot be spooled
+      assert.equal(first.status, 503, 'the problem is not sent without its A.5 messages');
+      assert.equal((await first.json() as { code: string }).code, 'AUDIT_UNAVAILABLE');
+      const refused = await get(g, '/dicom-web/studies/2.25.1/metadata');
+      assert.equal(refused.status, 503);
+      assert.equal(refused.headers.get('retry-after'), '30');
+      assert.equal((await refused.json() as { code: string }).code, 'AUDIT_UNAVAILABLE');
+      const ready = await fetch(`${g.url}/readyz`);
+      assert.equal(ready.status, 503);
+      const body = await ready.json() as { audit: string; auditProblem: string };
+      assert.equal(body.audit, 'unavailable');
+      assert.match(body.auditProblem, /A\.5 audit spool cannot be written \(ENOSPC\)/);
+      unlinkSync(join(dir, 'audit-spool', 'spool.log'));
+      const ok = await get(g, '/dicom-web/studies/2.25.1/metadata');
+      assert.equal(ok.status, 404, 'served again once the spool can be written');
+      await ok.arrayBuffer();
+      const spool = readFileSync(join(dir, 'audit-spool', 'spool.log'), 'utf8');
+      assert.equal((spool.match(/csd-code="110114"/g) ?? []).length, 1, 'the first request\'s login message, kept while the spool failed, is spooled');
+      assert.equal((await fetch(`${g.url}/readyz`).then((r) => r.json()) as { audit: string }).audit, 'ok');
+    } finally {
+      await g.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a problem reply leaves only after its audit records are written (a slow shared spool)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-spool-slow-'));
+    const c = base(dir, await freePort());
+    const parts = buildParts(c);
+    const written: string[] = [];
+    const audit = { ...parts.audit, record: (r: Parameters<typeof parts.audit.record>[0]) => {
+      const done = parts.audit.record(r);
+      return sleep(300).then(() => done).then(() => { written.push(r.requestId); });
+    } };
+    const g = await startGateway(c, { ...parts, audit, log: quiet() });
+    try {
+      for (const [path, client, status] of [['/dicom-web/studies', null, 401], ['/dicom-web/studies/2.25.1/metadata', 'vendor', 404], ['/dicom-web/studies', 'vendor', 405]] as const) {
+        const r = await fetch(`${g.url}${path}`, { method: status === 405 ? 'POST' : 'GET', headers: client ? { authorization: `Bearer ${tok(client)}` } : {} });
+        assert.equal(r.status, status);
+        assert.ok(written.includes(r.headers.get('x-request-id')!), `the ${status} arrived after its audit records were written`);
+        await r.arrayBuffer();
+      }
+    } finally {
+      await g.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -22,10 +22,10 @@ import {
 import { decodeNumbers, decodeStrings, encodeStrings } from '../dicom/values.js';
 import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type Adapter, type EngineContext } from './engine.js';
-import { checkGeometry, frameBytes, pixelMasker, type PixelGeometry, type Region } from './pixel-mask.js';
+import { checkGeometry, frameBytes, pixelMasker, regionsCover, type PixelGeometry, type Region } from './pixel-mask.js';
 
 /** PS3.16 CID 7050: the pixel data was cleaned of burned-in identification. */
-const CLEAN_PIXEL_DATA = { code: '113101', meaning: 'Clean Pixel Data Option' } as const;
+export const CLEAN_PIXEL_DATA = { code: '113101', meaning: 'Clean Pixel Data Option' } as const;
 import { PRODUCT_VERSION } from './plan.js';
 
 export interface BinaryDataset {
@@ -381,13 +381,13 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   }
   let masker: ((chunk: Buffer) => Buffer) | undefined;
   if (opts.pixelsOnly && (!pixel || pixel.tag !== 0x7fe00010 || pixel.length === UNDEFINED_LENGTH)) {
-    throw new GatewayError('PIXELS_WITHHELD', 'this instance\'s pixels must be cleaned and have no native pixel data to clean');
+    throw new GatewayError('PIXELS_WITHHELD', 'this instance\'s pixels must be cleaned and have no native pixel data to clean', { auditReason: 'pixels-withheld:cannot-clean' });
   }
   if ((mask?.length || overlayBits.length) && pixel) {
-    if (pixel.tag !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned');
+    if (pixel.tag !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned', { auditReason: 'pixels-withheld:cannot-clean' });
     if (pixel.length === UNDEFINED_LENGTH) {
       // Neither regions nor embedded overlay bits can be located in compressed pixel data.
-      throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be masked or have its overlay bits cleared; ask for an uncompressed transfer syntax');
+      throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be masked or have its overlay bits cleared; ask for an uncompressed transfer syntax', { auditReason: 'pixels-withheld:compressed' });
     } else {
       const n = (tag: number, dflt?: number): number => { const v = attr(tag); return v === undefined ? (dflt ?? Number.NaN) : Number(v.split('\\')[0]); };
       const g: PixelGeometry = {
@@ -395,12 +395,16 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
         planarConfiguration: n(0x00280006, 0), frames: n(0x00280008, 1), photometric: (attr(0x00280004) ?? '').toUpperCase(), littleEndian: ts.littleEndian,
       };
       checkGeometry(g);
+      // A rule whose regions all fall outside the image blanks nothing: the instance is not made
+      // safe by it, so it is withheld (never marked Burned In Annotation NO).
+      if (mask?.length && !regionsCover(g, mask)) throw new GatewayError('PIXELS_WITHHELD', 'the mask rule\'s regions fall outside this image and cover nothing', { auditReason: 'pixels-withheld:mask-covers-nothing' });
       const want = frameBytes(g) * g.frames;
-      if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so regions cannot be located');
+      if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so regions cannot be located', { auditReason: 'pixels-withheld:cannot-clean' });
       masker = pixelMasker(g, { regions: mask ?? [], overlayBits });
     }
   }
   const t0 = performance.now();
+  // Burned In Annotation NO and 113101 only when a rule's regions actually blanked pixels.
   const cleaned = !!mask?.length && !!masker;
   let out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true, ...(cleaned ? { extraMethodCodes: [CLEAN_PIXEL_DATA] } : {}) });
   if (cleaned) {

@@ -37,7 +37,7 @@ export interface MaskPlan {
 }
 
 function bad(reason: string): GatewayError {
-  return new GatewayError('PIXELS_WITHHELD', reason);
+  return new GatewayError('PIXELS_WITHHELD', reason, { auditReason: 'pixels-withheld:cannot-clean' });
 }
 
 /** Bytes of one frame of native pixel data. */
@@ -51,6 +51,11 @@ export function checkGeometry(g: PixelGeometry): void {
   if (!(g.rows > 0 && g.columns > 0 && g.frames > 0 && (g.samplesPerPixel === 1 || g.samplesPerPixel === 3))) throw bad('pixel data whose geometry (rows, columns, samples, frames) cannot be read cannot be cleaned');
   if (g.samplesPerPixel === 3 && g.planarConfiguration !== 0 && g.planarConfiguration !== 1) throw bad('unknown planar configuration');
   if (/^YBR_(FULL|PARTIAL)_42[02]$/.test(g.photometric)) throw bad(`${g.photometric} (subsampled chroma) cannot be cleaned natively`);
+}
+
+/** True when at least one region, clipped to the image, covers at least one pixel. */
+export function regionsCover(g: Pick<PixelGeometry, 'rows' | 'columns'>, regions: readonly Region[]): boolean {
+  return regions.some((r) => Math.min(g.columns, r.x + r.width) > Math.max(0, r.x) && Math.min(g.rows, r.y + r.height) > Math.max(0, r.y));
 }
 
 /** Sorted, merged byte ranges [start, end) of the regions in the whole pixel data, with each range's fill byte. */

@@ -6,16 +6,18 @@
  *  - Recognizable Visual Features (0028,0302) YES (a face, a tattoo…);
  *  - where Burned In Annotation is absent, kinds that customarily carry burned-in text:
  *    ultrasound, secondary capture and screen captures, other/external cameras, endoscopy,
- *    documents and video (modality or SOP class), derived SECONDARY images (screen grabs, dose
- *    screens), multi-frame true colour;
+ *    documents and video (modality or SOP class), SECONDARY images whatever the first Image
+ *    Type value (screen grabs, dose screens), multi-frame true colour;
  *  - encapsulated documents (PDF, CDA, STL…) are always risky.
  * Burned In Annotation = NO, stated by the modality, clears the kind-based suspicion (not
  * Recognizable Visual Features, not documents).
  *
  * Per client, a risky instance is withheld (default), masked (a region rule keyed by
  * Manufacturer, Model, Rows and Columns — CTP's pixel anonymizer approach — must cover it,
- * else it is withheld), or allowed (explicit, and audited).
+ * else it is withheld), or allowed (explicit, and audited). Documents and Recognizable Visual
+ * Features (a face is not removed by a band) are never masked: withheld unless allowed.
  */
+import { GatewayError } from '../core/errors.js';
 import type { Region } from '../deid/pixel-mask.js';
 
 export interface PixelFacts {
@@ -47,7 +49,8 @@ export const DEFAULT_PIXEL_POLICY: PixelPolicy = { risky: 'withhold', masks: [] 
 
 export type PixelDecision =
   | { readonly allow: true; readonly mask?: readonly Region[] | undefined; readonly risk?: string | undefined }
-  | { readonly allow: false; readonly reason: string };
+  /** `auditReason` is `pixels-withheld:<risk code>`, PHI-free, for the audit record. */
+  | { readonly allow: false; readonly reason: string; readonly auditReason: string };
 
 const RISKY_MODALITIES = new Set(['US', 'IVUS', 'SC', 'OT', 'XC', 'ES', 'GM', 'SM', 'DOC', 'VIDEO', 'OP', 'OPT']);
 const DOCUMENT_SOP_PREFIX = '1.2.840.10008.5.1.4.1.1.104'; // Encapsulated PDF, CDA, STL, OBJ, MTL
@@ -63,19 +66,52 @@ const RISKY_SOP_PREFIXES = [
 ];
 const has = (sop: string, p: string): boolean => sop === p || sop.startsWith(`${p}.`);
 
+/** Why an instance's pixels are risky: a stable PHI-free code (audit) and a sentence (messages). */
+interface Risk { readonly code: string; readonly text: string }
+
+function classify(f: PixelFacts): Risk | undefined {
+  const sop = f.sopClassUid?.trim() ?? '';
+  if (sop && has(sop, DOCUMENT_SOP_PREFIX)) return { code: 'encapsulated-document', text: 'encapsulated document' };
+  if (f.recognizableVisualFeatures?.trim().toUpperCase() === 'YES') return { code: 'recognizable-visual-features', text: 'Recognizable Visual Features is YES' };
+  const bia = f.burnedInAnnotation?.trim().toUpperCase();
+  if (bia !== undefined && bia !== '') return bia === 'NO' ? undefined : { code: 'burned-in-annotation', text: 'Burned In Annotation is not NO' };
+  const modality = f.modality?.trim().toUpperCase();
+  if (modality && RISKY_MODALITIES.has(modality)) return { code: `modality-${modality.toLowerCase()}`, text: `modality ${modality} without Burned In Annotation = NO` };
+  if (sop && RISKY_SOP_PREFIXES.some((p) => has(sop, p))) return { code: 'sop-class', text: 'SOP class that may carry burned-in text' };
+  // Screen captures and dose screens are SECONDARY whatever the first value (ORIGINAL or DERIVED).
+  if (f.imageType && /\bSECONDARY\b/i.test(f.imageType)) return { code: 'secondary-image', text: 'secondary image without Burned In Annotation = NO' };
+  if (f.samplesPerPixel?.trim() === '3' && Number(f.numberOfFrames ?? '1') > 1) return { code: 'multi-frame-colour', text: 'multi-frame true colour without Burned In Annotation = NO' };
+  return undefined;
+}
+
 /** The reason an instance's pixels are risky, or undefined. */
 export function pixelRisk(f: PixelFacts): string | undefined {
-  const sop = f.sopClassUid?.trim() ?? '';
-  if (sop && has(sop, DOCUMENT_SOP_PREFIX)) return 'encapsulated document';
-  if (f.recognizableVisualFeatures?.trim().toUpperCase() === 'YES') return 'Recognizable Visual Features is YES';
-  const bia = f.burnedInAnnotation?.trim().toUpperCase();
-  if (bia !== undefined && bia !== '') return bia === 'NO' ? undefined : 'Burned In Annotation is not NO';
-  const modality = f.modality?.trim().toUpperCase();
-  if (modality && RISKY_MODALITIES.has(modality)) return `modality ${modality} without Burned In Annotation = NO`;
-  if (sop && RISKY_SOP_PREFIXES.some((p) => has(sop, p))) return 'SOP class that may carry burned-in text';
-  if (f.imageType && /\bSECONDARY\b/i.test(f.imageType) && /\bDERIVED\b/i.test(f.imageType)) return 'derived secondary image without Burned In Annotation = NO';
-  if (f.samplesPerPixel?.trim() === '3' && Number(f.numberOfFrames ?? '1') > 1) return 'multi-frame true colour without Burned In Annotation = NO';
-  return undefined;
+  return classify(f)?.text;
+}
+
+/** The pixel facts of an instance's own header, read through `attr` (tag → value, "\\"-joined). */
+export function headerPixelFacts(attr: (tag: number) => string | undefined): PixelFacts {
+  return {
+    burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
+    imageType: attr(0x00080008), manufacturer: attr(0x00080070), model: attr(0x00081090), rows: attr(0x00280010), columns: attr(0x00280011),
+    samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
+  };
+}
+
+/** The PIXELS_WITHHELD error of a denial, with its audit reason. */
+export function pixelsWithheld(d: { readonly reason: string; readonly auditReason: string }, message = `this instance is withheld by policy (${d.reason})`): GatewayError {
+  return new GatewayError('PIXELS_WITHHELD', message, { auditReason: d.auditReason });
+}
+
+/**
+ * The admission of an instance by its own header (the gateway's retrieves, rendered images and
+ * cleaned pixels, and the offline `deid` command): the mask to apply, or the risk an explicit
+ * `allow` lets through, or nothing; throws PIXELS_WITHHELD (with its audit reason) otherwise.
+ */
+export function admitPixels(attr: (tag: number) => string | undefined, policy: PixelPolicy): { mask?: readonly Region[]; risk?: string } | undefined {
+  const d = pixelDecision(headerPixelFacts(attr), policy);
+  if (!d.allow) throw pixelsWithheld(d);
+  return d.mask ? { mask: d.mask } : d.risk ? { risk: d.risk } : undefined;
 }
 
 const same = (a: string | undefined, b: string | undefined): boolean => (a ?? '').trim().toUpperCase() === (b ?? '').trim().toUpperCase();
@@ -89,14 +125,19 @@ export function maskRuleFor(f: PixelFacts, rules: readonly MaskRule[]): MaskRule
 }
 
 export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY): PixelDecision {
-  const risk = pixelRisk(f);
-  if (risk === undefined) return { allow: true };
-  if (risk === 'encapsulated document' && policy.risky !== 'allow') return { allow: false, reason: 'an encapsulated document cannot be masked' };
+  const r = classify(f);
+  if (r === undefined) return { allow: true };
+  const { code, text: risk } = r;
+  const auditReason = `pixels-withheld:${code}`;
   if (policy.risky === 'allow') return { allow: true, risk };
+  // A document is not an image with a text band, and a face is not removed by a band mask:
+  // neither is ever released by a region rule, only by an explicit allow.
+  if (code === 'encapsulated-document') return { allow: false, reason: 'an encapsulated document cannot be masked', auditReason };
+  if (code === 'recognizable-visual-features') return { allow: false, reason: 'Recognizable Visual Features is YES, which region masks cannot remove', auditReason };
   if (policy.risky === 'mask') {
     const rule = maskRuleFor(f, policy.masks);
     if (rule) return { allow: true, mask: rule.regions, risk };
-    return { allow: false, reason: `${risk}, and no mask rule covers this device and image size` };
+    return { allow: false, reason: `${risk}, and no mask rule covers this device and image size`, auditReason };
   }
-  return { allow: false, reason: risk };
+  return { allow: false, reason: risk, auditReason };
 }

@@ -9,7 +9,7 @@ import { pixelMasker, type PixelGeometry, type Region } from '../../../src/deid/
 import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
 import { readInstanceSync } from '../../../src/dicom/part10.js';
 import { GatewayError } from '../../../src/core/errors.js';
-import { pixelDecision, pixelRisk } from '../../../src/policy/pixels.js';
+import { admitPixels, DEFAULT_PIXEL_POLICY, pixelDecision, pixelRisk } from '../../../src/policy/pixels.js';
 import { encodePart10, encapsulatedPixelData, type El } from '../../helpers/dicom-builder.js';
 import { engine } from '../../helpers/fixtures.js';
 import { mulberry32 } from '../../helpers/prng.js';
@@ -179,6 +179,22 @@ describe('the Part 10 engine with a mask', () => {
     await assert.rejects(deidentifyPart10Buffer(f, engine()), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');
   });
 
+  test('a rule whose regions fall entirely outside the image covers nothing: withheld, never Burned In Annotation NO', async () => {
+    const { file, pixels } = usFile();
+    for (const outside of [[{ x: 24, y: 0, width: 10, height: 3 }], [{ x: 0, y: 16, width: 5, height: 5 }, { x: 100, y: 100, width: 5, height: 5 }]]) {
+      await assert.rejects(deidentifyPart10Buffer(file, engine(), { admit: () => ({ mask: outside }) }),
+        (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD' && e.auditReason === 'pixels-withheld:mask-covers-nothing', JSON.stringify(outside));
+    }
+    // A region partly inside the image is clipped: it covers something, so the instance is clean.
+    const partly = [{ x: 20, y: 14, width: 10, height: 10 }];
+    const out = await deidentifyPart10Buffer(file, engine(), { admit: () => ({ mask: partly }) });
+    const inst = readInstanceSync(out, inflateRawSync);
+    const g: PixelGeometry = { rows: 16, columns: 24, samplesPerPixel: 3, bitsAllocated: 8, planarConfiguration: 0, frames: 3, photometric: 'RGB', littleEndian: true };
+    assert.ok(inst.pixel!.equals(reference(g, pixels, partly)), 'the clipped region is blanked');
+    assert.equal(inst.elements.find((e) => e.tag === 0x00280301)!.value!.toString('latin1').trim(), 'NO');
+    assert.ok(out.toString('latin1').includes('113101'), '113101 when something was covered');
+  });
+
   test('compressed pixel data or a length that does not fit the geometry cannot be masked', async () => {
     for (const f of [usFile({ encapsulated: true }).file, usFile({ badLength: true }).file]) {
       await assert.rejects(deidentifyPart10Buffer(f, engine(), { admit: () => ({ mask: band }) }), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');
@@ -195,7 +211,10 @@ describe('risk classification and per-client decision', () => {
     ['recognizable visual features', { modality: 'CT', burnedInAnnotation: 'NO', recognizableVisualFeatures: 'YES' }, 'Recognizable Visual Features is YES'],
     ['encapsulated PDF', { sopClassUid: '1.2.840.10008.5.1.4.1.1.104.1', burnedInAnnotation: 'NO' }, 'encapsulated document'],
     ['secondary capture by SOP class', { sopClassUid: '1.2.840.10008.5.1.4.1.1.7' }, 'SOP class that may carry burned-in text'],
-    ['derived secondary (dose screen)', { modality: 'CT', imageType: 'DERIVED\\SECONDARY\\SCREEN SAVE' }, 'derived secondary image without Burned In Annotation = NO'],
+    ['derived secondary (dose screen)', { modality: 'CT', imageType: 'DERIVED\\SECONDARY\\SCREEN SAVE' }, 'secondary image without Burned In Annotation = NO'],
+    ['SECONDARY whatever the first value (screen capture)', { modality: 'CT', imageType: 'ORIGINAL\\SECONDARY' }, 'secondary image without Burned In Annotation = NO'],
+    ['ORIGINAL PRIMARY', { modality: 'CT', imageType: 'ORIGINAL\\PRIMARY\\AXIAL' }, undefined],
+    ['SECONDARY stating NO', { modality: 'CT', imageType: 'DERIVED\\SECONDARY', burnedInAnnotation: 'NO' }, undefined],
     ['multi-frame true colour', { modality: 'XA', samplesPerPixel: '3', numberOfFrames: '20' }, 'multi-frame true colour without Burned In Annotation = NO'],
   ];
   for (const [name, f, want] of cases) test(`risk: ${name}`, () => { assert.equal(pixelRisk(f), want); });
@@ -210,5 +229,35 @@ describe('risk classification and per-client decision', () => {
     assert.match((other as { reason: string }).reason, /no mask rule covers this device and image size/);
     assert.deepEqual(pixelDecision(us, { risky: 'allow', masks: [] }), { allow: true, risk: 'modality US without Burned In Annotation = NO' });
     assert.equal(pixelDecision({ sopClassUid: '1.2.840.10008.5.1.4.1.1.104.1' }, { risky: 'mask', masks: [{ match: {}, regions: rule.regions }] }).allow, false, 'a document cannot be masked');
+  });
+
+  test('Recognizable Visual Features YES is never released by a region rule, only by an explicit allow', () => {
+    const face = { modality: 'XC', burnedInAnnotation: 'NO', recognizableVisualFeatures: 'YES', manufacturer: 'ACME', rows: '16', columns: '24' };
+    const everything = { risky: 'mask' as const, masks: [{ match: {}, regions: [{ x: 0, y: 0, width: 24, height: 16 }] }] };
+    const d = pixelDecision(face, everything);
+    assert.equal(d.allow, false, 'a rule covering the whole image does not release a face');
+    assert.match((d as { reason: string }).reason, /Recognizable Visual Features/);
+    assert.equal((d as { auditReason: string }).auditReason, 'pixels-withheld:recognizable-visual-features');
+    assert.deepEqual(pixelDecision(face, { risky: 'allow', masks: [] }), { allow: true, risk: 'Recognizable Visual Features is YES' });
+    assert.equal(pixelDecision(face).allow, false, 'withheld by default');
+  });
+
+  test('a denial carries a PHI-free audit reason naming the risk', () => {
+    const reason = (f: Record<string, string>, policy?: Parameters<typeof pixelDecision>[1]): string | undefined => {
+      const d = pixelDecision(f, policy);
+      return d.allow ? undefined : d.auditReason;
+    };
+    assert.equal(reason({ modality: 'US' }), 'pixels-withheld:modality-us');
+    assert.equal(reason({ modality: 'CT', burnedInAnnotation: 'YES' }), 'pixels-withheld:burned-in-annotation');
+    assert.equal(reason({ sopClassUid: '1.2.840.10008.5.1.4.1.1.104.1' }, { risky: 'mask', masks: [] }), 'pixels-withheld:encapsulated-document');
+    assert.equal(reason({ modality: 'CT', imageType: 'ORIGINAL\\SECONDARY' }, { risky: 'mask', masks: [] }), 'pixels-withheld:secondary-image');
+    assert.equal(reason({ sopClassUid: '1.2.840.10008.5.1.4.1.1.7' }), 'pixels-withheld:sop-class');
+    assert.equal(reason({ modality: 'XA', samplesPerPixel: '3', numberOfFrames: '2' }), 'pixels-withheld:multi-frame-colour');
+    try {
+      admitPixels((tag) => (tag === 0x00080060 ? 'US' : undefined), DEFAULT_PIXEL_POLICY);
+      assert.fail('admitPixels withholds a US by default');
+    } catch (e) {
+      assert.ok(e instanceof GatewayError && e.code === 'PIXELS_WITHHELD' && e.auditReason === 'pixels-withheld:modality-us', `PIXELS_WITHHELD with its audit reason (${String(e)})`);
+    }
   });
 });

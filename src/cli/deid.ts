@@ -2,6 +2,10 @@
  * `deid-gateway deid`: the gateway's engine and pseudonyms, offline. Previews exactly what
  * a client would receive, or exports a batch. Outputs are written to a temporary file and
  * renamed only when complete, so a refused input leaves nothing behind.
+ *
+ * Each input is admitted as the gateway admits an instance for that client: outside its scope
+ * (allow-list, filters, the opt-out list) or withheld by its pixel policy, it is refused with
+ * the reason; masked under a region rule, it is written masked.
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readSync, createReadStream, createWriteStream, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
@@ -14,6 +18,11 @@ import { readHeaderSync } from '../dicom/part10.js';
 import { diffHeaders, formatDiff } from '../deid/diff.js';
 import { createEngineContext, deidentifyPart10, type InstanceInfo } from '../deid/index.js';
 import { loadOrCreateMasterSecret } from '../pseudonym/secret.js';
+import { parseOptOutList, parseStudyList } from '../config/lists.js';
+import { ClientScope, OptOutSource, type StudyListSource } from '../policy/client-scope.js';
+import { admitPixels, DEFAULT_PIXEL_POLICY } from '../policy/pixels.js';
+import { notVisible, recordDenial, type OptOutEntry } from '../policy/scope.js';
+import { WatchedFile } from '../policy/watched-file.js';
 
 /** True when a file found in a folder looks like DICOM (DICM prefix, or a .dcm name). */
 function looksLikeDicom(path: string): boolean {
@@ -48,7 +57,8 @@ function safeName(uid: string): string {
 }
 
 export async function runDeid(cfg: Config, args: { clientId: string; inputs: string[]; out: string; diff: boolean }): Promise<number> {
-  const client = cfg.clients.find((c) => c.id === args.clientId);
+  const index = cfg.clients.findIndex((c) => c.id === args.clientId);
+  const client = cfg.clients[index];
   if (!client) {
     process.stderr.write(`deid-gateway: --client "${args.clientId}" is not configured; configured: ${cfg.clients.map((c) => c.id).join(', ')}\n`);
     return 2;
@@ -57,6 +67,20 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     clientId: client.id, policyId: client.policyId ?? client.id, masterSecret: loadOrCreateMasterSecret(cfg.state.dir),
     profile: { options: client.plan.options, overrides: client.profile.overrides, ...(client.profile.dateShift ? { dateShift: client.profile.dateShift } : {}) },
   });
+  // The client's scope and pixel policy, built as the gateway builds them (src/main.ts).
+  const optOut = new OptOutSource(cfg.optOut.patients, cfg.optOut.file === undefined ? undefined
+    : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList));
+  const scopeKey = `clients[${index}].scope.studiesFile`;
+  const scope = new ClientScope(client.scope, optOut, client.scope.studiesFile === undefined ? undefined
+    : new WatchedFile<StudyListSource>(client.scope.studiesFile, scopeKey, parseStudyList));
+  const pixels = client.pixels ?? DEFAULT_PIXEL_POLICY;
+  let pixelNote = '';
+  const admit = (attr: (tag: number) => string | undefined): ReturnType<typeof admitPixels> => {
+    if (!scope.unrestricted()) { const d = recordDenial(scope.rules(), scope.optOut(), attr); if (d) throw notVisible(d); }
+    const r = admitPixels(attr, pixels); // PIXELS_WITHHELD when the policy withholds it
+    pixelNote = r?.mask ? ' (pixels masked)' : r?.risk ? ' (risky pixels allowed by policy)' : '';
+    return r;
+  };
   mkdirSync(args.out, { recursive: true });
   let done = 0;
   let refused = 0;
@@ -77,11 +101,12 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         continue;
       }
       const tmp = join(args.out, `.deid-${randomBytes(6).toString('hex')}.part`);
+      pixelNote = '';
       let info: InstanceInfo | undefined;
       try {
         await pipeline(
           createReadStream(file),
-          (source: AsyncIterable<Buffer>) => deidentifyPart10(source, ctx, { maxHeaderBytes: cfg.engine.maxHeaderBytes, onInstance: (i) => { info = i; } }),
+          (source: AsyncIterable<Buffer>) => deidentifyPart10(source, ctx, { maxHeaderBytes: cfg.engine.maxHeaderBytes, admit, onInstance: (i) => { info = i; } }),
           createWriteStream(tmp, { mode: 0o640 }),
         );
         const p = info!.pseudonymous;
@@ -90,7 +115,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         const dest = join(dir, `${safeName(p.sop)}.dcm`);
         renameSync(tmp, dest);
         done++;
-        process.stdout.write(`${file} -> ${relative(process.cwd(), dest) || dest}\n`);
+        process.stdout.write(`${file} -> ${relative(process.cwd(), dest) || dest}${pixelNote}\n`);
         if (args.diff) {
           const inflate = (b: Buffer): Buffer => inflateRawSync(b);
           const before = readHeaderSync(readFileSync(file), inflate);
@@ -100,7 +125,9 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
       } catch (e) {
         try { unlinkSync(tmp); } catch { /* not created */ }
         refused++;
-        const reason = isGatewayError(e) ? `${e.code}: ${e.message}` : `unexpected error (${(e as Error).name})`;
+        const outOfScope = isGatewayError(e) && e.auditReason?.startsWith('out-of-scope:') ? e.auditReason.slice('out-of-scope:'.length) : undefined;
+        const reason = outOfScope !== undefined ? `outside client ${client.id}'s scope (${outOfScope})`
+          : isGatewayError(e) ? `${e.code}: ${e.message}` : `unexpected error (${(e as Error).name})`;
         process.stderr.write(`refused: ${file}: ${reason}\n`);
       }
     }

@@ -8,7 +8,9 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { inflateRawSync } from 'node:zlib';
 import { findCanaries, fixtures } from '../helpers/fixtures.js';
+import { readInstanceSync } from '../../src/dicom/part10.js';
 
 const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 const HASH = '5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8';
@@ -18,13 +20,14 @@ function run(args: string[]): { status: number | null; stdout: string; stderr: s
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-function config(dir: string, clients = ['vendor-a']): string {
+/** `client` and `top`: extra YAML under every client (e.g. `    pixels: …\n`) and at the top level. */
+function config(dir: string, clients = ['vendor-a'], extra: { client?: string; top?: string } = {}): string {
   const p = join(dir, 'gateway.yaml');
   writeFileSync(p, `server: {host: 127.0.0.1, port: 8080}
 upstream: {url: "http://127.0.0.1:8042/dicom-web"}
 state: {dir: ./state}
 clients:
-${clients.map((id, i) => `  - id: ${id}\n    apiKeySha256: "${i}${HASH.slice(1)}"\n`).join('')}`);
+${clients.map((id, i) => `  - id: ${id}\n    apiKeySha256: "${i}${HASH.slice(1)}"\n${extra.client ?? ''}`).join('')}${extra.top ?? ''}`);
   return p;
 }
 
@@ -68,7 +71,9 @@ describe('deid-gateway command line', async () => {
   test('deid: every fixture de-identified into study/series/instance files, no canary in files or output', () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
     const out = join(dir, 'out');
-    const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', fx.dir, '--out', out]);
+    // Risky pixels (the burned-in ultrasound…) explicitly allowed: this test is about headers.
+    const cfgAllow = config(dir, ['vendor-a'], { client: '    pixels: {risky: allow}\n' });
+    const r = run(['deid', '--config', cfgAllow, '--client', 'vendor-a', fx.dir, '--out', out]);
     assert.equal(r.status, 0, r.stderr);
     const written = files(out);
     assert.equal(written.length, fx.files.length);
@@ -78,7 +83,7 @@ describe('deid-gateway command line', async () => {
     assert.deepEqual(leaks, []);
     // The master secret was created 0600 and reused: a second run gives the same names.
     assert.equal(statSync(join(dir, 'state', 'master.key')).mode & 0o777, 0o600);
-    const again = run(['deid', '--config', config(dir), '--client', 'vendor-a', fx.dir, '--out', join(dir, 'out2')]);
+    const again = run(['deid', '--config', cfgAllow, '--client', 'vendor-a', fx.dir, '--out', join(dir, 'out2')]);
     assert.deepEqual(files(join(dir, 'out2')).map((p) => p.slice(dir.length + 5)).sort(), written.map((p) => p.slice(dir.length + 4)).sort());
     assert.equal(again.status, 0);
   });
@@ -98,6 +103,49 @@ describe('deid-gateway command line', async () => {
     const left = files(out);
     assert.equal(left.length, 1);
     assert.ok(!left.some((p) => p.endsWith('.part')), '!left.some((p) => p.endsWith(\'.part\'))');
+  });
+
+  test('deid admits inputs as the gateway does: risky pixels withheld by default, masked under a rule; an opted-out patient refused', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const us = fx.files.find((f) => f.meta.kind === 'us-rgb-burned-in')!;
+    const ct = fx.files.find((f) => f.meta.kind === 'ct')!;
+    const band = fx.manifest.burnedIn;
+    // Withheld by default: refused with the reason (no value of the file), nothing written, exit 1.
+    const out = join(dir, 'out');
+    const w = run(['deid', '--config', config(dir), '--client', 'vendor-a', us.path, ct.path, '--out', out]);
+    assert.equal(w.status, 1, w.stderr);
+    assert.match(w.stderr, /refused: .*\.dcm: PIXELS_WITHHELD: this instance is withheld by policy \(Burned In Annotation is not NO\)/);
+    assert.match(w.stderr, /1 de-identified, 1 refused/);
+    assert.equal(files(out).length, 1, 'only the CT is written');
+    // A mask rule for the device and size: written masked, band zeroed, every other byte kept.
+    const width = band.cols[1] - band.cols[0], height = band.rows[1] - band.rows[0];
+    const maskCfg = config(dir, ['vendor-a'], { client: `    pixels: {risky: mask, masks: [{match: {manufacturer: ACME Ultrasound, model: Model 7, rows: 48, columns: 64}, regions: [{x: ${band.cols[0]}, y: ${band.rows[0]}, width: ${width}, height: ${height}}]}]}\n` });
+    const m = run(['deid', '--config', maskCfg, '--client', 'vendor-a', us.path, '--out', join(dir, 'masked')]);
+    assert.equal(m.status, 0, m.stderr);
+    assert.match(m.stdout, /-> .*\.dcm \(pixels masked\)/);
+    const [written] = files(join(dir, 'masked'));
+    const before = readInstanceSync(us.bytes, inflateRawSync);
+    const after = readInstanceSync(readFileSync(written!), inflateRawSync);
+    const cols = 64;
+    let changed = 0;
+    for (let i = 0; i < before.pixel!.length; i++) {
+      const p = Math.floor(i / 3), x = p % cols, y = Math.floor(p / cols);
+      const inBand = x >= band.cols[0] && x < band.cols[1] && y >= band.rows[0] && y < band.rows[1];
+      if (inBand) assert.equal(after.pixel![i], 0, `band byte ${i} is zeroed`);
+      else if (after.pixel![i] !== before.pixel![i]) changed++;
+    }
+    assert.equal(changed, 0, 'no byte outside the band changed');
+    assert.equal(after.elements.find((e) => e.tag === 0x00280301)?.value?.toString('latin1').trim(), 'NO');
+    assert.ok(readFileSync(written!).includes('113101'), 'Clean Pixel Data in the method code sequence');
+    // An opted-out patient is refused as out of scope, with the reason and without the ID.
+    const ctHeader = readInstanceSync(ct.bytes, inflateRawSync);
+    const patientId = ctHeader.elements.find((e) => e.tag === 0x00100020)!.value!.toString('latin1').replace(/[\0 ]+$/, '');
+    const optCfg = config(dir, ['vendor-a'], { top: `optOut: {patients: [{id: "${patientId}"}]}\n` });
+    const o = run(['deid', '--config', optCfg, '--client', 'vendor-a', ct.path, '--out', join(dir, 'opted')]);
+    assert.equal(o.status, 1, o.stderr);
+    assert.match(o.stderr, /refused: .*\.dcm: outside client vendor-a's scope \(opted-out\)/);
+    assert.ok(!(o.stdout + o.stderr).includes(patientId), 'the patient ID is not printed');
+    assert.ok(!existsSync(join(dir, 'opted')) || files(join(dir, 'opted')).length === 0, 'nothing written for the opted-out patient');
   });
 
   test('deid: an unknown client is a usage error naming the configured ones', () => {

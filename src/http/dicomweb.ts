@@ -5,12 +5,12 @@
  */
 import { GatewayError } from '../core/errors.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
-import { deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset } from '../deid/index.js';
+import { CLEAN_PIXEL_DATA, deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset } from '../deid/index.js';
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
 import { parseJsonObject, splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { pixelDecision, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
-import type { PixelGeometry, Region } from '../deid/pixel-mask.js';
+import { admitPixels, pixelDecision, pixelsWithheld, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import { regionsCover, type PixelGeometry, type Region } from '../deid/pixel-mask.js';
 import { readInstanceSync } from '../dicom/part10.js';
 import { renderFrame } from '../render/render.js';
 import { inflateRawSync } from 'node:zlib';
@@ -86,13 +86,35 @@ export interface RequestContext {
   readonly observeDeid?: ((kind: 'json' | 'part10', seconds: number) => void) | undefined;
 }
 
-/** deidentifyJson, timed for the metrics when they are on. */
-function deidJson(rc: RequestContext, o: JsonDataset, writeMarkers: boolean): JsonDataset {
-  if (!rc.observeDeid) return deidentifyJson(o, rc.client.ctx, { writeMarkers });
-  const t0 = performance.now();
-  const out = deidentifyJson(o, rc.client.ctx, { writeMarkers });
-  rc.observeDeid('json', (performance.now() - t0) / 1000);
+/**
+ * deidentifyJson, timed for the metrics when they are on. `cleanPixels`: the instance is
+ * released masked (see maskedByRule), so its JSON says what its retrieve says: Burned In
+ * Annotation NO and, with the markers, 113101 Clean Pixel Data.
+ */
+function deidJson(rc: RequestContext, o: JsonDataset, writeMarkers: boolean, cleanPixels = false): JsonDataset {
+  const opts = { writeMarkers, ...(cleanPixels ? { extraMethodCodes: [CLEAN_PIXEL_DATA] } : {}) };
+  const t0 = rc.observeDeid ? performance.now() : 0;
+  let out = deidentifyJson(o, rc.client.ctx, opts);
+  if (cleanPixels) {
+    out['00280301'] = { vr: 'CS', Value: ['NO'] };
+    out = Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b))) as JsonDataset;
+  }
+  rc.observeDeid?.('json', (performance.now() - t0) / 1000);
   return out;
+}
+
+/**
+ * True when a retrieve releases this instance masked by a rule whose regions cover part of
+ * the image (the engine's condition for Burned In Annotation NO and 113101), judged on the
+ * original JSON, or on the facts cached for the instance when the JSON lacks them (QIDO rows).
+ */
+function maskedByRule(rc: RequestContext, o: JsonDataset): boolean {
+  if (rc.client.pixels.risky !== 'mask') return false;
+  const sop = firstValue(o, '00080018');
+  const cached = typeof sop === 'string' ? rc.facts.instance(sop) : undefined;
+  const f = cached && cached.scope?.[TAG.studyUid] === firstValue(o, '0020000D') ? cached : factsOf(o);
+  const d = decide(rc, f);
+  return d.allow && !!d.mask?.length && f.rows !== undefined && regionsCover({ rows: Number(f.rows), columns: Number(f.columns) }, d.mask);
 }
 
 export interface Reply {
@@ -203,7 +225,7 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
   path += level === 'study' ? '/studies' : level === 'series' ? '/series' : '/instances';
   if (q.empty) return emptyJsonReply(q.warnings);
   const deid = (o: JsonDataset): JsonDataset => {
-    const out = deidJson(rc, o, false);
+    const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
     setRetrieveUrl(out, rc.dicomWebBase, level);
     rewriteBulkDataUris(out, rc.dicomWebBase);
     return out;
@@ -294,7 +316,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       const o = parseObject(text);
       if (!(await visible(o))) continue;
       for (const t of strip) delete o[t];
-      const out = deidJson(rc, o, false);
+      const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
       setRetrieveUrl(out, rc.dicomWebBase, level);
       rewriteBulkDataUris(out, rc.dicomWebBase);
       if (!passesDateFilters(q.dateFilters, out)) continue;
@@ -346,7 +368,7 @@ export async function metadata(rc: RequestContext, p: { study: string; series?: 
     const sop = o['00080018']?.Value?.[0];
     if (typeof sop === 'string') { const f = factsOf(o); seen.set(sop, f); rc.facts.putInstance(sop, f); }
     if (recordVisible(rc, jsonAttrs(o))) { rc.note.outOfScope++; return undefined; }
-    const out = deidJson(rc, o, true);
+    const out = deidJson(rc, o, true, maskedByRule(rc, o));
     noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'), 1);
     rewriteBulkDataUris(out, rc.dicomWebBase);
     rc.note.instances++;
@@ -433,15 +455,16 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     const f = facts.values().next().value!;
     await refuse(new GatewayError('NOT_FOUND', 'no such resource', { auditReason: `out-of-scope:${recordVisible(rc, factsAttrs(f)) ?? 'unknown'}` }));
   }
-  const announced = inScope.filter((f) => !decide(rc, f).allow).length;
+  const denials = inScope.map((f) => decide(rc, f)).filter((d): d is Extract<PixelDecision, { allow: false }> => !d.allow);
+  const announced = denials.length;
   // A multipart needs at least one part (RFC 2046 5.1.1): nothing to send is a 403 too.
   if (sop === undefined && inScope.length > 0 && announced === inScope.length) {
     rc.note.withheld += announced;
-    await refuse(new GatewayError('PIXELS_WITHHELD', `all ${announced} instance(s) are withheld by the pixel policy`));
+    await refuse(pixelsWithheld(denials[0]!, `all ${announced} instance(s) are withheld by the pixel policy`));
   }
   if (sop !== undefined && announced > 0) {
     rc.note.withheld++;
-    await refuse(new GatewayError('PIXELS_WITHHELD', `this instance is withheld by policy (${(decide(rc, facts.get(sop)!) as { reason: string }).reason})`));
+    await refuse(pixelsWithheld(denials[0]!));
   }
   const up = await retrieving;
   expectType(up, 'multipart/related');
@@ -451,11 +474,12 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const note = rc.note;
   const maxHeaderBytes = rc.maxHeaderBytes;
   let sent = 0;
+  let withheldReason: string | undefined;
   async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
     yield* admittedParts();
     // Nothing left to send (every instance refused in the stream): a multipart needs a part
     // (RFC 2046 5.1.1), and nothing has been written yet, so this is still a clean problem.
-    if (sent === 0 && note.withheld > 0) throw new GatewayError('PIXELS_WITHHELD', 'every instance asked for is withheld by the pixel policy');
+    if (sent === 0 && note.withheld > 0) throw new GatewayError('PIXELS_WITHHELD', 'every instance asked for is withheld by the pixel policy', { auditReason: withheldReason ?? 'pixels-withheld:unknown' });
     if (sent === 0) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'out-of-scope:all-instances' });
   }
   async function* admittedParts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
@@ -468,7 +492,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         first = await it.next();
       } catch (e) {
         if (e instanceof GatewayError && (e.code === 'PIXELS_WITHHELD' || e.auditReason?.startsWith('out-of-scope:'))) {
-          if (e.code === 'PIXELS_WITHHELD') note.withheld++; else note.outOfScope++;
+          if (e.code === 'PIXELS_WITHHELD') { note.withheld++; withheldReason ??= e.auditReason; } else note.outOfScope++;
           for await (const _ of part.body) { /* drained */ }
           continue;
         }
@@ -599,9 +623,9 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
   const d = decide(rc, facts);
   if (!d.allow) {
     rc.note.withheld++;
-    throw new GatewayError('PIXELS_WITHHELD', `the pixel data of this instance is withheld by policy (${d.reason})`);
+    throw pixelsWithheld(d, `the pixel data of this instance is withheld by policy (${d.reason})`);
   }
-  if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data');
+  if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data', { auditReason: 'pixels-withheld:pixel-data-removed' });
   if (d.mask) rc.note.masked++;
   else if (d.risk) rc.note.riskyAllowed++;
   return facts;
@@ -636,20 +660,14 @@ async function* cleanedPixels(rc: RequestContext, study: string, series: string,
 /** The scope and pixel decision on an instance's own header (retrieve, rendered, cleaned pixels). */
 function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): { mask?: readonly Region[]; risk?: string } | undefined {
   if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
-  const decision = decide(rc, {
-    burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
-    imageType: attr(0x00080008), manufacturer: attr(0x00080070), model: attr(0x00081090), rows: attr(0x00280010), columns: attr(0x00280011),
-    samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
-  });
-  if (!decision.allow) throw new GatewayError('PIXELS_WITHHELD', decision.reason);
-  return decision.mask ? { mask: decision.mask } : decision.risk ? { risk: decision.risk } : undefined;
+  return admitPixels(attr, rc.client.pixels); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
 }
 
 /** One multipart part per requested frame, cut from the cleaned pixel stream (only requested frames are held). */
 function cleanedFrames(rc: RequestContext, facts: Facts, pixels: AsyncIterable<Buffer>, wanted: readonly number[]): Reply {
   const g = geometryOf(facts, 1, true);
   const size = g.rows * g.columns * g.samplesPerPixel * (g.bitsAllocated / 8);
-  if (!(size > 0)) throw new GatewayError('PIXELS_WITHHELD', 'the frame size of this instance cannot be determined, so its frames cannot be cleaned');
+  if (!(size > 0)) throw new GatewayError('PIXELS_WITHHELD', 'the frame size of this instance cannot be determined, so its frames cannot be cleaned', { auditReason: 'pixels-withheld:cannot-clean' });
   const boundary = newBoundary();
   async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
     const want = new Set(wanted);
@@ -771,7 +789,7 @@ export async function bulk(rc: RequestContext, p: { study: string; series: strin
   rc.note.instances++;
   noteStudy(rc.note, study, p.study, facts.scope?.[TAG.patientId], 1);
   if ((top === 0x7fe00010 || top === 0x7fe00008 || top === 0x7fe00009) && needsCleaning(rc, facts)) {
-    if (top !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned');
+    if (top !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be cleaned', { auditReason: 'pixels-withheld:cannot-clean' });
     const boundary = newBoundary();
     const pixels = cleanedPixels(rc, study, series, sop);
     return {
@@ -842,7 +860,7 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
     await requireVisible(rc, p);
     const all = [...(await pixelFacts(rc, study, series)).entries()].sort(([a], [b]) => a.localeCompare(b));
     const pick = all.find(([, f]) => f.rows !== undefined && decide(rc, f).allow && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid]);
-    if (!pick) throw new GatewayError('PIXELS_WITHHELD', 'no instance here has pixels this client may receive');
+    if (!pick) throw new GatewayError('PIXELS_WITHHELD', 'no instance here has pixels this client may receive', { auditReason: 'pixels-withheld:no-releasable-instance' });
     sop = pick[0];
     series = pick[1].scope![TAG.seriesUid]!;
   }

@@ -12,6 +12,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
+import jpeg from 'jpeg-js';
 import winston from 'winston';
 import { validateConfig } from '../../src/config/schema.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
@@ -138,7 +139,49 @@ function ctWithEmbeddedOverlay(): Fixture & { overlayBit: number } {
   return { sop, series, file: encodePart10(els, { ts: 'explicitLE' }), pixels, frames: 1, planar: 0, overlayBit: 12 };
 }
 
+/** A 16-bit two-frame MONOCHROME2 screen (modality OT) of the covered device: the band is 0x0FFF with high bytes set elsewhere. */
+function mono16Instance(k: number): Fixture {
+  const series = `${STUDY}.${k}`;
+  const sop = `${series}.1`;
+  const frames = 2;
+  const pixels = Buffer.alloc(ROWS * COLS * 2 * frames);
+  for (let f = 0; f < frames; f++) for (let y = 0; y < ROWS; y++) for (let x = 0; x < COLS; x++) {
+    const inBand = x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
+    pixels.writeUInt16LE(inBand ? 0x0fff : 0x0100 + ((x * 37 + y * 11 + f * 101) % 3000), ((f * ROWS + y) * COLS + x) * 2);
+  }
+  const els: El[] = [
+    { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.7.3' },
+    { tag: 0x00080018, vr: 'UI', value: sop },
+    { tag: 0x00080060, vr: 'CS', value: 'OT' },
+    { tag: 0x00080070, vr: 'LO', value: 'ACME' },
+    { tag: 0x00081090, vr: 'LO', value: 'SONO-1' },
+    { tag: 0x00100010, vr: 'PN', value: 'BANDED^PATIENT' },
+    { tag: 0x00100020, vr: 'LO', value: 'MRN-BAND-1' },
+    { tag: 0x0020000d, vr: 'UI', value: STUDY },
+    { tag: 0x0020000e, vr: 'UI', value: series },
+    { tag: 0x00200011, vr: 'IS', value: String(k) },
+    { tag: 0x00280002, vr: 'US', value: [1] },
+    { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' },
+    { tag: 0x00280008, vr: 'IS', value: String(frames) },
+    { tag: 0x00280010, vr: 'US', value: [ROWS] },
+    { tag: 0x00280011, vr: 'US', value: [COLS] },
+    { tag: 0x00280100, vr: 'US', value: [16] },
+    { tag: 0x00280101, vr: 'US', value: [16] },
+    { tag: 0x00280102, vr: 'US', value: [15] },
+    { tag: 0x00280103, vr: 'US', value: [0] },
+    { tag: 0x7fe00010, vr: 'OW', value: pixels },
+  ];
+  return { sop, series, file: encodePart10(els, { ts: 'explicitLE' }), pixels, frames, planar: 0 };
+}
 
+/** The expected 16-bit output: the band's cells 0 in every frame, every other byte as it was. */
+function masked16(pixels: Buffer, frames: number): Buffer {
+  const out = Buffer.from(pixels);
+  for (let f = 0; f < frames; f++) for (let y = BAND.y; y < BAND.y + BAND.height; y++) for (let x = BAND.x; x < BAND.x + BAND.width; x++) {
+    out.writeUInt16LE(0, ((f * ROWS + y) * COLS + x) * 2);
+  }
+  return out;
+}
 
 describe('pixel safety against a real Orthanc', () => {
   let orthanc: OrthancHandle;
@@ -149,7 +192,10 @@ describe('pixel safety against a real Orthanc', () => {
   const uncovered = usInstance(3, { frames: 1, planar: 0, model: 'OTHER-9' });
   const compressed = usInstance(4, { frames: 1, planar: 0, rle: true });
   const ct = ctWithEmbeddedOverlay();
-  const ALL = [multi, planar, uncovered, compressed, ct];
+  const mono16 = mono16Instance(5);
+  const ALL = [multi, planar, uncovered, compressed, ct, mono16];
+  const auditRecords = (): Record<string, unknown>[] => readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((x) => x.type === 'request');
 
   const get = async (path: string, client: string, accept?: string): Promise<{ status: number; type: string; warning: string | null; body: Buffer }> => {
     const r = await fetch(`${gw.url}${path}`, { headers: { authorization: `Bearer ${tok(client)}`, ...(accept ? { accept } : {}) } });
@@ -188,18 +234,77 @@ describe('pixel safety against a real Orthanc', () => {
   test('withheld by default: left out of the study (Warning), and 403 on the instance, its frames, bulk data and rendering', async () => {
     const r = await retrieved(`/dicom-web/studies/${STUDY}`, 'withholder');
     assert.deepEqual(r.instances.map(sopOf), [ct.sop]);
-    assert.match(r.warning ?? '', /299 deid-gateway "4 instance\(s\) withheld by the pixel policy"/);
-    for (const path of [inst(multi), `${inst(multi)}/frames/1`, `${inst(multi)}/bulk/7fe00010`, `${inst(multi)}/rendered`, `${inst(multi)}/thumbnail`]) {
+    assert.match(r.warning ?? '', /299 deid-gateway "5 instance\(s\) withheld by the pixel policy"/);
+    const seriesOnly = `/dicom-web/studies/${STUDY}/series/${multi.series}`;
+    const denied = [inst(multi), `${inst(multi)}/frames/1`, `${inst(multi)}/bulk/7fe00010`, `${inst(multi)}/rendered`, `${inst(multi)}/thumbnail`, seriesOnly];
+    for (const path of denied) {
       const x = await get(path, 'withholder');
       assert.equal(x.status, 403, path);
       assert.equal((JSON.parse(x.body.toString()) as { code: string }).code, 'PIXELS_WITHHELD');
     }
+    // Every denial is audited with the risk (Burned In Annotation YES here), never with a value.
+    const recs = auditRecords().filter((x) => x.client === 'withholder' && x.status === 403);
+    assert.equal(recs.length, denied.length, 'one record per denial');
+    for (const x of recs) assert.equal(x.reason, 'pixels-withheld:burned-in-annotation', `${String(x.route)}: the audit reason`);
+    const mono = await get(`${inst(mono16)}/frames/1`, 'withholder');
+    assert.equal(mono.status, 403);
+    assert.equal(auditRecords().at(-1)!.reason, 'pixels-withheld:modality-ot', 'the risk is named: modality OT without Burned In Annotation');
+    const study = auditRecords().find((x) => x.client === 'withholder' && x.status === 200 && x.withheld === 5);
+    assert.ok(study, 'the study retrieve counts the 5 instances it left out');
+  });
+
+  test('metadata says what a retrieve releases: masked instances Burned In Annotation NO and 113101; withheld ones as the PACS states', async () => {
+    type Obj = Record<string, { Value?: unknown[] }>;
+    const methodCodes = (o: Obj): unknown[] => ((o['00120064']?.Value ?? []) as Obj[]).map((i) => i['00080100']?.Value?.[0]);
+    const meta = async (path: string, client: string): Promise<Obj[]> => {
+      const r = await get(path, client);
+      assert.equal(r.status, 200, `${path}: ${r.body.toString().slice(0, 200)}`);
+      return JSON.parse(r.body.toString()) as Obj[];
+    };
+    const [m] = await meta(`${inst(multi)}/metadata`, 'masker');
+    assert.deepEqual(m!['00280301']?.Value, ['NO'], 'Burned In Annotation NO, as in the retrieve');
+    assert.ok(methodCodes(m!).includes('113101'), `113101 in the method codes: ${JSON.stringify(methodCodes(m!))}`);
+    const retrievedOne = (await retrieved(inst(multi), 'masker')).instances[0]!;
+    assert.equal(str(retrievedOne, 0x00280301), 'NO');
+    // The whole study: covered instances NO + 113101; the uncovered one and the CT as the PACS says.
+    const all = await meta(`/dicom-web/studies/${STUDY}/metadata`, 'masker');
+    const bySop = new Map(all.map((o) => [o['00080018']!.Value![0] as string, o]));
+    for (const f of [multi, planar, compressed, mono16]) {
+      assert.deepEqual(bySop.get(f.sop)?.['00280301']?.Value, ['NO'], `${f.sop}: NO`);
+      assert.ok(methodCodes(bySop.get(f.sop)!).includes('113101'), `${f.sop}: 113101`);
+    }
+    assert.deepEqual(bySop.get(uncovered.sop)?.['00280301']?.Value, ['YES'], 'withheld (no rule covers it): as the PACS states');
+    assert.ok(!methodCodes(bySop.get(uncovered.sop)!).includes('113101'), 'no Clean Pixel Data for the withheld one');
+    assert.ok(!methodCodes(bySop.get(ct.sop)!).includes('113101'), 'no Clean Pixel Data for an instance that needs no mask');
+    // Withheld for another client: its header is served, and says nothing was cleaned.
+    const [w] = await meta(`${inst(multi)}/metadata`, 'withholder');
+    assert.deepEqual(w!['00280301']?.Value, ['YES']);
+    assert.ok(!methodCodes(w!).includes('113101'), 'no 113101 for a withheld instance');
+    // QIDO rows that include Burned In Annotation agree.
+    const rows = JSON.parse((await get(`/dicom-web/studies/${STUDY}/series/${multi.series}/instances?includefield=00280301`, 'masker')).body.toString()) as Obj[];
+    assert.deepEqual(rows[0]?.['00280301']?.Value, ['NO'], 'the QIDO row of the masked instance');
+    const wrows = JSON.parse((await get(`/dicom-web/studies/${STUDY}/series/${multi.series}/instances?includefield=00280301`, 'withholder')).body.toString()) as Obj[];
+    assert.deepEqual(wrows[0]?.['00280301']?.Value, ['YES'], 'the QIDO row of the withheld instance');
+  });
+
+  test('16-bit MONOCHROME2, two frames: masked exactly in the retrieve and the frames, every other byte unchanged', async () => {
+    const r = await retrieved(inst(mono16), 'masker');
+    const i = r.instances[0]!;
+    const want = masked16(mono16.pixels, mono16.frames);
+    assert.ok(!want.equals(mono16.pixels), 'the band is in the input');
+    assert.ok(i.pixel!.equals(want), 'exactly the band blanked in both frames, high bytes elsewhere untouched');
+    assert.equal(str(i, 0x00280301), 'NO');
+    const f2 = await get(`${inst(mono16)}/frames/2`, 'masker');
+    assert.equal(f2.status, 200);
+    const per = ROWS * COLS * 2;
+    assert.ok(splitMultipart(f2.body, f2.type)[0]!.body.equals(want.subarray(per, 2 * per)), 'frame 2 masked');
   });
 
   test('masked exactly under a rule: the band gone in every frame, every other byte unchanged; Burned In Annotation NO, 113101', async () => {
     const r = await retrieved(`/dicom-web/studies/${STUDY}`, 'masker');
     const bySop = new Map(r.instances.map((i) => [sopOf(i), i]));
     assert.ok(!bySop.has(uncovered.sop), 'a device no rule covers is withheld');
+    assert.ok(bySop.has(mono16.sop), 'the 16-bit instance is served masked');
     assert.match(r.warning ?? '', /"1 instance\(s\) withheld/);
     for (const f of [multi, planar, compressed]) {
       const i = bySop.get(f.sop);
@@ -252,9 +357,30 @@ describe('pixel safety against a real Orthanc', () => {
         }
       }
     }
-    const jpg = await get(`${inst(multi)}/frames/3/thumbnail`, 'masker');
-    assert.equal(jpg.status, 200);
-    assert.equal(jpg.type, 'image/jpeg');
+    // JPEG (lossy): decoded, the band is dark and uniform, the rest close to the masked original.
+    for (const path of [`${inst(multi)}/frames/3/thumbnail`, `${inst(multi)}/frames/3/rendered?quality=95`]) {
+      const jpg = await get(path, 'masker');
+      assert.equal(jpg.status, 200);
+      assert.equal(jpg.type, 'image/jpeg');
+      const img = jpeg.decode(jpg.body, { useTArray: true, formatAsRGBA: true });
+      assert.deepEqual([img.width, img.height], [COLS, ROWS], path);
+      const want = masked(multi.pixels, 3, 0).subarray(2 * ROWS * COLS * 3);
+      const band: number[] = [];
+      let diff = 0, rest = 0;
+      for (let y = 0; y < ROWS; y++) for (let x = 0; x < COLS; x++) {
+        const p = y * COLS + x;
+        const inBand = x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
+        for (let s = 0; s < 3; s++) {
+          const v = img.data[p * 4 + s]!;
+          if (inBand) band.push(v);
+          else { diff += Math.abs(v - want[p * 3 + s]!); rest++; }
+        }
+      }
+      const mean = band.reduce((a, b) => a + b, 0) / band.length;
+      assert.ok(mean < 12, `${path}: the band is dark (mean ${mean.toFixed(1)}; it was ${BAND_RGB.join(',')})`);
+      assert.ok(Math.max(...band) - Math.min(...band) < 60, `${path}: the band is uniform (spread ${Math.max(...band) - Math.min(...band)})`);
+      assert.ok(diff / rest < 8, `${path}: the rest is close to the original (mean difference ${(diff / rest).toFixed(2)})`);
+    }
   });
 
   test('compressed inputs: asked for natively when the client accepts any syntax, withheld when it insists on a compressed one', async () => {
@@ -283,7 +409,7 @@ describe('pixel safety against a real Orthanc', () => {
     const r = await retrieved(inst(multi), 'allower');
     assert.ok(r.instances[0]!.pixel!.equals(multi.pixels), 'allowed: unchanged');
     assert.equal(str(r.instances[0]!, 0x00280301), 'YES');
-    const recs = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const recs = auditRecords();
     assert.ok(recs.some((x) => x.type === 'request' && x.client === 'allower' && (x.riskyAllowed as number) > 0), 'riskyAllowed is audited');
     assert.ok(recs.some((x) => x.type === 'request' && x.client === 'masker' && (x.masked as number) > 0), 'masked instances are audited');
   });

@@ -202,12 +202,17 @@ function noteStudy(note: RequestNote, original: unknown, pseudo: unknown, patien
 
 const firstValue = (o: JsonDataset, tag: string): unknown => o[tag]?.Value?.[0];
 
-/** Tags the scope check reads on QIDO rows, asked for explicitly where Orthanc does not return them by default. */
+/**
+ * Tags the scope check reads on QIDO rows, always asked for: the check must not depend on a PACS's
+ * default return attributes. Patient ID (the opt-out check) is one of those defaults (PS3.18
+ * Table 10.6.3-3), so it is never stripped from the rows; the others are, unless the client asked.
+ */
 const SCOPE_INCLUDES: Record<Level, readonly string[]> = {
-  study: ['00100021'],
-  series: ['00100021', '00180015'],
-  instance: ['00100021', '00180015', '00080060', '0020000E'],
+  study: ['00100020', '00100021'],
+  series: ['00100020', '00100021', '00180015'],
+  instance: ['00100020', '00100021', '00180015', '00080060', '0020000E'],
 };
+const DEFAULT_RETURNED = new Set(['00100020']);
 
 /** QIDO-RS: /studies, /series, /instances and their nested forms. */
 export async function qido(rc: RequestContext, level: Level, scope: { study?: string; series?: string }, params: URLSearchParams): Promise<Reply> {
@@ -282,7 +287,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   if (level !== 'study' && rules.modalities) push('00080060', [...rules.modalities].join(','));
   if (level !== 'study' && rules.bodyParts?.size === 1) push('00180015', [...rules.bodyParts][0]!);
   if (level === 'instance' && rules.sopClasses) push('00080016', [...rules.sopClasses].join(','));
-  const strip = SCOPE_INCLUDES[level].filter((t) => !q.included.has(t));
+  const strip = SCOPE_INCLUDES[level].filter((t) => !q.included.has(t) && !DEFAULT_RETURNED.has(t));
   for (const t of SCOPE_INCLUDES[level]) up.append('includefield', t);
 
   const visible = async (o: JsonDataset): Promise<boolean> => {

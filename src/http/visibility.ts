@@ -58,7 +58,8 @@ async function studyRow(rc: RequestContext, study: string): Promise<Row | undefi
   const key = `study:${study}`;
   const known = rc.facts.get<{ row: Row | null }>(key);
   if (known) return known.row ?? undefined;
-  const q = new URLSearchParams([['StudyInstanceUID', study], ['includefield', '00100021'], ['limit', '2']]);
+  // Patient ID and Issuer asked for explicitly: the opt-out check must not depend on the PACS's defaults.
+  const q = new URLSearchParams([['StudyInstanceUID', study], ['includefield', '00100020'], ['includefield', '00100021'], ['limit', '2']]);
   const rows = (await queryRows(rc, '/studies', q)).filter((r) => uidOf(r, TAG.studyUid) === study);
   const row = rows[0];
   rc.facts.put(key, { row: row ?? null });

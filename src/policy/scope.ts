@@ -13,7 +13,8 @@
  *
  * The opt-out list wins over everything: a patient on it is never served to any client.
  * An opt-out entry without an issuer matches that Patient ID under every issuer; an entry
- * with an issuer also matches a record that has no issuer (it might be the same person).
+ * with an issuer also matches a record that has no issuer (it might be the same person). While
+ * the list is not empty, a record without a Patient ID is treated as opted out (fail closed).
  */
 import { GatewayError } from '../core/errors.js';
 
@@ -70,9 +71,15 @@ export class OptOutList {
     return this.ids.size;
   }
 
+  /**
+   * Whether a record with this Patient ID and Issuer may belong to a patient on the list. A record
+   * without a Patient ID cannot be told apart from an opted-out patient's: while the list has
+   * entries, it counts as on it (fail closed).
+   */
   has(patientId: string | undefined, issuer: string | undefined): boolean {
-    if (patientId === undefined) return false;
-    const issuers = this.ids.get(patientId.trim());
+    const id = patientId?.trim();
+    if (!id) return this.ids.size > 0;
+    const issuers = this.ids.get(id);
     if (!issuers) return false;
     const i = issuer?.trim();
     return issuers.some((x) => x === undefined || !i || x === i);

@@ -40,6 +40,17 @@ describe('scope rules', () => {
     assert.equal(recordDenial({}, list, attrs(rec)), 'opted-out');
   });
 
+  test('opt-out: a record without a Patient ID is denied while the list has entries (fail closed)', () => {
+    const list = new OptOutList([{ id: 'P1', issuer: 'H1' }]);
+    assert.equal(list.has(undefined, undefined), true, 'no Patient ID: might be an opted-out patient');
+    assert.equal(list.has(undefined, 'H2'), true, 'no Patient ID, whatever the issuer');
+    assert.equal(list.has('  ', 'H1'), true, 'a blank Patient ID is no Patient ID');
+    assert.equal(none.has(undefined, undefined), false, 'an empty list denies nothing');
+    const bare = attrs({ [TAG.studyUid]: '1.2.3', [TAG.issuer]: 'H2' });
+    assert.equal(recordDenial({}, list, bare), 'opted-out');
+    assert.equal(recordDenial({}, none, bare), undefined);
+  });
+
   test('the opt-out list wins over the allow-list', () => {
     assert.equal(recordDenial({ studies: new Set(['1.2.3']) }, new OptOutList([{ id: 'P1' }]), attrs(rec)), 'opted-out');
   });

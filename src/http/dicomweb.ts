@@ -20,7 +20,7 @@ import type { ClientScope } from '../policy/client-scope.js';
 import { jsonAttrs, notVisible, studyDenial, TAG, type Attrs } from '../policy/scope.js';
 import { mapQuery, passesDateFilters, type QueryResolver } from './query.js';
 import {
-  queryRows, recordVisible, requireInstance, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts,
+  examinedRecords, queryRows, recordVisible, requireInstance, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts,
 } from './visibility.js';
 
 export interface ClientRuntime {
@@ -251,10 +251,16 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
   return filteredQido(rc, level, path, q);
 }
 
+/** Rows per PACS request of a filtered QIDO: the first page at least this many … */
+const QIDO_PAGE_MIN = 10;
+/** … and no page more than this many. */
+const QIDO_PAGE_MAX = 1000;
+
 /**
  * QIDO over a filtered view (scope rules, opt-out list, shifted dates): limit and offset apply
  * to what the client may see, so the PACS is paged ahead and every row is checked; the work
- * per request is capped (server.maxQueryScan), with a Warning when results may be incomplete.
+ * per request is capped (server.maxQueryScan: the rows paged through plus the series and instance
+ * records the checks of those rows read), with a Warning when results may be incomplete.
  * The page (at most `limit` rows) is held, then sent, so the Warning can lead the response.
  */
 async function filteredQido(rc: RequestContext, level: Level, path: string, q: ReturnType<typeof mapQuery>): Promise<Reply> {
@@ -299,14 +305,21 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     return true;
   };
 
-  // One row more than the scan budget, so that stopping at the budget knows whether more exist.
-  const pageSize = Math.min(1000, Math.max(100, q.offset + q.limit), rc.maxQueryScan + 1);
   const rows: string[] = [];
   let skipped = 0;
   let scanned = 0;
   let upOffset = 0;
   let truncated = false;
+  // Records examined: the rows paged through, and the series and instance records their checks read.
+  const examinedBefore = examinedRecords(rc);
+  const examined = (): number => scanned + examinedRecords(rc) - examinedBefore;
+  // The first page asks for what the client's page would need if nothing were filtered out
+  // (offset + limit); each further page asks for twice as many, up to QIDO_PAGE_MAX.
+  let want = Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
   pages: for (;;) {
+    // Never more than one row past what the budget has left, so that stopping at the budget knows
+    // whether more exist (and never 0, which the PACS reads as "unlimited").
+    const pageSize = Math.max(1, Math.min(want, rc.maxQueryScan - examined() + 1));
     const page = new URLSearchParams(up);
     page.set('limit', String(pageSize));
     if (upOffset) page.set('offset', String(upOffset));
@@ -316,7 +329,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     let n = 0;
     for await (const text of splitJsonArray(res.body)) {
       if (++n > pageSize) break; // the PACS ignored limit: treat the page as full and move on
-      if (scanned >= rc.maxQueryScan) { truncated = true; break pages; }
+      if (examined() >= rc.maxQueryScan) { truncated = true; break pages; }
       scanned++;
       const o = parseObject(text);
       if (!(await visible(o))) continue;
@@ -333,9 +346,10 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     }
     if (n < pageSize) break;
     upOffset += pageSize;
+    want = Math.min(QIDO_PAGE_MAX, want * 2);
   }
   const warnings = [...q.warnings];
-  if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${scanned} records; results may be incomplete. Narrow the query."`);
+  if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${examined()} records; results may be incomplete. Narrow the query."`);
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
   return { status: 200, headers, body: withFlush(rc, (async function* () { yield Buffer.from(`[${rows.join(',')}]`); })()) };

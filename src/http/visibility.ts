@@ -54,6 +54,26 @@ export async function queryRows(rc: RequestContext, path: string, params: URLSea
 
 const uidOf = (r: Row, tag: number): string | undefined => jsonAttrs(r)(tag);
 
+/**
+ * Series and instance records the checks of one request have read, each list counted once per
+ * request (at least 1), whether it came from the PACS or from the cache, so that the same query
+ * stops at the same place: a filtered QIDO counts them against server.maxQueryScan.
+ */
+const examined = new WeakMap<RequestContext, { records: number; lists: Set<string> }>();
+
+function examine(rc: RequestContext, key: string, records: number): void {
+  let e = examined.get(rc);
+  if (!e) { e = { records: 0, lists: new Set() }; examined.set(rc, e); }
+  if (e.lists.has(key)) return;
+  e.lists.add(key);
+  e.records += Math.max(1, records);
+}
+
+/** The records the visibility checks of this request have read so far. */
+export function examinedRecords(rc: RequestContext): number {
+  return examined.get(rc)?.records ?? 0;
+}
+
 async function studyRow(rc: RequestContext, study: string): Promise<Row | undefined> {
   const key = `study:${study}`;
   const known = rc.facts.get<{ row: Row | null }>(key);
@@ -69,7 +89,7 @@ async function studyRow(rc: RequestContext, study: string): Promise<Row | undefi
 async function seriesOf(rc: RequestContext, study: string): Promise<readonly SeriesFacts[]> {
   const key = `series:${study}`;
   const known = rc.facts.get<readonly SeriesFacts[]>(key);
-  if (known) return known;
+  if (known) { examine(rc, key, known.length); return known; }
   const q = new URLSearchParams([['includefield', '00180015'], ['includefield', '00201209'], ['limit', '0']]);
   const list = (await queryRows(rc, `/studies/${study}/series`, q)).flatMap((r): SeriesFacts[] => {
     const uid = uidOf(r, TAG.seriesUid);
@@ -77,15 +97,17 @@ async function seriesOf(rc: RequestContext, study: string): Promise<readonly Ser
     return uid ? [{ uid, attrs: r, instances: Number.isFinite(n) ? n : 0 }] : [];
   });
   rc.facts.put(key, list);
+  examine(rc, key, list.length);
   return list;
 }
 
 async function instancesOf(rc: RequestContext, study: string, series: string): Promise<readonly Row[]> {
   const key = `instances:${study}/${series}`;
   const known = rc.facts.get<readonly Row[]>(key);
-  if (known) return known;
+  if (known) { examine(rc, key, known.length); return known; }
   const list = await queryRows(rc, `/studies/${study}/series/${series}/instances`, new URLSearchParams([['limit', '0']]));
   rc.facts.put(key, list);
+  examine(rc, key, list.length);
   return list;
 }
 

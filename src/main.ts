@@ -1,7 +1,7 @@
 /**
  * Composition root: the only file that wires concrete parts together (ARCHITECTURE).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Server } from 'node:http';
 import type { Logger } from 'winston';
@@ -9,6 +9,7 @@ import type { Config } from './config/schema.js';
 import { createOpsLogger } from './audit/log.js';
 import { createAuditSink, type AuditSink } from './audit/sink.js';
 import { AuditTrail, auditKey } from './audit/trail.js';
+import { TLS_ROUTE } from './audit/atna.js';
 import { GatewayMetrics } from './audit/metrics.js';
 import { FileSpool, SyslogForwarder, type Spool } from './audit/syslog.js';
 import { readFileSync } from 'node:fs';
@@ -197,6 +198,26 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     s.once('error', reject);
   });
   server.keepAliveTimeout = 5000;
+  if (cfg.server.tls?.clientCertificates === 'require') {
+    // A handshake refused for want of a trusted client certificate is a failed authentication:
+    // audited (trail record, A.5 login failure and security alert) with the peer's address and
+    // the TLS error code only; no certificate content.
+    // The peer's address, taken when the TCP connection arrives: a socket whose handshake failed may have lost it.
+    const remotes = new WeakMap<object, string>();
+    server.on('connection', (raw: import('node:net').Socket) => { if (raw.remoteAddress) remotes.set(raw, raw.remoteAddress); });
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: import('node:tls').TLSSocket) => {
+      const parent = (socket as unknown as { _parent?: object })._parent;
+      const remote = socket.remoteAddress ?? (parent ? remotes.get(parent) : undefined);
+      const code = typeof err.code === 'string' && /^[A-Z0-9_]{1,80}$/.test(err.code) ? err.code : 'error';
+      try {
+        void Promise.resolve(audit.record({
+          time: new Date().toISOString(), requestId: randomUUID(), client: null, method: '-', route: TLS_ROUTE, status: 0, outcome: 'denied',
+          reason: `tls-handshake:${code}`, bytes: 0, durationMs: 0, instances: 0, withheld: 0, outOfScope: 0, results: 0, studies: [], policyHash: null, remote,
+        })).catch(() => undefined);
+      } catch { /* the audit is failing: admission refuses requests and /readyz says why */ }
+      log.warn('TLS handshake refused', { code, remote });
+    });
+  }
   // Metrics on their own listener (for a Prometheus inside the hospital), when configured.
   let metricsServer: Server | undefined;
   let metricsUrl: string | undefined;

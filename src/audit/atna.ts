@@ -7,7 +7,10 @@
  *   bulk that released studies     Instances Transferred (110104) and Export (110106: the data
  *                                  leaves the hospital's security domain to the client), one
  *                                  message per patient, as A.5 requires
- *   401                          → User Authentication (110114, Login, failure)
+ *   401                          → User Authentication (110114, Login, failure) and Security
+ *                                  Alert (110113, Use of Restricted Function)
+ *   refused TLS handshake         → User Authentication (110114, Login, failure) and Security
+ *   (clientCertificates: require)  Alert (110113, Node Authentication)
  *   first success of a client    → User Authentication (110114, Login, success), once per process
  *   out of scope, access window, → Security Alert (110113, Use of Restricted Function)
  *   refused query key
@@ -29,6 +32,7 @@ const EV = {
 } as const satisfies Record<string, Coded>;
 const LOGIN: Coded = ['110122', 'DCM', 'Login'];
 const RESTRICTED: Coded = ['110132', 'DCM', 'Use of Restricted Function'];
+const NODE_AUTH: Coded = ['110126', 'DCM', 'Node Authentication'];
 const SOURCE: Coded = ['110153', 'DCM', 'Source Role ID'];
 const DESTINATION: Coded = ['110152', 'DCM', 'Destination Role ID'];
 const STUDY_UID: Coded = ['110180', 'DCM', 'Study Instance UID'];
@@ -85,14 +89,22 @@ function patientObject(patientId: string): string {
   return `<ParticipantObjectIdentification ParticipantObjectID="${x(patientId)}" ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1">${coded('ParticipantObjectIDTypeCode', PATIENT_NUMBER)}</ParticipantObjectIdentification>`;
 }
 
+/** The route of a TLS handshake refused before any HTTP request (mutual TLS with `require`). */
+export const TLS_ROUTE = 'tls-handshake';
+
 const TRANSFER_ROUTES = new Set(['metadata', 'retrieve', 'frames', 'bulk', 'rendered', 'thumbnail']);
 
 /** The A.5 messages of one request record (possibly none). */
 export function atnaMessages(ctx: AtnaContext, r: RequestAudit, opts: { firstLogin: boolean }): AtnaMessage[] {
   const started = new Date(Date.parse(r.time) - r.durationMs).toISOString();
   const out: AtnaMessage[] = [];
-  if (r.status === 401) out.push(message(ctx, r, EV.auth, 'E', [], { eventType: LOGIN, outcomeCode: '4' }));
-  else if (opts.firstLogin && r.client) out.push(message(ctx, r, EV.auth, 'E', [], { eventType: LOGIN, outcomeCode: '0' }));
+  const authFailure = r.status === 401 || r.route === TLS_ROUTE;
+  // An authentication failure is two events, each in its own message: the failed login, and
+  // the security alert (a node that failed TLS client authentication, or a refused credential).
+  if (authFailure) {
+    out.push(message(ctx, r, EV.auth, 'E', [], { eventType: LOGIN, outcomeCode: '4' }));
+    out.push(message(ctx, r, EV.alert, 'E', [], { eventType: r.route === TLS_ROUTE ? NODE_AUTH : RESTRICTED, outcomeCode: '4' }));
+  } else if (opts.firstLogin && r.client) out.push(message(ctx, r, EV.auth, 'E', [], { eventType: LOGIN, outcomeCode: '0' }));
   if (r.reason && /^(out-of-scope:|access-window:|query-key-refused)/.test(r.reason)) {
     out.push(message(ctx, r, EV.alert, 'E', [], { eventType: RESTRICTED, outcomeCode: '4' }));
   }

@@ -224,9 +224,20 @@ export function createApp(deps: AppDeps): express.Express {
     });
   }
 
-  // Read-only: everything but GET (and HEAD, which express answers from GET) is refused.
+  /** The client a request authenticates as: a certificate the listener verified names it; otherwise a token. */
+  const clientOf = (req: Request): ClientRuntime | undefined => {
+    const tls = req.socket as import('node:tls').TLSSocket;
+    const peer = tls.encrypted && tls.authorized ? tls.getPeerCertificate() : undefined;
+    return (peer && peer.subject ? authenticateCertificate(normalizeSubject(peer.subject as unknown as Record<string, string>), deps.clients()) : undefined)
+      ?? authenticate(req.headers.authorization, deps.clients());
+  };
+
+  // Read-only: everything but GET (and HEAD, which express answers from GET) is refused, for
+  // every caller; a valid credential only names the client in the audit record.
   app.all('/dicom-web/{*rest}', (req, res, next) => {
     if (req.method === 'GET' || req.method === 'HEAD') return next();
+    const client = clientOf(req);
+    if (client) locals(res).client = client;
     locals(res).route = 'write';
     sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', `${req.method} is not served: the gateway is read-only (no STOW-RS, PUT or DELETE)`));
   });
@@ -243,10 +254,7 @@ export function createApp(deps: AppDeps): express.Express {
       return;
     }
     // Mutual TLS: a certificate the listener verified names its client; otherwise a token.
-    const tls = req.socket as import('node:tls').TLSSocket;
-    const peer = tls.encrypted && tls.authorized ? tls.getPeerCertificate() : undefined;
-    const client = (peer && peer.subject ? authenticateCertificate(normalizeSubject(peer.subject as unknown as Record<string, string>), deps.clients()) : undefined)
-      ?? authenticate(req.headers.authorization, deps.clients());
+    const client = clientOf(req);
     if (!client) {
       locals(res).route = 'auth';
       sendProblem(res, new GatewayError('UNAUTHORIZED', 'a valid Bearer token (or Basic client id and token) is required'));

@@ -179,6 +179,7 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
       // Live: a new request goes straight through.
       await (await get('/dicom-web/studies', null)).arrayBuffer();
       await until('the live authentication failure', () => arr.messages.some((m) => m.includes('csd-code="110114"') && m.includes('EventOutcomeIndicator="4"') && m.includes('UNAUTHORIZED')));
+      await until('its Security Alert', () => arr.messages.some((m) => m.includes('csd-code="110113"') && m.includes('csd-code="110132"') && m.includes('UNAUTHORIZED')));
     } finally {
       await arr.close();
     }
@@ -341,6 +342,36 @@ describe('the A.5 spool is part of the audit (no PACS needed)', () => {
       const spool = readFileSync(join(dir, 'audit-spool', 'spool.log'), 'utf8');
       assert.equal((spool.match(/csd-code="110114"/g) ?? []).length, 1, 'the first request\'s login message, kept while the spool failed, is spooled');
       assert.equal((await fetch(`${g.url}/readyz`).then((r) => r.json()) as { audit: string }).audit, 'ok');
+    } finally {
+      await g.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('an authentication failure is a User Authentication failure and one Security Alert; a write attempt names its client', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-spool-auth-'));
+    const c = base(dir, await freePort());
+    const g = await startGateway(c, { ...buildParts(c), log: quiet() });
+    const frames = (): string[] => readFileSync(join(dir, 'audit-spool', 'spool.log'), 'utf8').split(/\d+ <85>1 /).filter(Boolean);
+    try {
+      const r = await fetch(`${g.url}/dicom-web/studies`, { headers: { authorization: 'Bearer wrong-token-0123456789' } });
+      assert.equal(r.status, 401);
+      await r.arrayBuffer();
+      const m = frames();
+      assert.equal(m.length, 2, 'two events, two messages');
+      assert.ok(/csd-code="110114"[^>]*\/><EventTypeCode csd-code="110122"/.test(m[0]!) && m[0]!.includes('EventOutcomeIndicator="4"'), 'User Authentication, Login, failure');
+      assert.ok(/csd-code="110113"[^>]*\/><EventTypeCode csd-code="110132"/.test(m[1]!) && m[1]!.includes('EventOutcomeIndicator="4"') && m[1]!.includes('UNAUTHORIZED'), 'one Security Alert for the refused credential');
+      assert.ok(!m.join('').includes('wrong-token'), 'the token is never audited');
+      // Writes are refused for everyone, and the record names the client whose token was valid.
+      for (const [client, expected] of [['vendor', 'vendor'], [null, null]] as const) {
+        const w = await fetch(`${g.url}/dicom-web/studies`, { method: 'POST', headers: client ? { authorization: `Bearer ${tok(client)}`, 'content-type': 'application/dicom' } : { 'content-type': 'application/dicom' }, body: 'x' });
+        assert.equal(w.status, 405);
+        assert.equal(w.headers.get('allow'), 'GET');
+        const id = w.headers.get('x-request-id');
+        await w.arrayBuffer();
+        const rec = readFileSync(join(dir, 'audit.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { requestId: string; client: string | null; route: string; status: number }).find((x) => x.requestId === id);
+        assert.deepEqual(rec && [rec.client, rec.route, rec.status], [expected, 'write', 405]);
+      }
     } finally {
       await g.close();
       rmSync(dir, { recursive: true, force: true });

@@ -96,6 +96,7 @@ describe('operations: TLS, mutual TLS, reload', () => {
     const cfg = validateConfig({
       server: { host: '127.0.0.1', port: 0, tls: { certFile: join(pki, 'server.crt'), keyFile: join(pki, 'server.key'), caFile: join(pki, 'ca.crt'), clientCertificates: 'require' } },
       upstream: { url: 'http://127.0.0.1:9/dicom-web' }, state: { dir },
+      audit: { syslog: { host: '127.0.0.1', port: await freePort() } }, // no repository: the messages stay in the spool
       clients: [{ id: 'acme-ai', certificateSubject: 'CN=acme-ai,O=Acme AI' }],
     }, join(dir, 'g.yaml'));
     const gw = await startGateway(cfg, { ...buildParts(cfg), log: quiet() });
@@ -103,6 +104,24 @@ describe('operations: TLS, mutual TLS, reload', () => {
       await assert.rejects(get(`${gw.url}/healthz`, pki), 'no certificate: the handshake fails');
       await assert.rejects(get(`${gw.url}/healthz`, pki, { cert: 'rogue' }), 'an untrusted certificate: the handshake fails');
       assert.equal((await get(`${gw.url}/healthz`, pki, { cert: 'client' })).status, 200);
+      // Each refused handshake is audited: a trail record and, over syslog, a failed login and a
+      // Security Alert (Node Authentication); the address and the TLS error code, nothing of the certificate.
+      const deadline = Date.now() + 5000;
+      const refused = (): { client: string | null; route: string; outcome: string; reason: string; remote: string }[] => readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').filter(Boolean)
+        .map((l) => JSON.parse(l) as { client: string | null; route: string; outcome: string; reason: string; remote: string }).filter((r) => r.route === 'tls-handshake');
+      while (refused().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const recs = refused();
+      assert.equal(recs.length, 2, 'one record per refused handshake');
+      for (const r of recs) {
+        assert.equal(r.client, null);
+        assert.equal(r.outcome, 'denied');
+        assert.match(r.reason, /^tls-handshake:[A-Z0-9_]+$/);
+        assert.match(r.remote, /127\.0\.0\.1/);
+      }
+      const spool = readFileSync(join(dir, 'audit-spool', 'spool.log'), 'utf8');
+      assert.equal((spool.match(/csd-code="110113"[^>]*\/><EventTypeCode csd-code="110126"/g) ?? []).length, 2, 'a Security Alert (Node Authentication) per refused handshake');
+      assert.equal((spool.match(/csd-code="110114"[^>]*\/><EventTypeCode csd-code="110122"[^>]*\/><EventOutcomeDescription>/g) ?? []).length, 2, 'a failed login per refused handshake');
+      assert.ok(!/acme-ai|Acme AI|rogue/.test(spool + readFileSync(join(dir, 'audit.log'), 'utf8')), 'nothing of the certificate is audited');
     } finally {
       await gw.close();
     }

@@ -9,13 +9,16 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import winston from 'winston';
 import { Writable } from 'node:stream';
 import { validateConfig, type Config } from '../../src/config/schema.js';
 import { buildParts, startGateway, type Gateway, type GatewayParts } from '../../src/main.js';
-import { generateCohort, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
+import { generateCohort, SOP_CT, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
+import { encodePart10, type El } from '../helpers/dicom-builder.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
@@ -26,6 +29,67 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 interface Res { status: number; headers: Headers; text: string; json: () => unknown }
 
+/**
+ * A transparent HTTP proxy between the gateway and Orthanc: records every upstream request
+ * (path and query) and can hold requests back, to see the pages a filtered QIDO asks for and to
+ * keep a request in flight.
+ */
+interface Proxy { readonly url: string; readonly seen: string[]; delayMs: number; close(): Promise<void> }
+async function startProxy(target: string): Promise<Proxy> {
+  const t = new URL(target);
+  const seen: string[] = [];
+  const state = { delayMs: 0 };
+  const hop = new Set(['connection', 'keep-alive', 'transfer-encoding']);
+  const server: Server = createServer((req, res) => {
+    seen.push(req.url ?? '');
+    const go = (): void => {
+      const up = httpRequest({ host: t.hostname, port: t.port, path: req.url, method: req.method, headers: { ...req.headers, host: t.host } }, (r) => {
+        res.writeHead(r.statusCode ?? 502, Object.fromEntries(Object.entries(r.headers).filter(([k]) => !hop.has(k))));
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      res.on('close', () => up.destroy());
+      req.pipe(up);
+    };
+    if (state.delayMs > 0) setTimeout(go, state.delayMs); else go();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}${t.pathname}`,
+    seen,
+    get delayMs() { return state.delayMs; },
+    set delayMs(v: number) { state.delayMs = v; },
+    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+/** A CT study whose instances have no Patient ID (an Issuer only): nothing can show it is not an opted-out patient's. */
+function studyWithoutPatientId(): { uid: string; series: string; instances: string[]; name: string; files: Buffer[] } {
+  const uid = '1.2.826.0.1.3680043.9.7433.4.900';
+  const series = `${uid}.1`;
+  const instances = [`${series}.1`, `${series}.2`];
+  const name = 'NOPID^NORA';
+  const files = instances.map((sop, n) => {
+    const els: El[] = [
+      { tag: 0x00080005, vr: 'CS', value: 'ISO_IR 100' }, { tag: 0x00080008, vr: 'CS', value: ['ORIGINAL', 'PRIMARY', 'AXIAL'] },
+      { tag: 0x00080016, vr: 'UI', value: SOP_CT }, { tag: 0x00080018, vr: 'UI', value: sop },
+      { tag: 0x00080020, vr: 'DA', value: '20190401' }, { tag: 0x00080050, vr: 'SH', value: 'ACC89900' },
+      { tag: 0x00080060, vr: 'CS', value: 'CT' }, { tag: 0x00100010, vr: 'PN', value: name },
+      { tag: 0x00100021, vr: 'LO', value: 'HOSP-B' }, { tag: 0x00180015, vr: 'CS', value: 'PELVIS' },
+      { tag: 0x0020000d, vr: 'UI', value: uid }, { tag: 0x0020000e, vr: 'UI', value: series },
+      { tag: 0x00200010, vr: 'SH', value: 'S1' }, { tag: 0x00200011, vr: 'IS', value: '1' }, { tag: 0x00200013, vr: 'IS', value: String(n + 1) },
+      { tag: 0x00280002, vr: 'US', value: [1] }, { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' },
+      { tag: 0x00280010, vr: 'US', value: [8] }, { tag: 0x00280011, vr: 'US', value: [8] },
+      { tag: 0x00280100, vr: 'US', value: [16] }, { tag: 0x00280101, vr: 'US', value: [12] }, { tag: 0x00280102, vr: 'US', value: [11] },
+      { tag: 0x00280103, vr: 'US', value: [0] }, { tag: 0x00280301, vr: 'CS', value: 'NO' },
+      { tag: 0x7fe00010, vr: 'OW', value: Buffer.alloc(8 * 8 * 2, n + 1) },
+    ];
+    return encodePart10(els.sort((x, y) => x.tag - y.tag), { ts: 'explicitLE' });
+  });
+  return { uid, series, instances, name, files };
+}
+
 describe('per-client scope and query semantics against a real Orthanc', () => {
   let orthanc: OrthancHandle;
   let cohort: Cohort;
@@ -34,6 +98,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
   let cfg: Config;
   let parts: GatewayParts;
   let gw: Gateway;
+  let proxy: Proxy;
   const bodies: string[] = [];
   const logLines: string[] = [];
 
@@ -63,12 +128,12 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     return r.text.split(`--${m[2]}`).length - 2;
   }
 
-  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'sr-only', 'expired', 'future', 'limited', 'quota'];
+  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial'];
 
   function config(extra: { maxQueryScan?: number } = {}): Config {
     return validateConfig({
       server: { host: '127.0.0.1', port: 0, ...(extra.maxQueryScan ? { maxQueryScan: extra.maxQueryScan } : {}) },
-      upstream: { url: orthanc.dicomWebUrl },
+      upstream: { url: proxy.url },
       state: { dir },
       optOut: { patients: [{ id: 'MRN-70003', issuer: 'HOSP-B' }], file: 'opt-out.yaml' },
       clients: CLIENTS.map((id) => {
@@ -79,11 +144,16 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
           c.scope = { studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
           c.query = { allowedKeys: ['StudyDate', 'StudyInstanceUID'], maxResults: 4 };
         }
+        // cohort-b's scope with original UIDs, so that out-of-scope studies can be named in paths.
+        if (id === 'cohort-d') c.scope = { studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
+        // An allow-list of accession numbers only: pushed down to the PACS as one comma list.
+        if (id === 'by-accession') c.scope = { accessionNumbers: [S[0]!.accession, S[3]!.accession, S[5]!.accession] };
         if (id === 'sr-only') c.scope = { sopClasses: [SOP_SR] };
         if (id === 'expired') c.scope = { validUntil: '2020-01-01' };
         if (id === 'future') c.scope = { validFrom: '2099-01-01T00:00:00Z' };
         if (id === 'limited') c.limits = { requestsPerMinute: 3 };
         if (id === 'quota') c.limits = { bytesPerDay: '1.5 kB' };
+        if (id === 'serial') c.limits = { concurrentRequests: 1 };
         return c;
       }),
     }, join(dir, 'gateway.yaml'));
@@ -101,6 +171,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     S = [...cohort.studies];
     orthanc = await startOrthanc();
     await orthanc.upload([...cohort.files]);
+    proxy = await startProxy(orthanc.dicomWebUrl);
     dir = mkdtempSync(join(tmpdir(), 'deid-scope-'));
     writeFileSync(join(dir, 'opt-out.yaml'), 'patients: []\n');
     // The opted-out patient's study is on cohort-a's list: the opt-out must still win.
@@ -111,6 +182,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
 
   after(async () => {
     await gw?.close();
+    await proxy?.close();
     await orthanc?.stop();
   });
 
@@ -162,6 +234,8 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       ['cohort-a', S[5]!, 0], // not on the list
       ['cohort-c', S[3]!, 0], // opted out for every client
       ['sr-only', S[0]!, 0], // no SR in this study
+      ['cohort-d', S[0]!, 0], // CHEST, but 2021: study date filter
+      ['cohort-d', S[5]!, 0], // 2020, but HEAD: body part filter
     ];
     for (const [client, s, k] of cases) {
       const want = routes(ghost, k);
@@ -329,11 +403,134 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.equal((await get('/dicom-web/studies?limit=1', 'cohort-c')).status, 200, 'other clients are not affected');
   });
 
+  test('pagination pages through the PACS: several upstream pages, exactly the right rows', async () => {
+    // What the gateway asks the PACS for cohort-d (the scope's date range), in the PACS's own order; CHEST ones visible.
+    const res = await fetch(`${orthanc.dicomWebUrl}/studies?StudyDate=20200101-20201231&limit=100`, { headers: { accept: 'application/dicom+json' } });
+    const direct = ((await res.json()) as Row[]).map((r) => String(val(r, '0020000D')));
+    assert.equal(direct.length, 12);
+    const bodyPart = new Map(S.map((s) => [s.uid, s.series[0]!.bodyPart]));
+    const visible = direct.filter((u) => bodyPart.get(u) === 'CHEST');
+    assert.equal(visible.length, 6);
+    const pagesSince = (mark: number): [number, number][] => proxy.seen.slice(mark).filter((u) => u.startsWith('/dicom-web/studies?')).map((u) => {
+      const q = new URL(u, 'http://x').searchParams;
+      return [Number(q.get('limit')), Number(q.get('offset') ?? 0)];
+    });
+    for (const [offset, limit] of [[0, 4], [1, 3], [3, 2], [4, 4], [5, 1], [6, 2], [0, 100]] as const) {
+      const mark = proxy.seen.length;
+      const got = (await rows(`/dicom-web/studies?offset=${offset}&limit=${limit}`, 'cohort-d')).map((r) => String(val(r, '0020000D')));
+      assert.deepEqual(got, visible.slice(offset, offset + limit), `offset=${offset} limit=${limit}: the visible rows in the PACS's order`);
+      const pages = pagesSince(mark);
+      for (let n = 1; n < pages.length; n++) assert.equal(pages[n]![1], pages[n - 1]![0] + pages[n - 1]![1], `offset=${offset} limit=${limit}: each page starts where the last ended`);
+      if (offset + limit > visible.length && limit < 100) {
+        // More rows wanted than are visible: every PACS row is examined, over several pages.
+        assert.ok(pages.length >= 2, `offset=${offset} limit=${limit}: ${JSON.stringify(pages)} is more than one page`);
+      }
+    }
+    const mark = proxy.seen.length;
+    await rows('/dicom-web/studies?offset=4&limit=4', 'cohort-d');
+    assert.deepEqual(pagesSince(mark), [[10, 0], [20, 10]], 'a first page of 10 rows, then twice as many');
+  });
+
+  test('an accession-number allow-list is pushed down to the PACS as one list and matched there', async () => {
+    const mark = proxy.seen.length;
+    // S3 is on the list but opted out.
+    assert.deepEqual(await studyUids('/dicom-web/studies', 'by-accession'), [S[0]!.uid, S[5]!.uid].sort());
+    const up = proxy.seen.slice(mark).filter((u) => u.startsWith('/dicom-web/studies?'));
+    assert.equal(up.length, 1, 'one PACS query');
+    const sent = new URL(up[0]!, 'http://x').searchParams.get('00080050');
+    assert.deepEqual(sent?.split(',').sort(), [S[0]!.accession, S[3]!.accession, S[5]!.accession].sort(), 'the accession numbers reach the PACS');
+    assert.deepEqual((await rows('/dicom-web/series', 'by-accession')).map((r) => val(r, '0020000E')).sort(), [S[0]!.series[0]!.uid, S[5]!.series[0]!.uid].sort());
+    assert.equal((await get(`/dicom-web/studies/${S[5]!.uid}/metadata`, 'by-accession')).status, 200);
+    assert.equal((await get(`/dicom-web/studies/${S[1]!.uid}/metadata`, 'by-accession')).status, 404);
+    assert.equal((await get(`/dicom-web/studies/${S[3]!.uid}/metadata`, 'by-accession')).status, 404);
+  });
+
+  test('the records the scope checks read count against server.maxQueryScan', async () => {
+    // cohort-d: the 12 studies of 2020 reach the gateway; each row's body part check reads the
+    // study's series list (one series each). offset=4&limit=4 wants 8 of the 6 visible studies, so
+    // every row is examined: 12 rows and 12 series records.
+    for (const [budget, warned] of [[15, true], [30, false]] as const) {
+      const other = await start(config({ maxQueryScan: budget }));
+      try {
+        // The second time, the series lists come from the cache: they count the same.
+        for (let n = 0; n < 2; n++) {
+          const r = await get('/dicom-web/studies?offset=4&limit=4', 'cohort-d', undefined, other.gw.url);
+          assert.equal(r.status, 200);
+          const warning = r.headers.get('warning');
+          if (warned) {
+            const m = /^299 deid-gateway "The query stopped after examining (\d+) records; results may be incomplete/.exec(warning ?? '');
+            assert.ok(m, `budget ${budget}, run ${n + 1}: a truncation Warning (got ${warning})`);
+            assert.ok(Number(m[1]) >= budget && Number(m[1]) <= budget + 1, `budget ${budget}: stopped at ${m[1]} records`);
+          } else {
+            assert.equal(warning, null, `budget ${budget}, run ${n + 1}: 24 records fit`);
+            assert.equal((r.json() as Row[]).length, 2);
+          }
+        }
+      } finally {
+        await other.gw.close();
+      }
+    }
+  });
+
+  test('with an opt-out list, a record without a Patient ID is never served (fail closed)', async () => {
+    const x = studyWithoutPatientId();
+    await orthanc.upload(x.files);
+    const res = await fetch(`${orthanc.dicomWebUrl}/series?StudyInstanceUID=${x.uid}`, { headers: { accept: 'application/dicom+json' } });
+    const direct = (await res.json()) as Row[];
+    assert.equal(direct.length, 1, 'the PACS has the study');
+    assert.equal(val(direct[0]!, '00100020'), undefined, 'and no Patient ID for it');
+    // cohort-c: its only scope is the opt-out list.
+    const mark = proxy.seen.length;
+    const has = (list: Row[], tag: string, v: string): boolean => list.some((r) => val(r, tag) === v);
+    assert.ok(!(await studyUids('/dicom-web/studies', 'cohort-c')).includes(x.uid), '/studies');
+    const series = await rows('/dicom-web/series', 'cohort-c');
+    assert.ok(series.length > 0 && !has(series, '0020000E', x.series), '/series lists others, not this one');
+    const instances = await rows('/dicom-web/instances', 'cohort-c');
+    assert.ok(instances.length > 0 && !x.instances.some((i) => has(instances, '00080018', i)), '/instances lists others, not these');
+    for (const level of ['studies', 'series', 'instances']) {
+      assert.deepEqual(await rows(`/dicom-web/${level}?StudyInstanceUID=${x.uid}`, 'cohort-c'), [], `/${level} asked for it`);
+    }
+    const inst = `/dicom-web/studies/${x.uid}/series/${x.series}/instances/${x.instances[0]}`;
+    for (const path of [`/dicom-web/studies/${x.uid}/series`, `/dicom-web/studies/${x.uid}/instances`, `/dicom-web/studies/${x.uid}/series/${x.series}/instances`,
+      `/dicom-web/studies/${x.uid}/metadata`, `/dicom-web/studies/${x.uid}`, `/dicom-web/studies/${x.uid}/series/${x.series}`, inst, `${inst}/metadata`, `${inst}/frames/1`, `${inst}/rendered`]) {
+      const r = await get(path, 'cohort-c');
+      assert.equal(r.status, 404, `${path}: ${r.status}`);
+      assert.equal((r.json() as { code: string }).code, 'NOT_FOUND', path);
+    }
+    for (const b of bodies) assert.ok(!b.includes('NOPID'), 'no body carries the planted name');
+    // The check does not rely on the PACS returning Patient ID by default: every list query asks for it.
+    const lists = proxy.seen.slice(mark).filter((u) => /^\/dicom-web\/(studies|series|instances)\?/.test(u));
+    assert.ok(lists.length >= 6, 'the study, series and instance lists were asked for');
+    for (const u of lists) assert.ok(new URL(u, 'http://x').searchParams.getAll('includefield').includes('00100020'), `${u.split('?')[0]} asks for Patient ID`);
+  });
+
+  test('concurrent requests beyond the limit answer 429 with Retry-After', async () => {
+    const mark = proxy.seen.length;
+    proxy.delayMs = 1000; // holds the first request at the PACS
+    let first: Promise<Res> | undefined;
+    try {
+      first = get('/dicom-web/studies?limit=1', 'serial');
+      for (let n = 0; n < 200 && proxy.seen.length === mark; n++) await sleep(10);
+      assert.ok(proxy.seen.length > mark, 'the first request is at the PACS');
+      const second = await get('/dicom-web/studies?limit=1', 'serial');
+      assert.equal(second.status, 429);
+      assert.equal((second.json() as { code: string }).code, 'CONCURRENCY_LIMITED');
+      assert.equal(second.headers.get('retry-after'), '1');
+      assert.equal((await get('/dicom-web/studies?limit=1', 'cohort-c')).status, 200, 'other clients are not affected');
+    } finally {
+      proxy.delayMs = 0;
+    }
+    assert.equal((await first).status, 200, 'the first request completes');
+    assert.equal((await get('/dicom-web/studies?limit=1', 'serial')).status, 200, 'once it has, the next one is admitted');
+  });
+
   test('every denial is audited with its reason; no planted name or ID in any body', async () => {
     const lines = await auditLines();
     const reasons = new Set(lines.map((l) => l.reason).filter(Boolean));
-    for (const want of ['out-of-scope:modality', 'out-of-scope:opted-out', 'out-of-scope:not-in-allow-list', 'out-of-scope:sop-class',
-      'access-window:expired', 'access-window:not-yet-valid', 'limit:requests-per-minute', 'limit:bytes-per-day', 'query-key-refused', 'scope-file-broken']) {
+    // Every reason of docs/scope.md#audit-of-denials that these tests provoke (all of them).
+    for (const want of ['out-of-scope:not-in-allow-list', 'out-of-scope:study-date', 'out-of-scope:modality', 'out-of-scope:body-part', 'out-of-scope:sop-class',
+      'out-of-scope:opted-out', 'not-found', 'access-window:expired', 'access-window:not-yet-valid',
+      'limit:requests-per-minute', 'limit:concurrent-requests', 'limit:bytes-per-day', 'query-key-refused', 'scope-file-broken']) {
       assert.ok(reasons.has(want), `an audit record with reason ${want} (have ${[...reasons].join(', ')})`);
     }
     const filtered = lines.filter((l) => typeof l.outOfScope === 'number' && (l.outOfScope as number) > 0);

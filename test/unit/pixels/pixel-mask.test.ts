@@ -14,6 +14,7 @@ import { encodePart10, encapsulatedPixelData, type El } from '../../helpers/dico
 import { engine } from '../../helpers/fixtures.js';
 import { mulberry32 } from '../../helpers/prng.js';
 import { inflateRawSync } from 'node:zlib';
+import { existsSync, readFileSync } from 'node:fs';
 
 /** Reference: the value each (frame, row, column, sample) cell must have after masking. */
 function reference(g: PixelGeometry, input: Buffer, regions: Region[]): Buffer {
@@ -199,6 +200,43 @@ describe('the Part 10 engine with a mask', () => {
     for (const f of [usFile({ encapsulated: true }).file, usFile({ badLength: true }).file]) {
       await assert.rejects(deidentifyPart10Buffer(f, engine(), { admit: () => ({ mask: band }) }), (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD');
     }
+  });
+});
+
+describe('cross-check: the shared public ultrasound (when ../shared is beside the checkout)', () => {
+  const dir = new URL('../../../../shared/corpus/public/', import.meta.url);
+  test('its manifest band is withheld by default, and masked exactly under a rule for its size: the band zeroed, no other byte changed', { skip: !existsSync(new URL('manifest.json', dir)) }, async () => {
+    const manifest = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { files: { file: string; sop: string }[]; burned_in: { sop: string; rows: [number, number]; cols: [number, number]; rgb: [number, number, number] } };
+    const band = manifest.burned_in;
+    const entry = manifest.files.find((f) => f.sop === band.sop);
+    assert.ok(entry, 'the manifest names the file of the burned-in instance');
+    const file = readFileSync(new URL(entry.file, dir));
+    const before = readInstanceSync(file, inflateRawSync);
+    const num = (tag: number): number => { const e = before.elements.find((x) => x.tag === tag); return e?.value ? e.value.readUInt16LE(0) : Number.NaN; };
+    const rows = num(0x00280010), cols = num(0x00280011), spp = num(0x00280002), frames = before.pixel!.length / (rows * cols * spp);
+    assert.equal(spp, 3, 'RGB');
+    assert.equal(num(0x00280006), 0, 'interleaved');
+    const inBand = (x: number, y: number): boolean => y >= band.rows[0] && y < band.rows[1] && x >= band.cols[0] && x < band.cols[1];
+    // The band is in the input, in the manifest's colour.
+    for (let y = band.rows[0]; y < band.rows[1]; y++) for (let x = band.cols[0]; x < band.cols[1]; x++) {
+      assert.deepEqual([...before.pixel!.subarray((y * cols + x) * 3, (y * cols + x) * 3 + 3)], band.rgb, `input band pixel ${x},${y}`);
+    }
+    // The gateway's admission, on the instance's own header: withheld by default…
+    await assert.rejects(deidentifyPart10Buffer(file, engine(), { admit: (attr) => admitPixels(attr, DEFAULT_PIXEL_POLICY) }),
+      (e) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD' && e.auditReason === 'pixels-withheld:burned-in-annotation');
+    // …masked under a rule for its image size.
+    const rule = { match: { rows, columns: cols }, regions: [{ x: band.cols[0], y: band.rows[0], width: band.cols[1] - band.cols[0], height: band.rows[1] - band.rows[0] }] };
+    const out = await deidentifyPart10Buffer(file, engine(), { admit: (attr) => admitPixels(attr, { risky: 'mask', masks: [rule] }) });
+    const after = readInstanceSync(out, inflateRawSync);
+    assert.equal(after.pixel!.length, before.pixel!.length);
+    let zeroed = 0;
+    for (let f = 0; f < frames; f++) for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) for (let s = 0; s < 3; s++) {
+      const i = ((f * rows + y) * cols + x) * 3 + s;
+      if (inBand(x, y)) { assert.equal(after.pixel![i], 0, `band byte ${i}`); zeroed++; } else assert.equal(after.pixel![i], before.pixel![i], `byte ${i} outside the band`);
+    }
+    assert.equal(zeroed, frames * (band.rows[1] - band.rows[0]) * (band.cols[1] - band.cols[0]) * 3, 'the whole band');
+    assert.equal(after.elements.find((e) => e.tag === 0x00280301)!.value!.toString('latin1').trim(), 'NO');
+    assert.ok(out.toString('latin1').includes('113101'), 'Clean Pixel Data');
   });
 });
 

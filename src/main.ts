@@ -109,7 +109,7 @@ function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore,
   const metrics = cfg.metrics === undefined ? undefined : new GatewayMetrics({ auditHealthy: () => trail.healthy() && (syslog?.healthy() ?? true), spoolPending: syslog ? () => syslog.pending() : undefined });
   const forwarders = [...(syslog ? [syslog] : []), ...(metrics ? [metrics] : [])];
   const audit = createAuditSink(trail, auditKey(master), forwarders, (e) => log.error('audit forwarder failed', { error: (e as Error)?.name }));
-  return { clients, scopes, master, store, upstream: metrics ? timedUpstream(upstream, metrics) : upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };
+  return { clients, scopes, master, store, upstream, audit, log, limits, scopeEvents, metrics, syslog, scopeHealthy: () => scopes.every((s) => s.status().ok) };
 }
 
 /** The runtime form of every configured client (engine context, scope, pixel policy). */
@@ -166,8 +166,15 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
       patientId: (pseudo) => patientIdOf(patients.get(pseudo)),
     };
   };
+  // The PACS's latency per client: one timed view of the upstream per client id.
+  const timed = new Map<string, Upstream>();
+  const upstreamFor = parts.metrics === undefined ? undefined : (clientId: string): Upstream => {
+    let u = timed.get(clientId);
+    if (!u) timed.set(clientId, u = timedUpstream(upstream, parts.metrics!, clientId));
+    return u;
+  };
   const app = createApp({
-    clients: () => current.clients, upstream, resolverFor, audit, log,
+    clients: () => current.clients, upstream, upstreamFor, resolverFor, audit, log,
     flush: () => store.flush(),
     publicBaseUrl: cfg.server.publicBaseUrl,
     maxQueryLimit: cfg.server.maxQueryResults,
@@ -175,7 +182,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     limiter,
     scopeHealthy: () => current.scopes.every((x) => x.status().ok),
     metrics: parts.metrics && {
-      observeDeid: (kind: 'json' | 'part10', seconds: number) => parts.metrics!.deid.observe({ kind }, seconds),
+      observeDeid: (kind: 'json' | 'part10', seconds: number, client: string) => parts.metrics!.deid.observe({ client, kind }, seconds),
       render: async () => ({ contentType: parts.metrics!.registry.contentType, body: await parts.metrics!.registry.metrics() }),
       tokenHash: cfg.metrics?.apiKeySha256 ? Buffer.from(cfg.metrics.apiKeySha256, 'hex') : undefined,
     },
@@ -273,8 +280,8 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   };
 }
 
-/** The upstream with its latency observed (time to response headers), by kind of request. */
-function timedUpstream(up: Upstream, metrics: GatewayMetrics): Upstream {
+/** The upstream with its latency observed (time to response headers), by client and kind of request. */
+function timedUpstream(up: Upstream, metrics: GatewayMetrics, client: string): Upstream {
   const kind = (path: string): string => (/\/metadata$/.test(path) ? 'metadata' : /\/frames\//.test(path) ? 'frames' : /\/bulk\//.test(path) ? 'bulk'
     : /\/(studies|series|instances)$/.test(path) ? 'qido' : 'retrieve');
   return {
@@ -282,10 +289,10 @@ function timedUpstream(up: Upstream, metrics: GatewayMetrics): Upstream {
       const t0 = performance.now();
       try {
         const r = await up.get(req);
-        metrics.upstream.observe({ kind: kind(req.path), status: String(r.status) }, (performance.now() - t0) / 1000);
+        metrics.upstream.observe({ client, kind: kind(req.path), status: String(r.status) }, (performance.now() - t0) / 1000);
         return r;
       } catch (e) {
-        metrics.upstream.observe({ kind: kind(req.path), status: 'error' }, (performance.now() - t0) / 1000);
+        metrics.upstream.observe({ client, kind: kind(req.path), status: 'error' }, (performance.now() - t0) / 1000);
         throw e;
       }
     },

@@ -16,9 +16,9 @@ export class GatewayMetrics implements AuditForwarder {
   private readonly withheld: Counter<'client'>;
   private readonly denials: Counter<'client' | 'reason'>;
   private readonly studies: Counter<'client'>;
-  private readonly duration: Histogram<'route'>;
-  readonly upstream: Histogram<'kind' | 'status'>;
-  readonly deid: Histogram<'kind'>;
+  private readonly duration: Histogram<'client' | 'route'>;
+  readonly upstream: Histogram<'client' | 'kind' | 'status'>;
+  readonly deid: Histogram<'client' | 'kind'>;
 
   constructor(gauges: { auditHealthy: () => boolean; spoolPending?: (() => number) | undefined }) {
     const registers = [this.registry];
@@ -29,9 +29,9 @@ export class GatewayMetrics implements AuditForwarder {
     this.withheld = new Counter({ name: 'deid_gateway_withheld_instances_total', help: 'Instances withheld by the pixel policy', labelNames: ['client'], registers });
     this.studies = new Counter({ name: 'deid_gateway_studies_released_total', help: 'Studies released (per request)', labelNames: ['client'], registers });
     this.denials = new Counter({ name: 'deid_gateway_denials_total', help: 'Denied requests by reason (the audit reason, or the error code)', labelNames: ['client', 'reason'], registers });
-    this.duration = new Histogram({ name: 'deid_gateway_request_duration_seconds', help: 'Request duration', labelNames: ['route'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers });
-    this.upstream = new Histogram({ name: 'deid_gateway_upstream_duration_seconds', help: 'Time to the PACS response headers', labelNames: ['kind', 'status'], buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
-    this.deid = new Histogram({ name: 'deid_gateway_deidentification_seconds', help: 'De-identification time per object (DICOM JSON object or Part 10 header)', labelNames: ['kind'], buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05], registers });
+    this.duration = new Histogram({ name: 'deid_gateway_request_duration_seconds', help: 'Request duration', labelNames: ['client', 'route'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers });
+    this.upstream = new Histogram({ name: 'deid_gateway_upstream_duration_seconds', help: 'Time to the PACS response headers', labelNames: ['client', 'kind', 'status'], buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
+    this.deid = new Histogram({ name: 'deid_gateway_deidentification_seconds', help: 'De-identification time per object (DICOM JSON object or Part 10 header)', labelNames: ['client', 'kind'], buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05], registers });
     new Gauge({ name: 'deid_gateway_audit_healthy', help: '1 when the audit trail can be written', registers, collect() { this.set(gauges.auditHealthy() ? 1 : 0); } });
     if (gauges.spoolPending) {
       const pending = gauges.spoolPending;
@@ -47,7 +47,7 @@ export class GatewayMetrics implements AuditForwarder {
     if (r.withheld) this.withheld.inc({ client }, r.withheld);
     if (r.studies.length) this.studies.inc({ client }, r.studies.length);
     if (r.outcome === 'denied' || r.reason) this.denials.inc({ client, reason: r.reason ?? r.code ?? 'unknown' });
-    this.duration.observe({ route: r.route }, r.durationMs / 1000);
+    this.duration.observe({ client, route: r.route }, r.durationMs / 1000);
   }
 
   async close(): Promise<void> { /* nothing to flush */ }

@@ -27,6 +27,8 @@ export interface AppDeps {
   /** The current clients (a configuration reload replaces them). */
   readonly clients: () => readonly ClientRuntime[];
   readonly upstream: Upstream;
+  /** The upstream a client's requests use (its latency observed under the client's label), when metrics are on. */
+  readonly upstreamFor?: ((clientId: string) => Upstream) | undefined;
   /** A resolver for the pseudonyms a request names (looked up in one batch before the handler runs). */
   readonly resolverFor: (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }) => Promise<QueryResolver>;
   readonly flush: () => Promise<void>;
@@ -43,7 +45,7 @@ export interface AppDeps {
   readonly scopeHealthy: () => boolean;
   readonly limiter: Limiter;
   /** Prometheus metrics: observed de-identification time, and /metrics behind an admin token. */
-  readonly metrics?: { readonly observeDeid: (kind: 'json' | 'part10', seconds: number) => void; readonly render: () => Promise<{ contentType: string; body: string }>; readonly tokenHash?: Buffer | undefined } | undefined;
+  readonly metrics?: { readonly observeDeid: (kind: 'json' | 'part10', seconds: number, client: string) => void; readonly render: () => Promise<{ contentType: string; body: string }>; readonly tokenHash?: Buffer | undefined } | undefined;
   readonly facts: FactsCache;
 }
 
@@ -290,11 +292,11 @@ export function createApp(deps: AppDeps): express.Express {
         return;
       }
       const rc: RequestContext = {
-        client, upstream: deps.upstream, resolver, dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, observeDeid: deps.metrics?.observeDeid, maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts,
+        client, upstream: deps.upstreamFor?.(client.id) ?? deps.upstream, resolver, dicomWebBase: baseUrl(req, deps),
+        signal: abort.signal, note: l.note, observeDeid: deps.metrics && ((kind, seconds) => deps.metrics!.observeDeid(kind, seconds, client.id)), maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts,
       };
       try {
-        await send(res, await fn(rc, req), abort.signal);
+        await send(res, await fn(rc, req));
       } catch (e) {
         // Only the error's class: messages of errors the gateway did not raise may quote data.
         if (!isGatewayError(e)) deps.log.error('unexpected error', { requestId: l.requestId, error: (e as Error)?.name ?? typeof e });

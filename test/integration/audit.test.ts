@@ -218,7 +218,9 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
     await (await get(`/dicom-web/studies/${cohort.studies[0]!.uid}/metadata`, 'scoped')).arrayBuffer();
     const text = await (await fetch(gw.metricsUrl!)).text();
     for (const re of [/deid_gateway_requests_total\{client="vendor",route="metadata",status="200",outcome="ok"\} \d+/, /deid_gateway_denials_total\{client="scoped",reason="out-of-scope:modality"\} \d+/,
-      /deid_gateway_instances_total\{client="vendor"\} \d+/, /deid_gateway_deidentification_seconds_count\{kind="json"\} [1-9]/, /deid_gateway_upstream_duration_seconds_count\{kind="metadata",status="200"\} [1-9]/,
+      /deid_gateway_instances_total\{client="vendor"\} \d+/, /deid_gateway_deidentification_seconds_count\{client="vendor",kind="json"\} [1-9]/,
+      /deid_gateway_upstream_duration_seconds_count\{client="vendor",kind="metadata",status="200"\} [1-9]/, /deid_gateway_upstream_duration_seconds_count\{client="scoped",kind="\w+",status="200"\} [1-9]/,
+      /deid_gateway_request_duration_seconds_count\{client="vendor",route="metadata"\} [1-9]/, /deid_gateway_request_duration_seconds_count\{client="scoped",route="metadata"\} [1-9]/,
       /deid_gateway_audit_healthy 1/, /deid_gateway_audit_spool_pending_bytes \d+/]) {
       assert.match(text, re);
     }

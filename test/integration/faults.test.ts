@@ -483,8 +483,16 @@ describe('faults between the gateway and its upstream', () => {
       });
     }
 
-    test('truncated after several rows, once the body has begun → a broken transfer, never a valid-looking array', async () => {
-      const rows = [1, 2, 3].map((i) => JSON.stringify(studyRow(`1.2.826.0.1.3680043.9.7433.99.9${i}`)));
+    test('truncated after a few rows, before the body has begun (a short JSON is sent whole) → a clean 502, no rows', async () => {
+      const rows = [1, 2, 3].map((i) => JSON.stringify(studyRow(`1.2.826.0.1.3680043.9.7433.99.8${i}`)));
+      up.handle(script({ status: 200, headers: { 'content-type': DICOM_JSON }, body: [`[${rows.join(',')}`, { delayMs: 100 }, `,{"00100010":{"vr":"PN","Value":[{"Alphabetic":"${SENTINEL}`] }));
+      const r = await get(h, '/dicom-web/studies?ModalitiesInStudy=CT', { accept: DICOM_JSON });
+      await expectProblem(h, r, 502, 'DICOM_JSON_MALFORMED', [...forbidden]);
+    });
+
+    test('truncated after many rows, once the body has begun → a broken transfer, never a valid-looking array', async () => {
+      // More than the 256 KiB a JSON reply may be held to be sent whole: the rows are on their way.
+      const rows = Array.from({ length: 3000 }, (_, i) => JSON.stringify(studyRow(`1.2.826.0.1.3680043.9.7433.99.9${i}`)));
       up.handle(script({ status: 200, headers: { 'content-type': DICOM_JSON }, body: [`[${rows.join(',')}`, { delayMs: 100 }, `,{"00100010":{"vr":"PN","Value":[{"Alphabetic":"${SENTINEL}`] }));
       const r = await get(h, '/dicom-web/studies?ModalitiesInStudy=CT', { accept: DICOM_JSON });
       assert.equal(r.status, 200, 'rows were on their way when the JSON broke');

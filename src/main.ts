@@ -3,7 +3,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from 'winston';
 import type { Config } from './config/schema.js';
 import { createOpsLogger } from './audit/log.js';
@@ -205,6 +205,9 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     s.once('error', reject);
   });
   server.keepAliveTimeout = 5000;
+  // Responses not yet closed: shutdown waits for their audit records before closing the trail.
+  const inflight = new Set<ServerResponse>();
+  server.on('request', (_req: IncomingMessage, res: ServerResponse) => { inflight.add(res); res.once('close', () => inflight.delete(res)); });
   if (cfg.server.tls?.clientCertificates === 'require') {
     // A handshake refused for want of a trusted client certificate is a failed authentication:
     // audited (trail record, A.5 login failure and security alert) with the peer's address and
@@ -261,10 +264,19 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     },
     close() {
       closing ??= (async () => {
+        // Drain: in-flight requests finish, up to server.drainSeconds; then the connections
+        // still open are closed (their requests are audited as aborted) and shutdown goes on.
         await new Promise<void>((resolve) => {
-          server.close(() => resolve());
+          const deadline = setTimeout(() => {
+            log.warn(`drain deadline reached after ${cfg.server.drainSeconds} s: closing the connections still open`);
+            server.closeAllConnections();
+          }, cfg.server.drainSeconds * 1000);
+          deadline.unref();
+          server.close(() => { clearTimeout(deadline); resolve(); });
           server.closeIdleConnections();
         });
+        // Connections closed at the deadline: their requests record themselves (aborted) as their responses close.
+        for (const until = Date.now() + 2000; inflight.size > 0 && Date.now() < until;) await new Promise((r) => setTimeout(r, 10));
         if (metricsServer) await new Promise<void>((resolve) => { metricsServer!.close(() => resolve()); metricsServer!.closeAllConnections(); });
         await store.flush().catch((e: unknown) => log.error('pseudonyms could not be flushed at shutdown', { error: (e as Error)?.name }));
         await store.close().catch(() => undefined);

@@ -3,7 +3,7 @@
  * client authentication (certificate subject → client id), and configuration reload on SIGHUP
  * in the real `serve` process without dropping requests.
  */
-import { describe, test, before } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -15,6 +15,7 @@ import winston from 'winston';
 import { validateConfig } from '../../src/config/schema.js';
 import { buildParts, startGateway } from '../../src/main.js';
 import { freePort } from '../helpers/orthanc.js';
+import { startFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
 const quiet = (): winston.Logger => winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] });
@@ -164,5 +165,106 @@ describe('operations: TLS, mutual TLS, reload', () => {
       const code = await new Promise<number | null>((resolve) => { child.on('exit', (c) => resolve(c)); child.kill('SIGTERM'); });
       assert.equal(code, 0);
     }
+  });
+
+  describe('requests in flight across SIGHUP and SIGTERM (a scripted PACS)', () => {
+    let pacs: FakeUpstream;
+    const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+    before(async () => {
+      pacs = await startFakeUpstream();
+      // QIDO answers at once, except a slow one (offset=7: 2.5 s) and one that never answers (offset=9).
+      pacs.handle(async (req, res) => {
+        const url = req.url ?? '';
+        if (url.includes('offset=9')) return; // hangs
+        if (url.includes('offset=7')) await new Promise((r) => setTimeout(r, 2500));
+        if (!res.destroyed) res.writeHead(200, { 'content-type': 'application/dicom+json' }).end('[]');
+      });
+    });
+    after(async () => { await pacs?.close(); });
+
+    async function serve(extra = ''): Promise<{ url: string; conf: string; dir: string; log: () => string; kill: (sig: NodeJS.Signals) => void; exited: Promise<number | null>; write: (clients: string) => void }> {
+      const dir = mkdtempSync(join(tmpdir(), 'deid-drain-'));
+      const conf = join(dir, 'gateway.yaml');
+      const port = await freePort();
+      const write = (clients: string): void => writeFileSync(conf, `server: {host: 127.0.0.1, port: ${port}${extra}}\nupstream: {url: "${pacs.dicomWebUrl}"}\nstate: {dir: ./state}\nclients:\n${clients}`);
+      write(`  - id: first\n    apiKeySha256: "${sha('first-token-01234')}"\n`);
+      const child = spawn(process.execPath, ['--import', 'tsx', ENTRY, 'serve', '--config', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let log = '';
+      child.stderr.on('data', (d) => { log += String(d); });
+      child.stdout.on('data', (d) => { log += String(d); });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+      for (let i = 0; i < 400 && !/listening on http/.test(log); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.match(log, /listening on http/);
+      return { url: `http://127.0.0.1:${port}`, conf, dir, log: () => log, kill: (sig) => child.kill(sig), exited, write };
+    }
+    const records = (dir: string): { requestId: string; status: number; outcome: string; client: string | null }[] =>
+      readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: string; requestId: string; status: number; outcome: string; client: string | null }).filter((r) => r.type === 'request');
+    const qido = async (url: string, token: string, query = 'limit=1'): Promise<{ status: number; id: string; body: string }> => {
+      const r = await fetch(`${url}/dicom-web/studies?${query}`, { headers: { authorization: `Bearer ${token}` } });
+      return { status: r.status, id: r.headers.get('x-request-id') ?? '', body: await r.text() };
+    };
+    /** Requests in a loop on 4 connections until stopped; every outcome kept. */
+    function loop(url: string, token: string): { stop: () => Promise<{ status: number; id: string }[]>; errors: string[] } {
+      let running = true;
+      const results: { status: number; id: string }[] = [];
+      const errors: string[] = [];
+      const workers = Array.from({ length: 4 }, async () => {
+        while (running) {
+          try { results.push(await qido(url, token)); } catch (e) { errors.push((e as Error).message); }
+        }
+      });
+      return { errors, stop: async () => { running = false; await Promise.all(workers); return results; } };
+    }
+
+    test('SIGHUP with a request loop and a slow request in flight: zero failures; SIGTERM: the slow request completes and every request is audited', { timeout: 60_000 }, async () => {
+      const gw = await serve();
+      const l = loop(gw.url, 'first-token-01234');
+      const slow = qido(gw.url, 'first-token-01234', 'limit=1&offset=7');
+      await new Promise((r) => setTimeout(r, 300));
+      gw.write(`  - id: first\n    apiKeySha256: "${sha('first-token-01234')}"\n  - id: second\n    apiKeySha256: "${sha('second-token-0123')}"\n`);
+      gw.kill('SIGHUP');
+      for (let i = 0; i < 100 && !/configuration reloaded/.test(gw.log()); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.match(gw.log(), /configuration reloaded/);
+      assert.equal((await qido(gw.url, 'second-token-0123')).status, 200, 'the new client works');
+      await new Promise((r) => setTimeout(r, 300));
+      const results = await l.stop();
+      assert.deepEqual(l.errors, [], 'no request failed across the reload');
+      assert.ok(results.length > 20, `the loop ran (${results.length} requests)`);
+      assert.deepEqual([...new Set(results.map((r) => r.status))], [200], 'every request of the loop answered 200');
+      const s1 = await slow;
+      assert.deepEqual([s1.status, s1.body], [200, '[]'], 'the slow request in flight across the reload completed');
+      // SIGTERM with a slow request in flight: it completes, then the process exits 0.
+      const slow2 = qido(gw.url, 'first-token-01234', 'limit=1&offset=7');
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = Date.now();
+      gw.kill('SIGTERM');
+      const s2 = await slow2;
+      assert.deepEqual([s2.status, s2.body], [200, '[]'], 'the request in flight at SIGTERM completed');
+      assert.equal(await gw.exited, 0);
+      assert.ok(Date.now() - t0 >= 1500, 'the process waited for the request in flight');
+      const recs = records(gw.dir);
+      const ids = new Set(recs.map((r) => r.requestId));
+      for (const r of [...results, s1, s2]) assert.ok(ids.has(r.id), `request ${r.id} is audited`);
+      assert.equal(recs.length, results.length + 3, 'one record per request (the loop, the new client, two slow ones)');
+      assert.ok(recs.every((r) => r.outcome === 'ok'), 'every record is complete (ok)');
+      const v = spawnSync(process.execPath, ['--import', 'tsx', ENTRY, 'audit', 'verify', '--config', gw.conf], { encoding: 'utf8' });
+      assert.equal(v.status, 0, v.stdout + v.stderr);
+    });
+
+    test('SIGTERM: after server.drainSeconds the connections still open are closed, their requests audited, and the process exits 0', { timeout: 60_000 }, async () => {
+      const gw = await serve(', drainSeconds: 1');
+      const hung = qido(gw.url, 'first-token-01234', 'limit=1&offset=9').then((r) => r.status, (e: Error) => e.message);
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = Date.now();
+      gw.kill('SIGTERM');
+      assert.equal(await gw.exited, 0);
+      const took = Date.now() - t0;
+      assert.ok(took >= 900 && took < 8000, `exited after the 1 s deadline (${took} ms)`);
+      assert.equal(typeof await hung, 'string', 'the hung request\'s connection was closed');
+      assert.match(gw.log(), /drain deadline reached after 1 s/);
+      const recs = records(gw.dir);
+      assert.equal(recs.length, 1, 'the hung request is audited');
+      assert.equal(recs[0]!.outcome, 'aborted');
+    });
   });
 });

@@ -315,6 +315,7 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
   let lastFileLines = 0;
   let beforeLast = ZERO;
   let started = false;
+  let startNote: string | undefined;
   const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => ({ ok: false, records, files: files.length, problem: { file, line, seq, reason } });
   for (const [fi, file] of files.entries()) {
     const lines = readFileSync(join(dir, file), 'utf8').split('\n');
@@ -333,7 +334,12 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
         // The oldest file may have been removed by retention; its successor starts with `continue`.
         started = true;
         if (seq !== 1 && rec.type !== 'continue') return fail(file, i + 1, `the trail starts at record ${seq}, not 1 (records before it were removed)`, seq);
-        if (seq !== 1) { expected = seq; prev = String(rec.prev); }
+        if (seq !== 1) {
+          expected = seq;
+          prev = String(rec.prev);
+          // Retention (or someone) removed the oldest files: what they held cannot be checked here.
+          startNote = `the trail starts at record ${seq} (earlier files not present: ${String(rec.previousFile ?? 'unknown')} and before); verify those against their archive`;
+        }
       }
       if (seq !== expected) {
         const later = seqs.indexOf(expected, i + 1);
@@ -374,9 +380,9 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
       const last = files.at(-1) ?? AUDIT_FILE;
       return fail(last, lastFileLines + 1, head.seq! > expected - 1 ? `records ${expected}–${head.seq} removed from the end (truncated)` : `the trail does not end where the head says (record ${head.seq})`, expected);
     }
-    if (crashGap) return { ok: true, records, files: files.length, note: `the last record (${expected - 1}) is not anchored by the head: the gateway stopped between writing it and the head (a crash); it cannot be told from a record appended later` };
+    if (crashGap) return { ok: true, records, files: files.length, note: `${startNote ? `${startNote}; ` : ''}the last record (${expected - 1}) is not anchored by the head: the gateway stopped between writing it and the head (a crash); it cannot be told from a record appended later` };
   } else if (records > 0) {
     return fail(HEAD_FILE, 0, 'the head file is missing');
   }
-  return { ok: true, records, files: files.length };
+  return { ok: true, records, files: files.length, ...(startNote ? { note: startNote } : {}) };
 }

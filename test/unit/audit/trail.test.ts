@@ -95,6 +95,20 @@ describe('audit trail', () => {
     assert.match(r.problem!.reason, /removed/);
   });
 
+  test('the oldest files removed (retention, or not): verify passes but says where the trail starts', () => {
+    const dir = dirOf();
+    fill(dir, 40, { maxBytes: 1500 }).close();
+    assert.equal(verifyTrail(dir, MASTER).note, undefined, 'a whole trail has no note');
+    const rotated = readdirSync(dir).filter((f) => /^audit-\d{12}\.log$/.test(f)).sort();
+    unlinkSync(join(dir, rotated[0]!));
+    unlinkSync(join(dir, rotated[1]!));
+    const first = JSON.parse(lines(dir, rotated[2]!)[0]!) as { seq: number; type: string };
+    assert.equal(first.type, 'continue');
+    const r = verifyTrail(dir, MASTER);
+    assert.equal(r.ok, true, JSON.stringify(r.problem));
+    assert.equal(r.note, `the trail starts at record ${first.seq} (earlier files not present: ${rotated[1]} and before); verify those against their archive`);
+  });
+
   test('rotation by UTC day', () => {
     const dir = dirOf();
     let now = Date.UTC(2026, 10, 1, 23, 59, 0);

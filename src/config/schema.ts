@@ -14,6 +14,14 @@ import { normalizeSubject, parseSubject } from '../core/subject.js';
 import { readListFile } from '../policy/watched-file.js';
 import { accessionSchema, optOutEntrySchema, parseOptOutList, parseStudyList, uidSchema } from './lists.js';
 
+/**
+ * The most QIDO rows one request may return: every study a request releases is itemized in its
+ * audit record, up to MAX_NOTED_STUDIES (src/http/dicomweb.ts) studies, so a page may not be
+ * larger (a larger result is paged with offset).
+ */
+export const MAX_QUERY_RESULTS = 10_000;
+const QUERY_RESULTS_CAP = `must be at most ${MAX_QUERY_RESULTS} (every study a request releases is itemized in its audit record); lower it and let clients page with offset`;
+
 const OVERRIDE_ACTIONS = ['keep', 'remove', 'empty', 'dummy', 'pseudonym', 'shift'] as const;
 
 const profileSchema = z.strictObject({
@@ -66,7 +74,7 @@ const clientSchema = z.strictObject({
   scope: scopeSchema.optional(),
   query: z.strictObject({
     allowedKeys: z.array(z.string().trim().min(1)).optional(),
-    maxResults: z.number().int().min(1).max(1_000_000).optional(),
+    maxResults: z.number().int().min(1).max(MAX_QUERY_RESULTS, QUERY_RESULTS_CAP).optional(),
   }).optional(),
   pixels: z.strictObject({
     risky: z.enum(['withhold', 'mask', 'allow'], { error: () => 'use withhold (default), mask or allow' }).default('withhold'),
@@ -95,7 +103,7 @@ export const configSchema = z.strictObject({
     host: z.string().min(1).default('127.0.0.1'),
     port: z.number().int().min(0).max(65535, 'must be a TCP port, 0–65535'),
     publicBaseUrl: z.url({ error: 'must be an absolute URL such as https://gateway.example.org' }).optional(),
-    maxQueryResults: z.number().int().min(1).max(1_000_000).default(1000),
+    maxQueryResults: z.number().int().min(1).max(MAX_QUERY_RESULTS, QUERY_RESULTS_CAP).default(1000),
     maxQueryScan: z.number().int().min(1).max(10_000_000).default(10_000),
     /** SIGTERM: how long in-flight requests may finish before their connections are closed. */
     drainSeconds: z.number().min(0).max(3600, 'must be at most 3600 (an hour); keep it below the orchestrator\'s grace period').default(25),

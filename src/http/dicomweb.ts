@@ -62,8 +62,8 @@ export interface StudyNote {
   instances: number;
 }
 
-/** At most this many studies are itemized per request record (a QIDO page is capped lower anyway). */
-const MAX_NOTED_STUDIES = 10_000;
+/** At most this many studies are itemized per request record; QIDO pages are capped at it (MAX_QUERY_RESULTS in the schema). */
+export const MAX_NOTED_STUDIES = 10_000;
 
 export interface RequestContext {
   readonly client: ClientRuntime;

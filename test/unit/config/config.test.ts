@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../../../src/config/schema.js';
+import { loadConfig, MAX_QUERY_RESULTS } from '../../../src/config/schema.js';
+import { MAX_NOTED_STUDIES } from '../../../src/http/dicomweb.js';
 import { GatewayError } from '../../../src/core/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'deid-config-'));
@@ -125,6 +126,13 @@ optOut:
     const o = invalid(`${MINIMAL}optOut: {file: ./bad-opt.yaml}\n`);
     assert.match(o, /optOut\.file: .*patients\[0\]: unknown key\(s\) "isuer"/);
     assert.ok(!o.includes('MRN-SECRET-2'), 'the message does not quote the file');
+  });
+
+  test('QIDO page caps never exceed the studies one audit record itemizes', () => {
+    assert.equal(MAX_QUERY_RESULTS, MAX_NOTED_STUDIES, 'the schema\'s cap is the audit record\'s');
+    assert.equal(loadConfig(file(MINIMAL.replace('port: 8080', 'port: 8080\n  maxQueryResults: 10000'))).server.maxQueryResults, 10_000);
+    assert.match(invalid(MINIMAL.replace('port: 8080', 'port: 8080\n  maxQueryResults: 10001')), /server\.maxQueryResults: must be at most 10000 \(every study a request releases is itemized in its audit record\); lower it and let clients page with offset/);
+    assert.match(invalid(MINIMAL.replace('options: []', 'options: []\n    query: {maxResults: 1000000}')), /clients\[0\]\.query\.maxResults: must be at most 10000/);
   });
 
   test('an unreadable file is CONFIG_UNREADABLE naming the path', () => {

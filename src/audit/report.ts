@@ -8,7 +8,7 @@
  *  - enumeration: at least `burst404` "not found" answers (404) within `burstWindowS` seconds —
  *    a client walking UIDs or probing what exists;
  *  - sweeping query: a QIDO with no match key or a wildcard key that returned at least
- *    `sweepRows` rows, or hit its limit;
+ *    `sweepRows` rows (the trail records the rows returned, not the limit asked for);
  *  - volume: a day whose bytes exceed `volumeFactor` × the median of the client's other days
  *    in the period (needs at least 3 other days with traffic);
  *  - outside the agreement: any request refused for the access window.

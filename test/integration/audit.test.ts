@@ -145,7 +145,12 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
     assert.equal(after.length, paths.length, 'one record per request');
     assert.deepEqual(new Set(after.map((r) => r.requestId)), new Set(ids));
     const released = records().filter((r) => r.type === 'study' && ids.includes(String(r.requestId)));
-    assert.ok(released.length >= 48, `a study record for each metadata response (${released.length})`);
+    // 24 QIDO pages of min(5, studies) rows and 24 metadata responses of one study each; the
+    // scoped client's 24 requests are out of scope, and the others release nothing.
+    assert.equal(released.length, 24 * Math.min(5, S.length) + 24, 'a study record for each QIDO row and each metadata response');
+    const perRequest = new Map<string, number>();
+    for (const r of released) perRequest.set(String(r.requestId), (perRequest.get(String(r.requestId)) ?? 0) + 1);
+    for (const r of after) assert.equal(perRequest.get(String(r.requestId)) ?? 0, r.studies, 'each request record counts its study records');
   });
 
   test('A.5 messages reach the repository after it was down, and after a gateway restart, over TCP', async () => {
@@ -253,6 +258,30 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
     assert.match(denied.stdout, /out-of-scope:modality/);
     assert.match(denied.stderr, /\d+ request record\(s\)/);
     assert.equal(cli(['audit', 'query', '--config', conf, '--since', 'yesterday']).status, 2, 'a bad time is a usage error');
+    // --since / --until on the real trail: a half-open interval, split at a request in the middle.
+    const reqs = records().filter((r) => r.type === 'request');
+    const mid = String(reqs[Math.floor(reqs.length / 2)]!.time);
+    const n = (args: string[]): number => { const r = cli(['audit', 'query', '--config', conf, ...args, '--format', 'json']); assert.equal(r.status, 0, r.stderr); return r.stdout.split('\n').filter(Boolean).length; };
+    const since = n(['--since', mid]);
+    const untilMid = n(['--until', mid]);
+    assert.equal(since, reqs.filter((r) => String(r.time) >= mid).length, '--since keeps records at or after T');
+    assert.equal(untilMid, reqs.filter((r) => String(r.time) < mid).length, '--until keeps records before T');
+    assert.equal(since + untilMid, reqs.length, 'together, every request record once');
+    assert.ok(since > 0 && untilMid > 0, 'both sides of the split hold records');
+    assert.equal(n(['--since', mid, '--until', mid]), 0, 'an empty interval');
+    // The default table: a header, one aligned row per record, the count on stderr.
+    const table = cli(['audit', 'query', '--config', conf, '--client', 'vendor', '--since', mid]);
+    assert.equal(table.status, 0, table.stderr);
+    const tl = table.stdout.split('\n').filter(Boolean);
+    assert.match(tl[0]!, /^time {2,}requestId {2,}client {2,}route {2,}status {2,}outcome {2,}code {2,}reason {2,}instances {2,}bytes {2,}studies$/);
+    const vendorSince = reqs.filter((r) => String(r.time) >= mid && r.client === 'vendor');
+    assert.equal(tl.length - 1, vendorSince.length, 'one row per record');
+    assert.match(table.stderr, new RegExp(`^${vendorSince.length} request record\\(s\\)`));
+    const col = tl[0]!.indexOf('requestId');
+    for (const [i, r] of vendorSince.entries()) {
+      assert.ok(tl[i + 1]!.startsWith(String(r.time)), 'rows in trail order, starting with the time');
+      assert.equal(tl[i + 1]!.slice(col, col + 36), r.requestId, 'columns aligned under the header');
+    }
     // Report: a self-contained page.
     const out = join(dir, 'report.html');
     const rep = cli(['audit', 'report', '--config', conf, '--client', 'vendor', '--since', '1d', '--out', out]);

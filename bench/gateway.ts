@@ -117,7 +117,22 @@ function gatewayCommand(root: string): string[] {
 }
 
 // ---------------------------------------------------------------------------
-// /proc readers for the gateway child
+// /proc readers for the gateway child (and Orthanc, for the CPU budget)
+
+/** The pid of the process whose command line contains `needle` (Orthanc: its temp directory). */
+function pidOf(needle: string): number | undefined {
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'latin1');
+      if (cmd.includes(needle) && /Orthanc/.test(cmd) && !cmd.startsWith('setpriv')) return Number(e);
+    } catch { /* gone */ }
+  }
+  return undefined;
+}
+
+/** CPU time (ms) of this process: the benchmark's own client. */
+const selfCpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
 
 interface ProcMem { rssKiB: number; hwmKiB: number }
 
@@ -463,6 +478,7 @@ async function main(): Promise<void> {
   mkdirSync(outDir, { recursive: true });
   const profDir = CPU_PROF ? join(outDir, `prof-${Date.now()}`) : undefined;
   let orthanc: OrthancHandle | undefined;
+  let orthancPid: number | undefined;
   let gw: GatewayChild | undefined;
   let proxy: Awaited<ReturnType<typeof startProxyChild>> | undefined;
   const pools: Pool[] = [];
@@ -471,6 +487,7 @@ async function main(): Promise<void> {
     // ---- setup
     const tSetup = now();
     orthanc = await startOrthanc({ extra: { Plugins: [DICOMWEB_PLUGIN], HttpThreadsCount: 16 } });
+    orthancPid = pidOf(orthanc.dir);
     const ctDir = join(work, 'ct');
     const paths = await generateCtSeries(ctDir, INSTANCES, { rows: ROWS, cols: COLS, seed: SEED });
     const tGen = now();
@@ -548,12 +565,17 @@ async function main(): Promise<void> {
     if (PHASES.has('a')) {
       console.log(`(a) WADO-RS retrieve of the ${INSTANCES}-instance study: ${WARMUPS} warm-up + ${RUNS} timed runs per path, interleaved (proxy = pass-through reference)`);
       const runs: Record<Target['name'], { ms: number; ttfbMs: number; bytes: number }[]> = { direct: [], proxy: [], gateway: [] };
+      // CPU of every process per timed retrieve, by path: what the two cores have to do.
+      const cpuOf: Record<Target['name'], { orthanc: number; client: number; hop: number }[]> = { direct: [], proxy: [], gateway: [] };
       const cpu0 = cpuMs(gw.pid);
       rssSampler.start();
       for (let i = 0; i < WARMUPS + RUNS; i++) {
         for (let j = 0; j < all.length; j++) {
           const t = all[(i + j) % all.length]!;
+          const hopPid = t.name === 'gateway' ? gw.pid : t.name === 'proxy' ? proxy?.pid : undefined;
+          const c0 = { orthanc: orthancPid ? cpuMs(orthancPid) : NaN, client: selfCpuMs(), hop: hopPid ? cpuMs(hopPid) : 0 };
           const r = await getCounted(t, `/studies/${ctUid(t)}`, ACCEPT_DICOM);
+          if (i >= WARMUPS) cpuOf[t.name].push({ orthanc: (orthancPid ? cpuMs(orthancPid) : NaN) - c0.orthanc, client: selfCpuMs() - c0.client, hop: (hopPid ? cpuMs(hopPid) : 0) - c0.hop });
           if (r.status !== 200) throw new Error(`${t.name} retrieve: HTTP ${r.status}`);
           const warm = i < WARMUPS;
           console.log(`    ${warm ? 'warm-up' : `run ${i - WARMUPS + 1}  `} ${t.name.padEnd(7)} ${fmt(r.ms, 0).padStart(6)} ms  (first byte ${fmt(r.ttfbMs, 0)} ms, ${fmt(r.bytes / MB, 1)} MB, ${fmt(r.bytes / MB / (r.ms / 1000), 0)} MB/s)`);
@@ -581,7 +603,21 @@ async function main(): Promise<void> {
         preflightQidoMs: { runs: preflight.map((v) => round(v, 1)), median: round(median(preflight), 1) },
         gatewayCpuMsPerRetrieve: round(gwCpu / (WARMUPS + RUNS), 0), gatewayPeakRssMiB: round(rssSampler.maxKiB / 1024, 1),
       };
-      console.log(`    gateway CPU ${fmt(gwCpu / (WARMUPS + RUNS), 0)} ms per retrieve; gateway RSS peak ${fmt(rssSampler.maxKiB / 1024, 1)} MiB (sampled)\n`);
+      console.log(`    gateway CPU ${fmt(gwCpu / (WARMUPS + RUNS), 0)} ms per retrieve; gateway RSS peak ${fmt(rssSampler.maxKiB / 1024, 1)} MiB (sampled)`);
+      // The CPU budget: two cores run Orthanc, the client and (for proxy and gateway) the hop, so
+      // a retrieve cannot take less wall time than their CPU time over 2. The ratio target leaves
+      // the hop 2 x 1.15 x direct wall - (Orthanc + client CPU).
+      const med = (k: Target['name'], f: 'orthanc' | 'client' | 'hop'): number => median(cpuOf[k].map((c) => c[f]));
+      const budget: Record<string, unknown> = {};
+      for (const k of ['direct', 'proxy', 'gateway'] as const) {
+        const o = med(k, 'orthanc'), cl = med(k, 'client'), hop = med(k, 'hop');
+        budget[k] = { orthancCpuMs: round(o, 0), clientCpuMs: round(cl, 0), hopCpuMs: round(hop, 0), floorMs: round((o + cl + hop) / 2, 0) };
+        console.log(`    CPU per retrieve, ${k.padEnd(7)}: Orthanc ${fmt(o, 0)} ms + client ${fmt(cl, 0)} ms${k === 'direct' ? '' : ` + ${k} ${fmt(hop, 0)} ms`} = ${fmt(o + cl + hop, 0)} ms on 2 cores, so at least ${fmt((o + cl + hop) / 2, 0)} ms of wall time`);
+      }
+      const allowed = 2 * TARGET_RATIO * d.medianMs - (med('direct', 'orthanc') + med('direct', 'client'));
+      budget.gatewayCpuAllowedMs = round(allowed, 0);
+      (result.retrieve as Record<string, unknown>).cpuBudget = budget;
+      console.log(`    ${TARGET_RATIO}x direct (${fmt(TARGET_RATIO * d.medianMs, 0)} ms) leaves a hop at most ${fmt(allowed, 0)} ms of CPU per retrieve on this machine; the reference proxy uses ${fmt(med('proxy', 'hop'), 0)} ms, the gateway ${fmt(med('gateway', 'hop'), 0)} ms\n`);
     }
 
     // ---- (b) QIDO latency under concurrency
@@ -596,15 +632,23 @@ async function main(): Promise<void> {
         const per: Partial<Record<Target['name'], LoadResult>> = {};
         for (const t of all) {
           await load(t, q.path(t), QIDO_CONCURRENCY, 1);
-          const cpu0 = cpuMs(gw.pid);
+          const hopPid = t.name === 'gateway' ? gw.pid : t.name === 'proxy' ? proxy?.pid : undefined;
+          const c0 = { orthanc: orthancPid ? cpuMs(orthancPid) : NaN, client: selfCpuMs(), hop: hopPid ? cpuMs(hopPid) : 0 };
           const r = per[t.name] = await load(t, q.path(t), QIDO_CONCURRENCY, QIDO_SECONDS);
-          const cpu = t === gateway ? `, gateway CPU ${fmt((cpuMs(gw.pid) - cpu0) / r.requests, 2)} ms/request` : '';
+          // CPU per request of every process: at concurrency 16 on 2 cores, p50 ~ 16 x (their sum) / 2.
+          const perReq = { orthanc: ((orthancPid ? cpuMs(orthancPid) : NaN) - c0.orthanc) / r.requests, client: (selfCpuMs() - c0.client) / r.requests, hop: ((hopPid ? cpuMs(hopPid) : 0) - c0.hop) / r.requests };
+          Object.assign(r, { cpuPerRequestMs: { orthanc: round(perReq.orthanc, 3), client: round(perReq.client, 3), hop: round(perReq.hop, 3) } });
+          const cpu = `, CPU/request: Orthanc ${fmt(perReq.orthanc, 2)} + client ${fmt(perReq.client, 2)}${t === direct ? '' : ` + ${t.name} ${fmt(perReq.hop, 2)}`} ms`;
           console.log(`    ${q.label.padEnd(26)} ${t.name.padEnd(7)} ${String(r.requests).padStart(6)} requests, ${fmt(r.rps, 0).padStart(5)} req/s, p50 ${fmt(r.p50, 2)} ms, p95 ${fmt(r.p95, 2)} ms, p99 ${fmt(r.p99, 2)} ms${r.errors ? `, ${r.errors} errors` : ''}${cpu}`);
         }
         // One client at a time: the overhead without queueing, for reference.
         const solo: Partial<Record<Target['name'], LoadResult>> = {};
         for (const t of all) solo[t.name] = await load(t, q.path(t), 1, 2);
         console.log(`    ${q.label.padEnd(26)} concurrency 1: p50 direct ${fmt(solo.direct!.p50, 2)} ms, proxy ${fmt(solo.proxy!.p50, 2)} ms, gateway ${fmt(solo.gateway!.p50, 2)} ms`);
+        // With every core busy, 16 requests in flight wait for each other's CPU (Little's law):
+        // +3 ms of median leaves a hop about 3 x 2 cores / 16 of CPU per request.
+        const hopOf = (r: LoadResult | undefined): number => (r as { cpuPerRequestMs?: { hop: number } } | undefined)?.cpuPerRequestMs?.hop ?? NaN;
+        console.log(`    ${q.label.padEnd(26)} +${TARGET_OVERHEAD_MS} ms at concurrency ${QIDO_CONCURRENCY} on ${cpus().length} cores leaves a hop ~${fmt((TARGET_OVERHEAD_MS * cpus().length) / QIDO_CONCURRENCY, 2)} ms of CPU per request; the reference proxy uses ${fmt(hopOf(per.proxy), 2)} ms, the gateway ${fmt(hopOf(per.gateway), 2)} ms`);
         qido[q.key] = {
           path: q.label, concurrency: QIDO_CONCURRENCY, direct: per.direct, proxy: per.proxy, gateway: per.gateway,
           overheadP50Ms: round(per.gateway!.p50 - per.direct!.p50, 2), overheadP95Ms: round(per.gateway!.p95 - per.direct!.p95, 2),

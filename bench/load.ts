@@ -6,7 +6,8 @@
  *   npm run bench:load            (builds dist/ if needed)
  *   node --import tsx bench/load.ts
  *
- * Knobs: BENCH_LOAD_SECONDS (60), BENCH_LOAD_CONCURRENCY (64), BENCH_LOAD_KILL_AT (0.5: the
+ * Knobs: BENCH_LOAD_SECONDS (60), BENCH_LOAD_WARMUP_SECONDS (60: the same load before the
+ * measured run, errors counted, not timed), BENCH_LOAD_CONCURRENCY (64), BENCH_LOAD_KILL_AT (0.5: the
  * fraction of the run after which replica B is SIGKILLed; 0 = never), BENCH_LOAD_PROBE_CLIENTS (50),
  * BENCH_LOAD_AUDIT_FILE_BYTES ("1 MiB": audit.maxFileBytes of both replicas).
  *
@@ -53,6 +54,8 @@ import { projectRoot } from './common.js';
 const SECONDS = Number(process.env.BENCH_LOAD_SECONDS ?? 60);
 const CONCURRENCY = Number(process.env.BENCH_LOAD_CONCURRENCY ?? 64);
 const KILL_AT = Number(process.env.BENCH_LOAD_KILL_AT ?? 0.5);
+/** Load before the measured run (same routes, both replicas, errors counted): V8 grows its heap under the first minute of load, which is not growth with time. */
+const WARMUP_SECONDS = Number(process.env.BENCH_LOAD_WARMUP_SECONDS ?? 60);
 const TOKEN = 'bench-load-token-0123';
 /** Clients that only replica B serves before the kill: their pseudonyms are B's alone. */
 const PROBE_CLIENTS = Number(process.env.BENCH_LOAD_PROBE_CLIENTS ?? 50);
@@ -250,6 +253,24 @@ async function main(): Promise<void> {
   const acked = new Map<string, Probe>();
   let killed = false, killAt = Number.POSITIVE_INFINITY, inFlightAtKill = 0, probeSeq = 0, seq = 0;
   const inFlightB = new Set<number>();
+  if (WARMUP_SECONDS > 0) {
+    // Warm-up: the same load for WARMUP_SECONDS, not timed; its errors count like any other.
+    const wEnd = performance.now() + WARMUP_SECONDS * 1000;
+    let w = 0;
+    await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+      while (performance.now() < wEnd) {
+        const id = w++;
+        const target = (id >> 2) % 2 === 0 ? A : B;
+        const route = ROUTES[id % ROUTES.length]!;
+        const o = await call(target, pathOf(route, studies[id % studies.length]!), TOKEN, route === 'retrieve' ? 'multipart' : 'json');
+        if (!o.ok) {
+          errors[target.name]++;
+          if (errorSamples.length < 20) errorSamples.push(`${target.name} ${route} (warm-up) ${o.cls}: ${o.detail}`);
+        }
+      }
+    }));
+    console.log(`  warm-up: ${w} requests in ${WARMUP_SECONDS} s at concurrency ${CONCURRENCY} (not timed; RSS is judged from here on)`);
+  }
   const samples: { t: number; a: number; b: number }[] = [];
   const t0 = performance.now();
   const end = t0 + SECONDS * 1000;

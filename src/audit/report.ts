@@ -10,7 +10,8 @@
  *  - sweeping query: a QIDO with no match key or a wildcard key that returned at least
  *    `sweepRows` rows (the trail records the rows returned, not the limit asked for);
  *  - volume: a day whose bytes exceed `volumeFactor` × the median of the client's other days
- *    in the period (needs at least 3 other days with traffic);
+ *    with traffic, in the period and in the `baselineDays` before it (the client's usual; needs
+ *    at least 3 such days);
  *  - outside the agreement: any request refused for the access window.
  */
 import type { AuditEntry } from './read.js';
@@ -25,6 +26,8 @@ export interface ReportOptions {
   readonly burstWindowS?: number;
   readonly sweepRows?: number;
   readonly volumeFactor?: number;
+  /** Days before `since` whose traffic counts as the client's usual volume (default 30). */
+  readonly baselineDays?: number;
 }
 
 export interface Anomaly {
@@ -75,9 +78,13 @@ export function reportData(entries: Iterable<AuditEntry>, o: ReportOptions): Rep
   const anomalies: Anomaly[] = [];
   const notFound: number[] = [];
   let lastBurstEnd = -Infinity;
+  const baselineFrom = o.since - (o.baselineDays ?? 30) * 86_400_000;
+  /** Bytes per day before the period: the client's usual volume, for the volume rule only. */
+  const baseline = new Map<string, number>();
   for (const e of entries) {
     if (e.client !== o.client || !e.time) continue;
     const t = Date.parse(e.time);
+    if (t >= baselineFrom && t < o.since && e.type === 'request') baseline.set(e.time.slice(0, 10), (baseline.get(e.time.slice(0, 10)) ?? 0) + (e.bytes ?? 0));
     if (!(t >= o.since && t < o.until)) continue;
     if (e.type === 'request') {
       const f = day(e.time);
@@ -119,9 +126,9 @@ export function reportData(entries: Iterable<AuditEntry>, o: ReportOptions): Rep
   }
   const dayList = [...days.values()].sort((a, b) => a.day.localeCompare(b.day)).map(({ studySet, ...f }) => ({ ...f, studies: studySet.size }));
   for (const d of dayList) {
-    const others = dayList.filter((x) => x !== d && x.bytes > 0).map((x) => x.bytes);
+    const others = [...dayList.filter((x) => x !== d && x.bytes > 0).map((x) => x.bytes), ...[...baseline.values()].filter((b) => b > 0)];
     if (others.length >= 3 && d.bytes > factor * median(others)) {
-      anomalies.push({ kind: 'volume', time: `${d.day}T00:00:00.000Z`, detail: `${mb(d.bytes)} on ${d.day}, more than ${factor}× the client's median day (${mb(median(others))})` });
+      anomalies.push({ kind: 'volume', time: `${d.day}T00:00:00.000Z`, detail: `${mb(d.bytes)} on ${d.day}, more than ${factor}× the client's median day (${mb(median(others))} over ${others.length} days with traffic)` });
     }
   }
   totals.studies = studies.size;
@@ -135,19 +142,28 @@ export function reportData(entries: Iterable<AuditEntry>, o: ReportOptions): Rep
   };
 }
 
+/** The three figures of the daily chart, each a panel of its own with its own scale. */
+const PANELS = [
+  { key: 'studies', label: 'studies released per day', colour: '#2f6fb3', value: (d: DayFigures): number => d.studies, text: (n: number): string => String(n) },
+  { key: 'instances', label: 'instances released per day', colour: '#6b3fa0', value: (d: DayFigures): number => d.instances, text: (n: number): string => String(n) },
+  { key: 'bytes', label: 'bytes sent per day', colour: '#b35c00', value: (d: DayFigures): number => d.bytes, text: mb },
+] as const;
+
 function chart(days: readonly DayFigures[]): string {
   if (days.length === 0) return '<p class="muted">No traffic in this period.</p>';
-  const w = 720, h = 220, pad = 40;
-  const max = Math.max(1, ...days.map((d) => d.instances));
-  const bw = Math.max(2, Math.min(40, (w - pad * 2) / days.length - 4));
-  const bars = days.map((d, i) => {
-    const x = pad + i * ((w - pad * 2) / days.length) + 2;
-    const bh = Math.round((d.instances / max) * (h - pad * 2));
-    return `<g><rect x="${x.toFixed(1)}" y="${h - pad - bh}" width="${bw.toFixed(1)}" height="${bh}" fill="#2f6fb3"><title>${esc(d.day)}: ${d.studies} studies, ${d.instances} instances, ${esc(mb(d.bytes))}</title></rect>`
-      + (days.length <= 31 ? `<text x="${(x + bw / 2).toFixed(1)}" y="${h - pad + 14}" font-size="9" text-anchor="middle">${esc(d.day.slice(5))}</text>` : '') + '</g>';
-  }).join('');
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" role="img" aria-label="instances released per day">`
-    + `<line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#999"/><text x="${pad}" y="${pad - 10}" font-size="11">instances per day (max ${max})</text>${bars}</svg>`;
+  return PANELS.map((panel) => {
+    const w = 720, h = 160, pad = 34;
+    const max = Math.max(1, ...days.map(panel.value));
+    const bw = Math.max(2, Math.min(40, (w - pad * 2) / days.length - 4));
+    const bars = days.map((d, i) => {
+      const x = pad + i * ((w - pad * 2) / days.length) + 2;
+      const bh = Math.round((panel.value(d) / max) * (h - pad * 2));
+      return `<g><rect x="${x.toFixed(1)}" y="${h - pad - bh}" width="${bw.toFixed(1)}" height="${bh}" fill="${panel.colour}"><title>${esc(d.day)}: ${d.studies} studies, ${d.instances} instances, ${esc(mb(d.bytes))}</title></rect>`
+        + (days.length <= 31 ? `<text x="${(x + bw / 2).toFixed(1)}" y="${h - pad + 14}" font-size="9" text-anchor="middle">${esc(d.day.slice(5))}</text>` : '') + '</g>';
+    }).join('');
+    return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" role="img" aria-label="${panel.label}" data-figure="${panel.key}">`
+      + `<line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#999"/><text x="${pad}" y="${pad - 12}" font-size="11">${panel.label} (max ${esc(panel.text(max))})</text>${bars}</svg>`;
+  }).join('\n');
 }
 
 /** The report as one HTML document. */

@@ -53,6 +53,35 @@ describe('audit report', () => {
     assert.equal(reportData(knownLog(), { ...opts, burst404: 30 }).anomalies.filter((a) => a.kind === 'enumeration').length, 0, 'thresholds are options');
   });
 
+  test('volume is judged against the client\'s usual: the days before the period count (baselineDays)', () => {
+    // A two-day period: 1 MB, then 20 MB. Alone, it has too few days to say what is usual.
+    const period = [req(T0, { bytes: 1_000_000 }), req(T0 + DAY, { bytes: 20_000_000 })];
+    const two = { client: 'acme', since: T0, until: T0 + 2 * DAY };
+    assert.deepEqual(reportData(period, two).anomalies, [], 'no history: nothing to compare with');
+    const quietHistory = [1, 2, 3, 4, 5].map((k) => req(T0 - k * DAY, { bytes: 1_000_000 }));
+    const flagged = reportData([...quietHistory, ...period], two).anomalies;
+    assert.deepEqual(flagged.map((a) => [a.kind, a.time.slice(0, 10)]), [['volume', '2026-10-02']], 'above five quiet days before the period');
+    assert.match(flagged[0]!.detail, /over 6 days with traffic/);
+    const busyHistory = [1, 2, 3, 4, 5].map((k) => req(T0 - k * DAY, { bytes: 25_000_000 }));
+    assert.deepEqual(reportData([...busyHistory, ...period], two).anomalies, [], 'usual for a client that always takes this much');
+    assert.deepEqual(reportData([...quietHistory, ...period], { ...two, baselineDays: 0 }).anomalies, [], 'baselineDays: 0 looks at the period only');
+  });
+
+  test('the chart has a panel for studies, instances and bytes per day, each bar to its own scale', () => {
+    const html = renderReport(reportData(knownLog(), opts), opts);
+    for (const label of ['studies released per day', 'instances released per day', 'bytes sent per day']) {
+      assert.match(html, new RegExp(`<svg[^>]+aria-label="${label}"`), label);
+    }
+    const heights = (figure: string): number[] => {
+      const svg = new RegExp(`<svg[^>]+data-figure="${figure}"[^>]*>(.*?)</svg>`, 's').exec(html)?.[1] ?? '';
+      return [...svg.matchAll(/<rect [^>]*height="(\d+)"/g)].map((m) => Number(m[1]));
+    };
+    const top = 160 - 2 * 34;
+    assert.deepEqual(heights('studies'), [top, top, top, top, top], 'one study a day');
+    assert.deepEqual(heights('instances'), [5, 5, 5, 5, top], '10, 10, 10, 10, 200 instances');
+    assert.deepEqual(heights('bytes'), [5, 5, 5, 5, top], '1, 1, 1, 1, 20 MB');
+  });
+
   test('the page is self-contained and escapes what it shows', () => {
     const log = knownLog();
     log.push(req(T0 + DAY, { status: 404, outcome: 'denied', reason: '<script>alert(1)</script>' }));

@@ -85,7 +85,7 @@ export function buildParts(cfg: Config): GatewayParts {
 export async function buildPartsAsync(cfg: Config): Promise<GatewayParts> {
   if (!cfg.state.store) return buildParts(cfg);
   loadOrCreateMasterSecret(cfg.state.dir);
-  const pg = await openPostgresState(cfg.state.store);
+  const pg = await openPostgresState(cfg.state.store, { passwordFile: cfg.state.storePasswordFile });
   return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close() };
 }
 

@@ -123,6 +123,8 @@ export const configSchema = z.strictObject({
   state: z.strictObject({
     dir: z.string().min(1, 'must name a directory for secrets, pseudonyms and the audit log'),
     store: z.string().regex(/^postgres(ql)?:\/\/\S+$/, 'use a PostgreSQL URL such as postgres://gateway@db.hospital.example/deid (leave out for the embedded SQLite store)').optional(),
+    /** A file holding the database password (a mounted secret), so the URL need not carry it; read for every new connection. */
+    storePasswordFile: z.string().min(1, 'name the file that holds the database password').optional(),
   }),
   audit: z.strictObject({
     maxFileBytes: bytesSchema.default(64 * 1024 * 1024),
@@ -298,8 +300,11 @@ export function validateConfig(raw: unknown, source: string): Config {
   });
   if (problems.length) throw new GatewayError('CONFIG_INVALID', `${source}: invalid configuration\n  ${problems.join('\n  ')}`);
   const dir = isAbsolute(cfg.state.dir) ? cfg.state.dir : resolve(dirname(source), cfg.state.dir);
+  if (cfg.state.storePasswordFile && !cfg.state.store) problems.push('state.storePasswordFile: only used with state.store (a PostgreSQL URL); remove it or set state.store');
+  const storePasswordFile = cfg.state.storePasswordFile ? (isAbsolute(cfg.state.storePasswordFile) ? cfg.state.storePasswordFile : resolve(dirname(source), cfg.state.storePasswordFile)) : undefined;
+  if (problems.length) throw new GatewayError('CONFIG_INVALID', `${source}: invalid configuration\n  ${problems.join('\n  ')}`);
   const audit = { ...cfg.audit, ...(cfg.audit.syslog ? { syslog: { ...cfg.audit.syslog, ...(cfg.audit.syslog.tls ? { tls: { ...cfg.audit.syslog.tls, ...tlsFiles } } : {}) } } : {}) };
-  return deepFreeze({ ...cfg, server: { ...cfg.server, ...(serverTls ? { tls: serverTls } : {}) }, audit, state: { dir, ...(cfg.state.store ? { store: cfg.state.store } : {}) }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
+  return deepFreeze({ ...cfg, server: { ...cfg.server, ...(serverTls ? { tls: serverTls } : {}) }, audit, state: { dir, ...(cfg.state.store ? { store: cfg.state.store } : {}), ...(storePasswordFile ? { storePasswordFile } : {}) }, clients, source, optOut: { patients: cfg.optOut?.patients ?? [], ...(optOutFile ? { file: optOutFile } : {}) } });
 }
 
 /** Reads, parses and validates a YAML configuration file. */

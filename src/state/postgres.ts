@@ -15,6 +15,7 @@
  * Errors are STATE_UNAVAILABLE naming the database by host and name only (never the password
  * or a value).
  */
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { GatewayError } from '../core/errors.js';
 import type { GatewayPseudonymStore } from '../pseudonym/shared.js';
@@ -84,10 +85,31 @@ async function migrate(pool: pg.Pool, db: string): Promise<void> {
   }
 }
 
+/** A pg Client class that reads its password from a file for every new connection. */
+function passwordFileClient(file: string): typeof pg.Client {
+  const password = (): string => readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  return class extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super(config);
+      (this as unknown as { password: () => string }).password = password;
+    }
+  };
+}
+
 /** Connects, migrates, and returns the shared stores. */
-export async function openPostgresState(url: string, opts: { cacheEntries?: number; max?: number } = {}): Promise<PgState> {
+export async function openPostgresState(url: string, opts: { cacheEntries?: number; max?: number; passwordFile?: string | undefined } = {}): Promise<PgState> {
   const db = where(url);
-  const pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, connectionTimeoutMillis: 5000, idleTimeoutMillis: 30_000 });
+  // A mounted secret is read for every new connection, so a rotated password is picked up. (pg
+  // lets a URL's empty password override a `password` option, so each client is given it.)
+  if (opts.passwordFile !== undefined) {
+    try {
+      readFileSync(opts.passwordFile);
+    } catch (e) {
+      throw new GatewayError('STATE_UNAVAILABLE', `state.storePasswordFile: ${opts.passwordFile} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); mount the database password there or fix the path`);
+    }
+  }
+  const Client = opts.passwordFile === undefined ? undefined : passwordFileClient(opts.passwordFile);
+  const pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, connectionTimeoutMillis: 5000, idleTimeoutMillis: 30_000, ...(Client ? { Client } : {}) });
   let healthy = true;
   pool.on('error', () => { healthy = false; }); // an idle client lost its connection; the next query reconnects
   try {

@@ -4,7 +4,7 @@
  * process exits. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root).
  */
 import { spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './orthanc.js';
@@ -15,6 +15,8 @@ export interface PostgresHandle {
   readonly port: number;
   /** Runs psql -c SQL against the database; returns stdout. */
   psql(sql: string): string;
+  /** Creates a login role that must give its password (SCRAM) over TCP; returns its URL, without the password. */
+  passwordRole(user: string, password: string): string;
   stop(): void;
 }
 
@@ -57,5 +59,14 @@ export async function startPostgres(db = 'deid'): Promise<PostgresHandle> {
     rmSync(dir, { recursive: true, force: true });
   };
   process.once('exit', stop);
-  return { url: `postgres://postgres@127.0.0.1:${port}/${db}`, port, psql: (sql) => psqlAt(db, sql), stop };
+  const passwordRole = (user: string, password: string): string => {
+    if (!/^[a-z_][a-z0-9_]*$/.test(user) || /'/.test(password)) throw new Error('passwordRole: a plain role name and a password without quotes');
+    psqlAt(db, `CREATE ROLE ${user} LOGIN SUPERUSER PASSWORD '${password}'`);
+    // Before the trust lines: this role alone must authenticate over TCP.
+    const hba = join(data, 'pg_hba.conf');
+    writeFileSync(hba, `host all ${user} 127.0.0.1/32 scram-sha-256\n${readFileSync(hba, 'utf8')}`);
+    psqlAt(db, 'SELECT pg_reload_conf()');
+    return `postgres://${user}@127.0.0.1:${port}/${db}`;
+  };
+  return { url: `postgres://postgres@127.0.0.1:${port}/${db}`, port, psql: (sql) => psqlAt(db, sql), passwordRole, stop };
 }

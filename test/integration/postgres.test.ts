@@ -6,7 +6,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import winston from 'winston';
@@ -133,6 +133,35 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
       await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(2\); upgrade the gateway/);
     } finally {
       pg.psql('UPDATE deid_schema_version SET version = 2');
+    }
+  });
+
+  test('state.storePasswordFile: the password comes from a mounted file, not the URL; a wrong one is refused without it', async () => {
+    const url = pg.passwordRole('deid_pw', 'pw-from-a-secret-file');
+    const dir = mkdtempSync(join(tmpdir(), 'deid-pwfile-'));
+    copyFileSync(join(dirs[0]!, 'master.key'), join(dir, 'master.key'));
+    const secret = join(dir, 'pg-password');
+    const cfg = (): Config => validateConfig({
+      server: { host: '127.0.0.1', port: 0 }, upstream: { url: orthanc.dicomWebUrl }, state: { dir, store: url, storePasswordFile: 'pg-password' },
+      clients: [{ id: 'vendor', apiKeySha256: sha(tok('vendor')) }],
+    }, join(dir, 'g.yaml'));
+    try {
+      writeFileSync(secret, 'not-the-password\n');
+      await assert.rejects(buildPartsAsync(cfg()), (e: Error) => /cannot connect|password|STATE_UNAVAILABLE/i.test(`${(e as { code?: string }).code} ${e.message}`) && !e.message.includes('not-the-password'), 'a wrong password is refused, and not quoted');
+      writeFileSync(secret, 'pw-from-a-secret-file\n'); // as `docker secret` and Kubernetes write it, with a newline
+      const g = await startGateway(cfg(), { ...(await buildPartsAsync(cfg())), log: quiet() });
+      try {
+        const list = await get(g, '/dicom-web/studies?limit=1');
+        assert.equal(list.status, 200, 'served with state on PostgreSQL as the password role');
+        const u = (JSON.parse(list.body) as Record<string, { Value: string[] }>[])[0]!['0020000D']!.Value[0]!;
+        assert.equal((await get(a, `/dicom-web/studies/${u}/metadata`)).status, 200, 'the same shared table as the other replicas');
+      } finally {
+        await g.close();
+      }
+      rmSync(secret);
+      await assert.rejects(buildPartsAsync(cfg()), /state\.storePasswordFile: .*pg-password cannot be read \(ENOENT\); mount the database password there/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -32,7 +32,9 @@ test('compose: two read-only replicas on PostgreSQL, dropped capabilities, the P
   }
   assert.deepEqual(c.services.postgres!.networks, ['pacs']);
   const cfg = validateConfig(parse(read('compose-gateway.yaml')), '/etc/deid-gateway/gateway.yaml');
-  assert.match(cfg.state.store ?? '', /^postgres:\/\/.*@postgres:5432\/deid$/);
+  assert.match(cfg.state.store ?? '', /^postgres:\/\/deid@postgres:5432\/deid$/, 'no password in the URL');
+  assert.equal(cfg.state.storePasswordFile, '/run/secrets/pg-password', 'the password from the compose secret');
+  for (const name of ['gateway-a', 'gateway-b']) assert.deepEqual(c.services[name]!.secrets, ['pg-password'], `${name} gets the database password secret`);
   assert.deepEqual(c.services.orthanc!.networks, ['pacs']);
   assert.equal(c.networks.pacs!.internal, true);
   assert.equal(c.services.orthanc!.ports, undefined, 'the PACS publishes no port');

@@ -1,23 +1,55 @@
 /**
  * `deid-gateway audit verify | query | report` (contract: verify exits 0 intact, 1 tampered).
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { readTrail, parseTimeBound, type AuditEntry } from '../audit/read.js';
 import { renderReport, reportData } from '../audit/report.js';
 import { auditKey, patientRef, verifyTrail } from '../audit/trail.js';
 import { loadMasterSecret } from '../pseudonym/secret.js';
 
-export async function verifyAuditCommand(cfg: Config): Promise<number> {
-  const r = verifyTrail(cfg.state.dir, loadMasterSecret(cfg.state.dir));
-  if (r.ok) {
-    process.stdout.write(`audit trail intact: ${r.records} record(s) in ${r.files} file(s) in ${cfg.state.dir}\n`);
-    if (r.note) process.stdout.write(`note: ${r.note}\n`);
-    return 0;
+/**
+ * The trails to read: this configuration's state.dir, and the state.dir of other replicas given
+ * with --trail (replicas share the master key, so one key checks and searches them all).
+ */
+function trailDirs(cfg: Config, extra: readonly string[] | undefined): string[] {
+  const dirs = [cfg.state.dir, ...(extra ?? []).map((d) => resolve(d))];
+  for (const d of dirs.slice(1)) if (!existsSync(d)) throw new Error(`--trail ${d}: no such directory (give the state.dir of another replica)`);
+  return [...new Set(dirs)];
+}
+
+/** The records of several trails merged in time order, read lazily (each trail is in order already). */
+function* readTrails(dirs: readonly string[]): Generator<AuditEntry> {
+  const its = dirs.map((d) => readTrail(d)[Symbol.iterator]());
+  const heads = its.map((it) => it.next());
+  for (;;) {
+    let k = -1;
+    for (let i = 0; i < heads.length; i++) {
+      const h = heads[i]!;
+      if (!h.done && (k < 0 || (h.value.time ?? '') < ((heads[k] as IteratorYieldResult<AuditEntry>).value.time ?? ''))) k = i;
+    }
+    if (k < 0) return;
+    yield (heads[k] as IteratorYieldResult<AuditEntry>).value;
+    heads[k] = its[k]!.next();
   }
-  const p = r.problem!;
-  process.stdout.write(`audit trail TAMPERED: ${p.file} line ${p.line}${p.seq !== undefined ? ` (record ${p.seq})` : ''}: ${p.reason}\n`);
-  return 1;
+}
+
+export async function verifyAuditCommand(cfg: Config, a: { trail?: readonly string[] | undefined } = {}): Promise<number> {
+  const key = loadMasterSecret(cfg.state.dir);
+  let exit = 0;
+  for (const dir of trailDirs(cfg, a.trail)) {
+    const r = verifyTrail(dir, key);
+    if (r.ok) {
+      process.stdout.write(`audit trail intact: ${r.records} record(s) in ${r.files} file(s) in ${dir}\n`);
+      if (r.note) process.stdout.write(`note: ${r.note}\n`);
+      continue;
+    }
+    const p = r.problem!;
+    process.stdout.write(`audit trail TAMPERED: ${p.file} line ${p.line}${p.seq !== undefined ? ` (record ${p.seq})` : ''}: ${p.reason}\n`);
+    exit = 1;
+  }
+  return exit;
 }
 
 export interface QueryArgs {
@@ -29,6 +61,7 @@ export interface QueryArgs {
   readonly outcome?: string | undefined;
   readonly type?: string | undefined;
   readonly format?: string | undefined;
+  readonly trail?: readonly string[] | undefined;
 }
 
 const COLUMNS: Record<'request' | 'study', (keyof AuditEntry)[]> = {
@@ -57,7 +90,7 @@ export async function queryAuditCommand(cfg: Config, a: QueryArgs): Promise<numb
   const until = a.until === undefined ? Infinity : parseTimeBound(a.until);
   const ref = a.patient === undefined ? undefined : patientRef(auditKey(loadMasterSecret(cfg.state.dir)), a.patient);
   const rows: AuditEntry[] = [];
-  for (const e of readTrail(cfg.state.dir)) {
+  for (const e of readTrails(trailDirs(cfg, a.trail))) {
     if (e.type !== type) continue;
     const t = Date.parse(e.time);
     if (!(t >= since && t < until)) continue;
@@ -87,6 +120,7 @@ export interface ReportArgs {
   readonly since?: string | undefined;
   readonly until?: string | undefined;
   readonly out?: string | undefined;
+  readonly trail?: readonly string[] | undefined;
 }
 
 /** Writes the HTML report of one client; returns the exit code. */
@@ -96,10 +130,14 @@ export async function reportAuditCommand(cfg: Config, a: ReportArgs): Promise<nu
   const now = Date.now();
   const since = parseTimeBound(a.since, now);
   const until = a.until === undefined ? now + 1 : parseTimeBound(a.until, now);
-  const v = verifyTrail(cfg.state.dir, loadMasterSecret(cfg.state.dir));
-  const integrity = v.ok ? { ok: true, text: `intact (${v.records} records verified)` } : { ok: false, text: `TAMPERED at ${v.problem!.file} line ${v.problem!.line}: ${v.problem!.reason}` };
+  const dirs = trailDirs(cfg, a.trail);
+  const key = loadMasterSecret(cfg.state.dir);
+  const checks = dirs.map((d) => verifyTrail(d, key));
+  const bad = checks.find((v) => !v.ok);
+  const records = checks.reduce((n, v) => n + v.records, 0);
+  const integrity = !bad ? { ok: true, text: `intact (${records} records verified${dirs.length > 1 ? ` in ${dirs.length} trails` : ''})` } : { ok: false, text: `TAMPERED at ${bad.problem!.file} line ${bad.problem!.line}: ${bad.problem!.reason}` };
   const opts = { client: a.client, since, until, generatedAt: now, integrity };
-  const data = reportData(readTrail(cfg.state.dir), opts);
+  const data = reportData(readTrails(dirs), opts);
   const out = a.out ?? `audit-report-${a.client}-${new Date(now).toISOString().slice(0, 10)}.html`;
   writeFileSync(out, renderReport(data, opts), { mode: 0o600 });
   process.stdout.write(`wrote ${out}: ${data.totals.requests} request(s), ${data.totals.studies} stud(y/ies), ${data.anomalies.length} anomal(y/ies)\n`);

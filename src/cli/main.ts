@@ -18,12 +18,13 @@ const USAGE = `usage:
   deid-gateway serve --config FILE
   deid-gateway check-config --config FILE
   deid-gateway deid --config FILE --client ID IN... --out DIR [--diff]
-  deid-gateway audit verify --config FILE
+  deid-gateway audit verify --config FILE [--trail DIR]...
   deid-gateway audit query --config FILE [--client ID] [--since T] [--until T] [--study UID]
                            [--patient ID] [--outcome ok|denied|failed|aborted] [--type request|study]
-                           [--format table|json|csv]
-  deid-gateway audit report --config FILE --client ID --since T [--until T] [--out FILE.html]
-  (T: an ISO date or date-time, or a duration back from now such as 24h or 30d)`;
+                           [--format table|json|csv] [--trail DIR]...
+  deid-gateway audit report --config FILE --client ID --since T [--until T] [--out FILE.html] [--trail DIR]...
+  (T: an ISO date or date-time, or a duration back from now such as 24h or 30d;
+   --trail DIR: the state.dir of another replica, whose trail is read too)`;
 
 export class UsageError extends Error {}
 
@@ -69,16 +70,17 @@ export async function main(argv: string[]): Promise<number> {
         const [sub, ...more] = rest;
         if (sub !== 'verify' && sub !== 'query' && sub !== 'report') throw new UsageError(`unknown audit command "${sub ?? ''}"`);
         const s = { type: 'string' } as const;
+        const trail = { type: 'string', multiple: true } as const;
         const { values } = parseArgs({
           args: more, strict: true,
-          options: sub === 'verify' ? { config: s }
-            : sub === 'query' ? { config: s, client: s, since: s, until: s, study: s, patient: s, outcome: s, type: s, format: s }
-              : { config: s, client: s, since: s, until: s, out: s },
+          options: sub === 'verify' ? { config: s, trail }
+            : sub === 'query' ? { config: s, client: s, since: s, until: s, study: s, patient: s, outcome: s, type: s, format: s, trail }
+              : { config: s, client: s, since: s, until: s, out: s, trail },
         });
         const cfg = configOrExit(values.config as string | undefined);
         const audit = await import('./audit.js');
         try {
-          if (sub === 'verify') return await audit.verifyAuditCommand(cfg);
+          if (sub === 'verify') return await audit.verifyAuditCommand(cfg, values as { trail?: string[] });
           if (sub === 'query') return await audit.queryAuditCommand(cfg, values as QueryArgs);
           return await audit.reportAuditCommand(cfg, values as ReportArgs);
         } catch (e) {

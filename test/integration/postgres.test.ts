@@ -6,7 +6,9 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import winston from 'winston';
@@ -163,6 +165,43 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('audit verify, query and report read every replica\'s trail with --trail', async () => {
+    const idsOf = async (gw: Gateway): Promise<string> => {
+      const r = await fetch(`${gw.url}/dicom-web/studies?limit=1`, { headers: { authorization: `Bearer ${tok('vendor')}` } });
+      await r.arrayBuffer();
+      return r.headers.get('x-request-id')!;
+    };
+    const fromA = await idsOf(a);
+    const fromB = await idsOf(b);
+    const conf = join(dirs[0]!, 'cli.yaml');
+    writeFileSync(conf, `server: {host: 127.0.0.1, port: 8080}\nupstream: {url: "${orthanc.dicomWebUrl}"}\nstate: {dir: ${dirs[0]}, store: "${pg.url}"}\nclients:\n  - id: vendor\n    apiKeySha256: "${sha(tok('vendor'))}"\n`);
+    const cli = (args: string[]): { status: number | null; stdout: string; stderr: string } => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url)), ...args], { encoding: 'utf8' });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    const ids = (args: string[]): string[] => {
+      const r = cli(['audit', 'query', '--config', conf, '--client', 'vendor', '--format', 'json', ...args]);
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout.split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { requestId: string }).requestId);
+    };
+    const own = ids([]);
+    assert.ok(own.includes(fromA) && !own.includes(fromB), 'alone, the query reads this replica\'s trail');
+    const both = cli(['audit', 'query', '--config', conf, '--client', 'vendor', '--format', 'json', '--trail', dirs[1]!]);
+    const rows = both.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { requestId: string; time: string });
+    assert.ok(rows.some((r) => r.requestId === fromA) && rows.some((r) => r.requestId === fromB), 'with --trail, both replicas\' records');
+    assert.ok(rows.every((r, i) => i === 0 || rows[i - 1]!.time <= r.time), 'merged in time order');
+    const v = cli(['audit', 'verify', '--config', conf, '--trail', dirs[1]!]);
+    assert.equal(v.status, 0, v.stdout + v.stderr);
+    assert.equal((v.stdout.match(/audit trail intact/g) ?? []).length, 2, 'each trail verified');
+    const out = join(dirs[0]!, 'report.html');
+    const rep = cli(['audit', 'report', '--config', conf, '--client', 'vendor', '--since', '1d', '--out', out, '--trail', dirs[1]!]);
+    assert.equal(rep.status, 0, rep.stderr);
+    assert.match(readFileSync(out, 'utf8'), /intact \(\d+ records verified in 2 trails\)/);
+    const missing = cli(['audit', 'query', '--config', conf, '--trail', join(dirs[1]!, 'nope')]);
+    assert.equal(missing.status, 2, 'a trail that is not there is a usage error');
+    assert.match(missing.stderr, /--trail .*nope: no such directory/);
   });
 
   test('an unreachable database is a clear error, without the credentials', async () => {

@@ -22,6 +22,7 @@ export interface AuditEntry {
   readonly durationMs?: number;
   readonly instances?: number;
   readonly withheld?: number;
+  readonly withheldBy?: Readonly<Record<string, number>>;
   readonly outOfScope?: number;
   readonly results?: number;
   readonly query?: { readonly level: string; readonly keys: readonly string[]; readonly wildcard: boolean };

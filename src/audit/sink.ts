@@ -36,6 +36,8 @@ export interface RequestAudit {
   readonly durationMs: number;
   readonly instances: number;
   readonly withheld: number;
+  /** The withheld instances by reason (pixels-withheld:<risk>): a partial denial, audited with why. */
+  readonly withheldBy?: Readonly<Record<string, number>> | undefined;
   /** Risky instances released masked under a rule, or allowed by an explicit policy (audited). */
   readonly masked?: number | undefined;
   readonly riskyAllowed?: number | undefined;

@@ -43,6 +43,8 @@ export interface ClientRuntime {
 export interface RequestNote {
   instances: number;
   withheld: number;
+  /** Instances withheld by the pixel policy, by audit reason (pixels-withheld:<risk>). */
+  withheldBy?: Record<string, number>;
   /** Records left out because they are outside the client's scope (audit only). */
   outOfScope: number;
   /** Risky instances released: masked under a rule, or allowed by an explicit policy. */
@@ -201,6 +203,14 @@ function noteStudy(note: RequestNote, original: unknown, pseudo: unknown, patien
 }
 
 const firstValue = (o: JsonDataset, tag: string): unknown => o[tag]?.Value?.[0];
+
+/** Counts instances the pixel policy withheld, with the reason the audit record gives. */
+function noteWithheld(note: RequestNote, reason: string | undefined, n = 1): void {
+  note.withheld += n;
+  const by = (note.withheldBy ??= Object.create(null) as Record<string, number>);
+  const key = reason ?? 'pixels-withheld:unknown';
+  by[key] = (by[key] ?? 0) + n;
+}
 
 /**
  * Tags the scope check reads on QIDO rows, always asked for: the check must not depend on a PACS's
@@ -478,11 +488,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const announced = denials.length;
   // A multipart needs at least one part (RFC 2046 5.1.1): nothing to send is a 403 too.
   if (sop === undefined && inScope.length > 0 && announced === inScope.length) {
-    rc.note.withheld += announced;
+    for (const d of denials) noteWithheld(rc.note, d.auditReason);
     await refuse(pixelsWithheld(denials[0]!, `all ${announced} instance(s) are withheld by the pixel policy`));
   }
   if (sop !== undefined && announced > 0) {
-    rc.note.withheld++;
+    noteWithheld(rc.note, denials[0]!.auditReason);
     await refuse(pixelsWithheld(denials[0]!));
   }
   const up = await retrieving;
@@ -511,7 +521,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         first = await it.next();
       } catch (e) {
         if (e instanceof GatewayError && (e.code === 'PIXELS_WITHHELD' || e.auditReason?.startsWith('out-of-scope:'))) {
-          if (e.code === 'PIXELS_WITHHELD') { note.withheld++; withheldReason ??= e.auditReason; } else note.outOfScope++;
+          if (e.code === 'PIXELS_WITHHELD') { noteWithheld(note, e.auditReason); withheldReason ??= e.auditReason; } else note.outOfScope++;
           for await (const _ of part.body) { /* drained */ }
           continue;
         }
@@ -641,7 +651,7 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
   if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
   const d = decide(rc, facts);
   if (!d.allow) {
-    rc.note.withheld++;
+    noteWithheld(rc.note, d.auditReason);
     throw pixelsWithheld(d, `the pixel data of this instance is withheld by policy (${d.reason})`);
   }
   if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data', { auditReason: 'pixels-withheld:pixel-data-removed' });

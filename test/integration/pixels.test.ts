@@ -251,6 +251,9 @@ describe('pixel safety against a real Orthanc', () => {
     assert.equal(auditRecords().at(-1)!.reason, 'pixels-withheld:modality-ot', 'the risk is named: modality OT without Burned In Annotation');
     const study = auditRecords().find((x) => x.client === 'withholder' && x.status === 200 && x.withheld === 5);
     assert.ok(study, 'the study retrieve counts the 5 instances it left out');
+    const by = (study as { withheldBy?: Record<string, number> }).withheldBy ?? {};
+    assert.equal(Object.values(by).reduce((a, b) => a + b, 0), 5, `each withheld instance has its reason (${JSON.stringify(by)})`);
+    assert.ok(Object.keys(by).every((k) => /^pixels-withheld:[a-z0-9-]+$/.test(k)) && (by['pixels-withheld:burned-in-annotation'] ?? 0) > 0, `reasons are risks, never values (${JSON.stringify(by)})`);
   });
 
   test('metadata says what a retrieve releases: masked instances Burned In Annotation NO and 113101; withheld ones as the PACS states', async () => {

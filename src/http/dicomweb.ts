@@ -17,7 +17,7 @@ import { inflateRawSync } from 'node:zlib';
 import { FactsCache, type InstanceFacts } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
 import type { ClientScope } from '../policy/client-scope.js';
-import { jsonAttrs, notVisible, studyDenial, TAG, type Attrs } from '../policy/scope.js';
+import { hasInstanceRules, hasSeriesRules, jsonAttrs, notVisible, studyDenial, TAG, type Attrs } from '../policy/scope.js';
 import { mapQuery, passesDateFilters, type QueryResolver } from './query.js';
 import {
   examinedRecords, queryRows, recordVisible, requireInstance, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts,
@@ -276,6 +276,15 @@ const QIDO_PAGE_MAX = 1000;
 async function filteredQido(rc: RequestContext, level: Level, path: string, q: ReturnType<typeof mapQuery>): Promise<Reply> {
   const rules = rc.client.scope.rules();
   const up = new URLSearchParams(q.upstream);
+  // Study-level keys that aggregate over series (PS3.4 C.6.1.1.5 "…in Study") are matched by the
+  // PACS on the whole study. Where the scope hides some series of a study, a match on a hidden
+  // series would reveal it: ModalitiesInStudy is matched again on the visible series below;
+  // SOPClassesInStudy cannot be without reading every instance, so it is refused then.
+  const partial = hasSeriesRules(rules) || hasInstanceRules(rules);
+  if (level === 'study' && partial && q.matchKeys.has('00080062')) {
+    throw new GatewayError('QUERY_KEY_REFUSED', 'match key SOPClassesInStudy: not available to a client whose scope covers part of a study; query the instances (SOPClassUID) instead', { auditReason: 'query-key-refused' });
+  }
+  const modalitiesAsked = level === 'study' && partial && q.matchKeys.has('00080061') ? up.get('00080061') ?? '' : undefined;
   const push = (tag: string, value: string): void => { if (!q.matchKeys.has(tag)) up.set(tag, value); };
   // Push the scope down where the PACS matches it exactly (comma lists work for UIDs, codes and
   // accession numbers on Orthanc); each row is checked again below either way.
@@ -343,6 +352,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       scanned++;
       const o = parseObject(text);
       if (!(await visible(o))) continue;
+      if (modalitiesAsked !== undefined && !matchesAnyValue(modalitiesAsked, o['00080061']?.Value)) continue; // matched only on hidden series
       for (const t of strip) delete o[t];
       const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
       setRetrieveUrl(out, rc.dicomWebBase, level);
@@ -363,6 +373,18 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
   return { status: 200, headers, body: withFlush(rc, (async function* () { yield Buffer.from(`[${rows.join(',')}]`); })()) };
+}
+
+/**
+ * QIDO matching of a multi-valued CS attribute (PS3.4 C.2.2.2): the record matches when one of
+ * its values matches one of the asked values (a list in either form), with * and ? wildcards.
+ * An empty key matches everything.
+ */
+export function matchesAnyValue(asked: string, values: readonly unknown[] | undefined): boolean {
+  const patterns = asked.split(/[,\\]/).map((v) => v.trim()).filter(Boolean);
+  if (patterns.length === 0) return true;
+  const res = patterns.map((p) => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`));
+  return (values ?? []).some((v) => typeof v === 'string' && res.some((re) => re.test(v)));
 }
 
 /** A study row carries no series or instance attributes: only the study rules apply to the row itself. */

@@ -218,6 +218,22 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.deepEqual(sr!['00080061']?.Value, ['SR']);
   });
 
+  test('a study-level key that aggregates over series matches only the series the client may see', async () => {
+    // The mixed study has a CT and an SR series; cohort-a sees CT only, sr-only sees SR only.
+    assert.deepEqual(await rows('/dicom-web/studies?ModalitiesInStudy=SR', 'cohort-a'), [], 'the hidden SR series is not detectable');
+    assert.deepEqual(await rows('/dicom-web/studies?ModalitiesInStudy=S*', 'cohort-a'), [], 'nor through a wildcard');
+    const all = await studyUids('/dicom-web/studies', 'cohort-a');
+    assert.ok(all.includes(S[2]!.uid), 'the mixed study is in cohort-a\'s view');
+    assert.deepEqual(await studyUids('/dicom-web/studies?ModalitiesInStudy=CT', 'cohort-a'), all, 'CT matches every study cohort-a sees');
+    assert.deepEqual(await studyUids('/dicom-web/studies?ModalitiesInStudy=SR,CT', 'cohort-a'), all, 'a list matches when one value does');
+    assert.deepEqual(await rows('/dicom-web/studies?ModalitiesInStudy=CT', 'sr-only'), [], 'instance rules hide the CT series of the mixed study too');
+    assert.equal((await rows('/dicom-web/studies?ModalitiesInStudy=SR', 'sr-only')).length, 1, 'and its SR series matches');
+    assert.ok((await rows('/dicom-web/studies?ModalitiesInStudy=SR', 'cohort-c')).length >= 1, 'a client that sees whole studies finds the mixed study by its SR series');
+    const refused = await get(`/dicom-web/studies?SOPClassesInStudy=${SOP_SR}`, 'cohort-a');
+    assert.equal(refused.status, 400, 'SOPClassesInStudy cannot be matched on the visible part of a study: refused');
+    assert.equal((refused.json() as { code: string }).code, 'QUERY_KEY_REFUSED');
+  });
+
   test('out of scope answers exactly like "does not exist" on every route (404, same problem)', async () => {
     const i = (s: CohortStudy, k = 0, n = 0): string => `/dicom-web/studies/${s.uid}/series/${s.series[k]!.uid}/instances/${s.series[k]!.instances[n]}`;
     const routes = (s: CohortStudy, k = 0): string[] => [

@@ -2,11 +2,12 @@
  * `deid-gateway audit verify | query | report` (contract: verify exits 0 intact, 1 tampered).
  */
 import { existsSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { readTrail, parseTimeBound, type AuditEntry } from '../audit/read.js';
 import { renderReport, reportData } from '../audit/report.js';
-import { auditKey, patientRef, verifyTrail } from '../audit/trail.js';
+import { auditKey, patientRef, trailFiles, verifyTrail } from '../audit/trail.js';
+import { EXPORT_TRAIL } from './deid.js';
 import { loadMasterSecret } from '../pseudonym/secret.js';
 
 /**
@@ -16,7 +17,8 @@ import { loadMasterSecret } from '../pseudonym/secret.js';
 function trailDirs(cfg: Config, extra: readonly string[] | undefined): string[] {
   const dirs = [cfg.state.dir, ...(extra ?? []).map((d) => resolve(d))];
   for (const d of dirs.slice(1)) if (!existsSync(d)) throw new Error(`--trail ${d}: no such directory (give the state.dir of another replica)`);
-  return [...new Set(dirs)];
+  // Each state.dir's export trail (`deid-gateway deid`, its own chain) is read with it.
+  return [...new Set(dirs.flatMap((d) => (trailFiles(join(d, EXPORT_TRAIL)).length ? [d, join(d, EXPORT_TRAIL)] : [d])))];
 }
 
 /** The records of several trails merged in time order, read lazily (each trail is in order already). */

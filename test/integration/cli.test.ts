@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
@@ -86,6 +86,41 @@ describe('deid-gateway command line', async () => {
     const again = run(['deid', '--config', cfgAllow, '--client', 'vendor-a', fx.dir, '--out', join(dir, 'out2')]);
     assert.deepEqual(files(join(dir, 'out2')).map((p) => p.slice(dir.length + 5)).sort(), written.map((p) => p.slice(dir.length + 4)).sort());
     assert.equal(again.status, 0);
+  });
+
+  test('deid: an export is audited in state.dir/exports, read by audit query and verify; outside the access window nothing is written and the refusal is audited', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const out = join(dir, 'out');
+    const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: allow}\n' });
+    const r = run(['deid', '--config', cfg, '--client', 'vendor-a', fx.dir, '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const written = files(out);
+    const studies = new Set(written.map((p) => p.slice(out.length + 1).split('/')[0]));
+    const q = run(['audit', 'query', '--config', cfg, '--format', 'json']);
+    assert.equal(q.status, 0, q.stderr);
+    const reqs = q.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.equal(reqs.length, 1, 'one request record for the export');
+    assert.deepEqual([reqs[0]!.route, reqs[0]!.client, reqs[0]!.method, reqs[0]!.outcome, reqs[0]!.instances, reqs[0]!.studies], ['cli-deid', 'vendor-a', 'CLI', 'ok', written.length, studies.size]);
+    const st = run(['audit', 'query', '--config', cfg, '--type', 'study', '--format', 'json']);
+    const srecs = st.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { pseudonymous: string; patientRef?: string });
+    assert.deepEqual(new Set(srecs.map((x) => x.pseudonymous)), studies, 'one study record per study written, with its pseudonymous UID');
+    assert.ok(srecs.every((x) => /^P-[0-9a-f]{24}$/.test(x.patientRef ?? '')), 'patients as keyed references');
+    // The trail names original study UIDs by design (it stays in the hospital); nothing else planted.
+    assert.deepEqual(findCanaries(Buffer.from(q.stdout + st.stdout), fx.manifest).filter((l) => !/^uids .*StudyInstanceUID\)$/.test(l)), [], 'no planted name, ID, date or text in the audit records');
+    const v = run(['audit', 'verify', '--config', cfg]);
+    assert.equal(v.status, 0, v.stdout + v.stderr);
+    assert.ok(v.stdout.includes(`audit trail intact: ${1 + studies.size} record(s) in 1 file(s) in ${join(dir, 'state', 'exports')}`), `the export trail is verified with the main one: ${v.stdout}`);
+    // Outside the access window: refused before anything is read or written, and recorded.
+    const late = join(dir, 'late');
+    mkdirSync(late);
+    const cfgLate = config(late, ['vendor-a'], { client: '    scope: {validUntil: 2020-01-01}\n' });
+    const refused = run(['deid', '--config', cfgLate, '--client', 'vendor-a', fx.dir, '--out', join(late, 'out')]);
+    assert.equal(refused.status, 1, refused.stderr);
+    assert.match(refused.stderr, /ACCESS_WINDOW_CLOSED/);
+    assert.ok(!existsSync(join(late, 'out')), 'nothing written');
+    const denied = run(['audit', 'query', '--config', cfgLate, '--outcome', 'denied', '--format', 'json']);
+    const d = denied.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(d.map((x) => [x.route, x.reason]), [['cli-deid', 'access-window:expired']]);
   });
 
   test('deid: a malformed file is refused with its reason, exit 1, and nothing half-written is left', () => {

@@ -20,14 +20,14 @@
  * Records hold UIDs, codes, counts, and keyed references to patients (`patientRef`, see
  * patientRef()): no name, ID, date or other value of a data set.
  */
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
 import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import { GatewayError } from '../core/errors.js';
 
 export const AUDIT_FILE = 'audit.log';
 export const HEAD_FILE = 'audit.head';
-const HEAD_SIZE = 256;
+const HEAD_SIZE = 512;
 const ZERO = '0'.repeat(64);
 const HASH_SUFFIX = /,"hash":"([0-9a-f]{64})"\}$/;
 
@@ -61,6 +61,63 @@ function mac(key: Buffer, seq: number, hash: string): string {
   return createHmac('sha256', key).update(`audit-anchor\0${seq}\0${hash}`).digest('hex');
 }
 
+/**
+ * The head's signature: the last record (seq, hash) and, since heads carry it, the first record
+ * of the retained trail (start), so that removing the oldest files shows, and so does removing
+ * `start` from the head (the signature would no longer hold).
+ */
+function headMac(key: Buffer, seq: number, hash: string, start: number | undefined): string {
+  return start === undefined ? mac(key, seq, hash) : createHmac('sha256', key).update(`audit-head\0${seq}\0${hash}\0${start}`).digest('hex');
+}
+
+interface Head { readonly seq: number; readonly hash: string; readonly start?: number | undefined }
+
+/** The head file when its signature holds; undefined when absent, unreadable or forged. */
+function readHead(key: Buffer, path: string): Head | undefined {
+  try {
+    const h = JSON.parse(readFileSync(path, 'utf8').trim()) as { seq?: unknown; hash?: unknown; start?: unknown; mac?: unknown };
+    if (typeof h.seq !== 'number' || typeof h.hash !== 'string' || typeof h.mac !== 'string') return undefined;
+    const start = typeof h.start === 'number' ? h.start : undefined;
+    const want = headMac(key, h.seq, h.hash, start);
+    return h.mac.length === want.length && timingSafeEqual(Buffer.from(h.mac), Buffer.from(want)) ? { seq: h.seq, hash: h.hash, start } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first line of a file, reading no more than it needs (records are a few kB; at most 1 MiB). */
+function firstLineOf(path: string): string | undefined {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    let n = 0;
+    for (;;) {
+      const r = readSync(fd, buf, n, Math.min(64 * 1024, buf.length - n), n);
+      const nl = buf.subarray(n, n + r).indexOf(0x0a);
+      if (nl >= 0) return buf.toString('utf8', 0, n + nl);
+      n += r;
+      if (r === 0 || n >= buf.length) return n ? buf.toString('utf8', 0, n) : undefined;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The seq of the first record of the oldest trail file present (undefined: no records). */
+function firstSeqPresent(dir: string, currentText?: string): number | undefined {
+  for (const f of trailFiles(dir)) {
+    if (!(f === AUDIT_FILE && currentText !== undefined) && !statSync(join(dir, f)).isFile()) return undefined; // never read a device or a pipe
+    const first = f === AUDIT_FILE && currentText !== undefined ? currentText.split('\n', 1)[0] : firstLineOf(join(dir, f));
+    if (!first) continue;
+    try {
+      const seq = (JSON.parse(first) as { seq?: unknown }).seq;
+      if (typeof seq === 'number') return seq;
+    } catch { /* damaged: verify names it */ }
+    return undefined;
+  }
+  return undefined;
+}
+
 const utcDay = (t: number): string => new Date(t).toISOString().slice(0, 10);
 
 /** Rotated files in chain order, then the current file. */
@@ -87,6 +144,8 @@ export class AuditTrail {
   private day: string;
   private firstSeqOfFile = 1;
   private headFd = -1;
+  /** The first record of the retained trail, stated (keyed) in the head. */
+  private start = 1;
   private dirty = false;
   private problem: string | undefined;
   private readonly key: Buffer;
@@ -159,11 +218,20 @@ export class AuditTrail {
         const s = first ? (JSON.parse(first) as { seq?: number }).seq : undefined;
         if (typeof s === 'number') this.firstSeqOfFile = s;
       }
-      this.headFd = openSync(join(dir, HEAD_FILE), existsSync(join(dir, HEAD_FILE)) ? 'r+' : 'w+', 0o600);
+      // Where the retained trail starts: the head's keyed start, checked against the files present.
+      const headPath = join(dir, HEAD_FILE);
+      const stated = existsSync(headPath) ? readHead(this.key, headPath)?.start : undefined;
+      const present = firstSeqPresent(dir, current);
+      this.start = present ?? this.seq + 1;
+      this.headFd = openSync(headPath, existsSync(headPath) ? 'r+' : 'w+', 0o600);
       this.problem = undefined;
       const time = new Date(this.now()).toISOString();
       if (finishRotation) this.write([{ type: 'continue', time, previousFile: finishRotation }]);
       if (torn) this.write([{ type: 'repaired', time, tornBytes: torn, note: 'an incomplete record at the end of audit.log (an interrupted write) was removed' }]);
+      // Records removed from the start while the gateway was stopped are recorded in the chain:
+      // a reviewer sees when and which; removed while it runs, verify names them (the head's start).
+      if (last && stated === undefined) this.write([{ type: 'anchor', time, start: this.start, note: `the head stated no keyed start (a trail of an older version, or the head was replaced): the trail is anchored at record ${this.start} from here on` }]);
+      else if (last && stated !== this.start) this.write([{ type: 'retention', time, previousStart: stated, start: this.start, note: stated! < this.start ? `records ${stated}–${this.start - 1} are no longer in state.dir (removed while the gateway was stopped)` : `the trail now starts at record ${this.start} (files restored)` }]);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       this.problem = code === 'EDAMAGED'
@@ -231,7 +299,7 @@ export class AuditTrail {
       let off = 0;
       while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
       const head = Buffer.alloc(HEAD_SIZE, 0x20);
-      head.write(JSON.stringify({ seq, hash, mac: mac(this.key, seq, hash) }), 'utf8');
+      head.write(JSON.stringify({ seq, hash, start: this.start, mac: headMac(this.key, seq, hash, this.start) }), 'utf8');
       head[HEAD_SIZE - 1] = 0x0a;
       writeSync(this.headFd, head, 0, HEAD_SIZE, 0);
     } catch (e) {
@@ -274,6 +342,13 @@ export class AuditTrail {
     this.day = utcDay(t);
     this.firstSeqOfFile = this.seq + 1;
     this.write([{ type: 'continue', time: new Date(t).toISOString(), previousFile: rotated }]);
+    // Old rotated files removed while running (retention) are recorded at the next rotation.
+    const present = firstSeqPresent(this.opts.dir);
+    if (present !== undefined && present !== this.start) {
+      const previousStart = this.start;
+      this.start = present;
+      this.write([{ type: 'retention', time: new Date(t).toISOString(), previousStart, start: present, note: previousStart < present ? `records ${previousStart}–${present - 1} are no longer in state.dir` : `the trail now starts at record ${present} (files restored)` }]);
+    }
   }
 
   /** Forces the data to disk (also done once a second when there were writes). */
@@ -315,6 +390,8 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
   let lastFileLines = 0;
   let beforeLast = ZERO;
   let started = false;
+  let firstSeq: number | undefined;
+  let lastRetention: number | undefined;
   let startNote: string | undefined;
   const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => ({ ok: false, records, files: files.length, problem: { file, line, seq, reason } });
   for (const [fi, file] of files.entries()) {
@@ -330,9 +407,11 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
       try { rec = JSON.parse(line) as Record<string, unknown>; } catch { return fail(file, i + 1, 'not a JSON record (altered)'); }
       const seq = typeof rec.seq === 'number' ? rec.seq : undefined;
       if (!m || seq === undefined) return fail(file, i + 1, 'the record has no seq or hash (altered)', seq);
+      if (rec.type === 'retention' || rec.type === 'anchor') lastRetention = seq;
       if (!started) {
         // The oldest file may have been removed by retention; its successor starts with `continue`.
         started = true;
+        firstSeq = seq;
         if (seq !== 1 && rec.type !== 'continue') return fail(file, i + 1, `the trail starts at record ${seq}, not 1 (records before it were removed)`, seq);
         if (seq !== 1) {
           expected = seq;
@@ -369,11 +448,19 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
   }
   // The keyed head names the last record written: anything removed at the end shows here.
   const headPath = join(dir, HEAD_FILE);
+  // And where the retained trail starts: the oldest files removed without the gateway recording
+  // it (a retention record, written at its next start or rotation) show here.
+  const stated = existsSync(headPath) ? readHead(key, headPath)?.start : undefined;
+  if (stated !== undefined && firstSeq !== undefined && firstSeq !== stated) {
+    return fail(files[0]!, 1, stated < firstSeq ? `records ${stated}–${firstSeq - 1} removed from the start (the keyed head says the trail starts at record ${stated})` : `the trail starts at record ${firstSeq}, before the start the keyed head states (${stated})`, stated);
+  }
+  if (stated !== undefined && startNote) {
+    startNote = `the trail starts at record ${stated}${lastRetention ? `; the removal of earlier records was recorded in record ${lastRetention}` : ''} (earlier files: verify them against their archive)`;
+  }
   if (existsSync(headPath)) {
-    let head: { seq?: number; hash?: string; mac?: string };
-    try { head = JSON.parse(readFileSync(headPath, 'utf8').trim()) as typeof head; } catch { return fail(HEAD_FILE, 1, 'the head file is not readable (altered)'); }
-    const want = typeof head.seq === 'number' && typeof head.hash === 'string' ? mac(key, head.seq, head.hash) : '';
-    if (!head.mac || head.mac !== want) return fail(HEAD_FILE, 1, 'the head file has an invalid key signature (forged, or another master key)');
+    try { JSON.parse(readFileSync(headPath, 'utf8').trim()); } catch { return fail(HEAD_FILE, 1, 'the head file is not readable (altered)'); }
+    const head = readHead(key, headPath);
+    if (!head) return fail(HEAD_FILE, 1, 'the head file has an invalid key signature (forged, or another master key)');
     // A crash between the record's write and the head's leaves the head one record behind.
     const crashGap = head.seq === expected - 2 && head.hash === beforeLast;
     if (!crashGap && (head.seq !== expected - 1 || head.hash !== prev)) {

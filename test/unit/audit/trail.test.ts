@@ -95,7 +95,7 @@ describe('audit trail', () => {
     assert.match(r.problem!.reason, /removed/);
   });
 
-  test('the oldest files removed (retention, or not): verify passes but says where the trail starts', () => {
+  test('the oldest files removed: verify names the records removed from the start until the gateway records the removal', () => {
     const dir = dirOf();
     fill(dir, 40, { maxBytes: 1500 }).close();
     assert.equal(verifyTrail(dir, MASTER).note, undefined, 'a whole trail has no note');
@@ -104,9 +104,56 @@ describe('audit trail', () => {
     unlinkSync(join(dir, rotated[1]!));
     const first = JSON.parse(lines(dir, rotated[2]!)[0]!) as { seq: number; type: string };
     assert.equal(first.type, 'continue');
+    // Removed behind the gateway's back: the keyed head still says the trail starts at 1.
+    const r = verifyTrail(dir, MASTER);
+    assert.equal(r.ok, false, 'removal from the start is named');
+    assert.deepEqual([r.problem!.file, r.problem!.line, r.problem!.seq, r.problem!.reason], [rotated[2], 1, 1, `records 1–${first.seq - 1} removed from the start (the keyed head says the trail starts at record 1)`]);
+    // The next start of the gateway records the removal in the chain (retention), and then the
+    // trail verifies, saying where it starts and which record holds the removal.
+    const t = new AuditTrail({ dir, master: MASTER });
+    t.close();
+    const last = JSON.parse(lines(dir).at(-1)!) as { seq: number; type: string; previousStart: number; start: number };
+    assert.deepEqual([last.type, last.previousStart, last.start], ['retention', 1, first.seq]);
+    const after = verifyTrail(dir, MASTER);
+    assert.equal(after.ok, true, JSON.stringify(after.problem));
+    assert.equal(after.note, `the trail starts at record ${first.seq}; the removal of earlier records was recorded in record ${last.seq} (earlier files: verify them against their archive)`);
+    // Forging the head's start without the key does not help.
+    const head = JSON.parse(readFileSync(join(dir, 'audit.head'), 'utf8').trim()) as Record<string, unknown>;
+    writeFileSync(join(dir, 'audit.head'), JSON.stringify({ ...head, start: 1 }));
+    assert.equal(verifyTrail(dir, MASTER).ok, false, 'a start changed without the key is not believed');
+    const { start: _, ...stripped } = head;
+    writeFileSync(join(dir, 'audit.head'), JSON.stringify(stripped));
+    assert.equal(verifyTrail(dir, MASTER).ok, false, 'nor a head with its start taken out (an older version\'s head cannot be made without the key)');
+  });
+
+  test('old rotated files removed while the gateway runs: recorded at its next rotation', () => {
+    const dir = dirOf();
+    const t = fill(dir, 30, { maxBytes: 1500 });
+    const rotated = readdirSync(dir).filter((f) => /^audit-\d{12}\.log$/.test(f)).sort();
+    unlinkSync(join(dir, rotated[0]!));
+    const start = JSON.parse(lines(dir, rotated[1]!)[0]!) as { seq: number };
+    assert.equal(verifyTrail(dir, MASTER).ok, false, 'until it is recorded, the removal is named');
+    for (let i = 0; i < 15; i++) t.append({ type: 'request', time: new Date().toISOString(), requestId: `x${i}` });
+    t.close();
+    const all = readdirSync(dir).filter((f) => f.endsWith('.log')).sort().flatMap((f) => lines(dir, f).map((l) => JSON.parse(l) as { type: string; start?: number }));
+    assert.ok(all.some((x) => x.type === 'retention' && x.start === start.seq), 'a retention record names the new start');
     const r = verifyTrail(dir, MASTER);
     assert.equal(r.ok, true, JSON.stringify(r.problem));
-    assert.equal(r.note, `the trail starts at record ${first.seq} (earlier files not present: ${rotated[1]} and before); verify those against their archive`);
+    assert.match(r.note ?? '', new RegExp(`^the trail starts at record ${start.seq}; the removal of earlier records was recorded in record \\d+`));
+  });
+
+  test('a head from an older version (no keyed start) is anchored at the next start, in the chain', () => {
+    const dir = dirOf();
+    fill(dir, 3).close();
+    const head = JSON.parse(readFileSync(join(dir, 'audit.head'), 'utf8').trim()) as { seq: number; hash: string };
+    // The head an older version wrote: seq and hash under the anchor signature, no start.
+    const key = auditKey(MASTER);
+    writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: head.seq, hash: head.hash, mac: createHmac('sha256', key).update(`audit-anchor\0${head.seq}\0${head.hash}`).digest('hex') }));
+    assert.equal(verifyTrail(dir, MASTER).ok, true, 'an old head still verifies');
+    new AuditTrail({ dir, master: MASTER }).close();
+    const last = JSON.parse(lines(dir).at(-1)!) as { type: string; start: number };
+    assert.deepEqual([last.type, last.start], ['anchor', 1]);
+    assert.equal(verifyTrail(dir, MASTER).ok, true);
   });
 
   test('rotation by UTC day', () => {

@@ -5,8 +5,9 @@
  * anomalies. Computed from the audit trail only; patients appear as keyed references.
  *
  * Anomaly rules (thresholds are options; defaults below):
- *  - enumeration: at least `burst404` "not found" answers (404) within `burstWindowS` seconds —
- *    a client walking UIDs or probing what exists;
+ *  - enumeration: at least `burst404` "not found" answers (404, or a QIDO by Study, Series or SOP
+ *    Instance UID that found nothing) within `burstWindowS` seconds — a client walking UIDs or
+ *    probing what exists;
  *  - sweeping query: a QIDO with no match key or a wildcard key that returned at least
  *    `sweepRows` rows (the trail records the rows returned, not the limit asked for);
  *  - volume: a day whose bytes exceed `volumeFactor` × the median of the client's other days
@@ -101,7 +102,9 @@ export function reportData(entries: Iterable<AuditEntry>, o: ReportOptions): Rep
         const reason = e.reason ?? e.code ?? 'unknown';
         denials.set(reason, (denials.get(reason) ?? 0) + 1);
       }
-      if (e.status === 404) {
+      // "Not found": a 404, or a query by UID that found nothing (the same probe through QIDO).
+      const uidMiss = !!e.query && (e.results ?? 0) === 0 && e.query.keys.some((k) => /^(StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID)$/.test(k));
+      if (e.status === 404 || uidMiss) {
         notFound.push(t);
         while (notFound.length && notFound[0]! < t - windowMs) notFound.shift();
         if (notFound.length >= burst404 && notFound[0]! > lastBurstEnd) {

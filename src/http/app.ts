@@ -209,7 +209,8 @@ export function createApp(deps: AppDeps): express.Express {
     const l: Locals = {
       requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
       audit: (broken = false) => {
-        if (audited || l.route === 'healthz' || l.route === 'readyz' || l.route === 'metrics') return undefined; // probes and metrics touch no data and are not audited
+        // Probes and metrics touch no data and are not audited; a refused metrics token is (an authentication failure).
+        if (audited || l.route === 'healthz' || l.route === 'readyz' || (l.route === 'metrics' && res.statusCode < 400)) return undefined;
         audited = true;
         const client = l.client;
         const status = res.statusCode;
@@ -262,8 +263,15 @@ export function createApp(deps: AppDeps): express.Express {
       const token = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
       const given = createHash('sha256').update(token ?? '').digest();
       if (!token || !timingSafeEqual(given, metricsHash)) {
-        res.status(401).set({ 'content-type': 'application/problem+json', 'www-authenticate': 'Bearer realm="deid-gateway-metrics"', 'cache-control': 'no-store' })
-          .send(JSON.stringify(toProblem(new GatewayError('UNAUTHORIZED', 'the metrics admin token is required'), locals(res).requestId)));
+        const l = locals(res);
+        l.code = 'UNAUTHORIZED';
+        l.reason = 'metrics-token';
+        res.status(401);
+        try {
+          await l.audit(); // recorded like any authentication failure (trail, A.5 login failure and Security Alert)
+        } catch { /* the trail is failing: /readyz says so; a 401 carries no data */ }
+        res.set({ 'content-type': 'application/problem+json', 'www-authenticate': 'Bearer realm="deid-gateway-metrics"', 'cache-control': 'no-store' })
+          .send(JSON.stringify(toProblem(new GatewayError('UNAUTHORIZED', 'the metrics admin token is required'), l.requestId)));
         return;
       }
       const out = await m.render();

@@ -230,11 +230,22 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
       assert.match(text, re);
     }
     assert.ok(!/1\.2\.826\.0\.1\.3680043/.test(text), 'no UID in the metrics');
-    assert.equal((await fetch(`${gw.url}/metrics`)).status, 401);
-    assert.equal((await fetch(`${gw.url}/metrics`, { headers: { authorization: `Bearer ${tok('vendor')}` } })).status, 401, 'a client token is not the admin token');
+    const metricsRecords = (): Record<string, unknown>[] => records().filter((r) => r.type === 'request' && r.route === 'metrics');
+    const before = metricsRecords().length;
+    const none = await fetch(`${gw.url}/metrics`);
+    assert.equal(none.status, 401);
+    const wrong = await fetch(`${gw.url}/metrics`, { headers: { authorization: `Bearer ${tok('vendor')}` } });
+    assert.equal(wrong.status, 401, 'a client token is not the admin token');
+    // Refused admin tokens are authentication failures: recorded like the others; served metrics are not.
+    const refused = metricsRecords().slice(before);
+    assert.deepEqual(refused.map((r) => [r.requestId, r.status, r.outcome, r.code, r.reason]), [
+      [none.headers.get('x-request-id'), 401, 'denied', 'UNAUTHORIZED', 'metrics-token'],
+      [wrong.headers.get('x-request-id'), 401, 'denied', 'UNAUTHORIZED', 'metrics-token'],
+    ]);
     const admin = await fetch(`${gw.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } });
     assert.equal(admin.status, 200);
     assert.match(await admin.text(), /deid_gateway_requests_total/);
+    assert.equal(metricsRecords().length, before + 2, 'metrics served to the admin token are not audited');
   });
 
   test('audit verify, query and report on the gateway\'s own trail', async () => {

@@ -53,6 +53,17 @@ describe('audit report', () => {
     assert.equal(reportData(knownLog(), { ...opts, burst404: 30 }).anomalies.filter((a) => a.kind === 'enumeration').length, 0, 'thresholds are options');
   });
 
+  test('enumeration through QIDO: UID queries that find nothing count as "not found"', () => {
+    const probe = (i: number, results: number): AuditEntry => req(T0 + i * 1000, { route: 'qido-studies', results, query: { level: 'study', keys: ['StudyInstanceUID'], wildcard: false } });
+    const window = { client: 'acme', since: T0 - DAY, until: T0 + DAY };
+    const misses = Array.from({ length: 25 }, (_, i) => probe(i, 0));
+    assert.deepEqual(reportData(misses, window).anomalies.map((a) => a.kind), ['enumeration']);
+    const hits = Array.from({ length: 25 }, (_, i) => probe(i, 1));
+    assert.deepEqual(reportData(hits, window).anomalies, [], 'UID queries that find their study are not probing');
+    const dates = Array.from({ length: 25 }, (_, i) => req(T0 + i * 1000, { route: 'qido-studies', results: 0, query: { level: 'study', keys: ['StudyDate'], wildcard: false } }));
+    assert.deepEqual(reportData(dates, window).anomalies, [], 'empty answers to other keys are not probing');
+  });
+
   test('volume is judged against the client\'s usual: the days before the period count (baselineDays)', () => {
     // A two-day period: 1 MB, then 20 MB. Alone, it has too few days to say what is usual.
     const period = [req(T0, { bytes: 1_000_000 }), req(T0 + DAY, { bytes: 20_000_000 })];

@@ -895,7 +895,6 @@ function renderParams(params: URLSearchParams, thumbnail: boolean): { window?: {
  * pixels this client may receive).
  */
 export async function rendered(rc: RequestContext, p: { study: string; series?: string; instance?: string; frame?: string }, accept: string | undefined, params: URLSearchParams, thumbnail: boolean): Promise<Reply> {
-  const format = renderedFormat(accept);
   const opts = renderParams(params, thumbnail);
   let frame = 1;
   if (p.frame !== undefined) {
@@ -903,22 +902,65 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
     frame = Number(p.frame);
   }
   const study = originalUid(rc, p.study);
-  let series = p.series === undefined ? undefined : originalUid(rc, p.series);
-  let sop = p.instance === undefined ? undefined : originalUid(rc, p.instance);
-  let pseudoStudy = p.study;
+  const series = p.series === undefined ? undefined : originalUid(rc, p.series);
+  const sop = p.instance === undefined ? undefined : originalUid(rc, p.instance);
   if (sop === undefined) {
-    if (!thumbnail) throw new GatewayError('RENDERING_UNAVAILABLE', 'rendered images are served per instance or frame; thumbnails at every level');
     await requireVisible(rc, p);
-    const all = [...(await pixelFacts(rc, study, series)).entries()].sort(([a], [b]) => a.localeCompare(b));
-    const pick = all.find(([, f]) => f.rows !== undefined && decide(rc, f).allow && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid]);
-    if (!pick) throw new GatewayError('PIXELS_WITHHELD', 'no instance here has pixels this client may receive', { auditReason: 'pixels-withheld:no-releasable-instance' });
-    sop = pick[0];
-    series = pick[1].scope![TAG.seriesUid]!;
+    const all = [...(await pixelFacts(rc, study, series)).entries()].sort(([a], [b]) => a.localeCompare(b))
+      .filter(([, f]) => f.rows !== undefined && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid]);
+    const releasable = all.filter(([, f]) => decide(rc, f).allow);
+    if (!releasable.length) throw new GatewayError('PIXELS_WITHHELD', 'no instance here has pixels this client may receive', { auditReason: 'pixels-withheld:no-releasable-instance' });
+    if (thumbnail) {
+      // A study's or series' thumbnail: the first instance the client may receive.
+      const [pick, f] = releasable[0]!;
+      return imageReply(rc, await renderInstance(rc, study, f.scope![TAG.seriesUid]!, pick, frame, renderedFormat(accept), opts));
+    }
+    // Rendered study or series (PS3.18 10.4.1.1.3): every instance the client may receive,
+    // rendered (its first frame), one part each; withheld ones are left out and counted.
+    const format = renderedMultipartFormat(accept);
+    const withheld = all.length - releasable.length;
+    for (const [, f] of all) { const d = decide(rc, f); if (!d.allow) noteWithheld(rc.note, d.auditReason); }
+    const boundary = newBoundary();
+    const headers: Record<string, string> = { 'content-type': `multipart/related; type="image/${format}"; boundary=${boundary}` };
+    if (withheld > 0) headers.warning = `299 deid-gateway "${withheld} instance(s) withheld by the pixel policy"`;
+    async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
+      for (const [i, f] of releasable) {
+        const image = await renderInstance(rc, study, f.scope![TAG.seriesUid]!, i, 1, format, opts);
+        yield { headers: { 'content-type': `image/${format}` }, body: (async function* () { yield image.bytes; })() };
+      }
+    }
+    return { status: 200, headers, body: withFlush(rc, writeMultipart(parts(), boundary)) };
   }
   if (series === undefined) throw new GatewayError('NOT_FOUND', 'no such resource');
+  return imageReply(rc, await renderInstance(rc, study, series, sop, frame, renderedFormat(accept), opts));
+}
+
+function imageReply(rc: RequestContext, image: { bytes: Buffer; format: 'png' | 'jpeg' }): Reply {
+  return { status: 200, headers: { 'content-type': `image/${image.format}` }, body: withFlush(rc, (async function* () { yield image.bytes; })()) };
+}
+
+/** The media type of a rendered study or series: multipart/related; type="image/jpeg" (or png). */
+export function renderedMultipartFormat(accept: string | undefined): 'png' | 'jpeg' {
+  if (!accept || accept.trim() === '') return 'jpeg';
+  for (const range of accept.split(/,(?=(?:[^"]*"[^"]*")*[^"]*$)/)) {
+    const [type, ...ps] = range.split(';').map((x) => x.trim());
+    const t = (type ?? '').toLowerCase();
+    if (t === '*/*' || t === 'multipart/*') return 'jpeg';
+    if (t !== 'multipart/related') continue;
+    const inner = ps.map((x) => /^type\s*=\s*"?([^";]+)"?$/i.exec(x)?.[1]?.toLowerCase()).find((x) => x !== undefined);
+    if (inner === undefined || inner === 'image/jpeg' || inner === 'image/*') return 'jpeg';
+    if (inner === 'image/png') return 'png';
+  }
+  throw new GatewayError('NOT_ACCEPTABLE', 'a rendered study or series is served as multipart/related; type="image/jpeg" or type="image/png"');
+}
+
+/**
+ * One instance, uncompressed, through the engine (the same de-identification and masking as a
+ * retrieve), held in memory (bounded by engine.maxRenderBytes) only to draw one frame of it.
+ */
+async function renderInstance(rc: RequestContext, study: string, series: string, sop: string, frame: number, format: 'png' | 'jpeg', opts: ReturnType<typeof renderParams>): Promise<{ bytes: Buffer; format: 'png' | 'jpeg' }> {
   const facts = await requirePixels(rc, study, series, sop);
-  // The instance, uncompressed, through the engine: the same de-identification and masking as
-  // a retrieve; held in memory (bounded) only to draw it.
+  let pseudoStudy: string | undefined;
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"');
   expectType(up, 'multipart/related');
   const chunks: Buffer[] = [];
@@ -939,8 +981,8 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
   if (!chunks.length) throw new GatewayError('NOT_FOUND', 'no such resource');
   const inst = readInstanceSync(Buffer.concat(chunks), (b) => inflateRawSync(b));
   if (!inst.pixel) throw new GatewayError('RENDERING_UNAVAILABLE', 'this instance has no native pixel data to render');
-  const image = renderFrame({ elements: inst.elements, transferSyntax: inst.transferSyntax, pixel: inst.pixel }, { frame, format, ...opts });
+  const bytes = renderFrame({ elements: inst.elements, transferSyntax: inst.transferSyntax, pixel: inst.pixel }, { frame, format, ...opts });
   rc.note.instances++;
   noteStudy(rc.note, study, pseudoStudy, facts.scope?.[TAG.patientId], 1);
-  return { status: 200, headers: { 'content-type': format === 'png' ? 'image/png' : 'image/jpeg' }, body: withFlush(rc, (async function* () { yield image; })()) };
+  return { bytes, format };
 }

@@ -189,7 +189,20 @@ describe('gateway against a real Orthanc', () => {
     assert.equal(pngImg.body.subarray(1, 4).toString('latin1'), 'PNG');
     assert.equal((await get(`${base}/thumbnail`)).status, 200);
     assert.equal((await get(`/dicom-web/studies/${s}/thumbnail`)).status, 200, 'a study thumbnail shows a representative instance');
-    assert.equal((await get(`/dicom-web/studies/${s}/rendered`)).status, 406, 'study-level rendered is not served');
+    // A rendered study (PS3.18): one image per instance the client may receive, in one multipart.
+    const ctType = (x: Seen): string => /^content-type: (.*)$/m.exec(x.headers)?.[1] ?? '';
+    const study = await get(`/dicom-web/studies/${s}/rendered`);
+    assert.equal(study.status, 200, study.body.toString().slice(0, 200));
+    assert.match(ctType(study), /^multipart\/related; type="image\/jpeg"; boundary=/);
+    const jpegs = splitMultipart(study.body, ctType(study));
+    const withPixels = json(await get(`/dicom-web/studies/${s}/metadata`)).filter((x) => x['7FE00010'] !== undefined).length;
+    const withheld = Number(/"(\d+) instance\(s\) withheld/.exec(study.headers)?.[1] ?? 0);
+    assert.ok(jpegs.length > 0 && jpegs.length === withPixels - withheld, `one part per instance with pixels the client may receive (${jpegs.length} parts, ${withPixels} with pixels, ${withheld} withheld)`);
+    assert.ok(jpegs.every((x) => /content-type: image\/jpeg/i.test(x.headers) && x.body.subarray(0, 2).toString('hex') === 'ffd8'), 'each part a JPEG');
+    const seriesPng = await get(`/dicom-web/studies/${s}/series/${first(inst, '0020000E')}/rendered`, { accept: 'multipart/related; type="image/png"' });
+    assert.equal(seriesPng.status, 200);
+    assert.ok(splitMultipart(seriesPng.body, ctType(seriesPng)).every((x) => x.body.subarray(1, 4).toString('latin1') === 'PNG'), 'a rendered series as PNG parts');
+    assert.equal((await get(`/dicom-web/studies/${s}/rendered`, { accept: 'multipart/related; type="image/gif"' })).status, 406);
     assert.equal((await get(`${base}/rendered`, { accept: 'image/gif' })).status, 406);
     assert.equal((await get(`${base}/rendered?window=40`)).status, 400);
     assert.equal((await get(`${base}/bulk/00100010`)).status, 404); // the PACS would send PatientName

@@ -249,6 +249,11 @@ describe('pixel safety against a real Orthanc', () => {
     const mono = await get(`${inst(mono16)}/frames/1`, 'withholder');
     assert.equal(mono.status, 403);
     assert.equal(auditRecords().at(-1)!.reason, 'pixels-withheld:modality-ot', 'the risk is named: modality OT without Burned In Annotation');
+    // A rendered study: the instances the policy releases, one image each; the others left out.
+    const rs = await get(`/dicom-web/studies/${STUDY}/rendered`, 'withholder');
+    assert.equal(rs.status, 200);
+    assert.match(rs.warning ?? '', /299 deid-gateway "5 instance\(s\) withheld by the pixel policy"/);
+    assert.equal(splitMultipart(rs.body, rs.type).length, 1, 'only the CT is rendered');
     const study = auditRecords().find((x) => x.client === 'withholder' && x.status === 200 && x.withheld === 5);
     assert.ok(study, 'the study retrieve counts the 5 instances it left out');
     const by = (study as { withheldBy?: Record<string, number> }).withheldBy ?? {};

@@ -924,10 +924,26 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
     const headers: Record<string, string> = { 'content-type': `multipart/related; type="image/${format}"; boundary=${boundary}` };
     if (withheld > 0) headers.warning = `299 deid-gateway "${withheld} instance(s) withheld by the pixel policy"`;
     async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
+      let sent = 0;
+      let skipped: GatewayError | undefined;
       for (const [i, f] of releasable) {
-        const image = await renderInstance(rc, study, f.scope![TAG.seriesUid]!, i, 1, format, opts);
+        let image: { bytes: Buffer };
+        try {
+          image = await renderInstance(rc, study, f.scope![TAG.seriesUid]!, i, 1, format, opts);
+        } catch (e) {
+          // An instance this renderer cannot draw (palette colour, too large), or one its own
+          // header withholds, is left out; anything else breaks the response.
+          if (e instanceof GatewayError && (e.code === 'RENDERING_UNAVAILABLE' || e.code === 'PIXELS_WITHHELD')) {
+            skipped ??= e;
+            if (e.code === 'PIXELS_WITHHELD') noteWithheld(rc.note, e.auditReason);
+            continue;
+          }
+          throw e;
+        }
+        sent++;
         yield { headers: { 'content-type': `image/${format}` }, body: (async function* () { yield image.bytes; })() };
       }
+      if (sent === 0) throw skipped ?? new GatewayError('NOT_FOUND', 'no such resource'); // a multipart needs a part
     }
     return { status: 200, headers, body: withFlush(rc, writeMultipart(parts(), boundary)) };
   }

@@ -62,24 +62,23 @@ function mac(key: Buffer, seq: number, hash: string): string {
 }
 
 /**
- * The head's signature: the last record (seq, hash) and, since heads carry it, the first record
- * of the retained trail (start), so that removing the oldest files shows, and so does removing
- * `start` from the head (the signature would no longer hold).
+ * The head's signature: the last record (seq, hash) and the first record of the retained trail
+ * (start), so that removing the oldest files shows. Its own domain ("audit-head"): a checkpoint's
+ * signature ("audit-anchor") is never a valid head.
  */
-function headMac(key: Buffer, seq: number, hash: string, start: number | undefined): string {
-  return start === undefined ? mac(key, seq, hash) : createHmac('sha256', key).update(`audit-head\0${seq}\0${hash}\0${start}`).digest('hex');
+function headMac(key: Buffer, seq: number, hash: string, start: number): string {
+  return createHmac('sha256', key).update(`audit-head\0${seq}\0${hash}\0${start}`).digest('hex');
 }
 
-interface Head { readonly seq: number; readonly hash: string; readonly start?: number | undefined }
+interface Head { readonly seq: number; readonly hash: string; readonly start: number }
 
 /** The head file when its signature holds; undefined when absent, unreadable or forged. */
 function readHead(key: Buffer, path: string): Head | undefined {
   try {
     const h = JSON.parse(readFileSync(path, 'utf8').trim()) as { seq?: unknown; hash?: unknown; start?: unknown; mac?: unknown };
-    if (typeof h.seq !== 'number' || typeof h.hash !== 'string' || typeof h.mac !== 'string') return undefined;
-    const start = typeof h.start === 'number' ? h.start : undefined;
-    const want = headMac(key, h.seq, h.hash, start);
-    return h.mac.length === want.length && timingSafeEqual(Buffer.from(h.mac), Buffer.from(want)) ? { seq: h.seq, hash: h.hash, start } : undefined;
+    if (typeof h.seq !== 'number' || typeof h.hash !== 'string' || typeof h.start !== 'number' || typeof h.mac !== 'string') return undefined;
+    const want = headMac(key, h.seq, h.hash, h.start);
+    return h.mac.length === want.length && timingSafeEqual(Buffer.from(h.mac), Buffer.from(want)) ? { seq: h.seq, hash: h.hash, start: h.start } : undefined;
   } catch {
     return undefined;
   }
@@ -220,7 +219,11 @@ export class AuditTrail {
       }
       // Where the retained trail starts: the head's keyed start, checked against the files present.
       const headPath = join(dir, HEAD_FILE);
-      const stated = existsSync(headPath) ? readHead(this.key, headPath)?.start : undefined;
+      const head = existsSync(headPath) ? readHead(this.key, headPath) : undefined;
+      // The head anchors both ends of the chain: without it (removed, altered, another key) the
+      // trail cannot be continued as evidence.
+      if (last && !head) throw Object.assign(new Error('head'), { code: 'EHEAD' });
+      const stated = head?.start;
       const present = firstSeqPresent(dir, current);
       this.start = present ?? this.seq + 1;
       this.headFd = openSync(headPath, existsSync(headPath) ? 'r+' : 'w+', 0o600);
@@ -230,11 +233,12 @@ export class AuditTrail {
       if (torn) this.write([{ type: 'repaired', time, tornBytes: torn, note: 'an incomplete record at the end of audit.log (an interrupted write) was removed' }]);
       // Records removed from the start while the gateway was stopped are recorded in the chain:
       // a reviewer sees when and which; removed while it runs, verify names them (the head's start).
-      if (last && stated === undefined) this.write([{ type: 'anchor', time, start: this.start, note: `the head stated no keyed start (a trail of an older version, or the head was replaced): the trail is anchored at record ${this.start} from here on` }]);
-      else if (last && stated !== this.start) this.write([{ type: 'retention', time, previousStart: stated, start: this.start, note: stated! < this.start ? `records ${stated}–${this.start - 1} are no longer in state.dir (removed while the gateway was stopped)` : `the trail now starts at record ${this.start} (files restored)` }]);
+      if (last && stated !== undefined && stated !== this.start) this.write([{ type: 'retention', time, previousStart: stated, start: this.start, note: stated! < this.start ? `records ${stated}–${this.start - 1} are no longer in state.dir (removed while the gateway was stopped)` : `the trail now starts at record ${this.start} (files restored)` }]);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      this.problem = code === 'EDAMAGED'
+      this.problem = code === 'EHEAD'
+        ? `the audit head in ${this.opts.dir} is missing or its signature does not hold (removed, altered, or another master key); run \`deid-gateway audit verify\`, keep the files as evidence, and move them aside to start a new trail`
+        : code === 'EDAMAGED'
         ? `the audit log in ${this.opts.dir} ends with a damaged record; run \`deid-gateway audit verify\`, keep the files as evidence, and move them aside to start a new trail`
         : code === 'EEXIST'
           ? `an interrupted rotation in ${this.opts.dir} would overwrite an existing rotated file; keep both files and move audit.log aside`
@@ -343,7 +347,8 @@ export class AuditTrail {
     this.firstSeqOfFile = this.seq + 1;
     this.write([{ type: 'continue', time: new Date(t).toISOString(), previousFile: rotated }]);
     // Old rotated files removed while running (retention) are recorded at the next rotation.
-    const present = firstSeqPresent(this.opts.dir);
+    let present: number | undefined;
+    try { present = firstSeqPresent(this.opts.dir); } catch { present = undefined; } // a file removed meanwhile: the next rotation sees it
     if (present !== undefined && present !== this.start) {
       const previousStart = this.start;
       this.start = present;
@@ -391,8 +396,8 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
   let beforeLast = ZERO;
   let started = false;
   let firstSeq: number | undefined;
-  let lastRetention: number | undefined;
-  let startNote: string | undefined;
+  let lastRetention: { seq: number; start: number; previousStart: number } | undefined;
+  let lastSeq = 0;
   const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => ({ ok: false, records, files: files.length, problem: { file, line, seq, reason } });
   for (const [fi, file] of files.entries()) {
     const lines = readFileSync(join(dir, file), 'utf8').split('\n');
@@ -407,7 +412,8 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
       try { rec = JSON.parse(line) as Record<string, unknown>; } catch { return fail(file, i + 1, 'not a JSON record (altered)'); }
       const seq = typeof rec.seq === 'number' ? rec.seq : undefined;
       if (!m || seq === undefined) return fail(file, i + 1, 'the record has no seq or hash (altered)', seq);
-      if (rec.type === 'retention' || rec.type === 'anchor') lastRetention = seq;
+      if (rec.type === 'retention') lastRetention = { seq, start: Number(rec.start), previousStart: Number(rec.previousStart) };
+      lastSeq = seq;
       if (!started) {
         // The oldest file may have been removed by retention; its successor starts with `continue`.
         started = true;
@@ -416,8 +422,6 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
         if (seq !== 1) {
           expected = seq;
           prev = String(rec.prev);
-          // Retention (or someone) removed the oldest files: what they held cannot be checked here.
-          startNote = `the trail starts at record ${seq} (earlier files not present: ${String(rec.previousFile ?? 'unknown')} and before); verify those against their archive`;
         }
       }
       if (seq !== expected) {
@@ -446,30 +450,30 @@ export function verifyTrail(dir: string, master: Buffer): VerifyResult {
       records++;
     }
   }
-  // The keyed head names the last record written: anything removed at the end shows here.
+  // The keyed head names the last record written (anything removed at the end shows) and where
+  // the retained trail starts (the oldest files removed without the gateway recording it show).
   const headPath = join(dir, HEAD_FILE);
-  // And where the retained trail starts: the oldest files removed without the gateway recording
-  // it (a retention record, written at its next start or rotation) show here.
-  const stated = existsSync(headPath) ? readHead(key, headPath)?.start : undefined;
-  if (stated !== undefined && firstSeq !== undefined && firstSeq !== stated) {
-    return fail(files[0]!, 1, stated < firstSeq ? `records ${stated}–${firstSeq - 1} removed from the start (the keyed head says the trail starts at record ${stated})` : `the trail starts at record ${firstSeq}, before the start the keyed head states (${stated})`, stated);
+  if (!existsSync(headPath)) return records > 0 ? fail(HEAD_FILE, 0, 'the head file is missing') : { ok: true, records, files: files.length };
+  try { JSON.parse(readFileSync(headPath, 'utf8').trim()); } catch { return fail(HEAD_FILE, 1, 'the head file is not readable (altered)'); }
+  const head = readHead(key, headPath);
+  if (!head) return fail(HEAD_FILE, 1, 'the head file has an invalid key signature (forged, altered, or another master key)');
+  // A crash between the record's write and the head's leaves the head one record behind.
+  const crashGap = head.seq === expected - 2 && head.hash === beforeLast;
+  if (!crashGap && (head.seq !== expected - 1 || head.hash !== prev)) {
+    const last = files.at(-1) ?? AUDIT_FILE;
+    return fail(last, lastFileLines + 1, head.seq > expected - 1 ? `records ${expected}–${head.seq} removed from the end (truncated)` : `the trail does not end where the head says (record ${head.seq})`, expected);
   }
-  if (stated !== undefined && startNote) {
-    startNote = `the trail starts at record ${stated}${lastRetention ? `; the removal of earlier records was recorded in record ${lastRetention}` : ''} (earlier files: verify them against their archive)`;
+  // The record the head missed may be the retention record that moved the start.
+  const start = crashGap && lastRetention?.seq === lastSeq && lastRetention.previousStart === head.start ? lastRetention.start : head.start;
+  const notes: string[] = [];
+  if (firstSeq !== undefined && firstSeq > start) {
+    return fail(files[0]!, 1, `records ${start}–${firstSeq - 1} removed from the start (the keyed head says the trail starts at record ${start})`, start);
   }
-  if (existsSync(headPath)) {
-    try { JSON.parse(readFileSync(headPath, 'utf8').trim()); } catch { return fail(HEAD_FILE, 1, 'the head file is not readable (altered)'); }
-    const head = readHead(key, headPath);
-    if (!head) return fail(HEAD_FILE, 1, 'the head file has an invalid key signature (forged, or another master key)');
-    // A crash between the record's write and the head's leaves the head one record behind.
-    const crashGap = head.seq === expected - 2 && head.hash === beforeLast;
-    if (!crashGap && (head.seq !== expected - 1 || head.hash !== prev)) {
-      const last = files.at(-1) ?? AUDIT_FILE;
-      return fail(last, lastFileLines + 1, head.seq! > expected - 1 ? `records ${expected}–${head.seq} removed from the end (truncated)` : `the trail does not end where the head says (record ${head.seq})`, expected);
-    }
-    if (crashGap) return { ok: true, records, files: files.length, note: `${startNote ? `${startNote}; ` : ''}the last record (${expected - 1}) is not anchored by the head: the gateway stopped between writing it and the head (a crash); it cannot be told from a record appended later` };
-  } else if (records > 0) {
-    return fail(HEAD_FILE, 0, 'the head file is missing');
+  if (firstSeq !== undefined && firstSeq < start) {
+    notes.push(`the trail holds records from ${firstSeq}, before its recorded start (${start}): files put back from an archive, and they chain to the rest`);
+  } else if (start > 1) {
+    notes.push(`the trail starts at record ${start}${lastRetention ? `; the removal of earlier records was recorded in record ${lastRetention.seq}` : ''} (earlier files: verify them against their archive)`);
   }
-  return { ok: true, records, files: files.length, ...(startNote ? { note: startNote } : {}) };
+  if (crashGap) notes.push(`the last record (${expected - 1}) is not anchored by the head: the gateway stopped between writing it and the head (a crash); it cannot be told from a record appended later`);
+  return { ok: true, records, files: files.length, ...(notes.length ? { note: notes.join('; ') } : {}) };
 }

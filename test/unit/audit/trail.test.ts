@@ -142,18 +142,59 @@ describe('audit trail', () => {
     assert.match(r.note ?? '', new RegExp(`^the trail starts at record ${start.seq}; the removal of earlier records was recorded in record \\d+`));
   });
 
-  test('a head from an older version (no keyed start) is anchored at the next start, in the chain', () => {
+  test('a head that is missing, forged or made from a checkpoint stops the gateway (fail closed), and verify names it', () => {
     const dir = dirOf();
-    fill(dir, 3).close();
-    const head = JSON.parse(readFileSync(join(dir, 'audit.head'), 'utf8').trim()) as { seq: number; hash: string };
-    // The head an older version wrote: seq and hash under the anchor signature, no start.
-    const key = auditKey(MASTER);
-    writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: head.seq, hash: head.hash, mac: createHmac('sha256', key).update(`audit-anchor\0${head.seq}\0${head.hash}`).digest('hex') }));
-    assert.equal(verifyTrail(dir, MASTER).ok, true, 'an old head still verifies');
-    new AuditTrail({ dir, master: MASTER }).close();
-    const last = JSON.parse(lines(dir).at(-1)!) as { type: string; start: number };
-    assert.deepEqual([last.type, last.start], ['anchor', 1]);
+    fill(dir, 30, { maxBytes: 1500 }).close();
+    const headPath = join(dir, 'audit.head');
+    const good = readFileSync(headPath);
+    // A checkpoint's signature (seq and hash under the key) is not a head's: it cannot be reused.
+    const rotated = readdirSync(dir).filter((f) => /^audit-\d{12}\.log$/.test(f)).sort();
+    const cp = JSON.parse(lines(dir, rotated[0]!).at(-1)!) as { seq: number; prev: string; mac: string };
+    for (const [what, head] of [['a checkpoint\'s signature', JSON.stringify({ seq: cp.seq - 1, hash: cp.prev, mac: cp.mac })], ['no start', JSON.stringify({ ...(JSON.parse(good.toString()) as object), start: undefined })]] as const) {
+      writeFileSync(headPath, head);
+      assert.match(verifyTrail(dir, MASTER).problem?.reason ?? '', /head file has an invalid key signature/, what);
+      const t = new AuditTrail({ dir, master: MASTER });
+      assert.equal(t.healthy(), false, `${what}: the gateway does not continue the trail`);
+      assert.match(t.status().problem ?? '', /audit head .* is missing or its signature does not hold/);
+      t.close();
+    }
+    unlinkSync(headPath);
+    const t = new AuditTrail({ dir, master: MASTER });
+    assert.equal(t.healthy(), false, 'a removed head too');
+    t.close();
+    writeFileSync(headPath, good);
+    assert.equal(verifyTrail(dir, MASTER).ok, true, 'the real head verifies');
+  });
+
+  test('a crash after a retention record, before its head, still verifies', () => {
+    const dir = dirOf();
+    fill(dir, 40, { maxBytes: 1500 }).close();
+    const rotated = readdirSync(dir).filter((f) => /^audit-\d{12}\.log$/.test(f)).sort();
+    const headBefore = readFileSync(join(dir, 'audit.head'));
+    unlinkSync(join(dir, rotated[0]!));
+    new AuditTrail({ dir, master: MASTER }).close(); // writes the retention record and its head
+    // As if the process died between the record's write and the head's.
+    writeFileSync(join(dir, 'audit.head'), headBefore);
+    const r = verifyTrail(dir, MASTER);
+    assert.equal(r.ok, true, JSON.stringify(r.problem));
+    assert.match(r.note ?? '', /removal of earlier records was recorded in record \d+.*not anchored by the head/);
+  });
+
+  test('files put back from an archive verify, with a note, before and after the gateway records them', () => {
+    const dir = dirOf();
+    fill(dir, 40, { maxBytes: 1500 }).close();
+    const rotated = readdirSync(dir).filter((f) => /^audit-\d{12}\.log$/.test(f)).sort();
+    const archived = readFileSync(join(dir, rotated[0]!));
+    unlinkSync(join(dir, rotated[0]!));
+    new AuditTrail({ dir, master: MASTER }).close(); // the retention is recorded
+    writeFileSync(join(dir, rotated[0]!), archived); // put back to verify the archive
+    const r = verifyTrail(dir, MASTER);
+    assert.equal(r.ok, true, JSON.stringify(r.problem));
+    assert.match(r.note ?? '', /^the trail holds records from 1, before its recorded start \(\d+\): files put back from an archive/);
+    new AuditTrail({ dir, master: MASTER }).close(); // the next start records that it starts at 1 again
     assert.equal(verifyTrail(dir, MASTER).ok, true);
+    const last = JSON.parse(lines(dir).at(-1)!) as { type: string; start: number };
+    assert.deepEqual([last.type, last.start], ['retention', 1]);
   });
 
   test('rotation by UTC day', () => {
@@ -196,8 +237,8 @@ describe('audit trail', () => {
       // Back to the moment of the crash: the head names the checkpoint; the new file never existed.
       unlinkSync(join(dir, AUDIT_FILE));
       if (when === 'before the rename') renameSync(join(dir, rotated), join(dir, AUDIT_FILE));
-      const mac = createHmac('sha256', auditKey(MASTER)).update(`audit-anchor\0${checkpoint.seq}\0${checkpoint.hash}`).digest('hex');
-      writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: checkpoint.seq, hash: checkpoint.hash, mac }));
+      const mac = createHmac('sha256', auditKey(MASTER)).update(`audit-head\0${checkpoint.seq}\0${checkpoint.hash}\0${1}`).digest('hex');
+      writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: checkpoint.seq, hash: checkpoint.hash, start: 1, mac }));
       const again = new AuditTrail({ dir, master: MASTER, maxBytes: 1 << 20 });
       assert.equal(again.healthy(), true, again.status().problem);
       again.append({ type: 'request', n: 3 });

@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { readTrail, parseTimeBound, type AuditEntry } from '../audit/read.js';
 import { renderReport, reportData } from '../audit/report.js';
-import { auditKey, patientRef, trailFiles, verifyTrail } from '../audit/trail.js';
+import { HEAD_FILE, auditKey, patientRef, trailFiles, verifyTrail } from '../audit/trail.js';
 import { EXPORT_TRAIL } from './deid.js';
 import { loadMasterSecret } from '../pseudonym/secret.js';
 
@@ -18,7 +18,9 @@ function trailDirs(cfg: Config, extra: readonly string[] | undefined): string[] 
   const dirs = [cfg.state.dir, ...(extra ?? []).map((d) => resolve(d))];
   for (const d of dirs.slice(1)) if (!existsSync(d)) throw new Error(`--trail ${d}: no such directory (give the state.dir of another replica)`);
   // Each state.dir's export trail (`deid-gateway deid`, its own chain) is read with it.
-  return [...new Set(dirs.flatMap((d) => (trailFiles(join(d, EXPORT_TRAIL)).length ? [d, join(d, EXPORT_TRAIL)] : [d])))];
+  // (Its head alone is enough: an export trail whose files were removed must fail verify, not vanish.)
+  const hasTrail = (x: string): boolean => trailFiles(x).length > 0 || existsSync(join(x, HEAD_FILE));
+  return [...new Set(dirs.flatMap((d) => (hasTrail(join(d, EXPORT_TRAIL)) ? [d, join(d, EXPORT_TRAIL)] : [d])))];
 }
 
 /** The records of several trails merged in time order, read lazily (each trail is in order already). */

@@ -8,10 +8,11 @@
  * the reason; masked under a region rule, it is written masked. Outside the client's access
  * window nothing is written.
  *
- * An export is data leaving for that client, so it is audited like a request: one `request`
- * record (route `cli-deid`, the operator's user name as the remote) and one `study` record per
- * study written, in a hash-chained trail of its own, `state.dir/exports/` (the gateway is the
- * one writer of the main trail). `audit verify|query|report` read it with the main trail.
+ * An export is data leaving for that client, so it is audited like requests: per input file a
+ * `request` record (route `cli-deid`, the operator's user name as the remote; refusals with their
+ * reason) and a `study` record for what was written, before the output file appears, in a
+ * hash-chained trail of its own, `state.dir/exports/` (the gateway is the one writer of the main
+ * trail). `audit verify|query|report` read it with the main trail.
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readSync, createReadStream, createWriteStream, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
@@ -94,27 +95,37 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     pixelNote = r?.mask ? ' (pixels masked)' : r?.risk ? ' (risky pixels allowed by policy)' : '';
     return r;
   };
-  const started = performance.now();
-  const exports = openExportTrail(cfg);
-  const studies = new Map<string, StudyRelease & { instances: number }>();
-  let bytes = 0;
-  const outcomes = { withheld: 0, outOfScope: 0 };
-  const withheldBy: Record<string, number> = Object.create(null) as Record<string, number>;
-  const record = (o: { status: number; outcome: 'ok' | 'denied' | 'failed'; code?: string; reason?: string; instances: number }): void => {
+  let exports: ReturnType<typeof openExportTrail>;
+  try {
+    exports = openExportTrail(cfg);
+  } catch (e) {
+    process.stderr.write(`deid-gateway: ${(e as Error).message}\n`);
+    return 2;
+  }
+  // Every output is recorded before it appears under --out, and every refusal with its reason:
+  // one `request` record per input file (fail closed: a record that cannot be written stops the run).
+  const record = (o: { started: number; status: number; outcome: 'ok' | 'denied' | 'failed'; code?: string | undefined; reason?: string | undefined; bytes?: number; study?: StudyRelease; withheldBy?: string; outOfScope?: boolean }): void => {
     exports.audit.record({
       time: new Date().toISOString(), requestId: randomUUID(), client: client.id, method: 'CLI', route: 'cli-deid', status: o.status, outcome: o.outcome,
-      code: o.code, reason: o.reason, bytes, durationMs: Math.round(performance.now() - started), instances: o.instances,
-      withheld: outcomes.withheld, ...(outcomes.withheld ? { withheldBy: { ...withheldBy } } : {}), outOfScope: outcomes.outOfScope, results: 0,
-      studies: [...studies.values()], policyHash: ctx.plan.hash, remote: `cli:${safeUser()}`,
+      code: o.code, reason: o.reason, bytes: o.bytes ?? 0, durationMs: Math.round(performance.now() - o.started), instances: o.study ? 1 : 0,
+      withheld: o.withheldBy ? 1 : 0, ...(o.withheldBy ? { withheldBy: { [o.withheldBy]: 1 } } : {}), outOfScope: o.outOfScope ? 1 : 0, results: 0,
+      studies: o.study ? [o.study] : [], policyHash: ctx.plan.hash, remote: `cli:${safeUser()}`,
     });
   };
   try {
-    checkWindow(client.scope.window);
+    if (!exports.healthy()) throw new Error(exports.problem() ?? 'the export audit trail cannot be written');
+    try {
+      checkWindow(client.scope.window);
+    } catch (e) {
+      if (!isGatewayError(e)) throw e;
+      process.stderr.write(`refused: every input: ${e.code}: ${e.message}\n`);
+      record({ started: performance.now(), status: 403, outcome: 'denied', code: e.code, reason: e.auditReason });
+      exports.close();
+      return 1;
+    }
   } catch (e) {
-    const reason = isGatewayError(e) ? e.auditReason : undefined;
-    process.stderr.write(`refused: every input: ${isGatewayError(e) ? `${e.code}: ${e.message}` : 'outside the access window'}\n`);
-    record({ status: 403, outcome: 'denied', code: 'ACCESS_WINDOW_CLOSED', ...(reason ? { reason } : {}), instances: 0 });
     exports.close();
+    process.stderr.write(`deid-gateway: nothing exported: ${(e as Error).message}\n`);
     return 1;
   }
   mkdirSync(args.out, { recursive: true });
@@ -122,42 +133,59 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   let refused = 0;
   let skipped = 0;
   try {
-  for (const input of args.inputs) {
-    let files: { file: string; skip: boolean }[];
-    try {
-      files = [...walk(input, true)];
-    } catch {
-      process.stderr.write(`refused: ${input}: cannot be read\n`);
-      refused++;
-      continue;
-    }
-    for (const { file, skip } of files) {
-      if (skip) {
-        skipped++;
-        process.stderr.write(`skipped: ${file}: not DICOM Part 10 (no DICM prefix)\n`);
+    for (const input of args.inputs) {
+      let files: { file: string; skip: boolean }[];
+      try {
+        files = [...walk(input, true)];
+      } catch {
+        process.stderr.write(`refused: ${input}: cannot be read\n`);
+        refused++;
         continue;
       }
-      const tmp = join(args.out, `.deid-${randomBytes(6).toString('hex')}.part`);
-      pixelNote = '';
-      patientOf = undefined;
-      let info: InstanceInfo | undefined;
-      try {
-        await pipeline(
-          createReadStream(file),
-          (source: AsyncIterable<Buffer>) => deidentifyPart10(source, ctx, { maxHeaderBytes: cfg.engine.maxHeaderBytes, admit, onInstance: (i) => { info = i; } }),
-          createWriteStream(tmp, { mode: 0o640 }),
-        );
+      for (const { file, skip } of files) {
+        if (skip) {
+          skipped++;
+          process.stderr.write(`skipped: ${file}: not DICOM Part 10 (no DICM prefix)\n`);
+          continue;
+        }
+        const started = performance.now();
+        const tmp = join(args.out, `.deid-${randomBytes(6).toString('hex')}.part`);
+        pixelNote = '';
+        patientOf = undefined;
+        let info: InstanceInfo | undefined;
+        try {
+          await pipeline(
+            createReadStream(file),
+            (source: AsyncIterable<Buffer>) => deidentifyPart10(source, ctx, { maxHeaderBytes: cfg.engine.maxHeaderBytes, admit, onInstance: (i) => { info = i; } }),
+            createWriteStream(tmp, { mode: 0o640 }),
+          );
+        } catch (e) {
+          try { unlinkSync(tmp); } catch { /* not created */ }
+          refused++;
+          const outOfScope = isGatewayError(e) && e.auditReason?.startsWith('out-of-scope:') ? e.auditReason.slice('out-of-scope:'.length) : undefined;
+          const withheld = isGatewayError(e) && e.code === 'PIXELS_WITHHELD' ? e.auditReason ?? 'pixels-withheld:unknown' : undefined;
+          const reason = outOfScope !== undefined ? `outside client ${client.id}'s scope (${outOfScope})`
+            : isGatewayError(e) ? `${e.code}: ${e.message}` : `unexpected error (${(e as Error).name})`;
+          process.stderr.write(`refused: ${file}: ${reason}\n`);
+          // The reason as the gateway audits it: a code and a PHI-free reason, never the message.
+          record({ started, status: outOfScope !== undefined ? 404 : withheld ? 403 : 422, outcome: 'denied', code: isGatewayError(e) ? e.code : 'INTERNAL', reason: isGatewayError(e) ? e.auditReason : undefined, outOfScope: outOfScope !== undefined, ...(withheld ? { withheldBy: withheld } : {}) });
+          continue;
+        }
         const p = info!.pseudonymous;
+        const o = info!.original;
         const dir = join(args.out, safeName(p.study), safeName(p.series));
         mkdirSync(dir, { recursive: true });
         const dest = join(dir, `${safeName(p.sop)}.dcm`);
+        try {
+          record({ started, status: 200, outcome: 'ok', bytes: statSync(tmp).size, study: { study: o.study, pseudonymous: p.study, patientId: patientOf, instances: 1 } });
+        } catch (e) {
+          try { unlinkSync(tmp); } catch { /* gone */ }
+          refused++;
+          process.stderr.write(`refused: ${file}: AUDIT_UNAVAILABLE: the export could not be recorded; nothing more is exported (${exports.problem() ?? (e as Error).message})\n`);
+          break;
+        }
         renameSync(tmp, dest);
         done++;
-        bytes += statSync(dest).size;
-        const o = info!.original;
-        const st = studies.get(o.study) ?? { study: o.study, pseudonymous: p.study, patientId: patientOf, instances: 0 };
-        st.instances++;
-        studies.set(o.study, st);
         process.stdout.write(`${file} -> ${relative(process.cwd(), dest) || dest}${pixelNote}\n`);
         if (args.diff) {
           const inflate = (b: Buffer): Buffer => inflateRawSync(b);
@@ -165,26 +193,10 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
           const after = readHeaderSync(readFileSync(dest), inflate);
           process.stdout.write(`${formatDiff(diffHeaders(before.elements, after.elements, ctx.plan))}\n`);
         }
-      } catch (e) {
-        try { unlinkSync(tmp); } catch { /* not created */ }
-        refused++;
-        const outOfScope = isGatewayError(e) && e.auditReason?.startsWith('out-of-scope:') ? e.auditReason.slice('out-of-scope:'.length) : undefined;
-        if (outOfScope !== undefined) outcomes.outOfScope++;
-        if (isGatewayError(e) && e.code === 'PIXELS_WITHHELD') {
-          outcomes.withheld++;
-          const k = e.auditReason ?? 'pixels-withheld:unknown';
-          withheldBy[k] = (withheldBy[k] ?? 0) + 1;
-        }
-        const reason = outOfScope !== undefined ? `outside client ${client.id}'s scope (${outOfScope})`
-          : isGatewayError(e) ? `${e.code}: ${e.message}` : `unexpected error (${(e as Error).name})`;
-        process.stderr.write(`refused: ${file}: ${reason}\n`);
       }
+      if (!exports.healthy()) break;
     }
-  }
   } finally {
-    // What was written is recorded, even when the run stops half-way.
-    const n = [...studies.values()].reduce((a, x) => a + x.instances, 0);
-    record(refused === 0 ? { status: 200, outcome: 'ok', instances: n } : { status: n > 0 ? 200 : 422, outcome: n > 0 ? 'ok' : 'denied', code: n > 0 ? undefined : 'REFUSED', reason: n > 0 ? undefined : 'cli-deid:all-inputs-refused', instances: n });
     exports.close();
   }
   process.stderr.write(`${done} de-identified, ${refused} refused, ${skipped} skipped (client ${client.id}, plan sha256:${ctx.plan.hash.slice(0, 16)}; recorded in ${join(cfg.state.dir, EXPORT_TRAIL)})\n`);
@@ -200,27 +212,28 @@ const safeUser = (): string => { try { return userInfo().username.replace(/[^A-Z
  * Opens state.dir/exports/ for one export run: a lock file (one writer per hash chain; a lock
  * left by a process that is gone is taken over), the trail, and a sink over it.
  */
-function openExportTrail(cfg: Config): { audit: ReturnType<typeof createAuditSink>; close(): void } {
+function openExportTrail(cfg: Config): { audit: ReturnType<typeof createAuditSink>; healthy(): boolean; problem(): string | undefined; close(): void } {
   const dir = join(cfg.state.dir, EXPORT_TRAIL);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const lock = join(dir, '.lock');
-  for (let attempt = 0; ; attempt++) {
-    try {
-      writeFileSync(lock, String(process.pid), { flag: 'wx', mode: 0o600 });
-      break;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw new Error(`another deid export is writing ${dir} (its lock file ${lock}); wait for it to finish`);
-      const pid = Number(readFileSync(lock, 'utf8'));
-      let alive = false;
-      try { alive = Number.isInteger(pid) && pid > 0 && process.kill(pid, 0); } catch { alive = false; }
-      if (alive) throw new Error(`another deid export (pid ${pid}) is writing ${dir}; wait for it to finish`);
-      unlinkSync(lock); // left by an export that is gone
-    }
+  try {
+    writeFileSync(lock, String(process.pid), { flag: 'wx', mode: 0o600 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`the export audit trail in ${dir} cannot be locked (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    // Never taken over automatically: two exports that both took a stale lock would both write
+    // one hash chain. A lock whose process is gone is removed by hand.
+    const pid = Number(readFileSync(lock, 'utf8'));
+    let alive = false;
+    try { alive = Number.isInteger(pid) && pid > 0 && pid !== process.pid && process.kill(pid, 0); } catch (k) { alive = (k as NodeJS.ErrnoException).code === 'EPERM'; }
+    throw new Error(alive ? `another deid export (pid ${pid}) is writing ${dir}; wait for it to finish`
+      : `${lock} is left by an export that is no longer running (pid ${pid || 'unknown'}); remove it if no other export runs, then try again`);
   }
   const master = loadOrCreateMasterSecret(cfg.state.dir);
   const trail = new AuditTrail({ dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
   return {
     audit: createAuditSink(trail, auditKey(master)),
+    healthy: () => trail.healthy(),
+    problem: () => trail.status().problem,
     close: () => { trail.close(); try { unlinkSync(lock); } catch { /* gone */ } },
   };
 }

@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
@@ -99,17 +99,32 @@ describe('deid-gateway command line', async () => {
     const q = run(['audit', 'query', '--config', cfg, '--format', 'json']);
     assert.equal(q.status, 0, q.stderr);
     const reqs = q.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.equal(reqs.length, 1, 'one request record for the export');
-    assert.deepEqual([reqs[0]!.route, reqs[0]!.client, reqs[0]!.method, reqs[0]!.outcome, reqs[0]!.instances, reqs[0]!.studies], ['cli-deid', 'vendor-a', 'CLI', 'ok', written.length, studies.size]);
+    assert.equal(reqs.length, written.length, 'one request record per file exported');
+    assert.ok(reqs.every((x) => x.route === 'cli-deid' && x.client === 'vendor-a' && x.method === 'CLI' && x.outcome === 'ok' && x.instances === 1 && x.studies === 1 && /^cli:/.test(String(x.remote ?? 'cli:'))), 'each names the client, the route and one instance of one study');
     const st = run(['audit', 'query', '--config', cfg, '--type', 'study', '--format', 'json']);
     const srecs = st.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { pseudonymous: string; patientRef?: string });
-    assert.deepEqual(new Set(srecs.map((x) => x.pseudonymous)), studies, 'one study record per study written, with its pseudonymous UID');
+    assert.equal(srecs.length, written.length, 'a study record for each file written');
+    assert.deepEqual(new Set(srecs.map((x) => x.pseudonymous)), studies, 'with its study\'s pseudonymous UID');
     assert.ok(srecs.every((x) => /^P-[0-9a-f]{24}$/.test(x.patientRef ?? '')), 'patients as keyed references');
     // The trail names original study UIDs by design (it stays in the hospital); nothing else planted.
     assert.deepEqual(findCanaries(Buffer.from(q.stdout + st.stdout), fx.manifest).filter((l) => !/^uids .*StudyInstanceUID\)$/.test(l)), [], 'no planted name, ID, date or text in the audit records');
     const v = run(['audit', 'verify', '--config', cfg]);
     assert.equal(v.status, 0, v.stdout + v.stderr);
-    assert.ok(v.stdout.includes(`audit trail intact: ${1 + studies.size} record(s) in 1 file(s) in ${join(dir, 'state', 'exports')}`), `the export trail is verified with the main one: ${v.stdout}`);
+    assert.ok(v.stdout.includes(`audit trail intact: ${2 * written.length} record(s) in 1 file(s) in ${join(dir, 'state', 'exports')}`), `the export trail is verified with the main one: ${v.stdout}`);
+    // Removing the export trail's files does not make it vanish: its head still names its end.
+    const exportLog = join(dir, 'state', 'exports', 'audit.log');
+    const kept = readFileSync(exportLog);
+    rmSync(exportLog);
+    const gone = run(['audit', 'verify', '--config', cfg]);
+    assert.equal(gone.status, 1, gone.stdout);
+    assert.match(gone.stdout, /TAMPERED: .*removed from the end/);
+    writeFileSync(exportLog, kept);
+    // An export lock left behind is named, never taken over.
+    writeFileSync(join(dir, 'state', 'exports', '.lock'), '999999');
+    const locked = run(['deid', '--config', cfg, '--client', 'vendor-a', fx.dir, '--out', join(dir, 'out3')]);
+    assert.equal(locked.status, 2);
+    assert.match(locked.stderr, /\.lock is left by an export that is no longer running \(pid 999999\); remove it/);
+    assert.ok(!existsSync(join(dir, 'out3')), 'nothing exported without its audit');
     // Outside the access window: refused before anything is read or written, and recorded.
     const late = join(dir, 'late');
     mkdirSync(late);

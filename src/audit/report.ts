@@ -103,7 +103,7 @@ export function reportData(entries: Iterable<AuditEntry>, o: ReportOptions): Rep
         denials.set(reason, (denials.get(reason) ?? 0) + 1);
       }
       // "Not found": a 404, or a query by UID that found nothing (the same probe through QIDO).
-      const uidMiss = !!e.query && (e.results ?? 0) === 0 && e.query.keys.some((k) => /^(StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID)$/.test(k));
+      const uidMiss = e.status === 200 && !!e.query && (e.results ?? 0) === 0 && e.query.keys.some((k) => /^(StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID)$/.test(k));
       if (e.status === 404 || uidMiss) {
         notFound.push(t);
         while (notFound.length && notFound[0]! < t - windowMs) notFound.shift();

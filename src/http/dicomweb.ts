@@ -217,6 +217,9 @@ function noteWithheld(note: RequestNote, reason: string | undefined, n = 1): voi
  * default return attributes. Patient ID (the opt-out check) is one of those defaults (PS3.18
  * Table 10.6.3-3), so it is never stripped from the rows; the others are, unless the client asked.
  */
+/** Number of Patient Related Studies, Series, Instances: counted by the PACS over studies a scoped client may not see. */
+const HIDDEN_AGGREGATES = ['00201200', '00201202', '00201204'] as const;
+
 const SCOPE_INCLUDES: Record<Level, readonly string[]> = {
   study: ['00100020', '00100021'],
   series: ['00100020', '00100021', '00180015'],
@@ -353,6 +356,12 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       const o = parseObject(text);
       if (!(await visible(o))) continue;
       if (modalitiesAsked !== undefined && !matchesAnyValue(modalitiesAsked, o['00080061']?.Value)) continue; // matched only on hidden series
+      // Counts and lists the PACS computes over what the client may not see are not returned:
+      // the patient's studies, series and instances (other studies may be out of scope), and the
+      // SOP classes of a study whose series are partly hidden (ModalitiesInStudy and the study's
+      // counts are rewritten to the visible part above).
+      for (const t of HIDDEN_AGGREGATES) delete o[t];
+      if (partial && level === 'study') delete o['00080062'];
       for (const t of strip) delete o[t];
       const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
       setRetrieveUrl(out, rc.dicomWebBase, level);
@@ -961,6 +970,7 @@ export function renderedMultipartFormat(accept: string | undefined): 'png' | 'jp
   for (const range of accept.split(/,(?=(?:[^"]*"[^"]*")*[^"]*$)/)) {
     const [type, ...ps] = range.split(';').map((x) => x.trim());
     const t = (type ?? '').toLowerCase();
+    if (ps.some((x) => /^q\s*=\s*0(\.0{0,3})?$/i.test(x))) continue; // q=0: "not acceptable" (RFC 9110 12.4.2)
     if (t === '*/*' || t === 'multipart/*') return 'jpeg';
     if (t !== 'multipart/related') continue;
     const inner = ps.map((x) => /^type\s*=\s*"?([^";]+)"?$/i.exec(x)?.[1]?.toLowerCase()).find((x) => x !== undefined);

@@ -34,17 +34,34 @@ interface Res { status: number; headers: Headers; text: string; json: () => unkn
  * (path and query) and can hold requests back, to see the pages a filtered QIDO asks for and to
  * keep a request in flight.
  */
-interface Proxy { readonly url: string; readonly seen: string[]; delayMs: number; close(): Promise<void> }
+/**
+ * `addToStudyRows`: attributes added to every study-level QIDO row, as a PACS that computes them
+ * would send them (Orthanc 1.10 sends no SOPClassesInStudy or patient-level counts).
+ */
+interface Proxy { readonly url: string; readonly seen: string[]; delayMs: number; addToStudyRows?: Record<string, unknown> | undefined; close(): Promise<void> }
 async function startProxy(target: string): Promise<Proxy> {
   const t = new URL(target);
   const seen: string[] = [];
-  const state = { delayMs: 0 };
+  const state: { delayMs: number; add?: Record<string, unknown> | undefined } = { delayMs: 0 };
   const hop = new Set(['connection', 'keep-alive', 'transfer-encoding']);
   const server: Server = createServer((req, res) => {
     seen.push(req.url ?? '');
     const go = (): void => {
       const up = httpRequest({ host: t.hostname, port: t.port, path: req.url, method: req.method, headers: { ...req.headers, host: t.host } }, (r) => {
-        res.writeHead(r.statusCode ?? 502, Object.fromEntries(Object.entries(r.headers).filter(([k]) => !hop.has(k))));
+        const headers = Object.fromEntries(Object.entries(r.headers).filter(([k]) => !hop.has(k)));
+        if (state.add && /\/studies(\?|$)/.test(req.url ?? '') && /json/.test(String(r.headers['content-type'] ?? ''))) {
+          const chunks: Buffer[] = [];
+          r.on('data', (c: Buffer) => chunks.push(c));
+          r.on('end', () => {
+            const rows = (JSON.parse(Buffer.concat(chunks).toString('utf8') || '[]') as Record<string, unknown>[]).map((row) => ({ ...row, ...state.add }));
+            const body = Buffer.from(JSON.stringify(rows));
+            delete headers['content-length'];
+            res.writeHead(r.statusCode ?? 502, { ...headers, 'content-length': String(body.length) });
+            res.end(body);
+          });
+          return;
+        }
+        res.writeHead(r.statusCode ?? 502, headers);
         r.pipe(res);
       });
       up.on('error', () => res.destroy());
@@ -60,6 +77,8 @@ async function startProxy(target: string): Promise<Proxy> {
     seen,
     get delayMs() { return state.delayMs; },
     set delayMs(v: number) { state.delayMs = v; },
+    get addToStudyRows() { return state.add; },
+    set addToStudyRows(v: Record<string, unknown> | undefined) { state.add = v; },
     close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
   };
 }
@@ -229,6 +248,22 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.deepEqual(await rows('/dicom-web/studies?ModalitiesInStudy=CT', 'sr-only'), [], 'instance rules hide the CT series of the mixed study too');
     assert.equal((await rows('/dicom-web/studies?ModalitiesInStudy=SR', 'sr-only')).length, 1, 'and its SR series matches');
     assert.ok((await rows('/dicom-web/studies?ModalitiesInStudy=SR', 'cohort-c')).length >= 1, 'a client that sees whole studies finds the mixed study by its SR series');
+    // Aggregates a PACS computes over what a scoped client may not see are not returned: the
+    // study's SOP classes where some series are hidden, and the patient's counts (other studies).
+    proxy.addToStudyRows = {
+      '00080062': { vr: 'UI', Value: [SOP_CT, SOP_SR] },
+      '00201200': { vr: 'IS', Value: [3] }, '00201202': { vr: 'IS', Value: [4] }, '00201204': { vr: 'IS', Value: [9] },
+    };
+    try {
+      const [mixed] = await rows(`/dicom-web/studies?StudyInstanceUID=${S[2]!.uid}`, 'cohort-a');
+      assert.ok(mixed, 'the mixed study is listed');
+      for (const t of ['00080062', '00201200', '00201202', '00201204']) assert.equal(mixed[t], undefined, `${t} is not returned to a client that sees part of the study`);
+      const [optedOutOnly] = await rows(`/dicom-web/studies?StudyInstanceUID=${S[2]!.uid}`, 'cohort-c');
+      assert.deepEqual(optedOutOnly?.['00080062']?.Value, [SOP_CT, SOP_SR], 'a client that sees whole studies gets their SOP classes');
+      for (const t of ['00201200', '00201202', '00201204']) assert.equal(optedOutOnly?.[t], undefined, `${t}: the patient may have studies out of any scoped client's view`);
+    } finally {
+      proxy.addToStudyRows = undefined;
+    }
     const refused = await get(`/dicom-web/studies?SOPClassesInStudy=${SOP_SR}`, 'cohort-a');
     assert.equal(refused.status, 400, 'SOPClassesInStudy cannot be matched on the visible part of a study: refused');
     assert.equal((refused.json() as { code: string }).code, 'QUERY_KEY_REFUSED');

@@ -54,12 +54,14 @@ describe('audit report', () => {
   });
 
   test('enumeration through QIDO: UID queries that find nothing count as "not found"', () => {
-    const probe = (i: number, results: number): AuditEntry => req(T0 + i * 1000, { route: 'qido-studies', results, query: { level: 'study', keys: ['StudyInstanceUID'], wildcard: false } });
+    const probe = (i: number, results: number, status = 200): AuditEntry => req(T0 + i * 1000, { route: 'qido-studies', status, results, query: { level: 'study', keys: ['StudyInstanceUID'], wildcard: false } });
     const window = { client: 'acme', since: T0 - DAY, until: T0 + DAY };
     const misses = Array.from({ length: 25 }, (_, i) => probe(i, 0));
     assert.deepEqual(reportData(misses, window).anomalies.map((a) => a.kind), ['enumeration']);
     const hits = Array.from({ length: 25 }, (_, i) => probe(i, 1));
     assert.deepEqual(reportData(hits, window).anomalies, [], 'UID queries that find their study are not probing');
+    const failed = Array.from({ length: 25 }, (_, i) => probe(i, 0, 502));
+    assert.deepEqual(reportData(failed, window).anomalies, [], 'queries the PACS failed found nothing because they failed, not because nothing was there');
     const dates = Array.from({ length: 25 }, (_, i) => req(T0 + i * 1000, { route: 'qido-studies', results: 0, query: { level: 'study', keys: ['StudyDate'], wildcard: false } }));
     assert.deepEqual(reportData(dates, window).anomalies, [], 'empty answers to other keys are not probing');
   });

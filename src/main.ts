@@ -18,13 +18,11 @@ import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
-import { ClientScope, OptOutSource, type StudyListSource } from './policy/client-scope.js';
+import type { ClientScope } from './policy/client-scope.js';
+import { scopesFromConfig } from './policy/configured-scope.js';
 import { Limiter, type LimitStore } from './policy/limits.js';
 import { GatewayError } from './core/errors.js';
 import { openSqliteLimitStore } from './policy/limits-sqlite.js';
-import type { OptOutEntry } from './policy/scope.js';
-import { WatchedFile } from './policy/watched-file.js';
-import { parseOptOutList, parseStudyList } from './config/lists.js';
 import { createEngineContext } from './deid/index.js';
 import { createApp } from './http/app.js';
 import type { ClientRuntime } from './http/dicomweb.js';
@@ -114,15 +112,10 @@ function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore,
 
 /** The runtime form of every configured client (engine context, scope, pixel policy). */
 function buildClients(cfg: Config, master: Buffer, store: GatewayPseudonymStore, scopeEvents: EventEmitter): { clients: ClientRuntime[]; scopes: ClientScope[] } {
-  const fileProblem = (key: string) => (message: string | undefined): void => { scopeEvents.emit('file', key, message); };
-  const optOutFile = cfg.optOut.file === undefined ? undefined
-    : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList, fileProblem('optOut.file'));
-  const optOut = new OptOutSource(cfg.optOut.patients, optOutFile);
+  const { scopeOf } = scopesFromConfig(cfg, (key, message) => { scopeEvents.emit('file', key, message); });
   const scopes: ClientScope[] = [];
   const clients: ClientRuntime[] = cfg.clients.map((c, i) => {
-    const key = `clients[${i}].scope.studiesFile`;
-    const file = c.scope.studiesFile === undefined ? undefined : new WatchedFile<StudyListSource>(c.scope.studiesFile, key, parseStudyList, fileProblem(key));
-    const scope = new ClientScope(c.scope, optOut, file);
+    const scope = scopeOf(i);
     scopes.push(scope);
     return {
       id: c.id,

@@ -14,27 +14,24 @@
  * hash-chained trail of its own, `state.dir/exports/` (the gateway is the one writer of the main
  * trail). `audit verify|query|report` read it with the main trail.
  */
-import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readSync, createReadStream, createWriteStream, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { closeSync, openSync, readSync, createReadStream, createWriteStream, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { userInfo } from 'node:os';
-import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { inflateRawSync } from 'node:zlib';
-import { isGatewayError } from '../core/errors.js';
+import { isGatewayError, type GatewayError } from '../core/errors.js';
 import type { Config } from '../config/schema.js';
 import { readHeaderSync } from '../dicom/part10.js';
 import { diffHeaders, formatDiff } from '../deid/diff.js';
 import { createEngineContext, deidentifyPart10, type InstanceInfo } from '../deid/index.js';
 import { loadOrCreateMasterSecret } from '../pseudonym/secret.js';
-import { parseOptOutList, parseStudyList } from '../config/lists.js';
-import { ClientScope, OptOutSource, type StudyListSource } from '../policy/client-scope.js';
-import { admitPixels, DEFAULT_PIXEL_POLICY } from '../policy/pixels.js';
-import { checkWindow, notVisible, recordDenial, type OptOutEntry } from '../policy/scope.js';
+import { admitInstance } from '../policy/client-scope.js';
+import { scopesFromConfig } from '../policy/configured-scope.js';
+import { DEFAULT_PIXEL_POLICY } from '../policy/pixels.js';
+import { checkWindow } from '../policy/scope.js';
 import { createAuditSink, type StudyRelease } from '../audit/sink.js';
 import { AuditTrail, auditKey } from '../audit/trail.js';
-import { writeFileSync } from 'node:fs';
-import { WatchedFile } from '../policy/watched-file.js';
 
 /** True when a file found in a folder looks like DICOM (DICM prefix, or a .dcm name). */
 function looksLikeDicom(path: string): boolean {
@@ -75,29 +72,25 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     process.stderr.write(`deid-gateway: --client "${args.clientId}" is not configured; configured: ${cfg.clients.map((c) => c.id).join(', ')}\n`);
     return 2;
   }
+  const master = loadOrCreateMasterSecret(cfg.state.dir);
   const ctx = createEngineContext({
-    clientId: client.id, policyId: client.policyId ?? client.id, masterSecret: loadOrCreateMasterSecret(cfg.state.dir),
+    clientId: client.id, policyId: client.policyId ?? client.id, masterSecret: master,
     profile: { options: client.plan.options, overrides: client.profile.overrides, ...(client.profile.dateShift ? { dateShift: client.profile.dateShift } : {}) },
   });
-  // The client's scope and pixel policy, built as the gateway builds them (src/main.ts).
-  const optOut = new OptOutSource(cfg.optOut.patients, cfg.optOut.file === undefined ? undefined
-    : new WatchedFile<readonly OptOutEntry[]>(cfg.optOut.file, 'optOut.file', parseOptOutList));
-  const scopeKey = `clients[${index}].scope.studiesFile`;
-  const scope = new ClientScope(client.scope, optOut, client.scope.studiesFile === undefined ? undefined
-    : new WatchedFile<StudyListSource>(client.scope.studiesFile, scopeKey, parseStudyList));
+  // The client's scope and pixel policy, built and applied as the gateway does.
+  const scope = scopesFromConfig(cfg).scopeOf(index);
   const pixels = client.pixels ?? DEFAULT_PIXEL_POLICY;
   let pixelNote = '';
   let patientOf: string | undefined;
-  const admit = (attr: (tag: number) => string | undefined): ReturnType<typeof admitPixels> => {
+  const admit = (attr: (tag: number) => string | undefined): ReturnType<typeof admitInstance> => {
     patientOf = attr(0x00100020);
-    if (!scope.unrestricted()) { const d = recordDenial(scope.rules(), scope.optOut(), attr); if (d) throw notVisible(d); }
-    const r = admitPixels(attr, pixels); // PIXELS_WITHHELD when the policy withholds it
+    const r = admitInstance(scope, pixels, attr);
     pixelNote = r?.mask ? ' (pixels masked)' : r?.risk ? ' (risky pixels allowed by policy)' : '';
     return r;
   };
   let exports: ReturnType<typeof openExportTrail>;
   try {
-    exports = openExportTrail(cfg);
+    exports = openExportTrail(cfg, master);
   } catch (e) {
     process.stderr.write(`deid-gateway: ${(e as Error).message}\n`);
     return 2;
@@ -112,20 +105,22 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
       studies: o.study ? [o.study] : [], policyHash: ctx.plan.hash, remote: `cli:${safeUser()}`,
     });
   };
-  try {
-    if (!exports.healthy()) throw new Error(exports.problem() ?? 'the export audit trail cannot be written');
-    try {
-      checkWindow(client.scope.window);
-    } catch (e) {
-      if (!isGatewayError(e)) throw e;
-      process.stderr.write(`refused: every input: ${e.code}: ${e.message}\n`);
-      record({ started: performance.now(), status: 403, outcome: 'denied', code: e.code, reason: e.auditReason });
-      exports.close();
-      return 1;
-    }
-  } catch (e) {
+  if (!exports.healthy()) {
+    process.stderr.write(`deid-gateway: nothing exported: ${exports.problem() ?? 'the export audit trail cannot be written'}\n`);
     exports.close();
-    process.stderr.write(`deid-gateway: nothing exported: ${(e as Error).message}\n`);
+    return 1;
+  }
+  try {
+    checkWindow(client.scope.window);
+  } catch (e) {
+    const w = e as GatewayError; // checkWindow throws ACCESS_WINDOW_CLOSED only
+    process.stderr.write(`refused: every input: ${w.code}: ${w.message}\n`);
+    try {
+      record({ started: performance.now(), status: 403, outcome: 'denied', code: w.code, reason: w.auditReason });
+    } catch (r) {
+      process.stderr.write(`deid-gateway: nothing exported: ${(r as Error).message}\n`);
+    }
+    exports.close();
     return 1;
   }
   mkdirSync(args.out, { recursive: true });
@@ -209,10 +204,10 @@ export const EXPORT_TRAIL = 'exports';
 const safeUser = (): string => { try { return userInfo().username.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64) || 'unknown'; } catch { return 'unknown'; } };
 
 /**
- * Opens state.dir/exports/ for one export run: a lock file (one writer per hash chain; a lock
- * left by a process that is gone is taken over), the trail, and a sink over it.
+ * Opens state.dir/exports/ for one export run: a lock file (one writer per hash chain), the
+ * trail, and a sink over it.
  */
-function openExportTrail(cfg: Config): { audit: ReturnType<typeof createAuditSink>; healthy(): boolean; problem(): string | undefined; close(): void } {
+function openExportTrail(cfg: Config, master: Buffer): { audit: ReturnType<typeof createAuditSink>; healthy(): boolean; problem(): string | undefined; close(): void } {
   const dir = join(cfg.state.dir, EXPORT_TRAIL);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const lock = join(dir, '.lock');
@@ -228,7 +223,6 @@ function openExportTrail(cfg: Config): { audit: ReturnType<typeof createAuditSin
     throw new Error(alive ? `another deid export (pid ${pid}) is writing ${dir}; wait for it to finish`
       : `${lock} is left by an export that is no longer running (pid ${pid || 'unknown'}); remove it if no other export runs, then try again`);
   }
-  const master = loadOrCreateMasterSecret(cfg.state.dir);
   const trail = new AuditTrail({ dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
   return {
     audit: createAuditSink(trail, auditKey(master)),

@@ -9,14 +9,14 @@ import { CLEAN_PIXEL_DATA, deidentifyJson, deidentifyPart10, type EngineContext,
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
 import { parseJsonObject, splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { admitPixels, pixelDecision, pixelsWithheld, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import { pixelDecision, pixelsWithheld, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
 import { regionsCover, type PixelGeometry, type Region } from '../deid/pixel-mask.js';
 import { readInstanceSync } from '../dicom/part10.js';
 import { renderFrame } from '../render/render.js';
 import { inflateRawSync } from 'node:zlib';
 import { FactsCache, type InstanceFacts } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
-import type { ClientScope } from '../policy/client-scope.js';
+import { admitInstance, type ClientScope } from '../policy/client-scope.js';
 import { hasInstanceRules, hasSeriesRules, jsonAttrs, notVisible, studyDenial, TAG, type Attrs } from '../policy/scope.js';
 import { mapQuery, passesDateFilters, type QueryResolver } from './query.js';
 import {
@@ -719,8 +719,7 @@ async function* cleanedPixels(rc: RequestContext, study: string, series: string,
 
 /** The scope and pixel decision on an instance's own header (retrieve, rendered, cleaned pixels). */
 function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): { mask?: readonly Region[]; risk?: string } | undefined {
-  if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, attr); if (d) throw notVisible(d); }
-  return admitPixels(attr, rc.client.pixels); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
+  return admitInstance(rc.client.scope, rc.client.pixels, attr); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
 }
 
 /** One multipart part per requested frame, cut from the cleaned pixel stream (only requested frames are held). */

@@ -2,7 +2,8 @@
  * The runtime form of a client's scope: its inline rules merged with its allow-list file
  * (reloaded on change), the opt-out list shared by every client, and its access window.
  */
-import { OptOutList, hasInstanceRules, hasSeriesRules, hasStudyRules, type OptOutEntry, type ScopeRules } from './scope.js';
+import { admitPixels, type PixelPolicy } from './pixels.js';
+import { OptOutList, hasInstanceRules, hasSeriesRules, hasStudyRules, notVisible, recordDenial, type Attrs, type OptOutEntry, type ScopeRules } from './scope.js';
 import { WatchedFile, type FileStatus } from './watched-file.js';
 
 export interface StudyListSource {
@@ -87,4 +88,15 @@ export class ClientScope {
     const own = this.file?.status() ?? { ok: true };
     return own.ok ? this.optOutSource.status() : own;
   }
+}
+
+/**
+ * An instance admitted on its own header, as the gateway's retrieves and the deid command admit
+ * it: outside the scope it is not found (notVisible, NOT_FOUND with the out-of-scope reason);
+ * withheld by the pixel policy, PIXELS_WITHHELD; otherwise the mask to apply, or the risk an
+ * explicit policy allows.
+ */
+export function admitInstance(scope: ClientScope, pixels: PixelPolicy, attr: Attrs): ReturnType<typeof admitPixels> {
+  if (!scope.unrestricted()) { const d = recordDenial(scope.rules(), scope.optOut(), attr); if (d) throw notVisible(d); }
+  return admitPixels(attr, pixels);
 }

@@ -117,6 +117,14 @@ function firstSeqPresent(dir: string, currentText?: string): number | undefined 
   return undefined;
 }
 
+/** The chain's record of a moved start: the oldest files removed (retention) or put back. */
+function retentionRecord(time: string, previousStart: number, start: number): Record<string, unknown> {
+  return {
+    type: 'retention', time, previousStart, start,
+    note: previousStart < start ? `records ${previousStart}–${start - 1} are no longer in state.dir` : `the trail now starts at record ${start} (files restored)`,
+  };
+}
+
 const utcDay = (t: number): string => new Date(t).toISOString().slice(0, 10);
 
 /** Rotated files in chain order, then the current file. */
@@ -233,7 +241,7 @@ export class AuditTrail {
       if (torn) this.write([{ type: 'repaired', time, tornBytes: torn, note: 'an incomplete record at the end of audit.log (an interrupted write) was removed' }]);
       // Records removed from the start while the gateway was stopped are recorded in the chain:
       // a reviewer sees when and which; removed while it runs, verify names them (the head's start).
-      if (last && stated !== undefined && stated !== this.start) this.write([{ type: 'retention', time, previousStart: stated, start: this.start, note: stated! < this.start ? `records ${stated}–${this.start - 1} are no longer in state.dir (removed while the gateway was stopped)` : `the trail now starts at record ${this.start} (files restored)` }]);
+      if (last && stated !== undefined && stated !== this.start) this.write([retentionRecord(time, stated, this.start)]);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       this.problem = code === 'EHEAD'
@@ -352,7 +360,7 @@ export class AuditTrail {
     if (present !== undefined && present !== this.start) {
       const previousStart = this.start;
       this.start = present;
-      this.write([{ type: 'retention', time: new Date(t).toISOString(), previousStart, start: present, note: previousStart < present ? `records ${previousStart}–${present - 1} are no longer in state.dir` : `the trail now starts at record ${present} (files restored)` }]);
+      this.write([retentionRecord(new Date(t).toISOString(), previousStart, present)]);
     }
   }
 

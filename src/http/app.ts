@@ -174,12 +174,11 @@ async function send(res: Response, reply: Reply): Promise<void> {
     return;
   }
   head();
-  const pending = early;
   async function* rest(): AsyncGenerator<Buffer> {
     // One chunk is held back: the audit record is written before the body's last byte, and a
     // failing trail destroys the response instead of completing it (fail closed).
     let held: Buffer | undefined;
-    for (const c of pending) {
+    for (const c of early) {
       if (held) { l.bytes += held.length; yield held; }
       held = c;
     }

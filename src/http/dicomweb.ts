@@ -212,20 +212,28 @@ function noteWithheld(note: RequestNote, reason: string | undefined, n = 1): voi
   by[key] = (by[key] ?? 0) + n;
 }
 
+/** Number of Patient Related Studies, Series, Instances: counted by the PACS over studies a scoped client may not see. */
+const HIDDEN_AGGREGATES = ['00201200', '00201202', '00201204'] as const;
+
 /**
  * Tags the scope check reads on QIDO rows, always asked for: the check must not depend on a PACS's
  * default return attributes. Patient ID (the opt-out check) is one of those defaults (PS3.18
  * Table 10.6.3-3), so it is never stripped from the rows; the others are, unless the client asked.
  */
-/** Number of Patient Related Studies, Series, Instances: counted by the PACS over studies a scoped client may not see. */
-const HIDDEN_AGGREGATES = ['00201200', '00201202', '00201204'] as const;
-
 const SCOPE_INCLUDES: Record<Level, readonly string[]> = {
   study: ['00100020', '00100021'],
   series: ['00100020', '00100021', '00180015'],
   instance: ['00100020', '00100021', '00180015', '00080060', '0020000E'],
 };
 const DEFAULT_RETURNED = new Set(['00100020']);
+
+/** One QIDO row as the client receives it: de-identified, its URLs the gateway's. */
+function qidoRow(rc: RequestContext, o: JsonDataset, level: Level): JsonDataset {
+  const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
+  setRetrieveUrl(out, rc.dicomWebBase, level);
+  rewriteBulkDataUris(out, rc.dicomWebBase);
+  return out;
+}
 
 /** QIDO-RS: /studies, /series, /instances and their nested forms. */
 export async function qido(rc: RequestContext, level: Level, scope: { study?: string; series?: string }, params: URLSearchParams): Promise<Reply> {
@@ -242,12 +250,6 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
   if (series !== undefined) path += `/series/${series}`;
   path += level === 'study' ? '/studies' : level === 'series' ? '/series' : '/instances';
   if (q.empty) return emptyJsonReply(q.warnings);
-  const deid = (o: JsonDataset): JsonDataset => {
-    const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
-    setRetrieveUrl(out, rc.dicomWebBase, level);
-    rewriteBulkDataUris(out, rc.dicomWebBase);
-    return out;
-  };
   if (rc.client.scope.unrestricted() && q.dateFilters.length === 0) {
     // Nothing to filter: the PACS pages, and the body streams.
     const up = new URLSearchParams(q.upstream);
@@ -255,7 +257,7 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
     if (q.offset) up.set('offset', String(q.offset));
     const res = await ok(rc, path, DICOM_JSON, up);
     return jsonReply(rc, res, (o) => {
-      const out = deid(o);
+      const out = qidoRow(rc, o, level);
       noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
       rc.note.results++;
       return out;
@@ -363,9 +365,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       for (const t of HIDDEN_AGGREGATES) delete o[t];
       if (partial && level === 'study') delete o['00080062'];
       for (const t of strip) delete o[t];
-      const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
-      setRetrieveUrl(out, rc.dicomWebBase, level);
-      rewriteBulkDataUris(out, rc.dicomWebBase);
+      const out = qidoRow(rc, o, level);
       if (!passesDateFilters(q.dateFilters, out)) continue;
       if (skipped < q.offset) { skipped++; continue; }
       noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
@@ -534,12 +534,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const note = rc.note;
   const maxHeaderBytes = rc.maxHeaderBytes;
   let sent = 0;
-  let withheldReason: string | undefined;
   async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
     yield* admittedParts();
     // Nothing left to send (every instance refused in the stream): a multipart needs a part
     // (RFC 2046 5.1.1), and nothing has been written yet, so this is still a clean problem.
-    if (sent === 0 && note.withheld > 0) throw new GatewayError('PIXELS_WITHHELD', 'every instance asked for is withheld by the pixel policy', { auditReason: withheldReason ?? 'pixels-withheld:unknown' });
+    if (sent === 0 && note.withheld > 0) throw new GatewayError('PIXELS_WITHHELD', 'every instance asked for is withheld by the pixel policy', { auditReason: Object.keys(note.withheldBy ?? {})[0] ?? 'pixels-withheld:unknown' });
     if (sent === 0) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'out-of-scope:all-instances' });
   }
   async function* admittedParts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
@@ -552,7 +551,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         first = await it.next();
       } catch (e) {
         if (e instanceof GatewayError && (e.code === 'PIXELS_WITHHELD' || e.auditReason?.startsWith('out-of-scope:'))) {
-          if (e.code === 'PIXELS_WITHHELD') { noteWithheld(note, e.auditReason); withheldReason ??= e.auditReason; } else note.outOfScope++;
+          if (e.code === 'PIXELS_WITHHELD') noteWithheld(note, e.auditReason); else note.outOfScope++;
           for await (const _ of part.body) { /* drained */ }
           continue;
         }
@@ -915,29 +914,30 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
   if (sop === undefined) {
     await requireVisible(rc, p);
     const all = [...(await pixelFacts(rc, study, series)).entries()].sort(([a], [b]) => a.localeCompare(b))
-      .filter(([, f]) => f.rows !== undefined && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid]);
-    const releasable = all.filter(([, f]) => decide(rc, f).allow);
+      .filter(([, f]) => f.rows !== undefined && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid])
+      .map(([sop, f]) => ({ sop, series: f.scope![TAG.seriesUid]!, decision: decide(rc, f) }));
+    const releasable = all.filter((x) => x.decision.allow);
     if (!releasable.length) throw new GatewayError('PIXELS_WITHHELD', 'no instance here has pixels this client may receive', { auditReason: 'pixels-withheld:no-releasable-instance' });
     if (thumbnail) {
       // A study's or series' thumbnail: the first instance the client may receive.
-      const [pick, f] = releasable[0]!;
-      return imageReply(rc, await renderInstance(rc, study, f.scope![TAG.seriesUid]!, pick, frame, renderedFormat(accept), opts));
+      const format = renderedFormat(accept);
+      return imageReply(rc, await renderInstance(rc, study, releasable[0]!.series, releasable[0]!.sop, frame, format, opts), format);
     }
     // Rendered study or series (PS3.18 10.4.1.1.3): every instance the client may receive,
     // rendered (its first frame), one part each; withheld ones are left out and counted.
     const format = renderedMultipartFormat(accept);
     const withheld = all.length - releasable.length;
-    for (const [, f] of all) { const d = decide(rc, f); if (!d.allow) noteWithheld(rc.note, d.auditReason); }
+    for (const { decision: d } of all) if (!d.allow) noteWithheld(rc.note, d.auditReason);
     const boundary = newBoundary();
     const headers: Record<string, string> = { 'content-type': `multipart/related; type="image/${format}"; boundary=${boundary}` };
     if (withheld > 0) headers.warning = `299 deid-gateway "${withheld} instance(s) withheld by the pixel policy"`;
     async function* parts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
       let sent = 0;
       let skipped: GatewayError | undefined;
-      for (const [i, f] of releasable) {
-        let image: { bytes: Buffer };
+      for (const x of releasable) {
+        let image: Buffer;
         try {
-          image = await renderInstance(rc, study, f.scope![TAG.seriesUid]!, i, 1, format, opts);
+          image = await renderInstance(rc, study, x.series, x.sop, 1, format, opts);
         } catch (e) {
           // An instance this renderer cannot draw (palette colour, too large), or one its own
           // header withholds, is left out; anything else breaks the response.
@@ -949,18 +949,19 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
           throw e;
         }
         sent++;
-        yield { headers: { 'content-type': `image/${format}` }, body: (async function* () { yield image.bytes; })() };
+        yield { headers: { 'content-type': `image/${format}` }, body: (async function* () { yield image; })() };
       }
       if (sent === 0) throw skipped ?? new GatewayError('NOT_FOUND', 'no such resource'); // a multipart needs a part
     }
     return { status: 200, headers, body: withFlush(rc, writeMultipart(parts(), boundary)) };
   }
   if (series === undefined) throw new GatewayError('NOT_FOUND', 'no such resource');
-  return imageReply(rc, await renderInstance(rc, study, series, sop, frame, renderedFormat(accept), opts));
+  const format = renderedFormat(accept);
+  return imageReply(rc, await renderInstance(rc, study, series, sop, frame, format, opts), format);
 }
 
-function imageReply(rc: RequestContext, image: { bytes: Buffer; format: 'png' | 'jpeg' }): Reply {
-  return { status: 200, headers: { 'content-type': `image/${image.format}` }, body: withFlush(rc, (async function* () { yield image.bytes; })()) };
+function imageReply(rc: RequestContext, image: Buffer, format: 'png' | 'jpeg'): Reply {
+  return { status: 200, headers: { 'content-type': `image/${format}` }, body: withFlush(rc, (async function* () { yield image; })()) };
 }
 
 /** The media type of a rendered study or series: multipart/related; type="image/jpeg" (or png). */
@@ -983,7 +984,7 @@ export function renderedMultipartFormat(accept: string | undefined): 'png' | 'jp
  * One instance, uncompressed, through the engine (the same de-identification and masking as a
  * retrieve), held in memory (bounded by engine.maxRenderBytes) only to draw one frame of it.
  */
-async function renderInstance(rc: RequestContext, study: string, series: string, sop: string, frame: number, format: 'png' | 'jpeg', opts: ReturnType<typeof renderParams>): Promise<{ bytes: Buffer; format: 'png' | 'jpeg' }> {
+async function renderInstance(rc: RequestContext, study: string, series: string, sop: string, frame: number, format: 'png' | 'jpeg', opts: ReturnType<typeof renderParams>): Promise<Buffer> {
   const facts = await requirePixels(rc, study, series, sop);
   let pseudoStudy: string | undefined;
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"');
@@ -1006,8 +1007,8 @@ async function renderInstance(rc: RequestContext, study: string, series: string,
   if (!chunks.length) throw new GatewayError('NOT_FOUND', 'no such resource');
   const inst = readInstanceSync(Buffer.concat(chunks), (b) => inflateRawSync(b));
   if (!inst.pixel) throw new GatewayError('RENDERING_UNAVAILABLE', 'this instance has no native pixel data to render');
-  const bytes = renderFrame({ elements: inst.elements, transferSyntax: inst.transferSyntax, pixel: inst.pixel }, { frame, format, ...opts });
+  const image = renderFrame({ elements: inst.elements, transferSyntax: inst.transferSyntax, pixel: inst.pixel }, { frame, format, ...opts });
   rc.note.instances++;
   noteStudy(rc.note, study, pseudoStudy, facts.scope?.[TAG.patientId], 1);
-  return { bytes, format };
+  return image;
 }

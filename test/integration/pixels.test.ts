@@ -31,13 +31,45 @@ const BAND_RGB = [196, 78, 167];
 
 interface Fixture { sop: string; series: string; file: Buffer; pixels: Buffer; frames: number; planar: number }
 
+const inBand = (x: number, y: number): boolean => x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
+
+/**
+ * What the banded fixtures share: their SOP, the device a mask rule covers, the planted patient,
+ * the study and series, and the image's size and bits; each adds its own elements (sorted here).
+ */
+function bandedFile(k: number, o: { sopClass: string; modality: string; model?: string; samples: number; photometric: string; bits: number; own: El[]; ts?: Parameters<typeof encodePart10>[1] }): { series: string; sop: string; file: Buffer } {
+  const series = `${STUDY}.${k}`;
+  const sop = `${series}.1`;
+  const els: El[] = [
+    { tag: 0x00080016, vr: 'UI', value: o.sopClass },
+    { tag: 0x00080018, vr: 'UI', value: sop },
+    { tag: 0x00080060, vr: 'CS', value: o.modality },
+    { tag: 0x00080070, vr: 'LO', value: 'ACME' },
+    { tag: 0x00081090, vr: 'LO', value: o.model ?? 'SONO-1' },
+    { tag: 0x00100010, vr: 'PN', value: 'BANDED^PATIENT' },
+    { tag: 0x00100020, vr: 'LO', value: 'MRN-BAND-1' },
+    { tag: 0x0020000d, vr: 'UI', value: STUDY },
+    { tag: 0x0020000e, vr: 'UI', value: series },
+    { tag: 0x00200011, vr: 'IS', value: String(k) },
+    { tag: 0x00280002, vr: 'US', value: [o.samples] },
+    { tag: 0x00280004, vr: 'CS', value: o.photometric },
+    { tag: 0x00280010, vr: 'US', value: [ROWS] },
+    { tag: 0x00280011, vr: 'US', value: [COLS] },
+    { tag: 0x00280100, vr: 'US', value: [o.bits] },
+    { tag: 0x00280101, vr: 'US', value: [o.bits] },
+    { tag: 0x00280102, vr: 'US', value: [o.bits - 1] },
+    { tag: 0x00280103, vr: 'US', value: [0] },
+    ...o.own,
+  ].sort((a, b) => a.tag - b.tag);
+  return { series, sop, file: encodePart10(els, o.ts ?? { ts: 'explicitLE' }) };
+}
+
 /** RGB pixels: a gradient, with the burned-in band in every frame. */
 function rgbPixels(frames: number, planar: number): Buffer {
   const n = ROWS * COLS;
   const out = Buffer.alloc(n * 3 * frames);
   for (let f = 0; f < frames; f++) for (let y = 0; y < ROWS; y++) for (let x = 0; x < COLS; x++) {
-    const inBand = x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
-    const rgb = inBand ? BAND_RGB : [(x * 5 + f * 7) % 256 || 1, (y * 7 + 3) % 256 || 1, (x + y + f * 11) % 256 || 1];
+    const rgb = inBand(x, y) ? BAND_RGB : [(x * 5 + f * 7) % 256 || 1, (y * 7 + 3) % 256 || 1, (x + y + f * 11) % 256 || 1];
     for (let s = 0; s < 3; s++) out[f * n * 3 + (planar ? s * n + y * COLS + x : (y * COLS + x) * 3 + s)] = rgb[s]!;
   }
   return out;
@@ -72,36 +104,20 @@ function rle(frame: Buffer): Buffer {
 }
 
 function usInstance(k: number, opts: { frames: number; planar: number; model?: string; rle?: boolean }): Fixture {
-  const series = `${STUDY}.${k}`;
-  const sop = `${series}.1`;
   const pixels = rgbPixels(opts.frames, opts.planar);
-  const els: El[] = [
-    { tag: 0x00080005, vr: 'CS', value: 'ISO_IR 100' },
-    { tag: 0x00080016, vr: 'UI', value: opts.frames > 1 ? '1.2.840.10008.5.1.4.1.1.3.1' : '1.2.840.10008.5.1.4.1.1.6.1' },
-    { tag: 0x00080018, vr: 'UI', value: sop },
-    { tag: 0x00080020, vr: 'DA', value: '20240102' },
-    { tag: 0x00080060, vr: 'CS', value: 'US' },
-    { tag: 0x00080070, vr: 'LO', value: 'ACME' },
-    { tag: 0x00081090, vr: 'LO', value: opts.model ?? 'SONO-1' },
-    { tag: 0x00100010, vr: 'PN', value: 'BANDED^PATIENT' },
-    { tag: 0x00100020, vr: 'LO', value: 'MRN-BAND-1' },
-    { tag: 0x0020000d, vr: 'UI', value: STUDY },
-    { tag: 0x0020000e, vr: 'UI', value: series },
-    { tag: 0x00200011, vr: 'IS', value: String(k) },
-    { tag: 0x00280002, vr: 'US', value: [3] },
-    { tag: 0x00280004, vr: 'CS', value: 'RGB' },
-    { tag: 0x00280006, vr: 'US', value: [opts.planar] },
-    ...(opts.frames > 1 ? [{ tag: 0x00280008, vr: 'IS', value: String(opts.frames) } as El] : []),
-    { tag: 0x00280010, vr: 'US', value: [ROWS] },
-    { tag: 0x00280011, vr: 'US', value: [COLS] },
-    { tag: 0x00280100, vr: 'US', value: [8] },
-    { tag: 0x00280101, vr: 'US', value: [8] },
-    { tag: 0x00280102, vr: 'US', value: [7] },
-    { tag: 0x00280103, vr: 'US', value: [0] },
-    { tag: 0x00280301, vr: 'CS', value: 'YES' },
-    opts.rle ? encapsulatedPixelData([rle(pixels)]) : { tag: 0x7fe00010, vr: 'OB', value: pixels },
-  ];
-  const file = encodePart10(els, { ts: 'explicitLE', ...(opts.rle ? { meta: { transferSyntaxUid: '1.2.840.10008.1.2.5' } } : {}) });
+  const { series, sop, file } = bandedFile(k, {
+    sopClass: opts.frames > 1 ? '1.2.840.10008.5.1.4.1.1.3.1' : '1.2.840.10008.5.1.4.1.1.6.1', modality: 'US', ...(opts.model ? { model: opts.model } : {}),
+    samples: 3, photometric: 'RGB', bits: 8,
+    own: [
+      { tag: 0x00080005, vr: 'CS', value: 'ISO_IR 100' },
+      { tag: 0x00080020, vr: 'DA', value: '20240102' },
+      { tag: 0x00280006, vr: 'US', value: [opts.planar] },
+      ...(opts.frames > 1 ? [{ tag: 0x00280008, vr: 'IS', value: String(opts.frames) } as El] : []),
+      { tag: 0x00280301, vr: 'CS', value: 'YES' },
+      opts.rle ? encapsulatedPixelData([rle(pixels)]) : { tag: 0x7fe00010, vr: 'OB', value: pixels },
+    ],
+    ts: { ts: 'explicitLE', ...(opts.rle ? { meta: { transferSyntaxUid: '1.2.840.10008.1.2.5' } } : {}) },
+  });
   return { sop, series, file, pixels, frames: opts.frames, planar: opts.planar };
 }
 
@@ -141,37 +157,19 @@ function ctWithEmbeddedOverlay(): Fixture & { overlayBit: number } {
 
 /** A 16-bit two-frame MONOCHROME2 screen (modality OT) of the covered device: the band is 0x0FFF with high bytes set elsewhere. */
 function mono16Instance(k: number): Fixture {
-  const series = `${STUDY}.${k}`;
-  const sop = `${series}.1`;
   const frames = 2;
   const pixels = Buffer.alloc(ROWS * COLS * 2 * frames);
   for (let f = 0; f < frames; f++) for (let y = 0; y < ROWS; y++) for (let x = 0; x < COLS; x++) {
-    const inBand = x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
-    pixels.writeUInt16LE(inBand ? 0x0fff : 0x0100 + ((x * 37 + y * 11 + f * 101) % 3000), ((f * ROWS + y) * COLS + x) * 2);
+    pixels.writeUInt16LE(inBand(x, y) ? 0x0fff : 0x0100 + ((x * 37 + y * 11 + f * 101) % 3000), ((f * ROWS + y) * COLS + x) * 2);
   }
-  const els: El[] = [
-    { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.7.3' },
-    { tag: 0x00080018, vr: 'UI', value: sop },
-    { tag: 0x00080060, vr: 'CS', value: 'OT' },
-    { tag: 0x00080070, vr: 'LO', value: 'ACME' },
-    { tag: 0x00081090, vr: 'LO', value: 'SONO-1' },
-    { tag: 0x00100010, vr: 'PN', value: 'BANDED^PATIENT' },
-    { tag: 0x00100020, vr: 'LO', value: 'MRN-BAND-1' },
-    { tag: 0x0020000d, vr: 'UI', value: STUDY },
-    { tag: 0x0020000e, vr: 'UI', value: series },
-    { tag: 0x00200011, vr: 'IS', value: String(k) },
-    { tag: 0x00280002, vr: 'US', value: [1] },
-    { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' },
-    { tag: 0x00280008, vr: 'IS', value: String(frames) },
-    { tag: 0x00280010, vr: 'US', value: [ROWS] },
-    { tag: 0x00280011, vr: 'US', value: [COLS] },
-    { tag: 0x00280100, vr: 'US', value: [16] },
-    { tag: 0x00280101, vr: 'US', value: [16] },
-    { tag: 0x00280102, vr: 'US', value: [15] },
-    { tag: 0x00280103, vr: 'US', value: [0] },
-    { tag: 0x7fe00010, vr: 'OW', value: pixels },
-  ];
-  return { sop, series, file: encodePart10(els, { ts: 'explicitLE' }), pixels, frames, planar: 0 };
+  const { series, sop, file } = bandedFile(k, {
+    sopClass: '1.2.840.10008.5.1.4.1.1.7.3', modality: 'OT', samples: 1, photometric: 'MONOCHROME2', bits: 16,
+    own: [
+      { tag: 0x00280008, vr: 'IS', value: String(frames) },
+      { tag: 0x7fe00010, vr: 'OW', value: pixels },
+    ],
+  });
+  return { sop, series, file, pixels, frames, planar: 0 };
 }
 
 /** The expected 16-bit output: the band's cells 0 in every frame, every other byte as it was. */
@@ -377,10 +375,9 @@ describe('pixel safety against a real Orthanc', () => {
       let diff = 0, rest = 0;
       for (let y = 0; y < ROWS; y++) for (let x = 0; x < COLS; x++) {
         const p = y * COLS + x;
-        const inBand = x >= BAND.x && x < BAND.x + BAND.width && y >= BAND.y && y < BAND.y + BAND.height;
         for (let s = 0; s < 3; s++) {
           const v = img.data[p * 4 + s]!;
-          if (inBand) band.push(v);
+          if (inBand(x, y)) band.push(v);
           else { diff += Math.abs(v - want[p * 3 + s]!); rest++; }
         }
       }

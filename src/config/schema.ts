@@ -16,8 +16,8 @@ import { accessionSchema, optOutEntrySchema, parseOptOutList, parseStudyList, ui
 
 /**
  * The most QIDO rows one request may return: every study a request releases is itemized in its
- * audit record, up to MAX_NOTED_STUDIES (src/http/dicomweb.ts) studies, so a page may not be
- * larger (a larger result is paged with offset).
+ * audit record, up to this many (MAX_NOTED_STUDIES in src/http/dicomweb.ts is this constant), so
+ * a page may not be larger (a larger result is paged with offset).
  */
 export const MAX_QUERY_RESULTS = 10_000;
 const QUERY_RESULTS_CAP = `must be at most ${MAX_QUERY_RESULTS} (every study a request releases is itemized in its audit record); lower it and let clients page with offset`;

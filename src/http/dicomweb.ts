@@ -4,6 +4,7 @@
  * by the engine from the upstream's; nothing upstream passes as it came.
  */
 import { GatewayError } from '../core/errors.js';
+import { MAX_QUERY_RESULTS } from '../config/schema.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
 import { CLEAN_PIXEL_DATA, deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset } from '../deid/index.js';
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
@@ -64,8 +65,8 @@ export interface StudyNote {
   instances: number;
 }
 
-/** At most this many studies are itemized per request record; QIDO pages are capped at it (MAX_QUERY_RESULTS in the schema). */
-export const MAX_NOTED_STUDIES = 10_000;
+/** At most this many studies are itemized per request record: the schema's cap on QIDO pages. */
+export const MAX_NOTED_STUDIES = MAX_QUERY_RESULTS;
 
 export interface RequestContext {
   readonly client: ClientRuntime;

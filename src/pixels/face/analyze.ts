@@ -1,0 +1,287 @@
+/**
+ * Does a volume show a face, and where is the cut that removes it?
+ *
+ * Model-free, on the reduced LPS volume (docs/pixels.md, "Faces"):
+ *  1. the head is the largest connected body above a threshold (air for CT, the background
+ *     found by Otsu's method for MR and PET);
+ *  2. its anterior surface is seen as a depth map (for each height and left-right position,
+ *     how far forward the skin comes);
+ *  3. landmarks on that map: the nose tip (the most prominent narrow ridge near the midline),
+ *     the nasion (the deepest point of the profile above it), the glabella and the chin; the
+ *     line from glabella to chin gives the head's pitch;
+ *  4. the cut is two planes in the face's own frame (origin at the nose tip, rotated by the
+ *     pitch, scaled by the head's size): a steep one from just above the nasion through the
+ *     eyes, and a shallow one, in the manner of quickshear, that passes in front of the brain
+ *     stem and the temporal poles and under the frontal lobes. A voxel is removed when it is in
+ *     front of both. Everything above the brow and behind the cut is left untouched.
+ * A series whose head has no face in view (the volume ends above the eyes) is reported as
+ * such; a head whose landmarks cannot be found with confidence is uncertain (withheld).
+ */
+import type { Vec3 } from '../geometry.js';
+import type { Volume } from './volume.js';
+
+/** Bumped whenever the analysis or the cut changes: stored decisions of older versions are recomputed. */
+export const FACE_ALGORITHM = 'face-cut-1';
+
+/** A half-space boundary in patient coordinates: a point p is in front of it when n·p < d. */
+export interface CutPlane {
+  readonly n: Vec3;
+  readonly d: number;
+}
+
+export type FaceAnalysis =
+  | { readonly kind: 'no-face'; readonly why: string }
+  | { readonly kind: 'deface'; readonly planes: readonly CutPlane[]; readonly landmarks: Readonly<Record<string, Vec3>>; readonly confidence: string }
+  | { readonly kind: 'uncertain'; readonly why: string };
+
+/** Otsu's threshold of the finite values. */
+function otsu(values: Float32Array): number {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) if (Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  if (!(hi > lo)) return hi;
+  const bins = 256;
+  const hist = new Float64Array(bins);
+  const w = (hi - lo) / bins;
+  let total = 0;
+  for (const v of values) if (Number.isFinite(v)) { hist[Math.min(bins - 1, Math.floor((v - lo) / w))]!++; total++; }
+  let sum = 0;
+  for (let i = 0; i < bins; i++) sum += i * hist[i]!;
+  let sumB = 0;
+  let wB = 0;
+  let best = 0;
+  let at = 0;
+  for (let i = 0; i < bins; i++) {
+    wB += hist[i]!;
+    if (wB === 0) continue;
+    const wF = total - wB;
+    if (wF === 0) break;
+    sumB += i * hist[i]!;
+    const mB = sumB / wB;
+    const mF = (sum - sumB) / wF;
+    const between = wB * wF * (mB - mF) ** 2;
+    if (between > best) { best = between; at = i; }
+  }
+  return lo + (at + 1) * w;
+}
+
+/** The largest 6-connected component of a mask, in place. Returns its size. */
+function keepLargest(mask: Uint8Array, nx: number, ny: number, nz: number): number {
+  const label = new Int32Array(mask.length);
+  const queue = new Int32Array(mask.length);
+  let best = 0;
+  let bestLabel = 0;
+  let next = 1;
+  const plane = nx * ny;
+  for (let i = 0; i < mask.length; i++) {
+    if (!mask[i] || label[i]) continue;
+    let head = 0;
+    let tail = 0;
+    queue[tail++] = i;
+    label[i] = next;
+    while (head < tail) {
+      const v = queue[head++]!;
+      const x = v % nx;
+      const y = Math.floor(v / nx) % ny;
+      const z = Math.floor(v / plane);
+      const push = (u: number): void => { if (mask[u] && !label[u]) { label[u] = next; queue[tail++] = u; } };
+      if (x > 0) push(v - 1);
+      if (x < nx - 1) push(v + 1);
+      if (y > 0) push(v - nx);
+      if (y < ny - 1) push(v + nx);
+      if (z > 0) push(v - plane);
+      if (z < nz - 1) push(v + plane);
+    }
+    if (tail > best) { best = tail; bestLabel = next; }
+    next++;
+  }
+  for (let i = 0; i < mask.length; i++) mask[i] = label[i] === bestLabel && bestLabel > 0 ? 1 : 0;
+  return best;
+}
+
+interface Slice { count: number; x0: number; x1: number; y0: number; y1: number }
+
+const median = (a: number[]): number => { const s = [...a].sort((p, q) => p - q); return s[Math.floor(s.length / 2)] ?? Number.NaN; };
+
+/** The body threshold of a volume: air for CT, Otsu's background for everything else. */
+export function bodyThreshold(vol: Volume, modality: string): number {
+  if (modality === 'CT') return -400;
+  // Otsu on MR splits background from tissue; half of it keeps the skin's partial volumes.
+  return otsu(vol.data) * 0.5;
+}
+
+export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
+  const { nx, ny, nz, spacing: g, origin } = vol;
+  const thr = bodyThreshold(vol, modality);
+  const mask = new Uint8Array(nx * ny * nz);
+  for (let i = 0; i < mask.length; i++) mask[i] = vol.data[i]! > thr ? 1 : 0;
+  const size = keepLargest(mask, nx, ny, nz);
+  if (size * g ** 3 < 200_000) return { kind: 'no-face', why: 'no body large enough for a head' };
+
+  // Cross-sections and the anterior depth map: ant[z][x] = how far forward (mm, -y) the body comes.
+  const slices: Slice[] = [];
+  const ant = new Float32Array(nz * nx).fill(Number.NaN);
+  for (let z = 0; z < nz; z++) {
+    const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
+    for (let x = 0; x < nx; x++) {
+      for (let y = 0; y < ny; y++) {
+        if (!mask[(z * ny + y) * nx + x]) continue;
+        if (Number.isNaN(ant[z * nx + x]!)) ant[z * nx + x] = -(origin[1] + y * g);
+        s.count++;
+        if (x < s.x0) s.x0 = x;
+        if (x > s.x1) s.x1 = x;
+        if (y < s.y0) s.y0 = y;
+        if (y > s.y1) s.y1 = y;
+      }
+    }
+    slices.push(s);
+  }
+  const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
+  const depth = (s: Slice): number => (s.y1 - s.y0 + 1) * g;
+  const headLike = slices.map((s) => s.count > 0 && width(s) >= 100 && width(s) <= 240 && depth(s) >= 120 && depth(s) <= 280 && depth(s) / width(s) >= 0.9);
+  // The head: the longest run of head-like cross-sections.
+  let run = 0;
+  let bestRun = 0;
+  let runEnd = -1;
+  for (let z = 0; z < nz; z++) {
+    run = headLike[z] ? run + 1 : 0;
+    if (run > bestRun) { bestRun = run; runEnd = z; }
+  }
+  if (bestRun * g < 40) return { kind: 'no-face', why: 'no head in view' };
+  const headLo = runEnd - bestRun + 1;
+  const headHi = runEnd;
+  const zTop = slices.reduce((t, s, z) => (s.count > 0 ? z : t), 0);
+  const zBottom = slices.findIndex((s) => s.count > 0);
+  const topArea = slices[zTop]!.count;
+  const maxArea = Math.max(...slices.slice(headLo, headHi + 1).map((s) => s.count));
+  const vertexInView = zTop < nz - 1 || topArea < 0.3 * maxArea;
+  const xMid = median(slices.slice(headLo, headHi + 1).map((s) => (s.x0 + s.x1) / 2));
+  const headDepth = median(slices.slice(headLo, headHi + 1).map(depth));
+  const scale = Math.min(1.2, Math.max(0.6, headDepth / 190));
+  const A = (z: number, x: number): number => (z >= 0 && z < nz && x >= 0 && x < nx ? ant[z * nx + x]! : Number.NaN);
+
+  // Nose tip: the largest prominence over the surface 22 mm to either side, near the midline.
+  const w = Math.round((22 * scale) / g);
+  const xr = Math.round(25 / g);
+  let best = 0;
+  let bz = -1;
+  let bx = -1;
+  const zFrom = zBottom;
+  const zTo = vertexInView ? Math.min(nz - 1, zTop - Math.round((90 * scale) / g)) : nz - 1;
+  for (let z = zFrom; z <= zTo; z++) {
+    for (let x = Math.round(xMid) - xr; x <= Math.round(xMid) + xr; x++) {
+      const c = A(z, x);
+      if (Number.isNaN(c)) continue;
+      const l = A(z, x - w);
+      const r = A(z, x + w);
+      const side = Math.max(Number.isNaN(l) ? -Infinity : l, Number.isNaN(r) ? -Infinity : r);
+      if (side === -Infinity) continue; // a thin object, not a face
+      const p = c - side;
+      // The nose stands out above and below too: its height (tip to nasion) is short.
+      const up = A(z + Math.round((30 * scale) / g), x);
+      if (Number.isNaN(up) || c - up < 4) continue;
+      if (p > best) { best = p; bz = z; bx = x; }
+    }
+  }
+  const noseFound = best >= 8;
+  if (!noseFound) {
+    // No nose. A head whose lowest slice is well above where the eyes would be has no face in view.
+    if (vertexInView && (zTop - zBottom) * g < 100 * scale) return { kind: 'no-face', why: 'the head ends above the eyes' };
+    return { kind: 'uncertain', why: 'a head is in view but its face landmarks were not found' };
+  }
+  // Refine the tip: the most anterior point within 8 mm.
+  const r8 = Math.round(8 / g);
+  let nz0 = bz;
+  let nx0 = bx;
+  for (let z = bz - r8; z <= bz + r8; z++) for (let x = bx - r8; x <= bx + r8; x++) if (A(z, x) > A(nz0, nx0)) { nz0 = z; nx0 = x; }
+  const profile = (z: number): number => {
+    let s = 0;
+    let n = 0;
+    for (let x = nx0 - 1; x <= nx0 + 1; x++) { const v = A(z, x); if (!Number.isNaN(v)) { s += v; n++; } }
+    return n ? s / n : Number.NaN;
+  };
+  const nAnt = A(nz0, nx0);
+  const mm = (z: number): number => z * g;
+  // Nasion: the deepest point of the profile below the straight line from the tip to the
+  // forehead (80 mm above the tip, or the highest point in view), 8–60 mm above the tip;
+  // glabella: the most forward point 5–30 mm above the nasion; chin: the most forward point
+  // 40–100 mm below the tip with a fold between it and the nose.
+  const zF = Math.min(zTop, nz0 + Math.round((80 * scale) / g));
+  const aF = profile(zF);
+  let sZ = -1;
+  let sDepth = 0;
+  for (let z = nz0 + Math.round(8 / g); z <= Math.min(zF - 1, nz0 + Math.round((60 * scale) / g)); z++) {
+    const v = profile(z);
+    if (Number.isNaN(v) || Number.isNaN(aF)) continue;
+    const line = nAnt + ((aF - nAnt) * (z - nz0)) / (zF - nz0);
+    if (line - v > sDepth) { sDepth = line - v; sZ = z; }
+  }
+  let gZ = -1;
+  if (sZ >= 0) {
+    for (let z = sZ + Math.round(5 / g); z <= Math.min(zTop, sZ + Math.round((30 * scale) / g)); z++) {
+      const v = profile(z);
+      if (!Number.isNaN(v) && (gZ < 0 || v > profile(gZ))) gZ = z;
+    }
+  }
+  const nasionOk = sZ >= 0 && gZ >= 0 && sDepth >= 3 && nAnt - profile(sZ) >= 8;
+  let cZ = -1;
+  for (let z = nz0 - Math.round((40 * scale) / g); z >= Math.max(zBottom, nz0 - Math.round((100 * scale) / g)); z--) {
+    const v = profile(z);
+    if (!Number.isNaN(v) && (cZ < 0 || v > profile(cZ))) cZ = z;
+  }
+  let chinOk = false;
+  if (cZ >= 0 && cZ > zBottom + 1) {
+    let fold = Infinity;
+    for (let z = cZ; z <= nz0; z++) fold = Math.min(fold, profile(z));
+    chinOk = profile(cZ) - fold >= 2 && nAnt - profile(cZ) < 45 * scale;
+  }
+  if (vertexInView && (mm(zTop) - mm(nz0) < 110 * scale || mm(zTop) - mm(nz0) > 260 * scale)) {
+    return { kind: 'uncertain', why: 'the nose found is not where a nose is on a head of this size' };
+  }
+  // Pitch: in a neutral posture the line from the nasion to the tip of the nose leans about
+  // 28° forward from the vertical; more when the chin is raised, less when it is lowered.
+  let phi = 0;
+  if (nasionOk) {
+    const t = Math.atan2(nAnt - profile(sZ), mm(sZ) - mm(nz0));
+    phi = Math.max(-0.5, Math.min(0.5, (28 * Math.PI) / 180 - t));
+  }
+  const sinP = Math.sin(phi);
+  const cosP = Math.cos(phi);
+  const zN = origin[2] + mm(nz0);
+  // Face frame: h (up the face), a (behind the nose tip), from anteriorness A and height Z.
+  const toFace = (antMm: number, zMm: number): [number, number] => {
+    const dA = antMm - nAnt;
+    const dZ = zMm - zN;
+    return [dA * sinP + dZ * cosP, -dA * cosP + dZ * sinP];
+  };
+  let hS = 45 * scale;
+  let aS = 22 * scale;
+  if (nasionOk) [hS, aS] = toFace(profile(sZ), origin[2] + mm(sZ));
+  // Line 1 (steep): from 5 mm in front of the nasion and 10 mm above it (the brow), 1.3 mm back per mm down.
+  // Line 2 (shallow): 55 mm behind the tip at its height, 0.55 mm back per mm down.
+  const lines = [
+    { h0: hS + 12 * scale, a0: aS - 5 * scale, k: 1.6 },
+    { h0: hS - 15 * scale, a0: aS + 28 * scale, k: 0.45 },
+  ];
+  // a < a0 + k (h0 - h)  ⇔  a + k h - (a0 + k h0) < 0, with h and a linear in (y, z):
+  // A = -y; h = (A - nAnt) sinP + (z - zN) cosP; a = -(A - nAnt) cosP + (z - zN) sinP.
+  const planes: CutPlane[] = lines.map(({ h0, a0, k }) => {
+    // coefficient of A and of z in a + k h
+    const cA = -cosP + k * sinP;
+    const cZ2 = sinP + k * cosP;
+    const constant = -(cA * nAnt) - cZ2 * zN - (a0 + k * h0);
+    // cA * A + cZ2 * z + constant < 0, A = -y
+    return { n: [0, -cA, cZ2] as Vec3, d: -constant };
+  });
+  const at = (z: number, antMm: number, x: number): Vec3 => [origin[0] + x * g, -antMm, origin[2] + mm(z)];
+  const landmarks: Record<string, Vec3> = { noseTip: at(nz0, nAnt, nx0) };
+  if (nasionOk) { landmarks.nasion = at(sZ, profile(sZ), nx0); landmarks.glabella = at(gZ, profile(gZ), nx0); }
+  if (chinOk) landmarks.chin = at(cZ, profile(cZ), nx0);
+  const confidence = `nose prominence ${best.toFixed(0)} mm${nasionOk ? ', nasion' : ''}${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
+  return { kind: 'deface', planes, landmarks, confidence };
+}
+
+/** True when a patient position is removed by the cut (in front of every plane). */
+export function removedBy(planes: readonly CutPlane[], p: Vec3): boolean {
+  return planes.length > 0 && planes.every((pl) => pl.n[0] * p[0] + pl.n[1] * p[1] + pl.n[2] * p[2] < pl.d);
+}

@@ -1,0 +1,71 @@
+/**
+ * Applying a face cut to one frame: the planes meet the frame's plane in lines, so the removed
+ * pixels of each row are one interval of columns. Removed pixels take the background value of
+ * the modality (air, -1000 HU, for CT; 0 for MR and PET), written as a stored value clamped to
+ * the stored range. Every other byte stays as it came.
+ */
+import type { FrameGeometry, PixelFactsFull } from '../geometry.js';
+import type { CutPlane } from './analyze.js';
+
+/** Removed columns [from, to) of each row; rows with nothing removed have from >= to. */
+export interface RowSpans {
+  readonly from: Int32Array;
+  readonly to: Int32Array;
+}
+
+/** The columns of each row in front of every plane. */
+export function rowSpans(planes: readonly CutPlane[], g: FrameGeometry, rows: number, columns: number): RowSpans {
+  const from = new Int32Array(rows);
+  const to = new Int32Array(rows).fill(0);
+  for (let r = 0; r < rows; r++) {
+    let lo = 0;
+    let hi = columns; // [lo, hi)
+    for (const p of planes) {
+      // f(c) = n·(P + c·Δc·rowDir + r·Δr·colDir) - d < 0, linear in c.
+      const base = p.n[0] * (g.position[0] + g.colDir[0] * r * g.rowSpacing)
+        + p.n[1] * (g.position[1] + g.colDir[1] * r * g.rowSpacing)
+        + p.n[2] * (g.position[2] + g.colDir[2] * r * g.rowSpacing) - p.d;
+      const slope = (p.n[0] * g.rowDir[0] + p.n[1] * g.rowDir[1] + p.n[2] * g.rowDir[2]) * g.colSpacing;
+      if (Math.abs(slope) < 1e-12) {
+        if (base >= 0) { lo = 0; hi = 0; }
+        continue;
+      }
+      const c0 = -base / slope; // f(c0) = 0
+      if (slope > 0) hi = Math.min(hi, Math.ceil(c0)); // f < 0 for c < c0
+      else lo = Math.max(lo, Math.floor(c0) + 1); // f < 0 for c > c0
+    }
+    from[r] = Math.max(0, lo);
+    to[r] = Math.max(Math.max(0, lo), Math.min(columns, hi));
+  }
+  return { from, to };
+}
+
+/** Pixels removed in a frame. */
+export function spanCount(s: RowSpans): number {
+  let n = 0;
+  for (let r = 0; r < s.from.length; r++) n += Math.max(0, s.to[r]! - s.from[r]!);
+  return n;
+}
+
+/** The stored value of the modality's background for a frame, clamped to the stored range. */
+export function backgroundStored(f: PixelFactsFull, frame: number): number {
+  const { slope, intercept } = f.rescale[frame] ?? { slope: 1, intercept: 0 };
+  const value = f.modality === 'CT' ? -1000 : 0;
+  const stored = Math.round((value - intercept) / (slope || 1));
+  const bits = f.bitsStored;
+  const min = f.pixelRepresentation === 1 ? -(2 ** (bits - 1)) : 0;
+  const max = f.pixelRepresentation === 1 ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
+  return Math.max(min, Math.min(max, stored));
+}
+
+/**
+ * The bytes of one stored value in a cell of `bitsAllocated`, in the given byte order (the
+ * value in two's complement where signed; bits above Bits Stored as the sign extends).
+ */
+export function cellBytes(value: number, bitsAllocated: number, littleEndian: boolean): Buffer {
+  const b = Buffer.alloc(bitsAllocated / 8);
+  if (bitsAllocated === 8) b.writeUInt8(value & 0xff, 0);
+  else if (bitsAllocated === 16) littleEndian ? b.writeUInt16LE(value & 0xffff, 0) : b.writeUInt16BE(value & 0xffff, 0);
+  else littleEndian ? b.writeUInt32LE(value >>> 0, 0) : b.writeUInt32BE(value >>> 0, 0);
+  return b;
+}

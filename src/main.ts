@@ -17,6 +17,8 @@ import { createServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
+import { FaceProvider } from './pixels/face/provider.js';
+import { openFaceStore } from './pixels/face/store-sqlite.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import type { ClientScope } from './policy/client-scope.js';
 import { scopesFromConfig } from './policy/configured-scope.js';
@@ -147,6 +149,8 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   };
   parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
+  const faceStore = openFaceStore(cfg.state.dir);
+  const faces = new FaceProvider(faceStore);
   const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
   const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
@@ -183,6 +187,8 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     maxRenderBytes: cfg.engine.maxRenderBytes,
     stateHealthy: () => store.healthy(),
     facts,
+    faces,
+    faceWaitMs: cfg.engine.faceWaitSeconds * 1000,
   });
   const server = await new Promise<Server>((resolve, reject) => {
     // HTTPS when server.tls is set; client certificates are requested (and, with `require`,
@@ -277,6 +283,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
         await parts.closeState?.();
         parts.scopeEvents.off('file', onScopeFile);
         facts.close();
+        faceStore.close();
         await upstream.close();
         await audit.close();
       })();

@@ -40,6 +40,9 @@ export interface RequestAudit {
   readonly withheldBy?: Readonly<Record<string, number>> | undefined;
   /** Risky instances released masked under a rule, or allowed by an explicit policy (audited). */
   readonly masked?: number | undefined;
+  /** Instances released with the face cut away (faces: deface), and with a face released under faces: allow. */
+  readonly defaced?: number | undefined;
+  readonly facesAllowed?: number | undefined;
   readonly riskyAllowed?: number | undefined;
   readonly outOfScope: number;
   readonly results: number;

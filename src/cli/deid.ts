@@ -27,8 +27,12 @@ import { diffHeaders, formatDiff } from '../deid/diff.js';
 import { createEngineContext, deidentifyPart10, type InstanceInfo } from '../deid/index.js';
 import { loadOrCreateMasterSecret } from '../pseudonym/secret.js';
 import { admitInstance } from '../policy/client-scope.js';
+import { FaceProvider } from '../pixels/face/provider.js';
+import { openFaceStore } from '../pixels/face/store-sqlite.js';
+import type { DatasetView } from '../pixels/geometry.js';
+import { part10View } from '../pixels/views.js';
 import { scopesFromConfig } from '../policy/configured-scope.js';
-import { DEFAULT_PIXEL_POLICY } from '../policy/pixels.js';
+import { DEFAULT_PIXEL_POLICY, needsFaceDecision, type PixelPolicy } from '../policy/pixels.js';
 import { checkWindow } from '../policy/scope.js';
 import { createAuditSink, type StudyRelease } from '../audit/sink.js';
 import { AuditTrail, auditKey } from '../audit/trail.js';
@@ -65,6 +69,35 @@ function safeName(uid: string): string {
   return /^[0-9.]+$/.test(uid) ? uid : 'unknown';
 }
 
+/** Groups the inputs by series and makes the face decision of each series whose modality may show a face. */
+async function decideFaces(inputs: readonly string[], pixels: PixelPolicy, faces: FaceProvider): Promise<void> {
+  if ((pixels.faces ?? 'deface') === 'allow') return;
+  const series = new Map<string, { modality: string; files: Map<string, string>; views: Map<string, DatasetView> }>();
+  for (const input of inputs) {
+    let files: { file: string; skip: boolean }[];
+    try { files = [...walk(input, true)]; } catch { continue; }
+    for (const { file, skip } of files) {
+      if (skip) continue;
+      let head: ReturnType<typeof readHeaderSync>;
+      try { head = readHeaderSync(readFileSync(file), (b) => inflateRawSync(b)); } catch { continue; } // refused later, with its reason
+      const view = part10View(head.elements);
+      const modality = view.str(0x00080060)?.toUpperCase();
+      const uid = view.str(0x0020000e);
+      const sop = view.str(0x00080018);
+      if (!uid || !sop || !needsFaceDecision(modality, pixels)) continue;
+      const e = series.get(uid) ?? series.set(uid, { modality: modality!, files: new Map(), views: new Map() }).get(uid)!;
+      e.files.set(sop, file);
+      e.views.set(sop, view);
+    }
+  }
+  for (const [uid, e] of series) {
+    await faces.decide(uid, e.modality, [...e.files.keys()], {
+      instances: async () => [...e.views].map(([sop, view]) => ({ sop, view })),
+      instance: async (sop) => readFileSync(e.files.get(sop)!),
+    });
+  }
+}
+
 export async function runDeid(cfg: Config, args: { clientId: string; inputs: string[]; out: string; diff: boolean }): Promise<number> {
   const index = cfg.clients.findIndex((c) => c.id === args.clientId);
   const client = cfg.clients[index];
@@ -84,8 +117,10 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   let patientOf: string | undefined;
   const admit = (attr: (tag: number) => string | undefined): ReturnType<typeof admitInstance> => {
     patientOf = attr(0x00100020);
-    const r = admitInstance(scope, pixels, attr);
+    const r = admitInstance(scope, pixels, attr, (s) => faces.decision(s));
     pixelNote = r?.mask ? ' (pixels masked)' : r?.risk ? ' (risky pixels allowed by policy)' : '';
+    if (r?.face) pixelNote += ' (face removed)';
+    else if (r?.faceAllowed) pixelNote += ' (face allowed by policy)';
     return r;
   };
   let exports: ReturnType<typeof openExportTrail>;
@@ -124,6 +159,15 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     return 1;
   }
   mkdirSync(args.out, { recursive: true });
+  // Faces: inputs grouped by series; each head series is decided once (stored in state.dir,
+  // shared with the gateway) before any of its files is written.
+  const faceStore = openFaceStore(cfg.state.dir);
+  const faces = new FaceProvider(faceStore);
+  try {
+    await decideFaces(args.inputs, pixels, faces);
+  } catch (e) {
+    process.stderr.write(`deid-gateway: face decisions could not be made: ${(e as Error).message}\n`);
+  }
   let done = 0;
   let refused = 0;
   let skipped = 0;
@@ -193,6 +237,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     }
   } finally {
     exports.close();
+    faceStore.close();
   }
   process.stderr.write(`${done} de-identified, ${refused} refused, ${skipped} skipped (client ${client.id}, plan sha256:${ctx.plan.hash.slice(0, 16)}; recorded in ${join(cfg.state.dir, EXPORT_TRAIL)})\n`);
   return refused > 0 ? 1 : 0;

@@ -78,6 +78,7 @@ const clientSchema = z.strictObject({
   }).optional(),
   pixels: z.strictObject({
     risky: z.enum(['withhold', 'mask', 'allow'], { error: () => 'use withhold (default), mask or allow' }).default('withhold'),
+    faces: z.enum(['deface', 'withhold', 'allow'], { error: () => 'use deface (default), withhold or allow' }).default('deface'),
     masks: z.array(z.strictObject({
       match: z.strictObject({
         manufacturer: z.string().min(1).optional(),
@@ -149,7 +150,9 @@ export const configSchema = z.strictObject({
   engine: z.strictObject({
     maxHeaderBytes: z.number().int().min(65536).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
     maxRenderBytes: bytesSchema.default(256 * 1024 * 1024),
-  }).default({ maxHeaderBytes: 64 * 1024 * 1024, maxRenderBytes: 256 * 1024 * 1024 }),
+    /** How long a request waits for a series' face decision before 503 with Retry-After. */
+    faceWaitSeconds: z.number().min(1).max(600).default(60),
+  }).default({ maxHeaderBytes: 64 * 1024 * 1024, maxRenderBytes: 256 * 1024 * 1024, faceWaitSeconds: 60 }),
   optOut: z.strictObject({
     patients: z.array(optOutEntrySchema).default([]),
     file: z.string().min(1).optional(),

@@ -37,6 +37,7 @@ export const ErrorCodes = {
   SCOPE_UNAVAILABLE: { status: 503, title: 'Access scope cannot be evaluated' },
   AUDIT_UNAVAILABLE: { status: 503, title: 'Audit trail cannot be written' },
   PIXELS_WITHHELD: { status: 403, title: 'Pixel data withheld by policy' },
+  PIXELS_PENDING: { status: 503, title: 'Pixel decision in progress' },
   RENDERING_UNAVAILABLE: { status: 406, title: 'Rendered images are not available' },
   // HTTP: the upstream PACS
   UPSTREAM_UNAVAILABLE: { status: 502, title: 'Upstream PACS unavailable' },

@@ -7,7 +7,7 @@ import type { EngineContext } from './engine.js';
 import { compilePlan, type ProfileSpec } from './plan.js';
 
 export { deidentifyJson, type JsonDataset, type JsonAttribute } from './json.js';
-export { CLEAN_PIXEL_DATA, deidentifyPart10, deidentifyPart10Buffer, type InstanceInfo, type Part10Options } from './part10.js';
+export { CLEAN_PIXEL_DATA, CLEAN_RECOGNIZABLE_VISUAL_FEATURES, deidentifyPart10, deidentifyPart10Buffer, type InstanceInfo, type Part10Options } from './part10.js';
 export { compilePlan, type CompiledPlan, type ProfileSpec } from './plan.js';
 export type { EngineContext } from './engine.js';
 

@@ -23,9 +23,15 @@ import { decodeNumbers, decodeStrings, encodeStrings } from '../dicom/values.js'
 import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type Adapter, type EngineContext } from './engine.js';
 import { checkGeometry, frameBytes, pixelMasker, regionsCover, type PixelGeometry, type Region } from './pixel-mask.js';
+import { faceCutTransformer } from '../pixels/face/cut.js';
+import { readPixelFacts } from '../pixels/geometry.js';
+import { part10View } from '../pixels/views.js';
+import type { FacePlane } from '../pixels/types.js';
 
 /** PS3.16 CID 7050: the pixel data was cleaned of burned-in identification. */
 export const CLEAN_PIXEL_DATA = { code: '113101', meaning: 'Clean Pixel Data Option' } as const;
+/** PS3.16 CID 7050: recognizable visual features (a face) were removed from the pixels. */
+export const CLEAN_RECOGNIZABLE_VISUAL_FEATURES = { code: '113102', meaning: 'Clean Recognizable Visual Features Option' } as const;
 import { PRODUCT_VERSION } from './plan.js';
 
 export interface BinaryDataset {
@@ -95,7 +101,13 @@ export interface Part10Options {
    * set, values joined with "\\", padding trimmed; undefined when absent or empty) and throws
    * (a GatewayError such as PIXELS_WITHHELD) to refuse the instance.
    */
-  readonly admit?: (attr: (tag: number) => string | undefined) => void | { readonly mask?: readonly Region[] | undefined };
+  readonly admit?: (attr: (tag: number) => string | undefined) => void | {
+    readonly mask?: readonly Region[] | undefined;
+    /** A face cut (planes in patient coordinates) to apply to every frame. */
+    readonly face?: readonly FacePlane[] | undefined;
+  };
+  /** Called when a face cut was applied, with the number of pixels it removed. */
+  readonly onFaceCut?: (removedPixels: number) => void;
   /**
    * Emit only the (cleaned) value bytes of native Pixel Data (7FE0,0010), nothing else: bulk
    * pixel data and frames of instances whose pixels must be cleaned. Compressed or absent
@@ -364,6 +376,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   };
   const admitted = opts.admit?.(attr);
   const mask = admitted ? admitted.mask : undefined;
+  const face = admitted ? admitted.face : undefined;
   // Overlays embedded in unused bits of the pixel cells (no Overlay Data of their own) are
   // cleared from the pixels when the plan removes the overlay (PS3.15 E.1-1, Clean Graphics).
   const overlayBits: number[] = [];
@@ -403,14 +416,31 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       masker = pixelMasker(g, { regions: mask ?? [], overlayBits });
     }
   }
+  let defaced = false;
+  if (face?.length && pixel && ctx.plan.lookup(pixel.tag).action.kind === 'keep') {
+    // The face cut (a series-level decision) applied to every frame, in patient coordinates.
+    if (pixel.tag !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be defaced', { auditReason: 'pixels-withheld:face-geometry' });
+    if (pixel.length === UNDEFINED_LENGTH) throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be defaced; ask for an uncompressed transfer syntax', { auditReason: 'pixels-withheld:compressed' });
+    const facts = readPixelFacts(part10View(header, charset));
+    const want = facts.rows * facts.columns * (facts.bitsAllocated / 8) * facts.frames;
+    if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so the face cut cannot be placed', { auditReason: 'pixels-withheld:face-geometry' });
+    const cut = faceCutTransformer(facts, face, ts.littleEndian);
+    const before = masker;
+    masker = before ? (c) => cut.transform(before(c)) : cut.transform;
+    defaced = true;
+    opts.onFaceCut?.(cut.removed);
+  }
   const t0 = performance.now();
   // Burned In Annotation NO and 113101 only when a rule's regions actually blanked pixels.
   const cleaned = !!mask?.length && !!masker;
-  let out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true, ...(cleaned ? { extraMethodCodes: [CLEAN_PIXEL_DATA] } : {}) });
-  if (cleaned) {
-    // The regions a rule names are blanked: the burned-in text is gone (PS3.15 E.3.1).
-    out = out.filter((e) => e.tag !== 0x00280301);
-    out.push(binaryAdapter.setStrings(0x00280301, 'CS', ['NO'], ds)!);
+  const extraMethodCodes = [...(cleaned ? [CLEAN_PIXEL_DATA] : []), ...(defaced ? [CLEAN_RECOGNIZABLE_VISUAL_FEATURES] : [])];
+  let out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true, ...(extraMethodCodes.length ? { extraMethodCodes } : {}) });
+  if (cleaned || defaced) {
+    // The regions a rule names are blanked: the burned-in text is gone (PS3.15 E.3.1); the
+    // face is cut away: no recognizable visual features are left.
+    const set: [number, string][] = [...(cleaned ? [[0x00280301, 'NO'] as [number, string]] : []), ...(defaced ? [[0x00280302, 'NO'] as [number, string]] : [])];
+    out = out.filter((e) => !set.some(([t]) => t === e.tag));
+    for (const [t, v] of set) out.push(binaryAdapter.setStrings(t, 'CS', [v], ds)!);
     out.sort((a, b) => a.tag - b.tag);
   }
   const deidSeconds = (performance.now() - t0) / 1000;

@@ -16,6 +16,7 @@ import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { AuditSink } from '../audit/sink.js';
 import type { Upstream } from '../upstream/client.js';
 import type { FactsCache } from '../policy/facts-cache.js';
+import type { FaceProvider } from '../pixels/face/provider.js';
 import type { Limiter } from '../policy/limits.js';
 import { checkWindow } from '../policy/scope.js';
 import { authenticate, authenticateCertificate, normalizeSubject } from './auth.js';
@@ -47,6 +48,9 @@ export interface AppDeps {
   /** Prometheus metrics: observed de-identification time, and /metrics behind an admin token. */
   readonly metrics?: { readonly observeDeid: (kind: 'json' | 'part10', seconds: number, client: string) => void; readonly render: () => Promise<{ contentType: string; body: string }>; readonly tokenHash?: Buffer | undefined } | undefined;
   readonly facts: FactsCache;
+  /** Series-level face decisions, and how long a request waits for one (ms). */
+  readonly faces: FaceProvider;
+  readonly faceWaitMs: number;
 }
 
 interface Locals {
@@ -217,7 +221,7 @@ export function createApp(deps: AppDeps): express.Express {
           time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
           status, outcome: broken ? (l.code ? 'failed' : 'aborted') : status < 400 ? 'ok' : status < 500 ? 'denied' : 'failed',
           code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
-          instances: l.note.instances, withheld: l.note.withheld, ...(l.note.withheldBy ? { withheldBy: { ...l.note.withheldBy } } : {}), masked: l.note.masked, riskyAllowed: l.note.riskyAllowed, outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
+          instances: l.note.instances, withheld: l.note.withheld, ...(l.note.withheldBy ? { withheldBy: { ...l.note.withheldBy } } : {}), masked: l.note.masked, riskyAllowed: l.note.riskyAllowed, ...(l.note.defaced ? { defaced: l.note.defaced } : {}), ...(l.note.facesAllowed ? { facesAllowed: l.note.facesAllowed } : {}), outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
           studies: [...l.note.studies].map(([study, n]) => ({ study, pseudonymous: n.pseudonymous, patientId: n.patientId, instances: n.instances })),
           policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress, url: req.originalUrl.slice(0, 4096),
         });
@@ -345,7 +349,7 @@ export function createApp(deps: AppDeps): express.Express {
       }
       const rc: RequestContext = {
         client, upstream: deps.upstreamFor?.(client.id) ?? deps.upstream, resolver, dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, observeDeid: deps.metrics && ((kind, seconds) => deps.metrics!.observeDeid(kind, seconds, client.id)), maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts,
+        signal: abort.signal, note: l.note, observeDeid: deps.metrics && ((kind, seconds) => deps.metrics!.observeDeid(kind, seconds, client.id)), maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts, faces: deps.faces, faceWaitMs: deps.faceWaitMs,
       };
       try {
         await send(res, await fn(rc, req));

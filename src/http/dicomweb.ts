@@ -6,11 +6,13 @@
 import { GatewayError } from '../core/errors.js';
 import { MAX_QUERY_RESULTS } from '../config/schema.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
-import { CLEAN_PIXEL_DATA, deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset } from '../deid/index.js';
+import { CLEAN_PIXEL_DATA, CLEAN_RECOGNIZABLE_VISUAL_FEATURES, deidentifyJson, deidentifyPart10, type EngineContext, type JsonDataset } from '../deid/index.js';
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
 import { parseJsonObject, splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { pixelDecision, pixelsWithheld, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import { needsFaceDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
+import type { FaceProvider, SeriesSource } from '../pixels/face/provider.js';
+import { jsonView } from '../pixels/views.js';
 import { regionsCover, type PixelGeometry, type Region } from '../deid/pixel-mask.js';
 import { readInstanceSync } from '../dicom/part10.js';
 import { renderFrame } from '../render/render.js';
@@ -51,6 +53,9 @@ export interface RequestNote {
   /** Risky instances released: masked under a rule, or allowed by an explicit policy. */
   masked: number;
   riskyAllowed: number;
+  /** Instances released with the face cut away; instances with a face released under faces: allow. */
+  defaced?: number;
+  facesAllowed?: number;
   /** QIDO rows returned. */
   results: number;
   /** What a QIDO asked: level, match key names, whether a key used wildcards (audit: sweeping queries). */
@@ -85,6 +90,10 @@ export interface RequestContext {
   /** Called once a response body completes, before its last byte: makes pseudonyms durable. */
   readonly flush: () => Promise<void>;
   readonly facts: FactsCache;
+  /** Series-level face decisions (src/pixels/face/provider.ts). */
+  readonly faces: FaceProvider;
+  /** How long a request waits for a series' face decision before 503 with Retry-After, ms. */
+  readonly faceWaitMs: number;
   /** Observes de-identification time per object (metrics), when metrics are on. */
   readonly observeDeid?: ((kind: 'json' | 'part10', seconds: number) => void) | undefined;
 }
@@ -95,15 +104,26 @@ export interface RequestContext {
  * Annotation NO and, with the markers, 113101 Clean Pixel Data.
  */
 function deidJson(rc: RequestContext, o: JsonDataset, writeMarkers: boolean, cleanPixels = false): JsonDataset {
-  const opts = { writeMarkers, ...(cleanPixels ? { extraMethodCodes: [CLEAN_PIXEL_DATA] } : {}) };
+  const defaced = defacedByDecision(rc, o);
+  const codes = [...(cleanPixels ? [CLEAN_PIXEL_DATA] : []), ...(defaced ? [CLEAN_RECOGNIZABLE_VISUAL_FEATURES] : [])];
+  const opts = { writeMarkers, ...(codes.length ? { extraMethodCodes: codes } : {}) };
   const t0 = rc.observeDeid ? performance.now() : 0;
   let out = deidentifyJson(o, rc.client.ctx, opts);
-  if (cleanPixels) {
-    out['00280301'] = { vr: 'CS', Value: ['NO'] };
+  if (cleanPixels || defaced) {
+    if (cleanPixels) out['00280301'] = { vr: 'CS', Value: ['NO'] };
+    if (defaced) out['00280302'] = { vr: 'CS', Value: ['NO'] };
     out = Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b))) as JsonDataset;
   }
   rc.observeDeid?.('json', (performance.now() - t0) / 1000);
   return out;
+}
+
+/** True when a retrieve releases this instance with its series' face cut away (the decision is known). */
+function defacedByDecision(rc: RequestContext, o: JsonDataset): boolean {
+  const series = firstValue(o, '0020000E');
+  const modality = firstValue(o, '00080060');
+  if (typeof series !== 'string' || typeof modality !== 'string' || (rc.client.pixels.faces ?? 'deface') !== 'deface') return false;
+  return needsFaceDecision(modality, rc.client.pixels) && rc.faces.decision(series)?.kind === 'deface';
 }
 
 /**
@@ -421,6 +441,8 @@ function upstreamPath(rc: RequestContext, p: { study: string; series?: string | 
 /** WADO-RS metadata at study, series or instance level. */
 export async function metadata(rc: RequestContext, p: { study: string; series?: string; instance?: string }): Promise<Reply> {
   await requireVisible(rc, p);
+  // Metadata says what the retrieve does: the face decisions of its series are made first.
+  await ensureFaces(rc, await pixelFacts(rc, originalUid(rc, p.study), p.series === undefined ? undefined : originalUid(rc, p.series), p.instance === undefined ? undefined : originalUid(rc, p.instance)));
   const up = await ok(rc, `${upstreamPath(rc, p)}/metadata`, DICOM_JSON);
   // The metadata of a whole study or series is also its pixel facts (see policy/facts-cache.ts).
   const seen = new Map<string, Facts>();
@@ -484,7 +506,8 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Masking needs native pixel data: a client that accepts any syntax (`*`) gets the PACS's
   // default (Explicit VR Little Endian) when its policy masks; a specific compressed syntax
   // leaves masked instances withheld (the engine refuses to mask compressed pixel data).
-  const upTs = ts === '*' && rc.client.pixels.risky === 'mask' ? undefined : ts;
+  // A face cut needs native pixels too (checked again below, once the facts are known).
+  const upTs = ts === '*' && (rc.client.pixels.risky === 'mask' || (rc.client.pixels.faces ?? 'deface') === 'deface') ? undefined : ts;
   const upAccept = `multipart/related; type="application/dicom"${upTs ? `; transfer-syntax=${upTs}` : ''}`;
   // Which instances the pixel policy withholds, before the status line: a direct instance
   // request is refused, a study or series says how many it leaves out (Warning 299).
@@ -515,6 +538,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   if (facts.size > 0 && inScope.length === 0) {
     const f = facts.values().next().value!;
     await refuse(new GatewayError('NOT_FOUND', 'no such resource', { auditReason: `out-of-scope:${recordVisible(rc, factsAttrs(f)) ?? 'unknown'}` }));
+  }
+  try {
+    await ensureFaces(rc, new Map([...facts].filter(([, f]) => inScope.includes(f))));
+  } catch (e) {
+    return refuse(e as GatewayError);
   }
   const denials = inScope.map((f) => decide(rc, f)).filter((d): d is Extract<PixelDecision, { allow: false }> => !d.allow);
   const announced = denials.length;
@@ -581,6 +609,8 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         const r = admitHeader(rc, attr);
         if (r?.mask) maskedPart = true;
         else if (r?.risk) note.riskyAllowed++; // allowed by an explicit policy, and counted
+        if (r?.face) note.defaced = (note.defaced ?? 0) + 1;
+        if (r?.faceAllowed) note.facesAllowed = (note.facesAllowed ?? 0) + 1;
         return r;
       },
     });
@@ -625,7 +655,71 @@ function factsOf(r: JsonDataset): Facts {
 
 /** The client's pixel decision on an instance's facts. */
 function decide(rc: RequestContext, f: Facts): PixelDecision {
-  return pixelDecision(f, rc.client.pixels);
+  return pixelDecision(f, rc.client.pixels, { series: f.scope?.[TAG.seriesUid], lookup: (s) => rc.faces.decision(s) });
+}
+
+/**
+ * Makes sure every series among these instances whose modality may show a face has its face
+ * decision (stored, or analysed now on a reduced volume fetched from the PACS) before any of
+ * its pixels leave. Waits at most faceWaitMs: then 503 with Retry-After while the analysis
+ * goes on, so the client's retry finds it decided.
+ */
+async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
+  const bySeries = new Map<string, { study: string; modality: string }>();
+  for (const f of facts.values()) {
+    const series = f.scope?.[TAG.seriesUid];
+    const study = f.scope?.[TAG.studyUid];
+    if (!series || !study || f.rows === undefined || !needsFaceDecision(f.modality, rc.client.pixels)) continue;
+    if (rc.faces.decision(series) === undefined) bySeries.set(series, { study, modality: (f.modality ?? '').trim().toUpperCase() });
+  }
+  if (!bySeries.size) return;
+  // The digest covers every instance of the series (in the client's scope or not): the decision
+  // is about the series' pixels and is shared by every client.
+  const all = Promise.all([...bySeries].map(async ([series, e]) => {
+    const sops = [...(await pixelFacts(rc, e.study, series)).keys()];
+    return rc.faces.decide(series, e.modality, sops, pacsSeriesSource(rc, e.study, series));
+  }));
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), rc.faceWaitMs); });
+  try {
+    const r = await Promise.race([all, timeout]);
+    if (r === 'timeout') {
+      all.catch(() => undefined);
+      throw new GatewayError('PIXELS_PENDING', 'the face decision of this series is still being made; try again shortly', { retryAfter: Math.max(1, Math.ceil(rc.faceWaitMs / 1000)), auditReason: 'pixels-pending:face' });
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A series as the face provider reads it from the PACS: its metadata, and instances uncompressed. */
+function pacsSeriesSource(rc: RequestContext, study: string, series: string): SeriesSource {
+  // The analysis outlives the request that started it: it is not tied to that request's abort signal.
+  const lasting: RequestContext = { ...rc, signal: new AbortController().signal };
+  return {
+    async instances() {
+      const up = await ok(lasting, `/studies/${study}/series/${series}/metadata`, DICOM_JSON);
+      const out: { sop: string; view: ReturnType<typeof jsonView> }[] = [];
+      for await (const text of splitJsonArray(up.body)) {
+        const o = parseObject(text);
+        const sop = o['00080018']?.Value?.[0];
+        if (typeof sop === 'string') out.push({ sop, view: jsonView(o) });
+      }
+      return out;
+    },
+    async instance(sop) {
+      const up = await ok(lasting, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
+      expectType(up, 'multipart/related');
+      let out: Buffer | undefined;
+      for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
+        const chunks: Buffer[] = [];
+        for await (const c of part.body) if (!out) chunks.push(Buffer.from(c));
+        out ??= Buffer.concat(chunks);
+      }
+      if (!out) throw new GatewayError('NOT_FOUND', 'no such resource');
+      return out;
+    },
+  };
 }
 
 /** Geometry of one frame (frames endpoint) or of all frames (bulk pixel data), from the facts. */
@@ -680,6 +774,7 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
   if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, factsAttrs(facts)); if (d) throw notVisible(d); }
 
   if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
+  await ensureFaces(rc, new Map([[sop, facts]]));
   const d = decide(rc, facts);
   if (!d.allow) {
     noteWithheld(rc.note, d.auditReason);
@@ -688,6 +783,8 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
   if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data', { auditReason: 'pixels-withheld:pixel-data-removed' });
   if (d.mask) rc.note.masked++;
   else if (d.risk) rc.note.riskyAllowed++;
+  if (d.face) rc.note.defaced = (rc.note.defaced ?? 0) + 1;
+  if (d.faceAllowed) rc.note.facesAllowed = (rc.note.facesAllowed ?? 0) + 1;
   return facts;
 }
 
@@ -695,7 +792,7 @@ async function requirePixels(rc: RequestContext, study: string, series: string, 
 /** True when an instance's pixels must be changed before they leave (mask regions, embedded overlay bits). */
 function needsCleaning(rc: RequestContext, facts: Facts): boolean {
   const d = decide(rc, facts);
-  return (d.allow && !!d.mask?.length) || (facts.overlayBits?.length ?? 0) > 0;
+  return (d.allow && (!!d.mask?.length || !!d.face?.length)) || (facts.overlayBits?.length ?? 0) > 0;
 }
 
 /**
@@ -718,8 +815,8 @@ async function* cleanedPixels(rc: RequestContext, study: string, series: string,
 }
 
 /** The scope and pixel decision on an instance's own header (retrieve, rendered, cleaned pixels). */
-function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): { mask?: readonly Region[]; risk?: string } | undefined {
-  return admitInstance(rc.client.scope, rc.client.pixels, attr); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
+function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): Admitted | undefined {
+  return admitInstance(rc.client.scope, rc.client.pixels, attr, (s) => rc.faces.decision(s)); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
 }
 
 /** One multipart part per requested frame, cut from the cleaned pixel stream (only requested frames are held). */

@@ -43,12 +43,25 @@ export interface MaskRule {
 export interface PixelPolicy {
   readonly risky: 'withhold' | 'mask' | 'allow';
   readonly masks: readonly MaskRule[];
+  /** Head CT, MR and PET series with a face in view: defaced (default), withheld, or allowed (audited). */
+  readonly faces?: 'deface' | 'withhold' | 'allow' | undefined;
 }
 
-export const DEFAULT_PIXEL_POLICY: PixelPolicy = { risky: 'withhold', masks: [] };
+export const DEFAULT_PIXEL_POLICY: PixelPolicy = { risky: 'withhold', masks: [], faces: 'deface' };
+
+import type { FaceLookup, FacePlane, FaceVerdict } from '../pixels/types.js';
+export type { FaceLookup, FacePlane, FaceVerdict };
+
+/** Modalities whose series may show a face that can be rebuilt from the volume. */
+export const FACE_MODALITIES: ReadonlySet<string> = new Set(['CT', 'MR', 'PT']);
+
+/** True when the client's policy needs a face decision for an instance of this modality. */
+export function needsFaceDecision(modality: string | undefined, policy: PixelPolicy): boolean {
+  return (policy.faces ?? 'deface') !== 'allow' && FACE_MODALITIES.has((modality ?? '').trim().toUpperCase());
+}
 
 export type PixelDecision =
-  | { readonly allow: true; readonly mask?: readonly Region[] | undefined; readonly risk?: string | undefined }
+  | { readonly allow: true; readonly mask?: readonly Region[] | undefined; readonly risk?: string | undefined; readonly face?: readonly FacePlane[] | undefined; readonly faceAllowed?: boolean | undefined }
   /** `auditReason` is `pixels-withheld:<risk code>`, PHI-free, for the audit record. */
   | { readonly allow: false; readonly reason: string; readonly auditReason: string };
 
@@ -108,10 +121,23 @@ export function pixelsWithheld(d: { readonly reason: string; readonly auditReaso
  * cleaned pixels, and the offline `deid` command): the mask to apply, or the risk an explicit
  * `allow` lets through, or nothing; throws PIXELS_WITHHELD (with its audit reason) otherwise.
  */
-export function admitPixels(attr: (tag: number) => string | undefined, policy: PixelPolicy): { mask?: readonly Region[]; risk?: string } | undefined {
-  const d = pixelDecision(headerPixelFacts(attr), policy);
+export function admitPixels(attr: (tag: number) => string | undefined, policy: PixelPolicy, faces?: FaceLookup): Admitted | undefined {
+  const d = pixelDecision(headerPixelFacts(attr), policy, faces ? { series: attr(0x0020000e), lookup: faces } : undefined);
   if (!d.allow) throw pixelsWithheld(d);
-  return d.mask ? { mask: d.mask } : d.risk ? { risk: d.risk } : undefined;
+  const out: { mask?: readonly Region[]; risk?: string; face?: readonly FacePlane[]; faceAllowed?: boolean } = {};
+  if (d.mask) out.mask = d.mask; else if (d.risk) out.risk = d.risk;
+  if (d.face) out.face = d.face;
+  if (d.faceAllowed) out.faceAllowed = true;
+  return Object.keys(out).length ? out : undefined;
+}
+
+/** What an admitted instance needs: region masks, an allowed risk, a face cut. */
+export interface Admitted {
+  readonly mask?: readonly Region[];
+  readonly risk?: string;
+  readonly face?: readonly FacePlane[];
+  /** A face in view released unchanged because the client's policy says faces: allow (audited). */
+  readonly faceAllowed?: boolean;
 }
 
 const same = (a: string | undefined, b: string | undefined): boolean => (a ?? '').trim().toUpperCase() === (b ?? '').trim().toUpperCase();
@@ -124,7 +150,27 @@ export function maskRuleFor(f: PixelFacts, rules: readonly MaskRule[]): MaskRule
     && (r.match.columns === undefined || Number(f.columns) === r.match.columns));
 }
 
-export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY): PixelDecision {
+/**
+ * The pixel decision for an instance. `faces` gives the instance's original series and the
+ * stored face decisions; without it (or without a decision for the series) an instance of a
+ * face modality is withheld while the client's policy needs a face decision: nothing leaves
+ * before its series is decided.
+ */
+export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY, faces?: { readonly series: string | undefined; readonly lookup: FaceLookup }): PixelDecision {
+  const d = textDecision(f, policy);
+  if (!d.allow || !FACE_MODALITIES.has((f.modality ?? '').trim().toUpperCase())) return d;
+  const mode = policy.faces ?? 'deface';
+  const verdict = faces?.series ? faces.lookup(faces.series) : undefined;
+  if (mode === 'allow') return verdict?.kind === 'deface' || verdict?.kind === 'uncertain' ? { ...d, faceAllowed: true } : d;
+  const auditReason = 'pixels-withheld:face';
+  if (!verdict) return { allow: false, reason: 'the face decision of this series has not been made', auditReason: 'pixels-withheld:face-pending' };
+  if (verdict.kind === 'no-face') return d;
+  if (verdict.kind === 'uncertain') return { allow: false, reason: `a head is in view and its face cannot be removed with confidence (${verdict.why})`, auditReason };
+  if (mode === 'withhold') return { allow: false, reason: 'a face is in view and this client\'s policy withholds faces', auditReason };
+  return { ...d, face: verdict.planes };
+}
+
+function textDecision(f: PixelFacts, policy: PixelPolicy): PixelDecision {
   const r = classify(f);
   if (r === undefined) return { allow: true };
   const { code, text: risk } = r;

@@ -4,6 +4,7 @@
  * the modality (air, -1000 HU, for CT; 0 for MR and PET), written as a stored value clamped to
  * the stored range. Every other byte stays as it came.
  */
+import { GatewayError } from '../../core/errors.js';
 import type { FrameGeometry, PixelFactsFull } from '../geometry.js';
 import type { CutPlane } from './analyze.js';
 
@@ -68,4 +69,57 @@ export function cellBytes(value: number, bitsAllocated: number, littleEndian: bo
   else if (bitsAllocated === 16) littleEndian ? b.writeUInt16LE(value & 0xffff, 0) : b.writeUInt16BE(value & 0xffff, 0);
   else littleEndian ? b.writeUInt32LE(value >>> 0, 0) : b.writeUInt32BE(value >>> 0, 0);
   return b;
+}
+
+/**
+ * A transformer of native pixel data bytes (offset 0 = first byte of the value), applied chunk
+ * by chunk: the pixels of each frame in front of the cut take the background value. Chunks
+ * that touch no removed pixel pass as they are; others are copied before they are changed.
+ * Throws PIXELS_WITHHELD (`face-geometry`) when a frame cannot be placed in the patient.
+ */
+export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[], littleEndian: boolean): { transform: (chunk: Buffer) => Buffer; removed: number } {
+  if (f.samplesPerPixel !== 1 || ![8, 16, 32].includes(f.bitsAllocated)) {
+    throw new GatewayError('PIXELS_WITHHELD', 'a face cut needs grayscale pixel data of 8, 16 or 32 bits', { auditReason: 'pixels-withheld:face-geometry' });
+  }
+  const bpp = f.bitsAllocated / 8;
+  const frameBytes = f.rows * f.columns * bpp;
+  const starts: number[] = [];
+  const ends: number[] = [];
+  const fills: Buffer[] = [];
+  let removed = 0;
+  for (let k = 0; k < f.frames; k++) {
+    const g = f.geometry[k];
+    if (!g) throw new GatewayError('PIXELS_WITHHELD', `frame ${k + 1} of this instance has no position in the patient, so the face cut cannot be placed`, { auditReason: 'pixels-withheld:face-geometry' });
+    const spans = rowSpans(planes, g, f.rows, f.columns);
+    const cell = cellBytes(backgroundStored(f, k), f.bitsAllocated, littleEndian);
+    const fill = Buffer.alloc(f.columns * bpp);
+    for (let i = 0; i < fill.length; i += bpp) cell.copy(fill, i);
+    for (let r = 0; r < f.rows; r++) {
+      const a = spans.from[r]!;
+      const b = spans.to[r]!;
+      if (b <= a) continue;
+      starts.push(k * frameBytes + (r * f.columns + a) * bpp);
+      ends.push(k * frameBytes + (r * f.columns + b) * bpp);
+      fills.push(fill);
+      removed += b - a;
+    }
+  }
+  let offset = 0;
+  let ri = 0;
+  const transform = (chunk: Buffer): Buffer => {
+    const start = offset;
+    const end = start + chunk.length;
+    offset = end;
+    while (ri < starts.length && ends[ri]! <= start) ri++;
+    if (ri >= starts.length || starts[ri]! >= end) return chunk;
+    const out = Buffer.from(chunk); // never write into the input's buffers
+    for (let k = ri; k < starts.length && starts[k]! < end; k++) {
+      const a = Math.max(starts[k]!, start);
+      const b = Math.min(ends[k]!, end);
+      // The fill row is cell-aligned from the range's start.
+      fills[k]!.copy(out, a - start, a - starts[k]!, b - starts[k]!);
+    }
+    return out;
+  };
+  return { transform, removed };
 }

@@ -1,0 +1,149 @@
+/**
+ * Series-level face decisions, made once and stored (issue 11).
+ *
+ * A decision is keyed by the original Series Instance UID, a digest of the series' SOP
+ * Instance UIDs (a series that gains or loses instances is decided again) and the algorithm
+ * version. It is computed on a reduced volume: the provider asks its source for the series'
+ * instances (geometry only), picks frames about every 2 mm along the largest stack, fetches
+ * only the instances that hold them (uncompressed), reduces each frame as it arrives and
+ * drops the full-resolution bytes. Concurrent requests for one series share one analysis.
+ */
+import { createHash } from 'node:crypto';
+import { inflateRawSync } from 'node:zlib';
+import { GatewayError } from '../../core/errors.js';
+import { readInstanceSync } from '../../dicom/part10.js';
+import type { FaceVerdict } from '../../pixels/types.js';
+import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
+import { part10View } from '../views.js';
+import { analyzeFace, FACE_ALGORITHM } from './analyze.js';
+import { buildVolume, largestStack, reduceFrame, type ReducedFrame } from './volume.js';
+
+/** Where a series comes from: the PACS (gateway) or files (offline command). */
+export interface SeriesSource {
+  /** Every instance of the series with a view of its header (geometry; metadata is enough). */
+  instances(): Promise<readonly { readonly sop: string; readonly view: DatasetView }[]>;
+  /** One whole instance as Part 10 bytes, with native (uncompressed) pixel data where possible. */
+  instance(sop: string): Promise<Buffer>;
+}
+
+/** Durable storage of decisions (SQLite in state.dir; PostgreSQL for replicas). */
+export interface FaceStore {
+  get(key: string): FaceVerdict | undefined | Promise<FaceVerdict | undefined>;
+  put(key: string, verdict: FaceVerdict): void | Promise<void>;
+}
+
+export interface FaceStats {
+  analyses: number;
+  /** CPU-ish wall time of the analyses (fetch excluded), seconds. */
+  analysisSeconds: number;
+  fetchedInstances: number;
+}
+
+/** Grid spacing of the reduced volume, mm. */
+const GRID_MM = 2;
+
+export function seriesKey(series: string, sops: readonly string[]): string {
+  const h = createHash('sha256');
+  for (const s of [...sops].sort()) h.update(s).update('\0');
+  return `${series}|${h.digest('hex').slice(0, 32)}|${FACE_ALGORITHM}`;
+}
+
+export class FaceProvider {
+  private readonly memory = new Map<string, FaceVerdict>();
+  private readonly latest = new Map<string, FaceVerdict>();
+  private readonly running = new Map<string, Promise<FaceVerdict>>();
+  readonly stats: FaceStats = { analyses: 0, analysisSeconds: 0, fetchedInstances: 0 };
+
+  constructor(private readonly store: FaceStore | undefined) {}
+
+  /** The decision of a series already decided in this process (by original Series Instance UID). */
+  decision(series: string): FaceVerdict | undefined {
+    return this.latest.get(series);
+  }
+
+  /**
+   * The decision of a series: from memory, the store, or a new analysis (shared by concurrent
+   * callers). `sops` are the series' SOP Instance UIDs (the digest).
+   */
+  async decide(series: string, modality: string, sops: readonly string[], source: SeriesSource): Promise<FaceVerdict> {
+    const key = seriesKey(series, sops);
+    const known = this.memory.get(key);
+    if (known) { this.latest.set(series, known); return known; }
+    let run = this.running.get(key);
+    if (!run) {
+      run = (async () => {
+        const stored = await this.store?.get(key);
+        if (stored) { this.memory.set(key, stored); return stored; }
+        let verdict: FaceVerdict;
+        try {
+          verdict = await this.analyze(modality, source);
+        } catch (e) {
+          // Pixels that cannot be read (compressed and not transcoded, no geometry): the series is
+          // withheld whole, and decided again later (not stored: the PACS may transcode next time).
+          if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') return { kind: 'uncertain', why: 'its pixels cannot be read' } as const;
+          throw e;
+        }
+        await this.store?.put(key, verdict);
+        this.memory.set(key, verdict);
+        return verdict;
+      })();
+      this.running.set(key, run);
+      void run.finally(() => this.running.delete(key)).catch(() => undefined);
+    }
+    const verdict = await run;
+    this.latest.set(series, verdict);
+    return verdict;
+  }
+
+  private async analyze(modality: string, source: SeriesSource): Promise<FaceVerdict> {
+    const list = await source.instances();
+    // Frames of every instance, with their geometry from the metadata.
+    const frames: { sop: string; frame: number; geometry: FrameGeometry }[] = [];
+    for (const { sop, view } of list) {
+      const f = readPixelFacts(view);
+      if (f.samplesPerPixel !== 1) continue;
+      f.geometry.forEach((g, frame) => { if (g) frames.push({ sop, frame, geometry: g }); });
+    }
+    const stack = largestStack(frames);
+    if (stack.length < 8) return { kind: 'no-face' }; // a few slices cannot show a face's surface
+    // Every k-th frame along the stack so that samples are about GRID_MM apart.
+    const n = frameNormal(stack[0]!.geometry);
+    stack.sort((a, b) => dot(n, a.geometry.position) - dot(n, b.geometry.position));
+    const span = dot(n, stack.at(-1)!.geometry.position) - dot(n, stack[0]!.geometry.position);
+    if (span < 30) return { kind: 'no-face' }; // thinner than 3 cm: no surface to rebuild
+    const step = Math.max(1, Math.floor(GRID_MM / (span / (stack.length - 1))));
+    const wanted = new Map<string, Set<number>>();
+    for (let i = 0; i < stack.length; i += step) {
+      const s = stack[i]!;
+      (wanted.get(s.sop) ?? wanted.set(s.sop, new Set()).get(s.sop)!).add(s.frame);
+    }
+    const reduced: ReducedFrame[] = [];
+    let seconds = 0;
+    for (const [sop, want] of wanted) {
+      const bytes = await source.instance(sop);
+      this.stats.fetchedInstances++;
+      const t0 = performance.now();
+      const inst = readInstanceSync(bytes, (b) => inflateRawSync(b));
+      if (!inst.pixel) {
+        throw new GatewayError('PIXELS_WITHHELD', 'the pixels of this series cannot be read to decide whether a face is in view', { auditReason: 'pixels-withheld:face-undecodable' });
+      }
+      const facts = readPixelFacts(part10View(inst.elements));
+      const per = facts.rows * facts.columns * (facts.bitsAllocated / 8);
+      for (const frame of want) {
+        if ((frame + 1) * per > inst.pixel.length) continue;
+        const r = reduceFrame(inst.pixel.subarray(frame * per, (frame + 1) * per), facts, frame, inst.transferSyntax.littleEndian, GRID_MM);
+        if (r) reduced.push(r);
+      }
+      seconds += (performance.now() - t0) / 1000;
+    }
+    const t0 = performance.now();
+    const vol = buildVolume(reduced, GRID_MM);
+    const result = vol ? analyzeFace(vol, modality) : { kind: 'no-face' as const, why: 'no volume' };
+    seconds += (performance.now() - t0) / 1000;
+    this.stats.analyses++;
+    this.stats.analysisSeconds += seconds;
+    if (result.kind === 'deface') return { kind: 'deface', planes: result.planes.map((p) => ({ n: [p.n[0], p.n[1], p.n[2]] as const, d: p.d })) };
+    if (result.kind === 'uncertain') return { kind: 'uncertain', why: result.why };
+    return { kind: 'no-face' };
+  }
+}

@@ -138,7 +138,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   }
   const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
   const depth = (s: Slice): number => (s.y1 - s.y0 + 1) * g;
-  const headLike = slices.map((s) => s.count > 0 && width(s) >= 100 && width(s) <= 240 && depth(s) >= 120 && depth(s) <= 280 && depth(s) / width(s) >= 0.9);
+  // An adult head's cross-section: longer than wide (a neck, a knee or a limb is about round).
+  const headLike = slices.map((s) => s.count > 0 && width(s) >= 110 && width(s) <= 235 && depth(s) >= 140 && depth(s) <= 280 && depth(s) / width(s) >= 1.05);
   // The head: the longest run of head-like cross-sections.
   let run = 0;
   let bestRun = 0;
@@ -147,16 +148,18 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     run = headLike[z] ? run + 1 : 0;
     if (run > bestRun) { bestRun = run; runEnd = z; }
   }
-  if (bestRun * g < 40) return { kind: 'no-face', why: 'no head in view' };
-  const headLo = runEnd - bestRun + 1;
-  const headHi = runEnd;
+  const headInView = bestRun * g >= 40;
+  // Without an adult head's cross-sections (a child's head, a face-only field of view) the
+  // landmarks are still searched, over the whole body in view.
+  const headLo = headInView ? runEnd - bestRun + 1 : 0;
+  const headHi = headInView ? runEnd : nz - 1;
   const zTop = slices.reduce((t, s, z) => (s.count > 0 ? z : t), 0);
   const zBottom = slices.findIndex((s) => s.count > 0);
   const topArea = slices[zTop]!.count;
-  const maxArea = Math.max(...slices.slice(headLo, headHi + 1).map((s) => s.count));
+  const maxArea = Math.max(1, ...slices.slice(headLo, headHi + 1).map((s) => s.count));
   const vertexInView = zTop < nz - 1 || topArea < 0.3 * maxArea;
-  const xMid = median(slices.slice(headLo, headHi + 1).map((s) => (s.x0 + s.x1) / 2));
-  const headDepth = median(slices.slice(headLo, headHi + 1).map(depth));
+  const xMid = median(slices.slice(headLo, headHi + 1).filter((s) => s.count > 0).map((s) => (s.x0 + s.x1) / 2));
+  const headDepth = headInView ? median(slices.slice(headLo, headHi + 1).map(depth)) : 190;
   const scale = Math.min(1.2, Math.max(0.6, headDepth / 190));
   const A = (z: number, x: number): number => (z >= 0 && z < nz && x >= 0 && x < nx ? ant[z * nx + x]! : Number.NaN);
 
@@ -176,14 +179,17 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       const r = A(z, x + w);
       const side = Math.max(Number.isNaN(l) ? -Infinity : l, Number.isNaN(r) ? -Infinity : r);
       if (side === -Infinity) continue; // a thin object, not a face
-      const p = c - side;
-      // The nose stands out above and below too: its height (tip to nasion) is short.
-      const up = A(z + Math.round((30 * scale) / g), x);
-      if (Number.isNaN(up) || c - up < 4) continue;
+      // The nose stands out above too: the profile 15–45 mm above its tip (the dorsum and the
+      // nasion) lies well behind it; a chin's or a lip's does not.
+      let deepest = Infinity;
+      for (let d = Math.round((15 * scale) / g); d <= Math.round((45 * scale) / g); d++) { const u = A(z + d, x); if (!Number.isNaN(u) && u < deepest) deepest = u; }
+      if (deepest === Infinity || c - deepest < 6) continue;
+      const p = Math.min(c - side, 1.5 * (c - deepest));
       if (p > best) { best = p; bz = z; bx = x; }
     }
   }
   const noseFound = best >= 8;
+  if (!noseFound && !headInView) return { kind: 'no-face', why: 'no head in view' };
   if (!noseFound) {
     // No nose. A head whose lowest slice is well above where the eyes would be has no face in view.
     if (vertexInView && (zTop - zBottom) * g < 100 * scale) return { kind: 'no-face', why: 'the head ends above the eyes' };
@@ -194,11 +200,12 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   let nz0 = bz;
   let nx0 = bx;
   for (let z = bz - r8; z <= bz + r8; z++) for (let x = bx - r8; x <= bx + r8; x++) if (A(z, x) > A(nz0, nx0)) { nz0 = z; nx0 = x; }
+  // The midline profile: the most forward point within 2 voxels of the tip's column (robust to a
+  // hole in the thin skin of the nasal bridge).
   const profile = (z: number): number => {
-    let s = 0;
-    let n = 0;
-    for (let x = nx0 - 1; x <= nx0 + 1; x++) { const v = A(z, x); if (!Number.isNaN(v)) { s += v; n++; } }
-    return n ? s / n : Number.NaN;
+    let m = Number.NaN;
+    for (let x = nx0 - 2; x <= nx0 + 2; x++) { const v = A(z, x); if (!Number.isNaN(v) && !(v <= m)) m = v; }
+    return m;
   };
   const nAnt = A(nz0, nx0);
   const mm = (z: number): number => z * g;
@@ -223,7 +230,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       if (!Number.isNaN(v) && (gZ < 0 || v > profile(gZ))) gZ = z;
     }
   }
-  const nasionOk = sZ >= 0 && gZ >= 0 && sDepth >= 3 && nAnt - profile(sZ) >= 8;
+  const nasionOk = sZ >= 0 && gZ >= 0 && sDepth >= 3 && nAnt - profile(sZ) >= 8 && nAnt - profile(sZ) <= 45 * scale;
+  // A ridge with no head around it and no nasion above it is not a nose (a knee's patella).
+  if (!headInView && !nasionOk) return { kind: 'no-face', why: 'no head in view' };
   let cZ = -1;
   for (let z = nz0 - Math.round((40 * scale) / g); z >= Math.max(zBottom, nz0 - Math.round((100 * scale) / g)); z--) {
     const v = profile(z);
@@ -235,7 +244,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     for (let z = cZ; z <= nz0; z++) fold = Math.min(fold, profile(z));
     chinOk = profile(cZ) - fold >= 2 && nAnt - profile(cZ) < 45 * scale;
   }
-  if (vertexInView && (mm(zTop) - mm(nz0) < 110 * scale || mm(zTop) - mm(nz0) > 260 * scale)) {
+  if (vertexInView && (mm(zTop) - mm(nz0) < 80 * scale || mm(zTop) - mm(nz0) > 260 * scale)) {
     return { kind: 'uncertain', why: 'the nose found is not where a nose is on a head of this size' };
   }
   // Pitch: in a neutral posture the line from the nasion to the tip of the nose leans about
@@ -260,7 +269,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // Line 1 (steep): from 5 mm in front of the nasion and 10 mm above it (the brow), 1.3 mm back per mm down.
   // Line 2 (shallow): 55 mm behind the tip at its height, 0.55 mm back per mm down.
   const lines = [
-    { h0: hS + 12 * scale, a0: aS - 5 * scale, k: 1.6 },
+    { h0: hS + 18 * scale, a0: aS - 5 * scale, k: 2.0 },
     { h0: hS - 15 * scale, a0: aS + 28 * scale, k: 0.45 },
   ];
   // a < a0 + k (h0 - h)  ⇔  a + k h - (a0 + k h0) < 0, with h and a linear in (y, z):

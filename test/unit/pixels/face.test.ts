@@ -1,0 +1,232 @@
+/**
+ * Faces (issue 11) on the repository's own head phantoms, through the product's provider
+ * (reduced volume, analysis, stored decision) and the Part 10 engine (the cut as pixels
+ * stream): every orientation, gantry tilt, pitched heads, multi-frame, CT in Hounsfield units
+ * and MR; a head with no face in view and a body part that is not a head released bit-exact;
+ * the decision stored once and reused; the policy's three values.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inflateRawSync } from 'node:zlib';
+import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
+import { readHeaderSync, readInstanceSync } from '../../../src/dicom/part10.js';
+import { GatewayError } from '../../../src/core/errors.js';
+import { FaceProvider, type SeriesSource } from '../../../src/pixels/face/provider.js';
+import { openFaceStore } from '../../../src/pixels/face/store-sqlite.js';
+import { rowSpans, faceCutTransformer } from '../../../src/pixels/face/cut.js';
+import { readPixelFacts } from '../../../src/pixels/geometry.js';
+import { part10View, jsonView } from '../../../src/pixels/views.js';
+import { admitPixels, DEFAULT_PIXEL_POLICY, pixelDecision, type FaceVerdict } from '../../../src/policy/pixels.js';
+import { checkDefaced, makeHeadPhantom, type Phantom, type PhantomOptions } from '../../fixtures/head-phantom.js';
+import { engine } from '../../helpers/fixtures.js';
+
+const source = (ph: Phantom): SeriesSource & { fetched: number } => {
+  const s = {
+    fetched: 0,
+    instances: async () => ph.files.map((f) => ({ sop: f.sop, view: part10View(readHeaderSync(f.bytes, inflateRawSync).elements) })),
+    instance: async (sop: string) => { s.fetched++; return ph.files.find((f) => f.sop === sop)!.bytes; },
+  };
+  return s;
+};
+
+async function decide(ph: Phantom, provider = new FaceProvider(undefined)): Promise<FaceVerdict> {
+  return provider.decide(ph.series, ph.options.modality, ph.files.map((f) => f.sop), source(ph));
+}
+
+/** The series through the engine with the verdict's cut, as the gateway and the deid command apply it. */
+async function deliver(ph: Phantom, verdict: FaceVerdict): Promise<Uint16Array[]> {
+  const out: Uint16Array[] = [];
+  for (const f of ph.files) {
+    const bytes = await deidentifyPart10Buffer(f.bytes, engine(), { admit: (attr) => admitPixels(attr, DEFAULT_PIXEL_POLICY, () => verdict) });
+    const inst = readInstanceSync(bytes, inflateRawSync);
+    const px = inst.pixel!;
+    const per = ph.options.rows * ph.options.columns;
+    for (let k = 0; k < f.frames; k++) {
+      const a = new Uint16Array(per);
+      for (let i = 0; i < per; i++) a[i] = px.readUInt16LE((k * per + i) * 2);
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+const base = (o: Partial<PhantomOptions>): PhantomOptions => ({
+  modality: 'MR', orientation: 'sagittal', rows: 120, columns: 120, pixelMm: 2.2, slices: 80, sliceMm: 2, uidRoot: '1.2.826.0.1.3680043.9.7433.11.1', ...o,
+});
+
+const CASES: [string, Partial<PhantomOptions>][] = [
+  ['MR sagittal', {}],
+  ['MR axial', { orientation: 'axial', slices: 130, sliceMm: 2, rows: 110, columns: 100 }],
+  ['MR coronal', { orientation: 'coronal', slices: 110, rows: 130, columns: 90 }],
+  ['MR oblique', { orientation: 'oblique', slices: 130, rows: 130, columns: 130, pixelMm: 2 }],
+  ['CT axial in HU', { modality: 'CT', orientation: 'axial', slices: 100, sliceMm: 2.5, rows: 110, columns: 100 }],
+  ['CT axial with 15° gantry tilt', { modality: 'CT', orientation: 'axial', slices: 100, sliceMm: 2.5, rows: 110, columns: 100, tiltDeg: 15 }],
+  ['MR enhanced multi-frame, sagittal', { multiFrame: true }],
+  ['CT enhanced multi-frame, coronal', { modality: 'CT', orientation: 'coronal', multiFrame: true, slices: 100, rows: 130, columns: 90 }],
+  ['MR sagittal, chin up 15°', { pitchDeg: 15 }],
+  ['MR sagittal, chin down 12°', { pitchDeg: -12 }],
+  ['MR axial, head off-centre', { orientation: 'axial', slices: 130, rows: 110, columns: 110, center: [20, -15, 40] }],
+];
+
+describe('faces on head phantoms', () => {
+  for (const [name, o] of CASES) {
+    test(`${name}: the face is removed, the brain is left exactly as it was`, async () => {
+      const ph = makeHeadPhantom(base({ ...o, uidRoot: `1.2.826.0.1.3680043.9.7433.11.${CASES.findIndex(([n]) => n === name) + 2}` }));
+      const verdict = await decide(ph);
+      assert.equal(verdict.kind, 'deface', JSON.stringify(verdict));
+      const c = checkDefaced(ph, await deliver(ph, verdict));
+      assert.ok(c.removedOk > 500, `face voxels checked: ${c.removedOk}`);
+      assert.equal(c.removedBad, 0, `${c.removedBad} face voxels left (of ${c.removedOk + c.removedBad}): ${JSON.stringify(c.left)}`);
+      assert.ok(c.brainOk > 1000, `brain voxels checked: ${c.brainOk}`);
+      assert.equal(c.brainBad, 0, `${c.brainBad} brain voxels changed`);
+    });
+  }
+
+  test('a head with no face in view (brain-only) is released bit-exact', async () => {
+    const ph = makeHeadPhantom(base({ modality: 'CT', orientation: 'axial', slices: 40, sliceMm: 2.5, rows: 110, columns: 100, fromZ: 25, center: [0, 0, 0], uidRoot: '1.2.826.0.1.3680043.9.7433.11.40' }));
+    // Only slices above the eyes: the stack starts 25 mm above the head's centre.
+    const verdict = await decide(ph);
+    assert.equal(verdict.kind, 'no-face', JSON.stringify(verdict));
+    for (const f of ph.files) {
+      const out = await deidentifyPart10Buffer(f.bytes, engine(), { admit: (attr) => admitPixels(attr, DEFAULT_PIXEL_POLICY, () => verdict) });
+      assert.deepEqual(readInstanceSync(out, inflateRawSync).pixel, readInstanceSync(f.bytes, inflateRawSync).pixel);
+    }
+  });
+
+  test('a body part that is not a head (the neck below the chin: about round) is released bit-exact', async () => {
+    const ph = makeHeadPhantom(base({ modality: 'CT', orientation: 'axial', slices: 40, sliceMm: 2.5, rows: 110, columns: 100, fovCenter: [0, 0, -150], uidRoot: '1.2.826.0.1.3680043.9.7433.11.41' }));
+    const verdict = await decide(ph);
+    assert.equal(verdict.kind, 'no-face', JSON.stringify(verdict));
+  });
+
+  test('a header that names no head and a description that says nothing do not lower suspicion', async () => {
+    const plain = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.42' }));
+    const named = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.43', bodyPart: 'KNEE', seriesDescription: 'knee t1' }));
+    assert.equal((await decide(plain)).kind, 'deface');
+    assert.equal((await decide(named)).kind, 'deface'); // the pixels decide, not the header
+  });
+
+  test('one analysis per series: concurrent callers share it, the store keeps it across restarts, a changed series is decided again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'faces-'));
+    const ph = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.44', slices: 60, sliceMm: 2.5 }));
+    const store = openFaceStore(dir);
+    const p1 = new FaceProvider(store);
+    const src = source(ph);
+    const sops = ph.files.map((f) => f.sop);
+    const [a, b] = await Promise.all([p1.decide(ph.series, 'MR', sops, src), p1.decide(ph.series, 'MR', sops, src)]);
+    assert.deepEqual(a, b);
+    assert.equal(p1.stats.analyses, 1);
+    // Sampling: about every 2 mm of a 2.5 mm stack is every slice; fetched once each.
+    assert.equal(src.fetched, ph.files.length);
+    store.close();
+    const store2 = openFaceStore(dir);
+    const p2 = new FaceProvider(store2);
+    const src2 = source(ph);
+    assert.deepEqual(await p2.decide(ph.series, 'MR', sops, src2), a);
+    assert.equal(p2.stats.analyses, 0);
+    assert.equal(src2.fetched, 0, 'a stored decision fetches no pixels');
+    assert.deepEqual(p2.decision(ph.series), a);
+    // One instance fewer: another digest, decided again.
+    await p2.decide(ph.series, 'MR', sops.slice(1), source(ph));
+    assert.equal(p2.stats.analyses, 1);
+    store2.close();
+  });
+
+  test('a thin-sliced series is analysed on every k-th slice (reduced volume)', async () => {
+    const ph = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.45', slices: 160, sliceMm: 0.9, rows: 100, columns: 100, pixelMm: 2.5 }));
+    const src = source(ph);
+    const v = await new FaceProvider(undefined).decide(ph.series, 'MR', ph.files.map((f) => f.sop), src);
+    assert.equal(v.kind, 'deface');
+    assert.ok(src.fetched <= 80 && src.fetched >= 60, `fetched ${src.fetched} of ${ph.files.length}`);
+  });
+});
+
+describe('face policy and markers', () => {
+  const ph = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.50', slices: 60, sliceMm: 2.5 }));
+  const facts = { modality: 'MR', sopClassUid: '1.2.840.10008.5.1.4.1.1.4' };
+
+  test('deface (the default) releases with the cut; withhold refuses; allow releases and says so; undecided is withheld', async () => {
+    const verdict = await decide(ph);
+    const lookup = { series: ph.series, lookup: () => verdict };
+    const d = pixelDecision(facts, DEFAULT_PIXEL_POLICY, lookup);
+    assert.ok(d.allow && d.face && d.face.length > 0);
+    const w = pixelDecision(facts, { ...DEFAULT_PIXEL_POLICY, faces: 'withhold' }, lookup);
+    assert.ok(!w.allow && w.auditReason === 'pixels-withheld:face');
+    const a = pixelDecision(facts, { ...DEFAULT_PIXEL_POLICY, faces: 'allow' }, lookup);
+    assert.ok(a.allow && !a.face && a.faceAllowed);
+    const pending = pixelDecision(facts, DEFAULT_PIXEL_POLICY, { series: ph.series, lookup: () => undefined });
+    assert.ok(!pending.allow && pending.auditReason === 'pixels-withheld:face-pending');
+    const noSeries = pixelDecision(facts, DEFAULT_PIXEL_POLICY);
+    assert.ok(!noSeries.allow, 'an MR instance with no face decision never leaves');
+    const uncertain = pixelDecision(facts, DEFAULT_PIXEL_POLICY, { series: ph.series, lookup: () => ({ kind: 'uncertain', why: 'x' }) });
+    assert.ok(!uncertain.allow && uncertain.auditReason === 'pixels-withheld:face');
+    // Other modalities need no face decision.
+    assert.ok(pixelDecision({ modality: 'CR' }, DEFAULT_PIXEL_POLICY).allow);
+  });
+
+  test('a defaced instance says so: Recognizable Visual Features NO and 113102; other bytes of the header as the engine writes them', async () => {
+    const verdict = await decide(ph);
+    const out = await deidentifyPart10Buffer(ph.files[30]!.bytes, engine(), { admit: (attr) => admitPixels(attr, DEFAULT_PIXEL_POLICY, () => verdict) });
+    const v = part10View(readHeaderSync(out, inflateRawSync).elements);
+    assert.equal(v.str(0x00280302), 'NO');
+    const codes = v.items(0x00120064).map((i) => i.str(0x00080100));
+    assert.ok(codes.includes('113102'), codes.join(','));
+    const plain = await deidentifyPart10Buffer(ph.files[30]!.bytes, engine(), { admit: (attr) => admitPixels(attr, { ...DEFAULT_PIXEL_POLICY, faces: 'allow' }, () => verdict) });
+    const pv = part10View(readHeaderSync(plain, inflateRawSync).elements);
+    assert.notEqual(pv.str(0x00280302), 'NO');
+    assert.ok(!pv.items(0x00120064).map((i) => i.str(0x00080100)).includes('113102'));
+  });
+
+  test('compressed pixel data of a defaced series is withheld, never released as it came', async () => {
+    const verdict = await decide(ph);
+    const f = ph.files[30]!.bytes;
+    // Relabel the same file as RLE with encapsulated pixel data: the engine cannot place the cut.
+    const { encodePart10, encapsulatedPixelData } = await import('../../helpers/dicom-builder.js');
+    const head = readHeaderSync(f, inflateRawSync);
+    const els = head.elements.filter((e) => e.value && !e.items).map((e) => ({ tag: e.tag, vr: e.vr, value: e.value! }));
+    const rle = encodePart10([...els, encapsulatedPixelData([Buffer.alloc(0), Buffer.alloc(64)])], { ts: 'explicitLE', meta: { transferSyntaxUid: '1.2.840.10008.1.2.5', sopClassUid: '1.2.840.10008.5.1.4.1.1.4', sopInstanceUid: `${ph.series}.999` } });
+    await assert.rejects(deidentifyPart10Buffer(rle, engine(), { admit: (attr) => admitPixels(attr, DEFAULT_PIXEL_POLICY, () => verdict) }),
+      (e: unknown) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD' && e.auditReason === 'pixels-withheld:compressed');
+  });
+
+  test('the cut streams at any chunk size with the same bytes, and never writes into its input', async () => {
+    const verdict = await decide(ph);
+    assert.equal(verdict.kind, 'deface');
+    if (verdict.kind !== 'deface') return;
+    const inst = readInstanceSync(ph.files[30]!.bytes, inflateRawSync);
+    const facts = readPixelFacts(part10View(inst.elements));
+    const whole = faceCutTransformer(facts, verdict.planes, true).transform(inst.pixel!);
+    const copy = Buffer.from(inst.pixel!);
+    for (const size of [1, 7, 4096]) {
+      const t = faceCutTransformer(facts, verdict.planes, true);
+      const parts: Buffer[] = [];
+      for (let i = 0; i < copy.length; i += size) parts.push(t.transform(copy.subarray(i, i + size)));
+      assert.deepEqual(Buffer.concat(parts), whole);
+    }
+    assert.deepEqual(copy, inst.pixel!, 'input unchanged');
+    // The spans agree with a per-pixel test of the planes.
+    const g = facts.geometry[0]!;
+    const s = rowSpans(verdict.planes, g, facts.rows, facts.columns);
+    for (let r = 0; r < facts.rows; r += 7) for (let c = 0; c < facts.columns; c += 5) {
+      const p = [0, 1, 2].map((k) => g.position[k]! + g.rowDir[k]! * c * g.colSpacing + g.colDir[k]! * r * g.rowSpacing);
+      const removed = verdict.planes.every((pl) => pl.n[0] * p[0]! + pl.n[1] * p[1]! + pl.n[2] * p[2]! < pl.d);
+      assert.equal(c >= s.from[r]! && c < s.to[r]!, removed, `row ${r} column ${c}`);
+    }
+  });
+
+  test('geometry from DICOM JSON equals geometry from Part 10 (the metadata the provider reads)', () => {
+    const inst = readInstanceSync(ph.files[3]!.bytes, inflateRawSync);
+    const fromPart10 = readPixelFacts(part10View(inst.elements));
+    const json: Record<string, unknown> = {
+      '00080060': { vr: 'CS', Value: ['MR'] }, '00280010': { vr: 'US', Value: [fromPart10.rows] }, '00280011': { vr: 'US', Value: [fromPart10.columns] },
+      '00280100': { vr: 'US', Value: [16] }, '00280101': { vr: 'US', Value: [16] }, '00280002': { vr: 'US', Value: [1] },
+      '00200032': { vr: 'DS', Value: [...fromPart10.geometry[0]!.position] }, '00200037': { vr: 'DS', Value: [...fromPart10.geometry[0]!.rowDir, ...fromPart10.geometry[0]!.colDir] },
+      '00280030': { vr: 'DS', Value: [fromPart10.geometry[0]!.rowSpacing, fromPart10.geometry[0]!.colSpacing] },
+    };
+    const fromJson = readPixelFacts(jsonView(json));
+    assert.deepEqual(fromJson.geometry, fromPart10.geometry);
+  });
+});

@@ -13,7 +13,7 @@ import { parseBulkPath, rewriteBulkDataUris, setRetrieveUrl, type Level } from '
 import { needsFaceDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision, type PixelPolicy } from '../policy/pixels.js';
 import type { FaceProvider, SeriesSource } from '../pixels/face/provider.js';
 import { jsonView } from '../pixels/views.js';
-import { regionsCover, type PixelGeometry, type Region } from '../deid/pixel-mask.js';
+import { regionsCover, type PixelGeometry } from '../deid/pixel-mask.js';
 import { readInstanceSync } from '../dicom/part10.js';
 import { renderFrame } from '../render/render.js';
 import { inflateRawSync } from 'node:zlib';
@@ -506,9 +506,12 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Masking needs native pixel data: a client that accepts any syntax (`*`) gets the PACS's
   // default (Explicit VR Little Endian) when its policy masks; a specific compressed syntax
   // leaves masked instances withheld (the engine refuses to mask compressed pixel data).
-  // A face cut needs native pixels too (checked again below, once the facts are known).
-  const upTs = ts === '*' && (rc.client.pixels.risky === 'mask' || (rc.client.pixels.faces ?? 'deface') === 'deface') ? undefined : ts;
-  const upAccept = `multipart/related; type="application/dicom"${upTs ? `; transfer-syntax=${upTs}` : ''}`;
+  const upTs = ts === '*' && rc.client.pixels.risky === 'mask' ? undefined : ts;
+  const acceptFor = (t: string | undefined): string => `multipart/related; type="application/dicom"${t ? `; transfer-syntax=${t}` : ''}`;
+  // A face cut needs native pixels too: a client that accepts any syntax waits for the face
+  // decisions before the retrieve is asked for, so that only a study with a face to cut is
+  // transcoded (the others keep their stored syntax).
+  const afterFaces = upTs === '*' && (rc.client.pixels.faces ?? 'deface') === 'deface';
   // Which instances the pixel policy withholds, before the status line: a direct instance
   // request is refused, a study or series says how many it leaves out (Warning 299).
   const study = originalUid(rc, p.study);
@@ -518,17 +521,17 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
   // reads every file of the study for them), and only the status line waits for the facts.
   const path = `/studies/${study}${series === undefined ? '' : `/series/${series}`}${sop === undefined ? '' : `/instances/${sop}`}`;
-  const retrieving = ok(rc, path, upAccept);
-  retrieving.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
+  let retrieving = afterFaces ? undefined : ok(rc, path, acceptFor(upTs));
+  retrieving?.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
   let facts: Map<string, Facts>;
   try {
     facts = await pixelFacts(rc, study, series, sop);
   } catch (e) {
-    void retrieving.then((r) => r.dump(), () => undefined);
+    void retrieving?.then((r) => r.dump(), () => undefined);
     throw e;
   }
   const refuse = async (e: GatewayError): Promise<never> => {
-    await retrieving.then((r) => r.dump(), () => undefined);
+    await retrieving?.then((r) => r.dump(), () => undefined);
     throw e;
   };
   if (sop !== undefined && !facts.has(sop)) await refuse(new GatewayError('NOT_FOUND', 'no such resource'));
@@ -555,6 +558,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     noteWithheld(rc.note, denials[0]!.auditReason);
     await refuse(pixelsWithheld(denials[0]!));
   }
+  retrieving ??= ok(rc, path, acceptFor(inScope.some((f) => { const d = decide(rc, f); return d.allow && !!d.face; }) ? undefined : upTs));
   const up = await retrieving;
   expectType(up, 'multipart/related');
   const boundary = newBoundary();

@@ -49,7 +49,9 @@ async function startHarness(upstreamUrl: string, responseTimeoutMs: number): Pro
     server: { host: '127.0.0.1', port: 0, maxQueryResults: 10_000 }, // the most the schema allows (one audit record itemizes that many studies)
     upstream: { url: upstreamUrl, connectTimeoutMs: 1000, responseTimeoutMs },
     state: { dir },
-    clients: [{ id: 'faults', apiKeySha256: tokenHash(TOKEN) }],
+    // Transport faults only: the scripted PACS serves no series metadata, so faces are allowed here
+    // (the face stage runs against Orthanc in faces.test.ts).
+    clients: [{ id: 'faults', apiKeySha256: tokenHash(TOKEN), pixels: { faces: 'allow' } }],
   }, join(dir, 'config.yaml'));
   const base = buildParts(cfg);
   await base.audit.close(); // replaced by the in-memory sink below

@@ -66,8 +66,13 @@ export function backgroundStored(f: PixelFactsFull, frame: number): number {
 export function cellBytes(value: number, bitsAllocated: number, littleEndian: boolean): Buffer {
   const b = Buffer.alloc(bitsAllocated / 8);
   if (bitsAllocated === 8) b.writeUInt8(value & 0xff, 0);
-  else if (bitsAllocated === 16) littleEndian ? b.writeUInt16LE(value & 0xffff, 0) : b.writeUInt16BE(value & 0xffff, 0);
-  else littleEndian ? b.writeUInt32LE(value >>> 0, 0) : b.writeUInt32BE(value >>> 0, 0);
+  else if (bitsAllocated === 16) {
+    if (littleEndian) b.writeUInt16LE(value & 0xffff, 0); else b.writeUInt16BE(value & 0xffff, 0);
+  } else if (littleEndian) {
+    b.writeUInt32LE(value >>> 0, 0);
+  } else {
+    b.writeUInt32BE(value >>> 0, 0);
+  }
   return b;
 }
 

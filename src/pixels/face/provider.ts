@@ -99,13 +99,18 @@ export class FaceProvider {
     const list = await source.instances();
     // Frames of every instance, with their geometry from the metadata.
     const frames: { sop: string; frame: number; geometry: FrameGeometry }[] = [];
+    let unplaced = 0;
     for (const { sop, view } of list) {
       const f = readPixelFacts(view);
       if (f.samplesPerPixel !== 1) continue;
-      f.geometry.forEach((g, frame) => { if (g) frames.push({ sop, frame, geometry: g }); });
+      f.geometry.forEach((g, frame) => { if (g) frames.push({ sop, frame, geometry: g }); else unplaced++; });
     }
     const stack = largestStack(frames);
-    if (stack.length < 8) return { kind: 'no-face' }; // a few slices cannot show a face's surface
+    if (stack.length < 8) {
+      // A stack of slices without positions could still be put together by their order: a
+      // series of many unplaced frames is withheld, a few slices cannot show a face's surface.
+      return unplaced >= 8 ? { kind: 'uncertain', why: 'its frames have no position in the patient' } : { kind: 'no-face' };
+    }
     // Every k-th frame along the stack so that samples are about GRID_MM apart.
     const n = frameNormal(stack[0]!.geometry);
     stack.sort((a, b) => dot(n, a.geometry.position) - dot(n, b.geometry.position));

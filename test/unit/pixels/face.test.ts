@@ -212,7 +212,7 @@ describe('face policy and markers', () => {
     const s = rowSpans(verdict.planes, g, facts.rows, facts.columns);
     for (let r = 0; r < facts.rows; r += 7) for (let c = 0; c < facts.columns; c += 5) {
       const p = [0, 1, 2].map((k) => g.position[k]! + g.rowDir[k]! * c * g.colSpacing + g.colDir[k]! * r * g.rowSpacing);
-      const removed = verdict.planes.every((pl) => pl.n[0] * p[0]! + pl.n[1] * p[1]! + pl.n[2] * p[2]! < pl.d);
+      const removed: boolean = verdict.planes.every((pl) => pl.n[0] * p[0]! + pl.n[1] * p[1]! + pl.n[2] * p[2]! < pl.d);
       assert.equal(c >= s.from[r]! && c < s.to[r]!, removed, `row ${r} column ${c}`);
     }
   });

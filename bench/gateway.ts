@@ -21,7 +21,12 @@
  *    latency, throughput, the gateway's CPU per request, overhead;
  *  - (c) peak RSS of the gateway process while it streams the ~1 GB study (VmHWM reset first,
  *    RSS trace by tenths of the run). Run first, before (a) and (b), so the figure is the
- *    streaming's; the VmHWM over the whole run is reported too.
+ *    streaming's; the VmHWM over the whole run is reported too;
+ *  - (d) head series (test/fixtures/head-phantom.ts): a 160-slice sagittal 512 x 460 MR and a
+ *    400-slice axial 512 x 512 CT with faces. Per series: retrieves by a client with
+ *    pixels.faces: allow (the reference), the first retrieve by a defacing client (the face
+ *    analysis included), later retrieves from the stored decision; the gateway's CPU per
+ *    retrieve, the analysis time it logs, and its peak RSS while it defaces the CT.
  *
  * Prints a table (figures next to targets) and writes bench/out/gateway.json. See bench/README.md.
  *
@@ -32,7 +37,8 @@
  *   BENCH_BIG_INSTANCES (10), BENCH_BIG_FRAMES (200)   the ~1 GB study of (c); frames=1 gives
  *                              single-frame instances (e.g. 2000 x 1 for 2000 ordinary slices)
  *   BENCH_SETUP_BUDGET_S (150) stop uploading the big study after this many seconds of setup
- *   BENCH_PHASES (a,b,c)       which measurements to run
+ *   BENCH_PHASES (a,b,c,d)     which measurements to run
+ *   BENCH_HEAD_SCALE (1)       0.5: half-size head series (256 x 230 x 80 MR, 256 x 256 x 200 CT) for a quick run
  *   BENCH_CPU_PROF (0)         1: run the gateway child with --cpu-prof and list its hottest functions
  *   BENCH_TRANSPORT            the gateway's upstream.transport (default: the gateway's own default)
  *   BENCH_GATEWAY_NODE_FLAGS   extra node flags for the gateway child (e.g. "--trace-gc")
@@ -47,6 +53,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { generateCtSeries } from '../test/fixtures/generate.js';
+import { makeHeadPhantom } from '../test/fixtures/head-phantom.js';
 import { DICOMWEB_PLUGIN, freePort, startOrthanc, type OrthancHandle } from '../test/helpers/orthanc.js';
 import { projectRoot } from './common.js';
 
@@ -61,7 +68,11 @@ const QIDO_CONCURRENCY = intEnv('BENCH_QIDO_CONCURRENCY', 16);
 const BIG_INSTANCES = intEnv('BENCH_BIG_INSTANCES', 10);
 const BIG_FRAMES = intEnv('BENCH_BIG_FRAMES', 200);
 const SETUP_BUDGET_S = intEnv('BENCH_SETUP_BUDGET_S', 150);
-const PHASES = new Set((process.env.BENCH_PHASES ?? 'a,b,c').split(',').map((s) => s.trim()));
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'a,b,c,d').split(',').map((s) => s.trim()));
+const HEAD_SCALE = Number(process.env.BENCH_HEAD_SCALE ?? '1') || 1;
+const TARGET_FACE_FIRST = 1.5;
+const TARGET_FACE_LATER = 1.1;
+const TARGET_FACE_RSS_MB = 250;
 const CPU_PROF = process.env.BENCH_CPU_PROF === '1';
 /** The gateway's upstream.transport; unset: the key is left out, so the gateway's default applies. */
 const TRANSPORT = process.env.BENCH_TRANSPORT || undefined;
@@ -318,6 +329,9 @@ async function startGatewayChild(root: string, dir: string, upstream: string, pr
     'clients:',
     '  - id: bench',
     `    apiKeySha256: "${hash}"`,
+    '  - id: bench-allow',
+    `    apiKeySha256: "${createHash('sha256').update(`${TOKEN}-allow`).digest('hex')}"`,
+    '    pixels: {faces: allow}',
     '',
   ].join('\n'));
   const logFile = join(dir, 'gateway.log');
@@ -504,6 +518,22 @@ async function main(): Promise<void> {
     }
     rmSync(ctDir, { recursive: true, force: true });
 
+    const heads: { name: string; study: string; series: string; instances: number; bytes: number }[] = [];
+    if (PHASES.has('d')) {
+      const t = now();
+      const s = HEAD_SCALE;
+      const specs = [
+        { name: `MR sagittal ${Math.round(512 * s)}x${Math.round(460 * s)}x${Math.round(160 * s)}`, o: { modality: 'MR' as const, orientation: 'sagittal' as const, rows: Math.round(512 * s), columns: Math.round(460 * s), pixelMm: 0.5 / s, slices: Math.round(160 * s), sliceMm: 1.1 / s, uidRoot: '1.2.826.0.1.3680043.9.7433.99.1' } },
+        { name: `CT axial ${Math.round(512 * s)}x${Math.round(512 * s)}x${Math.round(400 * s)}`, o: { modality: 'CT' as const, orientation: 'axial' as const, rows: Math.round(512 * s), columns: Math.round(512 * s), pixelMm: 0.5 / s, slices: Math.round(400 * s), sliceMm: 0.625 / s, uidRoot: '1.2.826.0.1.3680043.9.7433.99.2' } },
+      ];
+      for (const spec of specs) {
+        const ph = makeHeadPhantom(spec.o);
+        const up = await uploadAll(orthanc, ph.files.length, (i) => ph.files[i]!.bytes);
+        heads.push({ name: spec.name, study: ph.study, series: ph.series, instances: ph.files.length, bytes: up.bytes });
+      }
+      console.log(`setup: head series ${heads.map((h) => `${h.name} (${fmt(h.bytes / MB, 0)} MB)`).join(', ')} generated and uploaded in ${fmt((now() - t) / 1000, 1)} s`);
+    }
+
     gw = await startGatewayChild(root, work, orthanc.dicomWebUrl, profDir);
     const idle = readMem(gw.pid)!;
     console.log(`gateway: pid ${gw.pid}, ${gatewayCommand(root).join(' ').replace(root + '/', '')}${profDir ? ' (--cpu-prof)' : ''}, upstream transport ${TRANSPORT ?? '(the default)'}; RSS at start ${fmt(idle.rssKiB / 1024, 1)} MiB`);
@@ -562,6 +592,48 @@ async function main(): Promise<void> {
     }
 
     // ---- (a) WADO-RS retrieve of the whole study, interleaved
+    // ---- (d) head series: faces allowed (reference), first defacing retrieve (analysis), later ones
+    if (PHASES.has('d') && heads.length) {
+      const allow: Target = { name: 'gateway', pool: gateway.pool, base: '/dicom-web', headers: { authorization: `Bearer ${TOKEN}-allow` } };
+      console.log(`(d) head series: ${RUNS} retrieves with faces: allow, the first defacing retrieve (analysis included), ${RUNS} later ones (stored decision)`);
+      const rows: Record<string, unknown>[] = [];
+      for (const h of heads) {
+        const path = `/studies/${h.study}/series/${h.series}`;
+        const timed = async (t: Target): Promise<{ ms: number; cpuMs: number; bytes: number }> => {
+          const c0 = cpuMs(gw!.pid);
+          const r = await getCounted(t, path, ACCEPT_DICOM);
+          if (r.status !== 200) throw new Error(`${h.name}: HTTP ${r.status}`);
+          return { ms: r.ms, cpuMs: cpuMs(gw!.pid) - c0, bytes: r.bytes };
+        };
+        await timed(allow); // warm-up: the facts and the PACS's cache
+        const allowRuns: { ms: number; cpuMs: number; bytes: number }[] = [];
+        for (let i = 0; i < RUNS; i++) allowRuns.push(await timed(allow));
+        const logBefore = readFileSync(gw.logFile, 'utf8').length;
+        const reset = resetPeak(gw.pid);
+        rssSampler.start();
+        const first = await timed(gateway);
+        rssSampler.stop();
+        const peakKiB = Math.max(rssSampler.maxKiB, reset ? readMem(gw.pid)!.hwmKiB : 0);
+        const later: { ms: number; cpuMs: number; bytes: number }[] = [];
+        for (let i = 0; i < RUNS; i++) later.push(await timed(gateway));
+        const logged = readFileSync(gw.logFile, 'utf8').slice(logBefore).split('\n').filter((l) => l.includes('face decision made')).map((l) => JSON.parse(l) as { kind: string; analysisMs: number; fetchedInstances: number });
+        const med = (xs: number[]): number => quantile([...xs].sort((a, b) => a - b), 0.5);
+        const ref = med(allowRuns.map((r) => r.ms));
+        const row = {
+          series: h.name, instances: h.instances, mb: round(h.bytes / MB, 0),
+          allowMs: round(ref, 0), allowCpuMs: round(med(allowRuns.map((r) => r.cpuMs)), 0),
+          firstMs: round(first.ms, 0), firstCpuMs: round(first.cpuMs, 0), firstRatio: round(first.ms / ref, 2),
+          laterMs: round(med(later.map((r) => r.ms)), 0), laterCpuMs: round(med(later.map((r) => r.cpuMs)), 0), laterRatio: round(med(later.map((r) => r.ms)) / ref, 2),
+          decision: logged[0]?.kind ?? 'none logged', analysisMs: logged[0]?.analysisMs ?? NaN, fetchedInstances: logged[0]?.fetchedInstances ?? NaN,
+          peakRssMiB: round(peakKiB / 1024, 1), peakRssMB: round((peakKiB * 1024) / MB, 1),
+        };
+        rows.push(row);
+        console.log(`    ${h.name}: allow ${fmt(row.allowMs, 0)} ms (CPU ${fmt(row.allowCpuMs, 0)} ms); first defacing ${fmt(row.firstMs, 0)} ms (${fmt(row.firstRatio, 2)}x, CPU ${fmt(row.firstCpuMs, 0)} ms; ${row.decision}, analysis ${fmt(row.analysisMs, 0)} ms over ${row.fetchedInstances} fetched instances); later ${fmt(row.laterMs, 0)} ms (${fmt(row.laterRatio, 2)}x, CPU ${fmt(row.laterCpuMs, 0)} ms); peak RSS ${fmt(row.peakRssMB, 0)} MB`);
+      }
+      result.faces = rows;
+      console.log();
+    }
+
     if (PHASES.has('a')) {
       console.log(`(a) WADO-RS retrieve of the ${INSTANCES}-instance study: ${WARMUPS} warm-up + ${RUNS} timed runs per path, interleaved (proxy = pass-through reference)`);
       const runs: Record<Target['name'], { ms: number; ttfbMs: number; bytes: number }[]> = { direct: [], proxy: [], gateway: [] };
@@ -706,6 +778,14 @@ async function main(): Promise<void> {
   if (c) {
     targets.peakRss = { value: c.peakMB, target: `< ${TARGET_RSS_MB} MB`, met: c.peakMB < TARGET_RSS_MB };
     lines.push([`(c) gateway peak RSS, ${fmt(c.study.uploadedBytes / MB, 0)} MB study`, '', '', `${fmt(c.peakMB, 0)} MB`, `${fmt(c.peakMiB, 0)} MiB`, `< ${TARGET_RSS_MB} MB`, c.peakMB < TARGET_RSS_MB ? 'MET' : 'MISSED']);
+  }
+  for (const f of (result.faces as { series: string; firstRatio: number; laterRatio: number; peakRssMB: number; analysisMs: number }[] | undefined) ?? []) {
+    lines.push([`(d) ${f.series}: first defacing / allow`, '', '', `${fmt(f.firstRatio, 2)}x`, `analysis ${fmt(f.analysisMs, 0)} ms`, `<= ${TARGET_FACE_FIRST}x`, f.firstRatio <= TARGET_FACE_FIRST ? 'MET' : 'MISSED']);
+    lines.push(['    later (stored decision) / allow', '', '', `${fmt(f.laterRatio, 2)}x`, '', `<= ${TARGET_FACE_LATER}x`, f.laterRatio <= TARGET_FACE_LATER ? 'MET' : 'MISSED']);
+    lines.push(['    peak RSS while defacing', '', '', `${fmt(f.peakRssMB, 0)} MB`, '', `< ${TARGET_FACE_RSS_MB} MB`, f.peakRssMB < TARGET_FACE_RSS_MB ? 'MET' : 'MISSED']);
+    targets[`facesFirst ${f.series}`] = { value: f.firstRatio, target: `<= ${TARGET_FACE_FIRST}x`, met: f.firstRatio <= TARGET_FACE_FIRST };
+    targets[`facesLater ${f.series}`] = { value: f.laterRatio, target: `<= ${TARGET_FACE_LATER}x`, met: f.laterRatio <= TARGET_FACE_LATER };
+    targets[`facesPeakRss ${f.series}`] = { value: f.peakRssMB, target: `< ${TARGET_FACE_RSS_MB} MB`, met: f.peakRssMB < TARGET_FACE_RSS_MB };
   }
   const hwm = result.gatewayVmHwmWholeRunMiB as number | undefined;
   if (hwm !== undefined) lines.push(['    gateway VmHWM over the whole run', '', '', `${fmt((hwm * MiB) / MB, 0)} MB`, `${fmt(hwm, 0)} MiB`, '', '']);

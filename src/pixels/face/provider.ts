@@ -54,7 +54,11 @@ export class FaceProvider {
   private readonly running = new Map<string, Promise<FaceVerdict>>();
   readonly stats: FaceStats = { analyses: 0, analysisSeconds: 0, fetchedInstances: 0 };
 
-  constructor(private readonly store: FaceStore | undefined) {}
+  /**
+   * `onAnalysis` hears of each analysis made (never of stored ones): its kind, the seconds of
+   * reading and analysing (fetching excluded) and how many instances were fetched. PHI-free.
+   */
+  constructor(private readonly store: FaceStore | undefined, private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number }) => void) {}
 
   /** The decision of a series already decided in this process (by original Series Instance UID). */
   decision(series: string): FaceVerdict | undefined {
@@ -124,9 +128,11 @@ export class FaceProvider {
     }
     const reduced: ReducedFrame[] = [];
     let seconds = 0;
+    let fetched = 0;
     for (const [sop, want] of wanted) {
       const bytes = await source.instance(sop);
       this.stats.fetchedInstances++;
+      fetched++;
       const t0 = performance.now();
       const inst = readInstanceSync(bytes, (b) => inflateRawSync(b));
       if (!inst.pixel) {
@@ -147,6 +153,7 @@ export class FaceProvider {
     seconds += (performance.now() - t0) / 1000;
     this.stats.analyses++;
     this.stats.analysisSeconds += seconds;
+    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: reduced.length });
     if (result.kind === 'deface') return { kind: 'deface', planes: result.planes.map((p) => ({ n: [p.n[0], p.n[1], p.n[2]] as const, d: p.d })) };
     if (result.kind === 'uncertain') return { kind: 'uncertain', why: result.why };
     return { kind: 'no-face' };

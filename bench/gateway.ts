@@ -598,10 +598,17 @@ async function main(): Promise<void> {
       console.log(`(d) head series: ${RUNS} retrieves with faces: allow, the first defacing retrieve (analysis included), ${RUNS} later ones (stored decision)`);
       const rows: Record<string, unknown>[] = [];
       for (const h of heads) {
-        const path = `/studies/${h.study}/series/${h.series}`;
+        // Each client sees its own pseudonyms: the series path is found through its own QIDO.
+        const pathFor = async (t: Target): Promise<string> => {
+          const study = (await getJson<Row[]>(t, '/studies')).find((r) => countOf(r) === h.instances);
+          if (!study) throw new Error(`${h.name}: not listed through the gateway`);
+          const series = await getJson<Row[]>(t, `/studies/${uidOf(study)}/series`);
+          return `/studies/${uidOf(study)}/series/${String((series[0] as Record<string, { Value?: unknown[] }>)['0020000E']?.Value?.[0])}`;
+        };
+        const paths = new Map<Target, string>([[allow, await pathFor(allow)], [gateway, await pathFor(gateway)]]);
         const timed = async (t: Target): Promise<{ ms: number; cpuMs: number; bytes: number }> => {
           const c0 = cpuMs(gw!.pid);
-          const r = await getCounted(t, path, ACCEPT_DICOM);
+          const r = await getCounted(t, paths.get(t)!, ACCEPT_DICOM);
           if (r.status !== 200) throw new Error(`${h.name}: HTTP ${r.status}`);
           return { ms: r.ms, cpuMs: cpuMs(gw!.pid) - c0, bytes: r.bytes };
         };

@@ -150,7 +150,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
   const faceStore = openFaceStore(cfg.state.dir);
-  const faces = new FaceProvider(faceStore, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames }));
+  const faces = new FaceProvider(faceStore, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames, listMs: Math.round(a.listMs), totalMs: Math.round(a.totalMs) }));
   const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
   const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';

@@ -650,7 +650,10 @@ function factsOf(r: JsonDataset): Facts {
     const bit = Number(s(t));
     return Number.isInteger(bit) && bit > 0 && !r[`${t.slice(0, 4)}3000`] ? [bit] : [];
   });
+  const geometry: Record<string, unknown> = {};
+  for (const t of GEOMETRY_TAGS) if (r[t]) geometry[t] = r[t];
   return {
+    geometry,
     burnedInAnnotation: s('00280301'), recognizableVisualFeatures: s('00280302'), modality: s('00080060'), sopClassUid: s('00080016'), imageType: s('00080008'),
     manufacturer: s('00080070'), model: s('00081090'), rows: s('00280010'), columns: s('00280011'), samplesPerPixel: s('00280002'), numberOfFrames: s('00280008'),
     bitsAllocated: s('00280100'), planarConfiguration: s('00280006'), photometric: s('00280004'), overlayBits, scope,
@@ -680,8 +683,8 @@ async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string, Facts>
   // The digest covers every instance of the series (in the client's scope or not): the decision
   // is about the series' pixels and is shared by every client.
   const all = Promise.all([...bySeries].map(async ([series, e]) => {
-    const sops = [...(await pixelFacts(rc, e.study, series)).keys()];
-    return rc.faces.decide(series, e.modality, sops, pacsSeriesSource(rc, e.study, series));
+    const seriesFacts = await pixelFacts(rc, e.study, series);
+    return rc.faces.decide(series, e.modality, [...seriesFacts.keys()], pacsSeriesSource(rc, e.study, series, seriesFacts));
   }));
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), rc.faceWaitMs); });
@@ -697,11 +700,15 @@ async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string, Facts>
 }
 
 /** A series as the face provider reads it from the PACS: its metadata, and instances uncompressed. */
-function pacsSeriesSource(rc: RequestContext, study: string, series: string): SeriesSource {
+function pacsSeriesSource(rc: RequestContext, study: string, series: string, facts: ReadonlyMap<string, Facts>): SeriesSource {
   // The analysis outlives the request that started it: it is not tied to that request's abort signal.
   const lasting: RequestContext = { ...rc, signal: new AbortController().signal };
   return {
     async instances() {
+      // Classic single-frame images: their positions came with the facts query. Anything else
+      // (enhanced multi-frame objects keep theirs in functional groups) asks for the metadata.
+      const placed = [...facts].map(([sop, f]) => ({ sop, view: jsonView(f.geometry ?? {}) }));
+      if (placed.length && placed.every(({ view }) => (view.nums(0x00280008)?.[0] ?? 1) === 1 && view.nums(0x00200032)?.length === 3 && view.nums(0x00200037)?.length === 6)) return placed;
       const up = await ok(lasting, `/studies/${study}/series/${series}/metadata`, DICOM_JSON);
       const out: { sop: string; view: ReturnType<typeof jsonView> }[] = [];
       for await (const text of splitJsonArray(up.body)) {
@@ -740,8 +747,11 @@ function factsAttrs(f: Facts): Attrs {
   return (tag) => f.scope?.[tag];
 }
 
+/** Geometry and pixel module of a classic image: what the face provider needs besides the pixels. */
+const GEOMETRY_TAGS = ['00200032', '00200037', '00280030', '00281052', '00281053', '00280101', '00280103', '00280008', '00280010', '00280011', '00280002', '00280100', '00080060'];
+
 /** The tags the facts query asks for: pixel facts and everything the scope rules read. */
-const FACT_TAGS = [...new Set([
+const FACT_TAGS = [...new Set([...GEOMETRY_TAGS,
   '00280301', '00280302', '00080060', '00080016', '00080008', '00080018', '00080070', '00081090',
   '00280010', '00280011', '00280002', '00280008', '00280100', '00280006', '00280004', ...OVERLAY_BIT_TAGS,
   ...Object.values(TAG).map((t) => t.toString(16).toUpperCase().padStart(8, '0')),

@@ -16,6 +16,11 @@ export interface InstanceFacts extends PixelFacts {
   readonly photometric?: string | undefined;
   /** Bit positions of overlays embedded in the pixel cells. */
   readonly overlayBits?: readonly number[] | undefined;
+  /**
+   * The instance's geometry and pixel module as the PACS's index returned them (DICOM JSON
+   * attributes by tag), for the face provider: a classic image's position needs no metadata call.
+   */
+  readonly geometry?: Readonly<Record<string, unknown>> | undefined;
   /** Original values of the attributes the scope rules read (policy/scope.ts TAG), by tag. */
   readonly scope?: Readonly<Record<number, string>> | undefined;
 }

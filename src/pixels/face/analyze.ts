@@ -82,15 +82,15 @@ function keepLargest(mask: Uint8Array, nx: number, ny: number, nz: number): numb
     while (head < tail) {
       const v = queue[head++]!;
       const x = v % nx;
-      const y = Math.floor(v / nx) % ny;
-      const z = Math.floor(v / plane);
-      const push = (u: number): void => { if (mask[u] && !label[u]) { label[u] = next; queue[tail++] = u; } };
-      if (x > 0) push(v - 1);
-      if (x < nx - 1) push(v + 1);
-      if (y > 0) push(v - nx);
-      if (y < ny - 1) push(v + nx);
-      if (z > 0) push(v - plane);
-      if (z < nz - 1) push(v + plane);
+      const y = ((v / nx) | 0) % ny;
+      const z = (v / plane) | 0;
+      let u: number;
+      if (x > 0 && mask[u = v - 1] && !label[u]) { label[u] = next; queue[tail++] = u; }
+      if (x < nx - 1 && mask[u = v + 1] && !label[u]) { label[u] = next; queue[tail++] = u; }
+      if (y > 0 && mask[u = v - nx] && !label[u]) { label[u] = next; queue[tail++] = u; }
+      if (y < ny - 1 && mask[u = v + nx] && !label[u]) { label[u] = next; queue[tail++] = u; }
+      if (z > 0 && mask[u = v - plane] && !label[u]) { label[u] = next; queue[tail++] = u; }
+      if (z < nz - 1 && mask[u = v + plane] && !label[u]) { label[u] = next; queue[tail++] = u; }
     }
     if (tail > best) { best = tail; bestLabel = next; }
     next++;

@@ -40,7 +40,11 @@ export interface FaceStats {
 }
 
 /** Grid spacing of the reduced volume, mm. */
-const GRID_MM = 2;
+const GRID_MM = 2.5;
+/** Frames are sampled about this far apart along the stack (the grid fills between them). */
+const SAMPLE_MM = 4;
+/** Instances fetched at once for an analysis. */
+const FETCH_CONCURRENCY = 4;
 
 export function seriesKey(series: string, sops: readonly string[]): string {
   const h = createHash('sha256');
@@ -58,7 +62,7 @@ export class FaceProvider {
    * `onAnalysis` hears of each analysis made (never of stored ones): its kind, the seconds of
    * reading and analysing (fetching excluded) and how many instances were fetched. PHI-free.
    */
-  constructor(private readonly store: FaceStore | undefined, private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number }) => void) {}
+  constructor(private readonly store: FaceStore | undefined, private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number; listMs: number; totalMs: number }) => void) {}
 
   /** The decision of a series already decided in this process (by original Series Instance UID). */
   decision(series: string): FaceVerdict | undefined {
@@ -100,7 +104,9 @@ export class FaceProvider {
   }
 
   private async analyze(modality: string, source: SeriesSource): Promise<FaceVerdict> {
+    const started = performance.now();
     const list = await source.instances();
+    const listMs = performance.now() - started;
     // Frames of every instance, with their geometry from the metadata.
     const frames: { sop: string; frame: number; geometry: FrameGeometry }[] = [];
     let unplaced = 0;
@@ -115,12 +121,12 @@ export class FaceProvider {
       // series of many unplaced frames is withheld, a few slices cannot show a face's surface.
       return unplaced >= 8 ? { kind: 'uncertain', why: 'its frames have no position in the patient' } : { kind: 'no-face' };
     }
-    // Every k-th frame along the stack so that samples are about GRID_MM apart.
+    // Every k-th frame along the stack so that samples are about SAMPLE_MM apart.
     const n = frameNormal(stack[0]!.geometry);
     stack.sort((a, b) => dot(n, a.geometry.position) - dot(n, b.geometry.position));
     const span = dot(n, stack.at(-1)!.geometry.position) - dot(n, stack[0]!.geometry.position);
     if (span < 30) return { kind: 'no-face' }; // thinner than 3 cm: no surface to rebuild
-    const step = Math.max(1, Math.floor(GRID_MM / (span / (stack.length - 1))));
+    const step = Math.max(1, Math.floor(SAMPLE_MM / (span / (stack.length - 1))));
     const wanted = new Map<string, Set<number>>();
     for (let i = 0; i < stack.length; i += step) {
       const s = stack[i]!;
@@ -129,7 +135,13 @@ export class FaceProvider {
     const reduced: ReducedFrame[] = [];
     let seconds = 0;
     let fetched = 0;
-    for (const [sop, want] of wanted) {
+    // A few instances fetched at once (the PACS's latency per request dominates for slices);
+    // each is reduced as it arrives and its full-resolution bytes dropped.
+    const queue = [...wanted];
+    const worker = async (): Promise<void> => {
+      for (let next = queue.shift(); next; next = queue.shift()) await reduceOne(next[0], next[1]);
+    };
+    const reduceOne = async (sop: string, want: ReadonlySet<number>): Promise<void> => {
       const bytes = await source.instance(sop);
       this.stats.fetchedInstances++;
       fetched++;
@@ -146,14 +158,15 @@ export class FaceProvider {
         if (r) reduced.push(r);
       }
       seconds += (performance.now() - t0) / 1000;
-    }
+    };
+    await Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
     const t0 = performance.now();
     const vol = buildVolume(reduced, GRID_MM);
     const result = vol ? analyzeFace(vol, modality) : { kind: 'no-face' as const, why: 'no volume' };
     seconds += (performance.now() - t0) / 1000;
     this.stats.analyses++;
     this.stats.analysisSeconds += seconds;
-    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: reduced.length });
+    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: reduced.length, listMs, totalMs: performance.now() - started });
     if (result.kind === 'deface') return { kind: 'deface', planes: result.planes.map((p) => ({ n: [p.n[0], p.n[1], p.n[2]] as const, d: p.d })) };
     if (result.kind === 'uncertain') return { kind: 'uncertain', why: result.why };
     return { kind: 'no-face' };

@@ -6,6 +6,7 @@
  * gantry tilt (positions sheared along the slice) and enhanced multi-frame objects all land on
  * the same grid, so the analysis never needs to know how the series was acquired.
  */
+import { endianness } from 'node:os';
 import { cross, dot, type FrameGeometry, type PixelFactsFull, type Vec3 } from '../geometry.js';
 
 /** One frame, reduced: modality values (HU for CT) on a coarser pixel grid. */
@@ -44,6 +45,31 @@ function sampleReader(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): 
 }
 
 /**
+ * The samples as a typed array view where that reads them exactly: 16-bit little-endian cells
+ * whose stored bits fill the cell, on an aligned buffer (the common CT and MR case). Otherwise
+ * undefined, and the general reader is used.
+ */
+function typedSamples(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): Uint16Array | Int16Array | undefined {
+  if (f.bitsAllocated !== 16 || !littleEndian || endianness() !== 'LE' || f.bitsStored !== 16 || bytes.byteOffset % 2 !== 0) return undefined;
+  const n = bytes.length >> 1;
+  return f.pixelRepresentation === 1 ? new Int16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+}
+
+/**
+ * 16-bit little-endian cells with fewer stored bits (CT's 12): copied once into an Int32Array
+ * with the bits above Bits Stored dropped (unsigned) or sign-extended (signed).
+ */
+function maskedSamples(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): Int32Array | undefined {
+  if (f.bitsAllocated !== 16 || !littleEndian || endianness() !== 'LE' || bytes.byteOffset % 2 !== 0 || f.bitsStored < 1 || f.bitsStored > 16) return undefined;
+  const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length >> 1);
+  const out = new Int32Array(src.length);
+  const shift = 32 - f.bitsStored;
+  if (f.pixelRepresentation === 1) for (let i = 0; i < src.length; i++) out[i] = (src[i]! << shift) >> shift;
+  else { const m = f.bitsStored === 16 ? 0xffff : (1 << f.bitsStored) - 1; for (let i = 0; i < src.length; i++) out[i] = src[i]! & m; }
+  return out;
+}
+
+/**
  * Box-averages one native grayscale frame to about `targetMm` per pixel, in modality values.
  * Returns undefined when the frame has no geometry.
  */
@@ -51,22 +77,32 @@ export function reduceFrame(bytes: Buffer, f: PixelFactsFull, frame: number, lit
   const g = f.geometry[frame];
   if (!g || f.samplesPerPixel !== 1) return undefined;
   const { slope, intercept } = f.rescale[frame] ?? { slope: 1, intercept: 0 };
-  const read = sampleReader(bytes, f, littleEndian);
   const fr = Math.max(1, Math.floor(targetMm / g.rowSpacing));
   const fc = Math.max(1, Math.floor(targetMm / g.colSpacing));
   const rows = Math.floor(f.rows / fr);
   const columns = Math.floor(f.columns / fc);
   const data = new Float32Array(rows * columns);
   const n = fr * fc;
+  // Sums of blocks, row by row: one pass over the samples in memory order.
+  const sums = new Float64Array(columns);
+  const samples = typedSamples(bytes, f, littleEndian) ?? maskedSamples(bytes, f, littleEndian);
+  const read = samples ? undefined : sampleReader(bytes, f, littleEndian);
   for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < columns; c++) {
-      let s = 0;
-      for (let i = 0; i < fr; i++) {
-        const base = (r * fr + i) * f.columns + c * fc;
-        for (let j = 0; j < fc; j++) s += read(base + j);
+    sums.fill(0);
+    for (let i = 0; i < fr; i++) {
+      const base = (r * fr + i) * f.columns;
+      if (samples) {
+        for (let c = 0; c < columns; c++) {
+          let s = 0;
+          const at = base + c * fc;
+          for (let j = 0; j < fc; j++) s += samples[at + j]!;
+          sums[c]! += s;
+        }
+      } else {
+        for (let c = 0; c < columns; c++) for (let j = 0; j < fc; j++) sums[c]! += read!(base + c * fc + j);
       }
-      data[r * columns + c] = (s / n) * slope + intercept;
     }
+    for (let c = 0; c < columns; c++) data[r * columns + c] = (sums[c]! / n) * slope + intercept;
   }
   // The reduced pixel (0,0) is the centre of the first block.
   const oc = ((fc - 1) / 2) * g.colSpacing;

@@ -140,7 +140,7 @@ describe('faces on head phantoms', () => {
     const src = source(ph);
     const v = await new FaceProvider(undefined).decide(ph.series, 'MR', ph.files.map((f) => f.sop), src);
     assert.equal(v.kind, 'deface');
-    assert.ok(src.fetched <= 80 && src.fetched >= 60, `fetched ${src.fetched} of ${ph.files.length}`);
+    assert.ok(src.fetched <= 45 && src.fetched >= 35, `fetched ${src.fetched} of ${ph.files.length} (about every 4 mm)`);
   });
 });
 

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import { findCanaries, fixtures } from '../helpers/fixtures.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
+import { checkDefaced, makeHeadPhantom } from '../fixtures/head-phantom.js';
 
 const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 const HASH = '5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8';
@@ -196,6 +197,51 @@ describe('deid-gateway command line', async () => {
     assert.match(o.stderr, /refused: .*\.dcm: outside client vendor-a's scope \(opted-out\)/);
     assert.ok(!(o.stdout + o.stderr).includes(patientId), 'the patient ID is not printed');
     assert.ok(!existsSync(join(dir, 'opted')) || files(join(dir, 'opted')).length === 0, 'nothing written for the opted-out patient');
+  });
+
+  test('deid defaces head series (grouped by series, decided once into state.dir), releases a head with no face bit-exact, and honours faces: withhold', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-faces-'));
+    const inDir = join(dir, 'in');
+    mkdirSync(inDir);
+    const head = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 90, columns: 80, pixelMm: 2.5, slices: 70, sliceMm: 3, uidRoot: '1.2.826.0.1.3680043.9.7433.11.700' });
+    const vault = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 90, columns: 80, pixelMm: 2.5, slices: 25, sliceMm: 3, fromZ: 25, uidRoot: '1.2.826.0.1.3680043.9.7433.11.701' });
+    for (const ph of [head, vault]) for (const f of ph.files) writeFileSync(join(inDir, `${f.sop}.dcm`), f.bytes);
+    const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', inDir, '--out', join(dir, 'out')]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal((`${r.stdout}${r.stderr}`.match(/\(face removed\)/g) ?? []).length, head.files.length, 'every file of the head series is defaced');
+    const out = files(join(dir, 'out')).map((p) => readInstanceSync(readFileSync(p), inflateRawSync));
+    const instanceNo = (i: ReturnType<typeof readInstanceSync>): number => Number(i.elements.find((e) => e.tag === 0x00200013)!.value!.toString('latin1').trim());
+    assert.equal(out.length, head.files.length + vault.files.length);
+    // Defaced: the phantom's face gone, its brain bit-exact (frames in slice order by Instance Number).
+    const headOut = out.filter((i) => i.elements.some((e) => e.tag === 0x00280302 && e.value!.toString('latin1').trim() === 'NO'));
+    assert.equal(headOut.length, head.files.length);
+    const frames = [...headOut].sort((a, b) => instanceNo(a) - instanceNo(b)).map((i) => new Uint16Array(i.pixel!.buffer.slice(i.pixel!.byteOffset, i.pixel!.byteOffset + i.pixel!.length)));
+    const c = checkDefaced(head, frames);
+    assert.ok(c.removedOk > 200 && c.removedBad === 0, `face voxels left: ${c.removedBad} ${JSON.stringify(c.left)}`);
+    assert.ok(c.brainOk > 500 && c.brainBad === 0, `brain voxels changed: ${c.brainBad}`);
+    // The head with no face in view: every pixel as it came.
+    const vaultPixels = new Set(vault.files.map((f) => readInstanceSync(f.bytes, inflateRawSync).pixel!.toString('base64')));
+    assert.equal(out.filter((i) => vaultPixels.has(i.pixel!.toString('base64'))).length, vault.files.length);
+    assert.ok(existsSync(join(dir, 'state', 'faces.sqlite')), 'decisions stored with the gateway\'s state');
+    // faces: withhold refuses the head's files with their reason, and writes the others.
+    const strict = mkdtempSync(join(tmpdir(), 'deid-cli-faces-'));
+    const w = run(['deid', '--config', config(strict, ['vendor-a'], { client: '    pixels: {faces: withhold}\n' }), '--client', 'vendor-a', inDir, '--out', join(strict, 'out')]);
+    assert.equal(w.status, 1);
+    assert.equal((w.stderr.match(/refused: .*PIXELS_WITHHELD: .*face/g) ?? []).length, head.files.length, w.stderr.slice(0, 500));
+    assert.equal(files(join(strict, 'out')).length, vault.files.length);
+  });
+
+  const sharedHeads = new URL('../../../shared/corpus/heads/', import.meta.url).pathname;
+  const faceCheck = new URL('../../../shared/tools/face-check', import.meta.url).pathname;
+  test('cross-check: deid defaces the real heads of ../shared/corpus/heads so that face-check passes', { skip: !(existsSync(sharedHeads) && existsSync(faceCheck)) && 'no ../shared beside the checkout' }, () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-heads-'));
+    for (const h of readdirSync(sharedHeads)) {
+      const out = join(dir, h);
+      const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', join(sharedHeads, h), '--out', out]);
+      assert.equal(r.status, 0, r.stderr.slice(-500));
+      const c = spawnSync('/usr/bin/python3', [faceCheck, join(sharedHeads, h), out], { encoding: 'utf8' });
+      assert.equal(c.status, 0, `${h}: ${c.stdout}${c.stderr}`);
+    }
   });
 
   test('deid: an unknown client is a usage error naming the configured ones', () => {

@@ -17,7 +17,7 @@ import { createServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
-import { FaceProvider } from './pixels/face/provider.js';
+import { FaceProvider, type FaceStats, type FaceStore } from './pixels/face/provider.js';
 import { openFaceStore } from './pixels/face/store-sqlite.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import type { ClientScope } from './policy/client-scope.js';
@@ -44,6 +44,8 @@ export interface Gateway {
   reload(next: Config): string[];
   /** The separate metrics listener's URL, when configured. */
   readonly metricsUrl?: string | undefined;
+  /** Face analyses this gateway made (not decisions it found stored). */
+  readonly faceStats: FaceStats;
   /** Stops accepting, drains in-flight requests, flushes pseudonyms and audit. */
   close(): Promise<void>;
 }
@@ -53,6 +55,8 @@ export interface GatewayParts {
   readonly store: GatewayPseudonymStore;
   /** Releases what the parts hold beyond the store and limits (the PostgreSQL pool). */
   readonly closeState?: (() => Promise<void>) | undefined;
+  /** Face decisions shared by replicas (PostgreSQL); without it, state.dir/faces.sqlite. */
+  readonly faceStore?: FaceStore | undefined;
   readonly upstream: Upstream;
   readonly audit: AuditSink;
   readonly log: Logger;
@@ -86,7 +90,7 @@ export async function buildPartsAsync(cfg: Config): Promise<GatewayParts> {
   if (!cfg.state.store) return buildParts(cfg);
   loadOrCreateMasterSecret(cfg.state.dir);
   const pg = await openPostgresState(cfg.state.store, { passwordFile: cfg.state.storePasswordFile });
-  return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close() };
+  return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close(), faceStore: pg.faces };
 }
 
 function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore, spool: Spool | undefined): GatewayParts {
@@ -149,8 +153,8 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   };
   parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
-  const faceStore = openFaceStore(cfg.state.dir);
-  const faces = new FaceProvider(faceStore, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames, listMs: Math.round(a.listMs), totalMs: Math.round(a.totalMs) }));
+  const localFaces = parts.faceStore ? undefined : openFaceStore(cfg.state.dir);
+  const faces = new FaceProvider(parts.faceStore ?? localFaces, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames, listMs: Math.round(a.listMs), totalMs: Math.round(a.totalMs) }));
   const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
   const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {
     const retainUids = client.ctx.plan.lookup(0x0020000d).action.kind === 'keep';
@@ -251,6 +255,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     url,
     server,
     metricsUrl,
+    faceStats: faces.stats,
     reload(next: Config): string[] {
       // Clients, their policies, scopes, limits and pixel rules, and the opt-out list change at
       // once for new requests; requests in flight finish under the client they started with.
@@ -283,7 +288,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
         await parts.closeState?.();
         parts.scopeEvents.off('file', onScopeFile);
         facts.close();
-        faceStore.close();
+        localFaces?.close();
         await upstream.close();
         await audit.close();
       })();

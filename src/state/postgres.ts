@@ -22,8 +22,10 @@ import type { GatewayPseudonymStore } from '../pseudonym/shared.js';
 import type { PseudonymKind } from '../pseudonym/store.js';
 import type { LimitStore } from '../policy/limits.js';
 import type { Spool, SpoolBatch } from '../audit/syslog.js';
+import type { FaceStore } from '../pixels/face/provider.js';
+import type { FaceVerdict } from '../pixels/types.js';
 
-export const PG_SCHEMA_VERSION = 2;
+export const PG_SCHEMA_VERSION = 3;
 
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE deid_pseudonyms (
@@ -37,6 +39,8 @@ const MIGRATIONS: readonly string[] = [
    CREATE TABLE deid_limit_day_bytes (client_id TEXT NOT NULL, day DATE NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (client_id, day));`,
   `CREATE TABLE deid_audit_spool (id BIGSERIAL PRIMARY KEY, frame BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), sent_at TIMESTAMPTZ);
    CREATE INDEX deid_audit_spool_unsent ON deid_audit_spool (id) WHERE sent_at IS NULL;`,
+  // Face decisions (src/pixels/face/provider.ts): one per series key, shared by the replicas.
+  `CREATE TABLE deid_face_decisions (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, decided_at TIMESTAMPTZ NOT NULL DEFAULT now());`,
 ];
 
 function where(url: string): string {
@@ -58,6 +62,8 @@ export interface PgState {
   readonly limits: LimitStore;
   /** The A.5 message spool every replica's sender drains. */
   readonly spool: Spool;
+  /** Face decisions, decided once for all replicas. */
+  readonly faces: FaceStore;
   /** Ends the pool (after the pseudonym store flushed). */
   close(): Promise<void>;
 }
@@ -258,10 +264,24 @@ export async function openPostgresState(url: string, opts: { cacheEntries?: numb
   const prune = setInterval(() => { pool.query("DELETE FROM deid_audit_spool WHERE sent_at < now() - interval '7 days'").catch(() => undefined); }, 3_600_000);
   prune.unref();
 
+  const faces: FaceStore = {
+    async get(key) {
+      const r = await q<{ verdict: string }>('SELECT verdict FROM deid_face_decisions WHERE key = $1', [key]);
+      const text = r.rows[0]?.verdict;
+      if (text === undefined) return undefined;
+      try { return JSON.parse(text) as FaceVerdict; } catch { return undefined; }
+    },
+    async put(key, verdict) {
+      // Two replicas deciding one series at once write the same decision: the first one stays.
+      await q('INSERT INTO deid_face_decisions (key, verdict) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', [key, JSON.stringify(verdict)]);
+    },
+  };
+
   return {
     pseudonyms,
     limits,
     spool,
+    faces,
     async close() {
       clearInterval(prune);
       clearInterval(ping);

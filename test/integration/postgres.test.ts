@@ -19,6 +19,8 @@ import { generateCohort, type Cohort } from '../fixtures/cohort.js';
 import { freePort, startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 import { createServer, type Socket } from 'node:net';
 import { postgresBin, startPostgres, type PostgresHandle } from '../helpers/postgres.js';
+import { makeHeadPhantom } from '../fixtures/head-phantom.js';
+import { PG_SCHEMA_VERSION } from '../../src/state/postgres.js';
 
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
 const tok = (id: string): string => `${id}-token-0123456789`;
@@ -74,8 +76,31 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
   });
 
   test('migrations ran once and are recorded', () => {
-    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '2');
-    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_audit_spool,deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version/);
+    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '3');
+    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_audit_spool,deid_face_decisions,deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version/);
+  });
+
+  test('a head series is analysed once for all replicas: the other replica uses the stored face decision', async () => {
+    const head = makeHeadPhantom({ modality: 'MR', orientation: 'sagittal', rows: 80, columns: 80, pixelMm: 3, slices: 50, sliceMm: 3, uidRoot: '1.2.826.0.1.3680043.9.7433.11.800' });
+    await orthanc.upload(head.files.map((f) => f.bytes));
+    const before = { a: a.faceStats.analyses, b: b.faceStats.analyses };
+    // The vendor's pseudonyms are the same on both replicas (one master key), so one path serves both.
+    const pseudo = async (gw: Gateway): Promise<string> => {
+      const rows = await (await fetch(`${gw.url}/dicom-web/studies?includefield=00201208&limit=1000`, { headers: { authorization: `Bearer ${tok('vendor')}` } })).json() as Record<string, { Value?: unknown[] }>[];
+      const study = String(rows.find((r) => Number(r['00201208']?.Value?.[0]) === head.files.length)?.['0020000D']?.Value?.[0]);
+      const series = await (await fetch(`${gw.url}/dicom-web/studies/${study}/series`, { headers: { authorization: `Bearer ${tok('vendor')}` } })).json() as Record<string, { Value?: unknown[] }>[];
+      return `${gw.url}/dicom-web/studies/${study}/series/${String(series[0]?.['0020000E']?.Value?.[0])}`;
+    };
+    const rowsBefore = Number(pg.psql('SELECT count(*) FROM deid_face_decisions').trim());
+    const ra = await fetch(await pseudo(a), { headers: { authorization: `Bearer ${tok('vendor')}` } });
+    assert.equal(ra.status, 200);
+    await ra.arrayBuffer();
+    assert.equal(a.faceStats.analyses, before.a + 1);
+    assert.equal(Number(pg.psql('SELECT count(*) FROM deid_face_decisions').trim()), rowsBefore + 1);
+    const rb = await fetch(await pseudo(b), { headers: { authorization: `Bearer ${tok('vendor')}` } });
+    assert.equal(rb.status, 200);
+    await rb.arrayBuffer();
+    assert.equal(b.faceStats.analyses, before.b, 'replica B made no analysis of its own');
   });
 
   test('a replica resolves the pseudonyms another replica issued', async () => {
@@ -132,9 +157,9 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
   test('a database written by a newer version is refused at start, with the reason', async () => {
     pg.psql('UPDATE deid_schema_version SET version = 99');
     try {
-      await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(2\); upgrade the gateway/);
+      await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(3\); upgrade the gateway/);
     } finally {
-      pg.psql('UPDATE deid_schema_version SET version = 2');
+      pg.psql(`UPDATE deid_schema_version SET version = ${PG_SCHEMA_VERSION}`);
     }
   });
 

@@ -22,6 +22,7 @@ import { validateConfig } from '../../src/config/schema.js';
 import { buildParts, startGateway, tokenHash, type Gateway } from '../../src/main.js';
 import type { RequestAudit as AuditRecord } from '../../src/audit/sink.js';
 import { findCanaries, fixtures, type FixtureSet } from '../helpers/fixtures.js';
+import { makeHeadPhantom } from '../fixtures/head-phantom.js';
 import { deadPort, route, script, startFakeUpstream, type FakeUpstream, type Handler, type RecordedRequest, type Step } from '../helpers/fake-upstream.js';
 
 const TOKEN = 'faults-test-token-7f3a9c';
@@ -43,15 +44,17 @@ interface Harness {
   readonly dir: string;
 }
 
-async function startHarness(upstreamUrl: string, responseTimeoutMs: number): Promise<Harness> {
+async function startHarness(upstreamUrl: string, responseTimeoutMs: number, faces: 'allow' | 'deface' = 'allow'): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'deid-faults-'));
   const cfg = validateConfig({
     server: { host: '127.0.0.1', port: 0, maxQueryResults: 10_000 }, // the most the schema allows (one audit record itemizes that many studies)
     upstream: { url: upstreamUrl, connectTimeoutMs: 1000, responseTimeoutMs },
     state: { dir },
-    // Transport faults only: the scripted PACS serves no series metadata, so faces are allowed here
-    // (the face stage runs against Orthanc in faces.test.ts).
-    clients: [{ id: 'faults', apiKeySha256: tokenHash(TOKEN), pixels: { faces: 'allow' } }],
+    engine: { faceWaitSeconds: 1 },
+    // Transport faults: the scripted PACS answers only what each test scripts, so faces are
+    // allowed (the face stage runs against Orthanc in faces.test.ts), except in the harness that
+    // tests a slow face analysis.
+    clients: [{ id: 'faults', apiKeySha256: tokenHash(TOKEN), pixels: { faces } }],
   }, join(dir, 'config.yaml'));
   const base = buildParts(cfg);
   await base.audit.close(); // replaced by the in-memory sink below
@@ -220,6 +223,7 @@ describe('faults between the gateway and its upstream', () => {
   let up: FakeUpstream;
   let h: Harness; // responseTimeoutMs 5000
   let hFast: Harness; // responseTimeoutMs 300
+  let hFaces: Harness; // faces: deface, engine.faceWaitSeconds 1
   let hDead: Harness; // an upstream port nothing listens on
   let fx: FixtureSet;
   let deadUpstreamPort: number;
@@ -231,11 +235,13 @@ describe('faults between the gateway and its upstream', () => {
     forbidden = upstreamDetail(up.port);
     h = await startHarness(up.dicomWebUrl, 5000);
     hFast = await startHarness(up.dicomWebUrl, 300);
+    hFaces = await startHarness(up.dicomWebUrl, 5000, 'deface');
     deadUpstreamPort = await deadPort();
     hDead = await startHarness(`http://127.0.0.1:${deadUpstreamPort}/dicom-web`, 300);
   });
   after(async () => {
     await stopHarness(h);
+    await stopHarness(hFaces);
     await stopHarness(hFast);
     await stopHarness(hDead);
     await up?.close();
@@ -768,5 +774,42 @@ describe('faults between the gateway and its upstream', () => {
     assert.deepEqual(findCanaries(Buffer.from(h.logs.join('\n')), fx.manifest, ['strings']), [], 'no upstream body text in the gateway log');
     assert.ok(!text.includes(canary), '!text.includes(canary)');
     await expectProblem(h, r, 502, 'DICOM_JSON_MALFORMED', [...forbidden, original, canary]);
+  });
+  test('13. a face analysis slower than engine.faceWaitSeconds: 503 PIXELS_PENDING with Retry-After, nothing sent; the retry finds the series decided', async () => {
+    const ph = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 40, columns: 40, pixelMm: 6, slices: 40, sliceMm: 6, uidRoot: '1.2.826.0.1.3680043.9.7433.99.13' });
+    const pseudo = await showStudy(hFaces, ph.study);
+    const json = (v: number[] | string[], vr: string): { vr: string; Value: (number | string)[] } => ({ vr, Value: v });
+    const rows = ph.files.map((f, k) => ({
+      '00080018': json([f.sop], 'UI'), '00080060': json(['CT'], 'CS'), '0020000D': json([ph.study], 'UI'), '0020000E': json([ph.series], 'UI'),
+      '00280010': json([40], 'US'), '00280011': json([40], 'US'), '00280002': json([1], 'US'), '00280100': json([16], 'US'),
+      '00200032': json([...ph.frames[k]!.position], 'DS'), '00200037': json([...ph.frames[k]!.rowDir, ...ph.frames[k]!.colDir], 'DS'), '00280030': json([6, 6], 'DS'),
+    }));
+    let fetched = 0;
+    up.handle(route([
+      [(p) => p.startsWith(`/dicom-web/studies/${ph.study}/series/${ph.series}/instances`) || p.startsWith(`/dicom-web/studies/${ph.study}/instances`), async (req, res, rec) => {
+        const sop = req.url!.split('?')[0]!.split('/').at(-1)!;
+        const f = ph.files.find((x) => x.sop === sop);
+        if (!f) { await jsonReply(rows)(req, res, rec); return; }
+        fetched++;
+        await sleep(200); // a slow PACS: 40 instances, 4 at a time, take about 2 s: longer than faceWaitSeconds
+        res.writeHead(200, { 'content-type': MULTIPART_CT });
+        res.end(Buffer.concat([Buffer.from(partHead(true)), f.bytes, Buffer.from(closeDelimiter)]));
+      }],
+      [(p) => p === `/dicom-web/studies/${ph.study}`, script({ status: 200, headers: { 'content-type': MULTIPART_CT }, body: [partHead(true), ph.files[0]!.bytes, closeDelimiter] })],
+    ]));
+    const t0 = performance.now();
+    const r = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
+    await expectProblem(hFaces, r, 503, 'PIXELS_PENDING', forbidden);
+    assert.equal(r.headers.get('retry-after'), '1');
+    assert.ok(performance.now() - t0 < 2500, 'answered after about faceWaitSeconds');
+    const a = await auditOf(hFaces, r.headers.get('x-request-id'));
+    assert.equal(a.reason, 'pixels-pending:face');
+    // The analysis went on: once it is done, the retry is served (defaced).
+    for (let i = 0; i < 100 && hFaces.gw.faceStats.analyses === 0; i++) await sleep(50);
+    assert.equal(hFaces.gw.faceStats.analyses, 1, `the analysis finished (${fetched} instances fetched)`);
+    const again = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
+    assert.equal(again.status, 200);
+    const body = Buffer.from(await again.arrayBuffer()).toString('latin1');
+    assert.ok(body.includes('DICM'), 'the instance came back once its series was decided');
   });
 });

@@ -20,7 +20,7 @@ import { mapUpstreamStatus } from '../upstream/client.js';
 import {
   hasInstanceRules, hasSeriesRules, instanceDenial, jsonAttrs, notVisible, seriesDenial, studyDenial, TAG, type Attrs, type Denial,
 } from '../policy/scope.js';
-import type { RequestContext } from './dicomweb.js';
+import { originalUid, type RequestContext } from './context.js';
 
 const DICOM_JSON = 'application/dicom+json';
 const MAX_ROWS = 100_000;
@@ -212,4 +212,20 @@ export async function seriesRowCount(rc: RequestContext, row: JsonDataset, study
   if (!hasInstanceRules(rules) || !row['00201209']) return;
   const n = (await instancesOf(rc, study, series)).filter((i) => !instanceDenial(rules, jsonAttrs(i))).length;
   row['00201209'] = { vr: 'IS', Value: [n] };
+}
+
+/** Scope check of a WADO-RS path (pseudonymous UIDs): NOT_FOUND when not visible to the client. */
+export async function requireVisible(rc: RequestContext, p: { study: string; series?: string | undefined; instance?: string | undefined }): Promise<void> {
+  const study = originalUid(rc, p.study);
+  if (p.series === undefined) return requireStudy(rc, study);
+  const series = originalUid(rc, p.series);
+  if (p.instance === undefined) return requireSeries(rc, study, series);
+  return requireInstance(rc, study, series, originalUid(rc, p.instance));
+}
+
+export function upstreamPath(rc: RequestContext, p: { study: string; series?: string | undefined; instance?: string | undefined }): string {
+  let path = `/studies/${originalUid(rc, p.study)}`;
+  if (p.series !== undefined) path += `/series/${originalUid(rc, p.series)}`;
+  if (p.instance !== undefined) path += `/instances/${originalUid(rc, p.instance)}`;
+  return path;
 }

@@ -1,0 +1,202 @@
+/**
+ * QIDO-RS (PS3.18 10.6): de-identified rows, matched under the client's scope.
+ */
+import { GatewayError } from '../core/errors.js';
+import { dictionary } from '../dicom/dictionary.js';
+import { type JsonDataset } from '../deid/index.js';
+import { splitJsonArray } from '../dicomweb/json-array.js';
+import { rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
+import { hasInstanceRules, hasSeriesRules, jsonAttrs, studyDenial, TAG, type Attrs } from '../policy/scope.js';
+import { mapQuery, passesDateFilters } from './query.js';
+import { examinedRecords, recordVisible, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts } from './visibility.js';
+import { DICOM_JSON, originalUid, ok, expectType, withFlush, parseObject, jsonReply, emptyJsonReply, noteStudy, firstValue, type RequestContext, type Reply } from './context.js';
+import { deidJson, maskedByRule } from './pixel-stage.js';
+
+/** Number of Patient Related Studies, Series, Instances: counted by the PACS over studies a scoped client may not see. */
+const HIDDEN_AGGREGATES = ['00201200', '00201202', '00201204'] as const;
+
+/**
+ * Tags the scope check reads on QIDO rows, always asked for: the check must not depend on a PACS's
+ * default return attributes. Patient ID (the opt-out check) is one of those defaults (PS3.18
+ * Table 10.6.3-3), so it is never stripped from the rows; the others are, unless the client asked.
+ */
+const SCOPE_INCLUDES: Record<Level, readonly string[]> = {
+  study: ['00100020', '00100021'],
+  series: ['00100020', '00100021', '00180015'],
+  instance: ['00100020', '00100021', '00180015', '00080060', '0020000E'],
+};
+const DEFAULT_RETURNED = new Set(['00100020']);
+
+/** One QIDO row as the client receives it: de-identified, its URLs the gateway's. */
+function qidoRow(rc: RequestContext, o: JsonDataset, level: Level): JsonDataset {
+  const out = deidJson(rc, o, false, level === 'instance' && o['00280301'] !== undefined && maskedByRule(rc, o));
+  setRetrieveUrl(out, rc.dicomWebBase, level);
+  rewriteBulkDataUris(out, rc.dicomWebBase);
+  return out;
+}
+
+/** QIDO-RS: /studies, /series, /instances and their nested forms. */
+export async function qido(rc: RequestContext, level: Level, scope: { study?: string; series?: string }, params: URLSearchParams): Promise<Reply> {
+  const plan = rc.client.ctx.plan;
+  const maxLimit = Math.min(rc.maxQueryLimit, rc.client.maxResults ?? Number.MAX_SAFE_INTEGER);
+  const q = mapQuery(params, plan, rc.resolver, { maxLimit, allowedKeys: rc.client.allowedKeys });
+  rc.note.query = { level, keys: [...q.matchKeys].map((t) => dictionary().lookup(Number.parseInt(t, 16))?.keyword ?? t), wildcard: [...params].some(([k, v]) => !/^(limit|offset|includefield|fuzzymatching)$/i.test(k) && /[*?]/.test(v)) };
+  let path = '';
+  const study = scope.study === undefined ? undefined : originalUid(rc, scope.study);
+  const series = scope.series === undefined ? undefined : originalUid(rc, scope.series);
+  if (study !== undefined && series !== undefined) await requireSeries(rc, study, series);
+  else if (study !== undefined) await requireStudy(rc, study);
+  if (study !== undefined) path += `/studies/${study}`;
+  if (series !== undefined) path += `/series/${series}`;
+  path += level === 'study' ? '/studies' : level === 'series' ? '/series' : '/instances';
+  if (q.empty) return emptyJsonReply(q.warnings);
+  if (rc.client.scope.unrestricted() && q.dateFilters.length === 0) {
+    // Nothing to filter: the PACS pages, and the body streams.
+    const up = new URLSearchParams(q.upstream);
+    up.set('limit', String(q.limit));
+    if (q.offset) up.set('offset', String(q.offset));
+    const res = await ok(rc, path, DICOM_JSON, up);
+    return jsonReply(rc, res, (o) => {
+      const out = qidoRow(rc, o, level);
+      noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
+      rc.note.results++;
+      return out;
+    }, q.warnings, q.limit);
+  }
+  return filteredQido(rc, level, path, q);
+}
+
+/** Rows per PACS request of a filtered QIDO: the first page at least this many … */
+const QIDO_PAGE_MIN = 10;
+/** … and no page more than this many. */
+const QIDO_PAGE_MAX = 1000;
+
+/**
+ * QIDO over a filtered view (scope rules, opt-out list, shifted dates): limit and offset apply
+ * to what the client may see, so the PACS is paged ahead and every row is checked; the work
+ * per request is capped (server.maxQueryScan: the rows paged through plus the series and instance
+ * records the checks of those rows read), with a Warning when results may be incomplete.
+ * The page (at most `limit` rows) is held, then sent, so the Warning can lead the response.
+ */
+async function filteredQido(rc: RequestContext, level: Level, path: string, q: ReturnType<typeof mapQuery>): Promise<Reply> {
+  const rules = rc.client.scope.rules();
+  const up = new URLSearchParams(q.upstream);
+  // Study-level keys that aggregate over series (PS3.4 C.6.1.1.5 "…in Study") are matched by the
+  // PACS on the whole study. Where the scope hides some series of a study, a match on a hidden
+  // series would reveal it: ModalitiesInStudy is matched again on the visible series below;
+  // SOPClassesInStudy cannot be without reading every instance, so it is refused then.
+  const partial = hasSeriesRules(rules) || hasInstanceRules(rules);
+  if (level === 'study' && partial && q.matchKeys.has('00080062')) {
+    throw new GatewayError('QUERY_KEY_REFUSED', 'match key SOPClassesInStudy: not available to a client whose scope covers part of a study; query the instances (SOPClassUID) instead', { auditReason: 'query-key-refused' });
+  }
+  const modalitiesAsked = level === 'study' && partial && q.matchKeys.has('00080061') ? up.get('00080061') ?? '' : undefined;
+  const push = (tag: string, value: string): void => { if (!q.matchKeys.has(tag)) up.set(tag, value); };
+  // Push the scope down where the PACS matches it exactly (comma lists work for UIDs, codes and
+  // accession numbers on Orthanc); each row is checked again below either way.
+  if (level === 'study' && !path.startsWith('/studies/')) {
+    if (rules.studies && rules.accessions?.size === 0 && rules.studies.size > 0 && rules.studies.size <= 200) push('0020000D', [...rules.studies].join(','));
+    if (rules.accessions && rules.studies?.size === 0 && rules.accessions.size > 0 && rules.accessions.size <= 200) push('00080050', [...rules.accessions].join(','));
+    if (rules.modalities?.size === 1) push('00080061', [...rules.modalities][0]!);
+  }
+  if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
+    return emptyJsonReply(q.warnings);
+  }
+  if (rules.studyDate) {
+    // The scope's date range always reaches the PACS: intersected with the client's own (the
+    // upstream form of it, widened when its dates are shifted), so how much the gateway has to
+    // examine — and so whether a truncation Warning appears — never depends on out-of-scope studies.
+    const given = q.matchKeys.has('00080020') ? /^(\d{8})?(?:-(\d{8})?)?$/.exec(up.get('00080020') ?? '') : null;
+    const single = given && !(up.get('00080020') ?? '').includes('-');
+    const gFrom = given?.[1];
+    const gUntil = single ? given?.[1] : given?.[2];
+    const from = [gFrom, rules.studyDate.from].filter((x): x is string => !!x).sort().at(-1);
+    const until = [gUntil, rules.studyDate.until].filter((x): x is string => !!x).sort()[0];
+    if (from && until && from > until) return emptyJsonReply(q.warnings);
+    if (!q.matchKeys.has('00080020') || given) up.set('00080020', `${from ?? ''}-${until ?? ''}`);
+  }
+  if (level !== 'study' && rules.modalities) push('00080060', [...rules.modalities].join(','));
+  if (level !== 'study' && rules.bodyParts?.size === 1) push('00180015', [...rules.bodyParts][0]!);
+  if (level === 'instance' && rules.sopClasses) push('00080016', [...rules.sopClasses].join(','));
+  const strip = SCOPE_INCLUDES[level].filter((t) => !q.included.has(t) && !DEFAULT_RETURNED.has(t));
+  for (const t of SCOPE_INCLUDES[level]) up.append('includefield', t);
+
+  const visible = async (o: JsonDataset): Promise<boolean> => {
+    const a = jsonAttrs(o);
+    const denial = level === 'study' ? (recordStudyDenial(rc, a) ?? await studyRowCounts(rc, o, a(TAG.studyUid) ?? ''))
+      : level === 'series' ? await seriesRowDenial(rc, a) : recordVisible(rc, a);
+    if (denial) { rc.note.outOfScope++; return false; }
+    if (level === 'series') await seriesRowCount(rc, o, a(TAG.studyUid) ?? '', a(TAG.seriesUid) ?? '');
+    return true;
+  };
+
+  const rows: string[] = [];
+  let skipped = 0;
+  let scanned = 0;
+  let upOffset = 0;
+  let truncated = false;
+  // Records examined: the rows paged through, and the series and instance records their checks read.
+  const examinedBefore = examinedRecords(rc);
+  const examined = (): number => scanned + examinedRecords(rc) - examinedBefore;
+  // The first page asks for what the client's page would need if nothing were filtered out
+  // (offset + limit); each further page asks for twice as many, up to QIDO_PAGE_MAX.
+  let want = Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
+  pages: for (;;) {
+    // Never more than one row past what the budget has left, so that stopping at the budget knows
+    // whether more exist (and never 0, which the PACS reads as "unlimited").
+    const pageSize = Math.max(1, Math.min(want, rc.maxQueryScan - examined() + 1));
+    const page = new URLSearchParams(up);
+    page.set('limit', String(pageSize));
+    if (upOffset) page.set('offset', String(upOffset));
+    const res = await ok(rc, path, DICOM_JSON, page);
+    if (res.status === 204) break;
+    expectType(res, DICOM_JSON, 'application/json');
+    let n = 0;
+    for await (const text of splitJsonArray(res.body)) {
+      if (++n > pageSize) break; // the PACS ignored limit: treat the page as full and move on
+      if (examined() >= rc.maxQueryScan) { truncated = true; break pages; }
+      scanned++;
+      const o = parseObject(text);
+      if (!(await visible(o))) continue;
+      if (modalitiesAsked !== undefined && !matchesAnyValue(modalitiesAsked, o['00080061']?.Value)) continue; // matched only on hidden series
+      // Counts and lists the PACS computes over what the client may not see are not returned:
+      // the patient's studies, series and instances (other studies may be out of scope), and the
+      // SOP classes of a study whose series are partly hidden (ModalitiesInStudy and the study's
+      // counts are rewritten to the visible part above).
+      for (const t of HIDDEN_AGGREGATES) delete o[t];
+      if (partial && level === 'study') delete o['00080062'];
+      for (const t of strip) delete o[t];
+      const out = qidoRow(rc, o, level);
+      if (!passesDateFilters(q.dateFilters, out)) continue;
+      if (skipped < q.offset) { skipped++; continue; }
+      noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
+      rc.note.results++;
+      rows.push(JSON.stringify(out));
+      if (rows.length >= q.limit) break pages;
+    }
+    if (n < pageSize) break;
+    upOffset += pageSize;
+    want = Math.min(QIDO_PAGE_MAX, want * 2);
+  }
+  const warnings = [...q.warnings];
+  if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${examined()} records; results may be incomplete. Narrow the query."`);
+  const headers: Record<string, string> = { 'content-type': DICOM_JSON };
+  if (warnings.length) headers.warning = warnings.join(', ');
+  return { status: 200, headers, body: withFlush(rc, (async function* () { yield Buffer.from(`[${rows.join(',')}]`); })()) };
+}
+
+/**
+ * QIDO matching of a multi-valued CS attribute (PS3.4 C.2.2.2): the record matches when one of
+ * its values matches one of the asked values (a list in either form), with * and ? wildcards.
+ * An empty key matches everything.
+ */
+export function matchesAnyValue(asked: string, values: readonly unknown[] | undefined): boolean {
+  const patterns = asked.split(/[,\\]/).map((v) => v.trim()).filter(Boolean);
+  if (patterns.length === 0) return true;
+  const res = patterns.map((p) => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`));
+  return (values ?? []).some((v) => typeof v === 'string' && res.some((re) => re.test(v)));
+}
+
+/** A study row carries no series or instance attributes: only the study rules apply to the row itself. */
+function recordStudyDenial(rc: RequestContext, a: Attrs): ReturnType<typeof recordVisible> {
+  return studyDenial(rc.client.scope.rules(), rc.client.scope.optOut(), a);
+}

@@ -36,7 +36,8 @@ const mr = makeHeadPhantom({ modality: 'MR', orientation: 'sagittal', ...small, 
 const multi = makeHeadPhantom({ modality: 'MR', orientation: 'coronal', rows: 100, columns: 70, pixelMm: 2.5, slices: 90, sliceMm: 2.5, multiFrame: true, uidRoot: `${ROOT}.2`, seriesNumber: 2 });
 const rleCt = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 90, columns: 80, pixelMm: 2.5, slices: 80, sliceMm: 3, rle: true, tiltDeg: 10, uidRoot: `${ROOT}.3`, seriesNumber: 3 });
 const brainOnly = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 90, columns: 80, pixelMm: 2.5, slices: 30, sliceMm: 3, fromZ: 25, uidRoot: `${ROOT}.4`, study: mr.study, seriesNumber: 4 });
-const PHANTOMS = [mr, multi, rleCt, brainOnly];
+const renderOnly = makeHeadPhantom({ modality: 'MR', orientation: 'axial', rows: 80, columns: 80, pixelMm: 3.2, slices: 80, sliceMm: 3, uidRoot: `${ROOT}.5`, seriesNumber: 5 });
+const PHANTOMS = [mr, multi, rleCt, brainOnly, renderOnly];
 
 type Inst = ReturnType<typeof readInstanceSync>;
 
@@ -149,6 +150,17 @@ describe('faces through the gateway, against a real Orthanc', () => {
       const codes = (row['00120064']?.Value ?? []) as Record<string, { Value?: unknown[] }>[];
       assert.ok(codes.some((c) => c['00080100']?.Value?.[0] === '113102'), 'metadata lists 113102');
     }
+    // QIDO instance rows say the same once the series is decided.
+    const q = await get(`${seriesPath(mr)}/instances?includefield=00280302`, 'vendor');
+    const qrows = JSON.parse(q.body.toString()) as Record<string, { Value?: unknown[] }>[];
+    assert.equal(qrows.length, mr.files.length);
+    assert.ok(qrows.every((row) => row['00280302']?.Value?.[0] === 'NO'), 'QIDO rows say Recognizable Visual Features NO');
+    // A rendered series and a series thumbnail are drawn from the defaced pixels too.
+    const rs = await get(`${seriesPath(mr)}/rendered`, 'vendor', 'multipart/related; type="image/png"');
+    assert.equal(rs.status, 200);
+    assert.equal(splitMultipart(rs.body, rs.type).length, mr.files.length);
+    const th = await get(`${seriesPath(mr)}/thumbnail`, 'vendor', 'image/png');
+    assert.equal(th.status, 200);
     // A client whose policy allows faces sees no such marker.
     const raw = JSON.parse((await get(`${seriesPath(mr)}/metadata`, 'research')).body.toString()) as Record<string, { Value?: unknown[] }>[];
     assert.ok(raw.every((row) => row['00280302']?.Value?.[0] !== 'NO'));
@@ -191,6 +203,31 @@ describe('faces through the gateway, against a real Orthanc', () => {
       assert.deepEqual(i.pixel, readInstanceSync(orig.bytes, inflateRawSync).pixel, 'bit-exact');
       assert.notEqual(part10View(i.elements).str(0x00280302), 'NO');
     }
+  });
+
+  test('a rendered series and a series thumbnail asked for first (nothing else decided the series) are drawn defaced', async () => {
+    const rs = await get(`${seriesPath(renderOnly)}/rendered`, 'vendor', 'multipart/related; type="image/png"');
+    assert.equal(rs.status, 200, rs.body.toString().slice(0, 200));
+    assert.equal(rs.headers.get('warning'), null, 'nothing withheld');
+    const images = splitMultipart(rs.body, rs.type).map((p) => decodePng(p.body, { anyFilter: true }));
+    assert.equal(images.length, renderOnly.files.length);
+    // Each image against the defaced retrieve of its instance: removed pixels are black.
+    const insts = await retrieve(seriesPath(renderOnly), 'vendor');
+    const bySop = new Map(insts.map((i) => [sopOf(i), i]));
+    let removed = 0;
+    // The parts come in SOP Instance UID order (docs/pixels.md).
+    [...renderOnly.files].sort((a, b) => a.sop.localeCompare(b.sop)).forEach((f, k) => {
+      const got = frames16(bySop.get(f.sop)!, 80, 80)[0]!;
+      const orig = frames16(readInstanceSync(f.bytes, inflateRawSync), 80, 80)[0]!;
+      const img = images[k]!;
+      let darkest = 255;
+      for (let i = 0; i < got.length; i++) darkest = Math.min(darkest, img.data[i * img.channels]!);
+      // Removed pixels hold the background (0), drawn as the darkest grey of the image.
+      for (let i = 0; i < got.length; i++) if (got[i] !== orig[i]) { removed++; assert.equal(img.data[i * img.channels], darkest, `image ${k} pixel ${i}`); }
+    });
+    assert.ok(removed > 200, `${removed} pixels removed across the series`);
+    const th = await get(`${seriesPath(renderOnly)}/thumbnail`, 'vendor', 'image/png');
+    assert.equal(th.status, 200);
   });
 
   test('faces: withhold refuses head series (audited pixels-withheld:face); faces: allow releases them unchanged, audited', async () => {

@@ -26,6 +26,7 @@ import { checkGeometry, frameBytes, pixelMasker, regionsCover, type PixelGeometr
 import { faceCutTransformer } from '../pixels/face/cut.js';
 import { readPixelFacts } from '../pixels/geometry.js';
 import { part10View } from '../pixels/views.js';
+import { embeddedOverlayBits } from '../pixels/overlays.js';
 import type { FacePlane } from '../pixels/types.js';
 
 /** PS3.16 CID 7050: the pixel data was cleaned of burned-in identification. */
@@ -379,19 +380,11 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
   const face = admitted ? admitted.face : undefined;
   // Overlays embedded in unused bits of the pixel cells (no Overlay Data of their own) are
   // cleared from the pixels when the plan removes the overlay (PS3.15 E.1-1, Clean Graphics).
-  const overlayBits: number[] = [];
-  const bitsStored = Number(attr(0x00280101) ?? Number.NaN);
-  const highBit = Number(attr(0x00280102) ?? (Number.isFinite(bitsStored) ? bitsStored - 1 : Number.NaN));
-  for (const e of header) {
-    const g = e.tag >>> 16;
-    if ((e.tag & 0xffff) !== 0x0102 || g < 0x6000 || g > 0x601e || g % 2 !== 0 || !e.value || e.value.length < 2) continue;
-    const data = (g << 16) | 0x3000;
-    if (header.some((x) => x.tag === data) || skipped.has(data) || ctx.plan.lookup(e.tag).action.kind === 'keep') continue;
-    const bit = e.syntax.littleEndian ? e.value.readUInt16LE(0) : e.value.readUInt16BE(0);
-    // Only bits outside the stored range carry an overlay; the image's own bits are never cleared.
-    const inStored = Number.isFinite(bitsStored) && Number.isFinite(highBit) && bit <= highBit && bit >= highBit - bitsStored + 1;
-    if (!inStored) overlayBits.push(bit);
-  }
+  const headerView = part10View(header, charset);
+  const overlayBits = embeddedOverlayBits(headerView, {
+    hasData: (g) => { const data = ((g << 16) | 0x3000) >>> 0; return header.some((x) => x.tag === data) || skipped.has(data); },
+    kept: (g) => ctx.plan.lookup(((g << 16) | 0x0102) >>> 0).action.kind === 'keep',
+  });
   let masker: ((chunk: Buffer) => Buffer) | undefined;
   if (opts.pixelsOnly && (!pixel || pixel.tag !== 0x7fe00010 || pixel.length === UNDEFINED_LENGTH)) {
     throw new GatewayError('PIXELS_WITHHELD', 'this instance\'s pixels must be cleaned and have no native pixel data to clean', { auditReason: 'pixels-withheld:cannot-clean' });
@@ -421,7 +414,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     // The face cut (a series-level decision) applied to every frame, in patient coordinates.
     if (pixel.tag !== 0x7fe00010) throw new GatewayError('PIXELS_WITHHELD', 'float pixel data cannot be defaced', { auditReason: 'pixels-withheld:face-geometry' });
     if (pixel.length === UNDEFINED_LENGTH) throw new GatewayError('PIXELS_WITHHELD', 'compressed pixel data cannot be defaced; ask for an uncompressed transfer syntax', { auditReason: 'pixels-withheld:compressed' });
-    const facts = readPixelFacts(part10View(header, charset));
+    const facts = readPixelFacts(headerView);
     const want = facts.rows * facts.columns * (facts.bitsAllocated / 8) * facts.frames;
     if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so the face cut cannot be placed', { auditReason: 'pixels-withheld:face-geometry' });
     const cut = faceCutTransformer(facts, face, ts.littleEndian);

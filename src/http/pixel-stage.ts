@@ -11,6 +11,7 @@ import { splitJsonArray } from '../dicomweb/json-array.js';
 import { needsFaceDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision } from '../policy/pixels.js';
 import type { SeriesSource } from '../pixels/face/provider.js';
 import { jsonView } from '../pixels/views.js';
+import { embeddedOverlayBits, OVERLAY_GROUPS } from '../pixels/overlays.js';
 import { regionsCover, type PixelGeometry } from '../deid/pixel-mask.js';
 import type { InstanceFacts } from '../policy/facts-cache.js';
 import { admitInstance } from '../policy/client-scope.js';
@@ -62,7 +63,7 @@ export function maskedByRule(rc: RequestContext, o: JsonDataset): boolean {
 
 export type Facts = InstanceFacts;
 
-const OVERLAY_BIT_TAGS = Array.from({ length: 16 }, (_, i) => `60${(i * 2).toString(16).toUpperCase().padStart(2, '0')}0102`);
+const OVERLAY_BIT_TAGS = OVERLAY_GROUPS.map((g) => `${g.toString(16).toUpperCase()}0102`);
 
 /** Pixel facts of one DICOM JSON object (original values). */
 export function factsOf(r: JsonDataset): Facts {
@@ -70,11 +71,10 @@ export function factsOf(r: JsonDataset): Facts {
   const a = jsonAttrs(r);
   const scope: Record<number, string> = {};
   for (const tag of Object.values(TAG)) { const v = a(tag); if (v !== undefined) scope[tag] = v; }
-  // Overlays embedded in the pixel cells (a bit position and no Overlay Data of their own).
-  const overlayBits = OVERLAY_BIT_TAGS.flatMap((t) => {
-    const bit = Number(s(t));
-    return Number.isInteger(bit) && bit > 0 && !r[`${t.slice(0, 4)}3000`] ? [bit] : [];
-  });
+  // Overlays embedded in the pixel cells: the same reader as the engine's (src/pixels/overlays.ts).
+  // A QIDO row does not list Overlay Data: such an instance is cut from cleaned pixels, where the
+  // engine decides again on the whole header.
+  const overlayBits = embeddedOverlayBits(jsonView(r), { hasData: (g) => r[`${g.toString(16).toUpperCase()}3000`] !== undefined });
   const geometry: Record<string, unknown> = {};
   for (const t of GEOMETRY_TAGS) if (r[t]) geometry[t] = r[t];
   return {
@@ -173,7 +173,7 @@ export function factsAttrs(f: Facts): Attrs {
 }
 
 /** Geometry and pixel module of a classic image: what the face provider needs besides the pixels. */
-const GEOMETRY_TAGS = ['00200032', '00200037', '00280030', '00281052', '00281053', '00280101', '00280103', '00280008', '00280010', '00280011', '00280002', '00280100', '00080060'];
+const GEOMETRY_TAGS = ['00200032', '00200037', '00280030', '00281052', '00281053', '00280101', '00280102', '00280103', '00280008', '00280010', '00280011', '00280002', '00280100', '00080060'];
 
 /** The tags the facts query asks for: pixel facts and everything the scope rules read. */
 const FACT_TAGS = [...new Set([...GEOMETRY_TAGS,

@@ -52,6 +52,10 @@ describe('configuration', () => {
     assert.equal(c.state.dir, join(dir, 'var'));
     assert.deepEqual([...c.clients[0]!.plan.options], []);
     assert.ok(Object.isFrozen(c) && Object.isFrozen(c.clients[0]), 'Object.isFrozen(c) && Object.isFrozen(c.clients[0])');
+    // Faces are defaced by default, also when the pixels block says nothing of them.
+    assert.equal(c.engine.faceWaitSeconds, 60);
+    const withPixels = loadConfig(file(MINIMAL.replace('options: []', 'options: []\n    pixels: {risky: allow}')));
+    assert.equal(withPixels.clients[0]!.pixels?.faces, 'deface');
   });
 
   const cases: [string, string, RegExp][] = [
@@ -67,6 +71,8 @@ describe('configuration', () => {
     ['shift on a non-date', MINIMAL.replace('options: []', 'options: []\n      overrides: {PatientName: shift}'), /overrides\.PatientName: shift applies to DA and DT/],
     ['override on a private tag', MINIMAL.replace('options: []', 'options: []\n      overrides: {"(0029,1010)": keep}'), /private tags cannot be overridden; use the retainSafePrivate option/],
     ['missing clients', MINIMAL.slice(0, MINIMAL.indexOf('clients:')), /clients: required; add it/],
+    ['unknown face policy', MINIMAL.replace('options: []', 'options: []\n    pixels: {faces: blur}'), /clients\[0\]\.pixels\.faces: .*use deface \(default\), withhold or allow/],
+    ['face wait out of range', MINIMAL + 'engine: {faceWaitSeconds: 0}\n', /engine\.faceWaitSeconds/],
     ['duplicate client ids', MINIMAL + `  - id: acme-ai\n    apiKeySha256: ${'a'.repeat(64)}\n`, /clients\[1\]\.id: "acme-ai" is used twice/],
     ['duplicate tokens', MINIMAL + `  - id: other\n    apiKeySha256: ${HASH}\n`, /clients\[1\]\.apiKeySha256: the same token hash is used by two clients/],
     ['bad date shift range', MINIMAL.replace('options: []', 'options: []\n      dateShift: {minDays: 0, maxDays: 10}'), /dateShift\.minDays: must be at least 1 day/],

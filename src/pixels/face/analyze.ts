@@ -34,17 +34,26 @@ export type FaceAnalysis =
   | { readonly kind: 'deface'; readonly planes: readonly CutPlane[]; readonly landmarks: Readonly<Record<string, Vec3>>; readonly confidence: string }
   | { readonly kind: 'uncertain'; readonly why: string };
 
-/** Otsu's threshold of the finite values. */
+/** A percentile of the finite values (q in 0..1), from a sorted sample of at most 100 000. */
+function percentile(values: Float32Array, q: number): number {
+  const step = Math.max(1, Math.floor(values.length / 100_000));
+  const sample: number[] = [];
+  for (let i = 0; i < values.length; i += step) if (Number.isFinite(values[i]!)) sample.push(values[i]!);
+  sample.sort((a, b) => a - b);
+  return sample[Math.min(sample.length - 1, Math.floor(q * sample.length))] ?? Number.NaN;
+}
+
+/** Otsu's threshold of the finite values, with the top 0.5 % clipped (a few bright voxels do not pull it up). */
 function otsu(values: Float32Array): number {
   let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of values) if (Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  let hi = percentile(values, 0.995);
+  for (const v of values) if (Number.isFinite(v) && v < lo) lo = v;
   if (!(hi > lo)) return hi;
   const bins = 256;
   const hist = new Float64Array(bins);
   const w = (hi - lo) / bins;
   let total = 0;
-  for (const v of values) if (Number.isFinite(v)) { hist[Math.min(bins - 1, Math.floor((v - lo) / w))]!++; total++; }
+  for (const v of values) if (Number.isFinite(v)) { hist[Math.max(0, Math.min(bins - 1, Math.floor((v - lo) / w)))]!++; total++; }
   let sum = 0;
   for (let i = 0; i < bins; i++) sum += i * hist[i]!;
   let sumB = 0;
@@ -115,8 +124,14 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const thr = bodyThreshold(vol, modality);
   const mask = new Uint8Array(nx * ny * nz);
   for (let i = 0; i < mask.length; i++) mask[i] = vol.data[i]! > thr ? 1 : 0;
+  const above = mask.reduce((n, m) => n + m, 0);
   const size = keepLargest(mask, nx, ny, nz);
-  if (size * g ** 3 < 200_000) return { kind: 'no-face', why: 'no body large enough for a head' };
+  if (size * g ** 3 < 200_000) {
+    // Nothing head-sized is connected. With little signal in view that is not a head; with much
+    // (a body the threshold broke up), it cannot be told: withheld.
+    if (above * g ** 3 < 400_000) return { kind: 'no-face', why: 'no body large enough for a head' };
+    return { kind: 'uncertain', why: 'the body in view cannot be separated from the background' };
+  }
 
   // Cross-sections and the anterior depth map: ant[z][x] = how far forward (mm, -y) the body comes.
   const slices: Slice[] = [];
@@ -179,6 +194,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       const r = A(z, x + w);
       const side = Math.max(Number.isNaN(l) ? -Infinity : l, Number.isNaN(r) ? -Infinity : r);
       if (side === -Infinity) continue; // a thin object, not a face
+      // A nose stands 8–45 mm out of the face and has a lip below it; more, or nothing below,
+      // is the edge of the field of view or the end of the body.
+      if (c - side > 45 * scale || Number.isNaN(A(z - Math.round((10 * scale) / g), x))) continue;
       // The nose stands out above too: the profile 15–45 mm above its tip (the dorsum and the
       // nasion) lies well behind it; a chin's or a lip's does not.
       let deepest = Infinity;
@@ -244,6 +262,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     for (let z = cZ; z <= nz0; z++) fold = Math.min(fold, profile(z));
     chinOk = profile(cZ) - fold >= 2 && nAnt - profile(cZ) < 45 * scale;
   }
+  // Without a nasion above the tip the cut has no anchor under the frontal lobes.
+  if (!nasionOk) return { kind: 'uncertain', why: 'no nasion was found above the nose' };
   if (vertexInView && (mm(zTop) - mm(nz0) < 80 * scale || mm(zTop) - mm(nz0) > 260 * scale)) {
     return { kind: 'uncertain', why: 'the nose found is not where a nose is on a head of this size' };
   }
@@ -286,7 +306,26 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const landmarks: Record<string, Vec3> = { noseTip: at(nz0, nAnt, nx0) };
   if (nasionOk) { landmarks.nasion = at(sZ, profile(sZ), nx0); landmarks.glabella = at(gZ, profile(gZ), nx0); }
   if (chinOk) landmarks.chin = at(cZ, profile(cZ), nx0);
-  const confidence = `nose prominence ${best.toFixed(0)} mm${nasionOk ? ', nasion' : ''}${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
+  // The cut never reaches deep into the head: no body voxel 35 mm or more above the tip (in the
+  // face's frame) and 30 mm or more behind the skin of its column may be removed. Landmarks that
+  // put the cut there are wrong; the series is withheld rather than cut through the brain.
+  let deep = 0;
+  for (let z = 0; z < nz; z++) {
+    for (let x = 0; x < nx; x++) {
+      const front = ant[z * nx + x]!;
+      if (Number.isNaN(front)) continue;
+      for (let y = 0; y < ny; y++) {
+        if (!mask[(z * ny + y) * nx + x]) continue;
+        const antY = -(origin[1] + y * g);
+        if (front - antY < 30) continue;
+        const [h] = toFace(antY, origin[2] + mm(z));
+        if (h < 35 * scale) continue;
+        if (removedBy(planes, [origin[0] + x * g, origin[1] + y * g, origin[2] + mm(z)])) deep++;
+      }
+    }
+  }
+  if (deep * g ** 3 > 2000) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
+  const confidence = `nose prominence ${best.toFixed(0)} mm, nasion${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
   return { kind: 'deface', planes, landmarks, confidence };
 }
 

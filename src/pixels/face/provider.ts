@@ -115,7 +115,15 @@ export class FaceProvider {
       if (f.samplesPerPixel !== 1) continue;
       f.geometry.forEach((g, frame) => { if (g) frames.push({ sop, frame, geometry: g }); else unplaced++; });
     }
-    const stack = largestStack(frames);
+    // A series of several volumes (fMRI, diffusion, perfusion) repeats each position: the first
+    // frame at each position stands for it (the first volume, usually the most anatomical).
+    const seenAt = new Set<string>();
+    const stack = largestStack(frames).filter((f) => {
+      const k = `${Math.round(f.geometry.position[0] * 10)},${Math.round(f.geometry.position[1] * 10)},${Math.round(f.geometry.position[2] * 10)}`;
+      if (seenAt.has(k)) return false;
+      seenAt.add(k);
+      return true;
+    });
     if (stack.length < 8) {
       // A stack of slices without positions could still be put together by their order: a
       // series of many unplaced frames is withheld, a few slices cannot show a face's surface.

@@ -102,6 +102,15 @@ describe('faces on head phantoms', () => {
     assert.equal(verdict.kind, 'no-face', JSON.stringify(verdict));
   });
 
+  test('a whole head whose face cannot be found (no nose, no nasion) is withheld, never cut', async () => {
+    // The vault and the skull base in view down to the neck, but no face: landmarks cannot be trusted.
+    const ph = makeHeadPhantom(base({ modality: 'MR', orientation: 'axial', slices: 110, sliceMm: 2.5, rows: 100, columns: 100, noFace: true, uidRoot: '1.2.826.0.1.3680043.9.7433.11.46' }));
+    const verdict = await decide(ph);
+    assert.equal(verdict.kind, 'uncertain', JSON.stringify(verdict));
+    const d = pixelDecision({ modality: 'MR' }, DEFAULT_PIXEL_POLICY, { series: ph.series, lookup: () => verdict });
+    assert.ok(!d.allow && d.auditReason === 'pixels-withheld:face', 'withheld with its reason');
+  });
+
   test('a header that names no head and a description that says nothing do not lower suspicion', async () => {
     const plain = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.42' }));
     const named = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.43', bodyPart: 'KNEE', seriesDescription: 'knee t1' }));

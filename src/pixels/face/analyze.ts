@@ -46,7 +46,7 @@ function percentile(values: Float32Array, q: number): number {
 /** Otsu's threshold of the finite values, with the top 0.5 % clipped (a few bright voxels do not pull it up). */
 function otsu(values: Float32Array): number {
   let lo = Infinity;
-  let hi = percentile(values, 0.995);
+  const hi = percentile(values, 0.995);
   for (const v of values) if (Number.isFinite(v) && v < lo) lo = v;
   if (!(hi > lo)) return hi;
   const bins = 256;

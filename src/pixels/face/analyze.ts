@@ -180,7 +180,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
 
   // Nose tip: the largest prominence over the surface 22 mm to either side, near the midline.
   const w = Math.round((22 * scale) / g);
-  const xr = Math.round(25 / g);
+  // The nose is on the midline (an eye, 30 mm out, is the usual impostor in EPI).
+  const xr = Math.round(15 / g);
   let best = 0;
   let bz = -1;
   let bx = -1;
@@ -194,9 +195,17 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       const r = A(z, x + w);
       const side = Math.max(Number.isNaN(l) ? -Infinity : l, Number.isNaN(r) ? -Infinity : r);
       if (side === -Infinity) continue; // a thin object, not a face
+      // The cheeks either side of a nose are alike; an eye has the nose on one side and the temple on the other.
+      if (Number.isNaN(l) || Number.isNaN(r) || Math.abs(l - r) > 15 * scale) continue;
       // A nose stands 8–45 mm out of the face and has a lip below it; more, or nothing below,
       // is the edge of the field of view or the end of the body.
       if (c - side > 45 * scale || Number.isNaN(A(z - Math.round((10 * scale) / g), x))) continue;
+      // A nose is narrow: 12 mm to either side of its tip the surface lies at least 5 mm behind
+      // it (a brain's or a skull's front, round over 60 mm or more, falls about 1 mm there).
+      const n12 = Math.max(1, Math.round((12 * scale) / g));
+      const l12 = A(z, x - n12);
+      const r12 = A(z, x + n12);
+      if (!(c - (Number.isNaN(l12) ? -Infinity : l12) >= 5 && c - (Number.isNaN(r12) ? -Infinity : r12) >= 5)) continue;
       // The nose stands out above too: the profile 15–45 mm above its tip (the dorsum and the
       // nasion) lies well behind it; a chin's or a lip's does not.
       let deepest = Infinity;

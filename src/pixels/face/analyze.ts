@@ -134,27 +134,38 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   }
 
   // Cross-sections and the anterior depth map: ant[z][x] = how far forward (mm, -y) the body comes.
+  // A cross-section's extents count only columns and rows with at least 20 mm of body in them:
+  // a CT table, a head holder or a coil's shell (thin, and often joined to the head) does not
+  // widen it.
   const slices: Slice[] = [];
   const ant = new Float32Array(nz * nx).fill(Number.NaN);
+  const colCount = new Int32Array(nx);
+  const rowCount = new Int32Array(ny);
+  const core = Math.ceil(20 / g);
   for (let z = 0; z < nz; z++) {
     const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
+    colCount.fill(0);
+    rowCount.fill(0);
     for (let x = 0; x < nx; x++) {
+      // Where the field of view cuts the face, its edge stands for the surface: a nose cut by it
+      // is still a ridge (and the guards below keep an edge from passing for a nose).
       for (let y = 0; y < ny; y++) {
-        if (!mask[(z * ny + y) * nx + x]) continue;
+        const i = (z * ny + y) * nx + x;
+        if (!mask[i]) continue;
         if (Number.isNaN(ant[z * nx + x]!)) ant[z * nx + x] = -(origin[1] + y * g);
         s.count++;
-        if (x < s.x0) s.x0 = x;
-        if (x > s.x1) s.x1 = x;
-        if (y < s.y0) s.y0 = y;
-        if (y > s.y1) s.y1 = y;
+        colCount[x]!++;
+        rowCount[y]!++;
       }
     }
+    for (let x = 0; x < nx; x++) if (colCount[x]! >= core) { if (x < s.x0) s.x0 = x; s.x1 = x; }
+    for (let y = 0; y < ny; y++) if (rowCount[y]! >= core) { if (y < s.y0) s.y0 = y; s.y1 = y; }
     slices.push(s);
   }
   const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
   const depth = (s: Slice): number => (s.y1 - s.y0 + 1) * g;
   // An adult head's cross-section: longer than wide (a neck, a knee or a limb is about round).
-  const headLike = slices.map((s) => s.count > 0 && width(s) >= 110 && width(s) <= 235 && depth(s) >= 140 && depth(s) <= 280 && depth(s) / width(s) >= 1.05);
+  const headLike = slices.map((s) => s.count > 0 && s.x1 >= 0 && s.y1 >= 0 && width(s) >= 110 && width(s) <= 235 && depth(s) >= 140 && depth(s) <= 280 && depth(s) / width(s) >= 1.05);
   // The head: the longest run of head-like cross-sections.
   let run = 0;
   let bestRun = 0;
@@ -173,7 +184,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const topArea = slices[zTop]!.count;
   const maxArea = Math.max(1, ...slices.slice(headLo, headHi + 1).map((s) => s.count));
   const vertexInView = zTop < nz - 1 || topArea < 0.3 * maxArea;
-  const xMid = median(slices.slice(headLo, headHi + 1).filter((s) => s.count > 0).map((s) => (s.x0 + s.x1) / 2));
+  const xMid = median(slices.slice(headLo, headHi + 1).filter((s) => s.count > 0 && s.x1 >= 0).map((s) => (s.x0 + s.x1) / 2));
   const headDepth = headInView ? median(slices.slice(headLo, headHi + 1).map(depth)) : 190;
   const scale = Math.min(1.2, Math.max(0.6, headDepth / 190));
   const A = (z: number, x: number): number => (z >= 0 && z < nz && x >= 0 && x < nx ? ant[z * nx + x]! : Number.NaN);
@@ -199,7 +210,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       if (Number.isNaN(l) || Number.isNaN(r) || Math.abs(l - r) > 15 * scale) continue;
       // A nose stands 8–45 mm out of the face and has a lip below it; more, or nothing below,
       // is the edge of the field of view or the end of the body.
-      if (c - side > 45 * scale || Number.isNaN(A(z - Math.round((10 * scale) / g), x))) continue;
+      // (A field of view that ends under the nose, as a head CT's often does, has no lip in it.)
+      const below = z - Math.round((10 * scale) / g);
+      if (c - side > 45 * scale || (below >= zBottom && Number.isNaN(A(below, x)))) continue;
       // A nose is narrow: 12 mm to either side of its tip the surface lies at least 5 mm behind
       // it (a brain's or a skull's front, round over 60 mm or more, falls about 1 mm there).
       const n12 = Math.max(1, Math.round((12 * scale) / g));
@@ -295,10 +308,10 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   let hS = 45 * scale;
   let aS = 22 * scale;
   if (nasionOk) [hS, aS] = toFace(profile(sZ), origin[2] + mm(sZ));
-  // Line 1 (steep): from 5 mm in front of the nasion and 10 mm above it (the brow), 1.3 mm back per mm down.
+  // Line 1 (steep): from 5 mm in front of the nasion and 20 mm above it (the brow), 1.3 mm back per mm down.
   // Line 2 (shallow): 55 mm behind the tip at its height, 0.55 mm back per mm down.
   const lines = [
-    { h0: hS + 18 * scale, a0: aS - 5 * scale, k: 2.0 },
+    { h0: hS + 20 * scale, a0: aS - 5 * scale, k: 2.0 },
     { h0: hS - 15 * scale, a0: aS + 28 * scale, k: 0.45 },
   ];
   // a < a0 + k (h0 - h)  ⇔  a + k h - (a0 + k h0) < 0, with h and a linear in (y, z):

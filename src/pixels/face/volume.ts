@@ -181,9 +181,12 @@ export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume
         const dx = px - g.position[0];
         const dy = py - g.position[1];
         const dz = pz - g.position[2];
-        const c = Math.round((dx * g.rowDir[0] + dy * g.rowDir[1] + dz * g.rowDir[2]) / g.colSpacing);
-        const r = Math.round((dx * g.colDir[0] + dy * g.colDir[1] + dz * g.colDir[2]) / g.rowSpacing);
-        if (c < 0 || r < 0 || c >= f.columns || r >= f.rows) continue;
+        const cf = (dx * g.rowDir[0] + dy * g.rowDir[1] + dz * g.rowDir[2]) / g.colSpacing;
+        const rf = (dx * g.colDir[0] + dy * g.colDir[1] + dz * g.colDir[2]) / g.rowSpacing;
+        // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
+        if (cf < -0.75 || rf < -0.75 || cf > f.columns - 0.25 || rf > f.rows - 0.25) continue;
+        const c = Math.min(f.columns - 1, Math.max(0, Math.round(cf)));
+        const r = Math.min(f.rows - 1, Math.max(0, Math.round(rf)));
         data[(z * ny + y) * nx + x] = f.data[r * f.columns + c]!;
       }
     }

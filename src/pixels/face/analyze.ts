@@ -305,11 +305,10 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     const dZ = zMm - zN;
     return [dA * sinP + dZ * cosP, -dA * cosP + dZ * sinP];
   };
-  let hS = 45 * scale;
-  let aS = 22 * scale;
-  if (nasionOk) [hS, aS] = toFace(profile(sZ), origin[2] + mm(sZ));
-  // Line 1 (steep): from 5 mm in front of the nasion and 20 mm above it (the brow), 1.3 mm back per mm down.
-  // Line 2 (shallow): 55 mm behind the tip at its height, 0.55 mm back per mm down.
+  // Both lines are placed from the nasion (the tip gives only the pitch):
+  // line 1 (steep): from 5 mm in front of the nasion and 20 mm above it (the brow), 2 mm back per mm down;
+  // line 2 (shallow): through 28 mm behind and 15 mm below the nasion, 0.45 mm back per mm down.
+  const [hS, aS] = toFace(profile(sZ), origin[2] + mm(sZ));
   const lines = [
     { h0: hS + 20 * scale, a0: aS - 5 * scale, k: 2.0 },
     { h0: hS - 15 * scale, a0: aS + 28 * scale, k: 0.45 },

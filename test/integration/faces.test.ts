@@ -265,6 +265,17 @@ describe('faces through the gateway, against a real Orthanc', () => {
       splitMultipart(insts.body, insts.type).forEach((p, k) => writeFileSync(join(out, `${k}.dcm`), p.body));
       const r = spawnSync('/usr/bin/python3', [FACE_CHECK, join(SHARED_HEADS, head), out], { encoding: 'utf8' });
       assert.equal(r.status, 0, `${head}: ${r.stdout}${r.stderr}`);
+      // The frames of the middle slice (the one through the nose for a sagittal series, a middle
+      // frame of a multi-frame one) agree with the retrieve.
+      const parts = splitMultipart(insts.body, insts.type).map((p) => readInstanceSync(p.body, inflateRawSync));
+      const mid = parts[Math.floor(parts.length / 2)]!;
+      const v2 = part10View(mid.elements);
+      const frames = Number(v2.str(0x00280008) ?? '1');
+      const k = Math.ceil(frames / 2);
+      const n = Number(v2.str(0x00280010)) * Number(v2.str(0x00280011)) * 2;
+      const fr = await get(`${path}/instances/${v2.str(0x00080018)}/frames/${k}`, 'vendor');
+      assert.equal(fr.status, 200);
+      assert.deepEqual(splitMultipart(fr.body, fr.type)[0]!.body, mid.pixel!.subarray((k - 1) * n, k * n), `${head}: frame ${k} agrees with the retrieve`);
     }
   });
 });

@@ -111,6 +111,18 @@ describe('faces on head phantoms', () => {
     assert.ok(!d.allow && d.auditReason === 'pixels-withheld:face', 'withheld with its reason');
   });
 
+  test('a PET head is a candidate too: defaced with the brain intact, or withheld; never cut into the brain', async () => {
+    const ph = makeHeadPhantom(base({ modality: 'PT', orientation: 'axial', slices: 60, sliceMm: 4, rows: 64, columns: 64, pixelMm: 4, uidRoot: '1.2.826.0.1.3680043.9.7433.11.47' }));
+    const verdict = await decide(ph);
+    assert.ok(verdict.kind === 'deface' || verdict.kind === 'uncertain', JSON.stringify(verdict));
+    if (verdict.kind === 'deface') {
+      const c = checkDefaced(ph, await deliver(ph, verdict));
+      assert.equal(c.brainBad, 0, `brain voxels changed: ${c.brainBad}`);
+    } else {
+      assert.ok(!pixelDecision({ modality: 'PT' }, DEFAULT_PIXEL_POLICY, { series: ph.series, lookup: () => verdict }).allow);
+    }
+  });
+
   test('a header that names no head and a description that says nothing do not lower suspicion', async () => {
     const plain = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.42' }));
     const named = makeHeadPhantom(base({ uidRoot: '1.2.826.0.1.3680043.9.7433.11.43', bodyPart: 'KNEE', seriesDescription: 'knee t1' }));

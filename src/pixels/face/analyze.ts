@@ -34,26 +34,38 @@ export type FaceAnalysis =
   | { readonly kind: 'deface'; readonly planes: readonly CutPlane[]; readonly landmarks: Readonly<Record<string, Vec3>>; readonly confidence: string }
   | { readonly kind: 'uncertain'; readonly why: string };
 
-/** A percentile of the finite values (q in 0..1), from a sorted sample of at most 100 000. */
-function percentile(values: Float32Array, q: number): number {
-  const step = Math.max(1, Math.floor(values.length / 100_000));
-  const sample: number[] = [];
-  for (let i = 0; i < values.length; i += step) if (Number.isFinite(values[i]!)) sample.push(values[i]!);
-  sample.sort((a, b) => a - b);
-  return sample[Math.min(sample.length - 1, Math.floor(q * sample.length))] ?? Number.NaN;
-}
-
 /** Otsu's threshold of the finite values, with the top 0.5 % clipped (a few bright voxels do not pull it up). */
 function otsu(values: Float32Array): number {
+  // One pass for the range, one for a fine histogram: the 99.5th percentile from it, then
+  // Otsu's method over 256 bins up to that value.
   let lo = Infinity;
-  const hi = percentile(values, 0.995);
-  for (const v of values) if (Number.isFinite(v) && v < lo) lo = v;
-  if (!(hi > lo)) return hi;
+  let top = -Infinity;
+  const n = values.length;
+  for (let i = 0; i < n; i++) {
+    const v = values[i]!;
+    if (v === v) { if (v < lo) lo = v; if (v > top) top = v; } // v === v: not NaN
+  }
+  if (!(top > lo)) return top;
+  const FINE = 4096;
+  const fine = new Float64Array(FINE);
+  const fw = (top - lo) / FINE;
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const v = values[i]!;
+    if (v === v) { fine[Math.min(FINE - 1, ((v - lo) / fw) | 0)]!++; total++; }
+  }
+  let acc = 0;
+  let cut = FINE - 1;
+  for (let b = 0; b < FINE; b++) { acc += fine[b]!; if (acc >= 0.995 * total) { cut = b; break; } }
+  const hi = lo + (cut + 1) * fw;
   const bins = 256;
   const hist = new Float64Array(bins);
+  // Re-bin the fine histogram (values above the cut fall in the last bin).
+  for (let b = 0; b < FINE; b++) {
+    const v = lo + (b + 0.5) * fw;
+    hist[Math.max(0, Math.min(bins - 1, Math.floor(((v - lo) / (hi - lo)) * bins)))]! += fine[b]!;
+  }
   const w = (hi - lo) / bins;
-  let total = 0;
-  for (const v of values) if (Number.isFinite(v)) { hist[Math.max(0, Math.min(bins - 1, Math.floor((v - lo) / w)))]!++; total++; }
   let sum = 0;
   for (let i = 0; i < bins; i++) sum += i * hist[i]!;
   let sumB = 0;
@@ -146,12 +158,12 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
     colCount.fill(0);
     rowCount.fill(0);
-    for (let x = 0; x < nx; x++) {
-      // Where the field of view cuts the face, its edge stands for the surface: a nose cut by it
-      // is still a ridge (and the guards below keep an edge from passing for a nose).
-      for (let y = 0; y < ny; y++) {
-        const i = (z * ny + y) * nx + x;
-        if (!mask[i]) continue;
+    // Where the field of view cuts the face, its edge stands for the surface: a nose cut by it
+    // is still a ridge (and the guards below keep an edge from passing for a nose).
+    for (let y = 0; y < ny; y++) {
+      const rowAt = (z * ny + y) * nx;
+      for (let x = 0; x < nx; x++) {
+        if (!mask[rowAt + x]) continue;
         if (Number.isNaN(ant[z * nx + x]!)) ant[z * nx + x] = -(origin[1] + y * g);
         s.count++;
         colCount[x]!++;
@@ -330,18 +342,23 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // The cut never reaches deep into the head: no body voxel 35 mm or more above the tip (in the
   // face's frame) and 30 mm or more behind the skin of its column may be removed. Landmarks that
   // put the cut there are wrong; the series is withheld rather than cut through the brain.
+  // The planes do not depend on x: a voxel is removed when, for every plane, n1·y + n2·z < d.
   let deep = 0;
   for (let z = 0; z < nz; z++) {
-    for (let x = 0; x < nx; x++) {
-      const front = ant[z * nx + x]!;
-      if (Number.isNaN(front)) continue;
-      for (let y = 0; y < ny; y++) {
-        if (!mask[(z * ny + y) * nx + x]) continue;
-        const antY = -(origin[1] + y * g);
-        if (front - antY < 30) continue;
-        const [h] = toFace(antY, origin[2] + mm(z));
-        if (h < 35 * scale) continue;
-        if (removedBy(planes, [origin[0] + x * g, origin[1] + y * g, origin[2] + mm(z)])) deep++;
+    const pz = origin[2] + mm(z);
+    for (let y = 0; y < ny; y++) {
+      const py = origin[1] + y * g;
+      const antY = -py;
+      // h = (A - nAnt) sinP + (z - zN) cosP with A = -y
+      if ((antY - nAnt) * sinP + (pz - zN) * cosP < 35 * scale) continue;
+      let cut = true;
+      for (const pl of planes) if (!(pl.n[1] * py + pl.n[2] * pz < pl.d)) { cut = false; break; }
+      if (!cut) continue;
+      const rowAt = (z * ny + y) * nx;
+      for (let x = 0; x < nx; x++) {
+        if (!mask[rowAt + x]) continue;
+        const front = ant[z * nx + x]!;
+        if (!Number.isNaN(front) && front - antY >= 30) deep++;
       }
     }
   }

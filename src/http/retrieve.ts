@@ -5,7 +5,7 @@
 import { GatewayError } from '../core/errors.js';
 import { deidentifyPart10 } from '../deid/index.js';
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
-import { pixelsWithheld, type PixelDecision } from '../policy/pixels.js';
+import { needsFaceDecision, pixelsWithheld, type PixelDecision } from '../policy/pixels.js';
 import { TAG } from '../policy/scope.js';
 import { recordVisible, requireVisible } from './visibility.js';
 import { originalUid, ok, expectType, withFlush, noteStudy, noteWithheld, type RequestContext, type Reply } from './context.js';
@@ -65,7 +65,14 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
   // reads every file of the study for them), and only the status line waits for the facts.
   const path = `/studies/${study}${series === undefined ? '' : `/series/${series}`}${sop === undefined ? '' : `/instances/${sop}`}`;
-  let retrieving = afterFaces ? undefined : ok(rc, path, acceptFor(upTs));
+  // When the facts are known already and a face decision is pending, the retrieve waits for it
+  // too: the PACS then serves the analysis alone, and the stream does not stall half-sent.
+  const known = sop === undefined ? rc.facts.scope(study, series) : undefined;
+  const pending = known !== undefined && [...known.values()].some((f) => {
+    const s = f.scope?.[TAG.seriesUid];
+    return s !== undefined && f.rows !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined;
+  });
+  let retrieving = afterFaces || pending ? undefined : ok(rc, path, acceptFor(upTs));
   retrieving?.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
   let facts: Map<string, Facts>;
   try {

@@ -160,25 +160,31 @@ export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume
   const data = new Float32Array(nx * ny * nz).fill(Number.NaN);
   const origin: Vec3 = [lo[0]!, lo[1]!, lo[2]!];
   const tol = gap / 2 + sp / 2;
+  // Along a row of the grid (x increasing), the distance along the normal and each frame's
+  // in-plane coordinates change by constant steps: the nearest frame is walked to, not searched.
+  const dS = normal[0] * sp;
+  const last = s.length - 1;
   for (let z = 0; z < nz; z++) {
     const pz = origin[2] + z * sp;
     for (let y = 0; y < ny; y++) {
       const py = origin[1] + y * sp;
-      for (let x = 0; x < nx; x++) {
-        const px = origin[0] + x * sp;
-        const sv = normal[0] * px + normal[1] * py + normal[2] * pz;
-        // Nearest frame by its distance along the normal (binary search).
-        let a = 0;
-        let b = s.length - 1;
-        while (b - a > 1) {
-          const m = (a + b) >> 1;
-          if (s[m]! <= sv) a = m; else b = m;
-        }
-        const k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
+      const rowAt = (z * ny + y) * nx;
+      let sv = normal[0] * origin[0] + normal[1] * py + normal[2] * pz;
+      // The nearest frame to the row's first voxel (binary search once per row).
+      let a = 0;
+      let b = last;
+      while (b - a > 1) {
+        const m = (a + b) >> 1;
+        if (s[m]! <= sv) a = m; else b = m;
+      }
+      let k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
+      for (let x = 0; x < nx; x++, sv += dS) {
+        while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
+        while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
         if (Math.abs(s[k]! - sv) > tol) continue;
         const f = frames[k]!;
         const g = f.geometry;
-        const dx = px - g.position[0];
+        const dx = origin[0] + x * sp - g.position[0];
         const dy = py - g.position[1];
         const dz = pz - g.position[2];
         const cf = (dx * g.rowDir[0] + dy * g.rowDir[1] + dz * g.rowDir[2]) / g.colSpacing;
@@ -187,7 +193,7 @@ export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume
         if (cf < -0.75 || rf < -0.75 || cf > f.columns - 0.25 || rf > f.rows - 0.25) continue;
         const c = Math.min(f.columns - 1, Math.max(0, Math.round(cf)));
         const r = Math.min(f.rows - 1, Math.max(0, Math.round(rf)));
-        data[(z * ny + y) * nx + x] = f.data[r * f.columns + c]!;
+        data[rowAt + x] = f.data[r * f.columns + c]!;
       }
     }
   }

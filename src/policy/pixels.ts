@@ -157,14 +157,21 @@ export function maskRuleFor(f: PixelFacts, rules: readonly MaskRule[]): MaskRule
  * before its series is decided.
  */
 export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY, faces?: { readonly series: string | undefined; readonly lookup: FaceLookup }): PixelDecision {
-  const d = textDecision(f, policy);
-  if (!d.allow || !FACE_MODALITIES.has((f.modality ?? '').trim().toUpperCase())) return d;
+  const faceModality = FACE_MODALITIES.has((f.modality ?? '').trim().toUpperCase());
   const mode = policy.faces ?? 'deface';
+  // A CT, MR or PET stating Recognizable Visual Features YES is the face the cut removes: under
+  // deface it is released defaced when its series' decision finds the face, and withheld
+  // otherwise (the header says a face is there; an analysis that finds none does not overrule it).
+  const rvf = f.recognizableVisualFeatures?.trim().toUpperCase() === 'YES';
+  const d = faceModality && rvf && mode === 'deface' ? textDecision({ ...f, recognizableVisualFeatures: undefined }, policy) : textDecision(f, policy);
+  if (!d.allow || !faceModality) return d;
   const verdict = faces?.series ? faces.lookup(faces.series) : undefined;
   if (mode === 'allow') return verdict?.kind === 'deface' || verdict?.kind === 'uncertain' ? { ...d, faceAllowed: true } : d;
   const auditReason = 'pixels-withheld:face';
   if (!verdict) return { allow: false, reason: 'the face decision of this series has not been made', auditReason: 'pixels-withheld:face-pending' };
-  if (verdict.kind === 'no-face') return d;
+  if (verdict.kind === 'no-face') {
+    return rvf && mode === 'deface' ? { allow: false, reason: 'Recognizable Visual Features is YES and no face was found to remove', auditReason: 'pixels-withheld:recognizable-visual-features' } : d;
+  }
   if (verdict.kind === 'uncertain') return { allow: false, reason: `a head is in view and its face cannot be removed with confidence (${verdict.why})`, auditReason };
   if (mode === 'withhold') return { allow: false, reason: 'a face is in view and this client\'s policy withholds faces', auditReason };
   return { ...d, face: verdict.planes };

@@ -188,6 +188,19 @@ describe('face policy and markers', () => {
     assert.ok(pixelDecision({ modality: 'CR' }, DEFAULT_PIXEL_POLICY).allow);
   });
 
+  test('a head MR stating Recognizable Visual Features YES is released defaced under deface, withheld when no face is found or faces are withheld', async () => {
+    const verdict = await decide(ph);
+    const rvf = { ...facts, recognizableVisualFeatures: 'YES' };
+    const d = pixelDecision(rvf, DEFAULT_PIXEL_POLICY, { series: ph.series, lookup: () => verdict });
+    assert.ok(d.allow && d.face && d.face.length > 0, 'defaced');
+    const none = pixelDecision(rvf, DEFAULT_PIXEL_POLICY, { series: ph.series, lookup: () => ({ kind: 'no-face' }) });
+    assert.ok(!none.allow && none.auditReason === 'pixels-withheld:recognizable-visual-features', 'the header is not overruled by an analysis that finds nothing');
+    const withheld = pixelDecision(rvf, { ...DEFAULT_PIXEL_POLICY, faces: 'withhold' }, { series: ph.series, lookup: () => verdict });
+    assert.ok(!withheld.allow);
+    // Other modalities keep the old rule: withheld unless allowed.
+    assert.ok(!pixelDecision({ modality: 'XC', recognizableVisualFeatures: 'YES' }, DEFAULT_PIXEL_POLICY).allow);
+  });
+
   test('a defaced instance says so: Recognizable Visual Features NO and 113102; other bytes of the header as the engine writes them', async () => {
     const verdict = await decide(ph);
     const out = await deidentifyPart10Buffer(ph.files[30]!.bytes, engine(), { admit: (attr) => admitPixels(attr, DEFAULT_PIXEL_POLICY, () => verdict) });

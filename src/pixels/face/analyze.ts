@@ -2,20 +2,22 @@
  * Does a volume show a face, and where is the cut that removes it?
  *
  * Model-free, on the reduced LPS volume (docs/pixels.md, "Faces"):
- *  1. the head is the largest connected body above a threshold (air for CT, the background
- *     found by Otsu's method for MR and PET);
+ *  1. the head is the largest connected body above a threshold (-400 HU for CT, half of
+ *     Otsu's threshold for MR and PET);
  *  2. its anterior surface is seen as a depth map (for each height and left-right position,
  *     how far forward the skin comes);
- *  3. landmarks on that map: the nose tip (the most prominent narrow ridge near the midline),
- *     the nasion (the deepest point of the profile above it), the glabella and the chin; the
- *     line from glabella to chin gives the head's pitch;
- *  4. the cut is two planes in the face's own frame (origin at the nose tip, rotated by the
- *     pitch, scaled by the head's size): a steep one from just above the nasion through the
- *     eyes, and a shallow one, in the manner of quickshear, that passes in front of the brain
- *     stem and the temporal poles and under the frontal lobes. A voxel is removed when it is in
+ *  3. landmarks on that map: the nose tip (a narrow ridge on the midline, with alike cheeks
+ *     either side and a recess above it), the nasion (the deepest point of the profile under
+ *     the line from the tip to the forehead), the glabella and the chin; the line from the
+ *     nasion to the tip gives the head's pitch;
+ *  4. the cut is two planes in the face's own frame, placed from the nasion, rotated by the
+ *     pitch and scaled by the head's size: a steep one from above the brow through the eyes,
+ *     and a shallow one, in the manner of quickshear, that passes in front of the brain stem
+ *     and the temporal poles and under the frontal lobes. A voxel is removed when it is in
  *     front of both. Everything above the brow and behind the cut is left untouched.
- * A series whose head has no face in view (the volume ends above the eyes) is reported as
- * such; a head whose landmarks cannot be found with confidence is uncertain (withheld).
+ * Guards make every doubtful case "uncertain" (withheld): no nasion, a cut that would reach
+ * deep into the head, a nose where no nose is on a head of this size. A body with no head in
+ * view, or a head that ends above the eyes, has no face in view.
  */
 import type { Vec3 } from '../geometry.js';
 import type { Volume } from './volume.js';
@@ -136,7 +138,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const thr = bodyThreshold(vol, modality);
   const mask = new Uint8Array(nx * ny * nz);
   for (let i = 0; i < mask.length; i++) mask[i] = vol.data[i]! > thr ? 1 : 0;
-  const above = mask.reduce((n, m) => n + m, 0);
+  let above = 0;
+  for (let i = 0; i < mask.length; i++) above += mask[i]!;
   const size = keepLargest(mask, nx, ny, nz);
   if (size * g ** 3 < 200_000) {
     // Nothing head-sized is connected. With little signal in view that is not a head; with much

@@ -19,7 +19,7 @@ import {
   ByteQueue, ElementParser, encodeElements, encodeToBuffer, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
   EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
 } from '../dicom/part10.js';
-import { decodeNumbers, decodeStrings, encodeStrings } from '../dicom/values.js';
+import { decodeStrings, encodeStrings } from '../dicom/values.js';
 import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type Adapter, type EngineContext } from './engine.js';
 import { checkGeometry, frameBytes, pixelMasker, regionsCover, type PixelGeometry, type Region } from './pixel-mask.js';
@@ -107,8 +107,6 @@ export interface Part10Options {
     /** A face cut (planes in patient coordinates) to apply to every frame. */
     readonly face?: readonly FacePlane[] | undefined;
   };
-  /** Called when a face cut was applied, with the number of pixels it removed. */
-  readonly onFaceCut?: (removedPixels: number) => void;
   /**
    * Emit only the (cleaned) value bytes of native Pixel Data (7FE0,0010), nothing else: bulk
    * pixel data and frames of instances whose pixels must be cleaned. Compressed or absent
@@ -367,20 +365,16 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
 
   const charset = charsetOf(header) ?? charsetFor(undefined);
   const ds: BinaryDataset = { elements: header, charset };
-  const attr = (tag: number): string | undefined => {
-    const el = header.find((e) => e.tag === tag) ?? (tag === 0x00080016 ? meta.find((e) => e.tag === 0x00020002) : undefined);
-    if (!el?.value) return undefined;
-    const vr = binaryAdapter.vr(el, ds);
-    const values = STRING_VRS.has(vr) ? binaryAdapter.strings(el, ds) : NUMERIC_SIZES[vr] !== undefined ? decodeNumbers(el.value, vr, el.syntax.littleEndian).map(String) : null;
-    const text = values?.map((v) => v.trim()).join('\\');
-    return text ? text : undefined;
-  };
+  // One reader of the header's values (src/pixels/views.ts) for the admission, the overlays and
+  // the face cut; the SOP Class UID falls back to the File Meta's when the data set has none.
+  const headerView = part10View(header, charset);
+  const attr = (tag: number): string | undefined =>
+    (tag === 0x00080016 && !header.some((e) => e.tag === tag) ? part10View(meta).str(0x00020002) : headerView.str(tag));
   const admitted = opts.admit?.(attr);
   const mask = admitted ? admitted.mask : undefined;
   const face = admitted ? admitted.face : undefined;
   // Overlays embedded in unused bits of the pixel cells (no Overlay Data of their own) are
   // cleared from the pixels when the plan removes the overlay (PS3.15 E.1-1, Clean Graphics).
-  const headerView = part10View(header, charset);
   const overlayBits = embeddedOverlayBits(headerView, {
     hasData: (g) => { const data = ((g << 16) | 0x3000) >>> 0; return header.some((x) => x.tag === data) || skipped.has(data); },
     kept: (g) => ctx.plan.lookup(((g << 16) | 0x0102) >>> 0).action.kind === 'keep',
@@ -419,9 +413,8 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so the face cut cannot be placed', { auditReason: 'pixels-withheld:face-geometry' });
     const cut = faceCutTransformer(facts, face, ts.littleEndian);
     const before = masker;
-    masker = before ? (c) => cut.transform(before(c)) : cut.transform;
+    masker = before ? (c) => cut(before(c)) : cut;
     defaced = true;
-    opts.onFaceCut?.(cut.removed);
   }
   const t0 = performance.now();
   // Burned In Annotation NO and 113101 only when a rule's regions actually blanked pixels.

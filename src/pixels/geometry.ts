@@ -137,16 +137,5 @@ export function readPixelFacts(v: DatasetView): PixelFactsFull {
 export const dot = (a: Vec3, b: Vec3): number => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
 export const cross = (a: Vec3, b: Vec3): Vec3 => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
 
-/** The patient position of the centre of pixel (row, column) of a frame. */
-export function pixelPosition(g: FrameGeometry, row: number, column: number): Vec3 {
-  const c = column * g.colSpacing;
-  const r = row * g.rowSpacing;
-  return [
-    g.position[0] + g.rowDir[0] * c + g.colDir[0] * r,
-    g.position[1] + g.rowDir[1] * c + g.colDir[1] * r,
-    g.position[2] + g.rowDir[2] * c + g.colDir[2] * r,
-  ];
-}
-
 /** The frame's normal (row direction × column direction). */
 export const frameNormal = (g: FrameGeometry): Vec3 => cross(g.rowDir, g.colDir);

@@ -306,11 +306,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   }
   // Pitch: in a neutral posture the line from the nasion to the tip of the nose leans about
   // 28° forward from the vertical; more when the chin is raised, less when it is lowered.
-  let phi = 0;
-  if (nasionOk) {
-    const t = Math.atan2(nAnt - profile(sZ), mm(sZ) - mm(nz0));
-    phi = Math.max(-0.5, Math.min(0.5, (28 * Math.PI) / 180 - t));
-  }
+  const t = Math.atan2(nAnt - profile(sZ), mm(sZ) - mm(nz0));
+  const phi = Math.max(-0.5, Math.min(0.5, (28 * Math.PI) / 180 - t));
   const sinP = Math.sin(phi);
   const cosP = Math.cos(phi);
   const zN = origin[2] + mm(nz0);
@@ -339,8 +336,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     return { n: [0, -cA, cZ2] as Vec3, d: -constant };
   });
   const at = (z: number, antMm: number, x: number): Vec3 => [origin[0] + x * g, -antMm, origin[2] + mm(z)];
-  const landmarks: Record<string, Vec3> = { noseTip: at(nz0, nAnt, nx0) };
-  if (nasionOk) { landmarks.nasion = at(sZ, profile(sZ), nx0); landmarks.glabella = at(gZ, profile(gZ), nx0); }
+  const landmarks: Record<string, Vec3> = { noseTip: at(nz0, nAnt, nx0), nasion: at(sZ, profile(sZ), nx0), glabella: at(gZ, profile(gZ), nx0) };
   if (chinOk) landmarks.chin = at(cZ, profile(cZ), nx0);
   // The cut never reaches deep into the head: no body voxel 35 mm or more above the tip (in the
   // face's frame) and 30 mm or more behind the skin of its column may be removed. Landmarks that
@@ -368,9 +364,4 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   if (deep * g ** 3 > 2000) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
   const confidence = `nose prominence ${best.toFixed(0)} mm, nasion${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
   return { kind: 'deface', planes, landmarks, confidence };
-}
-
-/** True when a patient position is removed by the cut (in front of every plane). */
-export function removedBy(planes: readonly CutPlane[], p: Vec3): boolean {
-  return planes.length > 0 && planes.every((pl) => pl.n[0] * p[0] + pl.n[1] * p[1] + pl.n[2] * p[2] < pl.d);
 }

@@ -41,13 +41,6 @@ export function rowSpans(planes: readonly CutPlane[], g: FrameGeometry, rows: nu
   return { from, to };
 }
 
-/** Pixels removed in a frame. */
-export function spanCount(s: RowSpans): number {
-  let n = 0;
-  for (let r = 0; r < s.from.length; r++) n += Math.max(0, s.to[r]! - s.from[r]!);
-  return n;
-}
-
 /** The stored value of the modality's background for a frame, clamped to the stored range. */
 export function backgroundStored(f: PixelFactsFull, frame: number): number {
   const { slope, intercept } = f.rescale[frame] ?? { slope: 1, intercept: 0 };
@@ -82,7 +75,7 @@ export function cellBytes(value: number, bitsAllocated: number, littleEndian: bo
  * that touch no removed pixel pass as they are; others are copied before they are changed.
  * Throws PIXELS_WITHHELD (`face-geometry`) when a frame cannot be placed in the patient.
  */
-export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[], littleEndian: boolean): { transform: (chunk: Buffer) => Buffer; removed: number } {
+export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[], littleEndian: boolean): (chunk: Buffer) => Buffer {
   if (f.samplesPerPixel !== 1 || ![8, 16, 32].includes(f.bitsAllocated)) {
     throw new GatewayError('PIXELS_WITHHELD', 'a face cut needs grayscale pixel data of 8, 16 or 32 bits', { auditReason: 'pixels-withheld:face-geometry' });
   }
@@ -91,7 +84,6 @@ export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[
   const starts: number[] = [];
   const ends: number[] = [];
   const fills: Buffer[] = [];
-  let removed = 0;
   for (let k = 0; k < f.frames; k++) {
     const g = f.geometry[k];
     if (!g) throw new GatewayError('PIXELS_WITHHELD', `frame ${k + 1} of this instance has no position in the patient, so the face cut cannot be placed`, { auditReason: 'pixels-withheld:face-geometry' });
@@ -106,12 +98,11 @@ export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[
       starts.push(k * frameBytes + (r * f.columns + a) * bpp);
       ends.push(k * frameBytes + (r * f.columns + b) * bpp);
       fills.push(fill);
-      removed += b - a;
     }
   }
   let offset = 0;
   let ri = 0;
-  const transform = (chunk: Buffer): Buffer => {
+  return (chunk: Buffer): Buffer => {
     const start = offset;
     const end = start + chunk.length;
     offset = end;
@@ -126,5 +117,4 @@ export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[
     }
     return out;
   };
-  return { transform, removed };
 }

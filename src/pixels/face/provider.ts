@@ -4,9 +4,9 @@
  * A decision is keyed by the original Series Instance UID, a digest of the series' SOP
  * Instance UIDs (a series that gains or loses instances is decided again) and the algorithm
  * version. It is computed on a reduced volume: the provider asks its source for the series'
- * instances (geometry only), picks frames about every 2 mm along the largest stack, fetches
- * only the instances that hold them (uncompressed), reduces each frame as it arrives and
- * drops the full-resolution bytes. Concurrent requests for one series share one analysis.
+ * instances (geometry only), picks frames about every 4 mm along the largest stack, fetches
+ * only the instances that hold them (uncompressed, four at a time), reduces each frame to
+ * about 2.5 mm as it arrives and drops the full-resolution bytes. Concurrent requests for one series share one analysis.
  */
 import { createHash } from 'node:crypto';
 import { inflateRawSync } from 'node:zlib';

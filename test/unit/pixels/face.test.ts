@@ -232,12 +232,12 @@ describe('face policy and markers', () => {
     if (verdict.kind !== 'deface') return;
     const inst = readInstanceSync(ph.files[30]!.bytes, inflateRawSync);
     const facts = readPixelFacts(part10View(inst.elements));
-    const whole = faceCutTransformer(facts, verdict.planes, true).transform(inst.pixel!);
+    const whole = faceCutTransformer(facts, verdict.planes, true)(inst.pixel!);
     const copy = Buffer.from(inst.pixel!);
     for (const size of [1, 7, 4096]) {
       const t = faceCutTransformer(facts, verdict.planes, true);
       const parts: Buffer[] = [];
-      for (let i = 0; i < copy.length; i += size) parts.push(t.transform(copy.subarray(i, i + size)));
+      for (let i = 0; i < copy.length; i += size) parts.push(t(copy.subarray(i, i + size)));
       assert.deepEqual(Buffer.concat(parts), whole);
     }
     assert.deepEqual(copy, inst.pixel!, 'input unchanged');

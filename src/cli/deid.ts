@@ -69,6 +69,36 @@ function safeName(uid: string): string {
   return /^[0-9.]+$/.test(uid) ? uid : 'unknown';
 }
 
+/**
+ * The header of a file, read from a prefix that grows until the header is whole (64 KiB, then
+ * four times more each time, then the whole file): the pixel data is neither read nor kept for
+ * every input of a large export. Undefined when it cannot be read.
+ */
+function headerOf(file: string): ReturnType<typeof readHeaderSync> | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, 'r');
+    const size = statSync(file).size;
+    for (let want = 64 * 1024; ; want *= 4) {
+      const n = Math.min(size, want);
+      const buf = Buffer.alloc(n);
+      readSync(fd, buf, 0, n, 0);
+      try {
+        const head = readHeaderSync(buf, (b) => inflateRawSync(b));
+        // A prefix may end between two elements: only a header read up to the pixel data, or
+        // the whole file, is whole.
+        if (head.reachedPixelData || n >= size) return head;
+      } catch (e) {
+        if (n >= size) throw e; // the whole file and still unreadable
+      }
+    }
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /** Groups the inputs by series and makes the face decision of each series whose modality may show a face. */
 async function decideFaces(inputs: readonly string[], pixels: PixelPolicy, faces: FaceProvider): Promise<void> {
   if ((pixels.faces ?? 'deface') === 'allow') return;
@@ -78,8 +108,8 @@ async function decideFaces(inputs: readonly string[], pixels: PixelPolicy, faces
     try { files = [...walk(input, true)]; } catch { continue; }
     for (const { file, skip } of files) {
       if (skip) continue;
-      let head: ReturnType<typeof readHeaderSync>;
-      try { head = readHeaderSync(readFileSync(file), (b) => inflateRawSync(b)); } catch { continue; } // refused later, with its reason
+      const head = headerOf(file);
+      if (!head) continue; // refused later, with its reason
       const view = part10View(head.elements);
       const modality = view.str(0x00080060)?.toUpperCase();
       const uid = view.str(0x0020000e);

@@ -414,6 +414,8 @@ export interface Part10Header {
   readonly meta: RawElement[];
   readonly transferSyntax: TransferSyntax;
   readonly elements: RawElement[];
+  /** True when the reading stopped at the pixel data (the header is whole even if `buf` was only a prefix). */
+  readonly reachedPixelData?: boolean;
 }
 
 /**
@@ -441,7 +443,7 @@ export function readHeaderSync(buf: Buffer, inflate: (b: Buffer) => Buffer): Par
   let at = 0;
   while (at < body.length) {
     const h = bp.header(at, body.length, ts);
-    if (PIXEL_DATA_TAGS.has(h.tag)) break;
+    if (PIXEL_DATA_TAGS.has(h.tag)) return { meta, transferSyntax: ts, elements, reachedPixelData: true };
     const { element, next } = bp.element(at, body.length, ts, h);
     elements.push(element);
     at = next;

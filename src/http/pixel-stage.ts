@@ -125,6 +125,26 @@ export async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string,
 }
 
 /** A series as the face provider reads it from the PACS: its metadata, and instances uncompressed. */
+/**
+ * The face decisions a metadata reply's markers need. The series and their modalities come
+ * from the PACS's index (a series query reads no file); the instance facts, which a PACS reads
+ * from every file, are asked for only for series whose modality may show a face.
+ */
+export async function ensureFacesOf(rc: RequestContext, study: string, series?: string, sop?: string): Promise<void> {
+  if ((rc.client.pixels.faces ?? 'deface') === 'allow') return;
+  if (sop !== undefined) { await ensureFaces(rc, await pixelFacts(rc, study, series, sop)); return; }
+  const q = new URLSearchParams([['includefield', '00080060']]);
+  if (series !== undefined) q.set('SeriesInstanceUID', series);
+  const candidates = (await queryRows(rc, `/studies/${study}/series`, q)).flatMap((r) => {
+    const uid = r['0020000E']?.Value?.[0];
+    const modality = r['00080060']?.Value?.[0];
+    return typeof uid === 'string' && needsFaceDecision(typeof modality === 'string' ? modality : undefined, rc.client.pixels) && rc.faces.decision(uid) === undefined ? [uid] : [];
+  });
+  const facts = new Map<string, Facts>();
+  for (const f of await Promise.all(candidates.map((uid) => pixelFacts(rc, study, uid)))) for (const [k, v] of f) facts.set(k, v);
+  await ensureFaces(rc, facts);
+}
+
 function pacsSeriesSource(rc: RequestContext, study: string, series: string, facts: ReadonlyMap<string, Facts>): SeriesSource {
   // The analysis outlives the request that started it: it is not tied to that request's abort signal.
   const lasting: RequestContext = { ...rc, signal: new AbortController().signal };

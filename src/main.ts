@@ -18,7 +18,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
 import { FaceProvider, type FaceStats, type FaceStore } from './pixels/face/provider.js';
-import { openFaceStore } from './pixels/face/store-sqlite.js';
+import { openFaceStore } from './pixels/store-sqlite.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import type { ClientScope } from './policy/client-scope.js';
 import { scopesFromConfig } from './policy/configured-scope.js';

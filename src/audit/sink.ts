@@ -43,6 +43,12 @@ export interface RequestAudit {
   /** Instances released with the face cut away (faces: deface), and with a face released under faces: allow. */
   readonly defaced?: number | undefined;
   readonly facesAllowed?: number | undefined;
+  /**
+   * Under risky: detect, the text regions masked: how many, and their boxes [x, y, width, height]
+   * in pixels (at most MAX_AUDIT_BOXES listed; the count is exact). No pixel content.
+   */
+  readonly textRegions?: number | undefined;
+  readonly textBoxes?: readonly (readonly [number, number, number, number])[] | undefined;
   readonly riskyAllowed?: number | undefined;
   readonly outOfScope: number;
   readonly results: number;
@@ -53,6 +59,16 @@ export interface RequestAudit {
   readonly remote?: string | undefined;
   /** The request's path and query (pseudonymous values only), for the A.5 Query message; not in the trail. */
   readonly url?: string | undefined;
+}
+
+/** Boxes listed in one audit record at most (a cine study could list thousands). */
+export const MAX_AUDIT_BOXES = 64;
+
+/** Adds an instance's masked text boxes to a record's count and list. */
+export function noteTextBoxes(note: { textRegions?: number; textBoxes?: [number, number, number, number][] }, boxes: readonly { readonly x: number; readonly y: number; readonly width: number; readonly height: number }[]): void {
+  note.textRegions = (note.textRegions ?? 0) + boxes.length;
+  const list = (note.textBoxes ??= []);
+  for (const b of boxes) if (list.length < MAX_AUDIT_BOXES) list.push([b.x, b.y, b.width, b.height]);
 }
 
 export interface AuditForwarder {

@@ -28,13 +28,21 @@ import { createEngineContext, deidentifyPart10, type InstanceInfo } from '../dei
 import { loadOrCreateMasterSecret } from '../pseudonym/secret.js';
 import { admitInstance } from '../policy/client-scope.js';
 import { FaceProvider } from '../pixels/face/provider.js';
-import { openFaceStore } from '../pixels/face/store-sqlite.js';
+import { openFaceStore, openTextStore } from '../pixels/store-sqlite.js';
+import { TextProvider } from '../pixels/text/provider.js';
+import { nativeInstance } from '../pixels/codec.js';
+import type { TextBox } from '../pixels/types.js';
+import { encodePng } from '../render/render.js';
+import { planeFactsOf } from '../pixels/text/analyze.js';
+import { frameRgb } from '../pixels/text/planes.js';
+import { readInstanceSync } from '../dicom/part10.js';
+import { Readable } from 'node:stream';
 import type { DatasetView } from '../pixels/geometry.js';
 import { part10View } from '../pixels/views.js';
 import { scopesFromConfig } from '../policy/configured-scope.js';
-import { DEFAULT_PIXEL_POLICY, needsFaceDecision, type PixelPolicy } from '../policy/pixels.js';
+import { DEFAULT_PIXEL_POLICY, headerPixelFacts, needsFaceDecision, needsTextDecision, type PixelPolicy } from '../policy/pixels.js';
 import { checkWindow } from '../policy/scope.js';
-import { createAuditSink, type StudyRelease } from '../audit/sink.js';
+import { createAuditSink, noteTextBoxes, type StudyRelease } from '../audit/sink.js';
 import { AuditTrail, auditKey } from '../audit/trail.js';
 
 /** True when a file found in a folder looks like DICOM (DICM prefix, or a .dcm name). */
@@ -128,7 +136,7 @@ async function decideFaces(inputs: readonly string[], pixels: PixelPolicy, faces
   }
 }
 
-export async function runDeid(cfg: Config, args: { clientId: string; inputs: string[]; out: string; diff: boolean }): Promise<number> {
+export async function runDeid(cfg: Config, args: { clientId: string; inputs: string[]; out: string; diff: boolean; preview?: string | undefined }): Promise<number> {
   const index = cfg.clients.findIndex((c) => c.id === args.clientId);
   const client = cfg.clients[index];
   if (!client) {
@@ -145,10 +153,13 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   const pixels = client.pixels ?? DEFAULT_PIXEL_POLICY;
   let pixelNote = '';
   let patientOf: string | undefined;
+  let detected: readonly TextBox[] | undefined;
   const admit = (attr: (tag: number) => string | undefined): ReturnType<typeof admitInstance> => {
     patientOf = attr(0x00100020);
-    const r = admitInstance(scope, pixels, attr, (s) => faces.decision(s));
-    pixelNote = r?.mask ? ' (pixels masked)' : r?.risk ? ' (risky pixels allowed by policy)' : '';
+    const r = admitInstance(scope, pixels, attr, (s) => faces.decision(s), (s) => text.decision(s));
+    detected = r?.detected;
+    pixelNote = r?.detected ? (r.detected.length ? ` (burned-in text masked: ${r.detected.length} region(s))` : ' (no burned-in text found)')
+      : r?.mask ? ' (pixels masked)' : r?.risk ? ' (risky pixels allowed by policy)' : '';
     if (r?.face) pixelNote += ' (face removed)';
     else if (r?.faceAllowed) pixelNote += ' (face allowed by policy)';
     return r;
@@ -162,8 +173,11 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   }
   // Every output is recorded before it appears under --out, and every refusal with its reason:
   // one `request` record per input file (fail closed: a record that cannot be written stops the run).
-  const record = (o: { started: number; status: number; outcome: 'ok' | 'denied' | 'failed'; code?: string | undefined; reason?: string | undefined; bytes?: number; study?: StudyRelease; withheldBy?: string; outOfScope?: boolean }): void => {
+  const record = (o: { started: number; status: number; outcome: 'ok' | 'denied' | 'failed'; code?: string | undefined; reason?: string | undefined; bytes?: number; study?: StudyRelease; withheldBy?: string; outOfScope?: boolean; text?: readonly TextBox[] | undefined }): void => {
+    const boxes: { textRegions?: number; textBoxes?: [number, number, number, number][] } = {};
+    if (o.text) noteTextBoxes(boxes, o.text);
     exports.audit.record({
+      ...boxes,
       time: new Date().toISOString(), requestId: randomUUID(), client: client.id, method: 'CLI', route: 'cli-deid', status: o.status, outcome: o.outcome,
       code: o.code, reason: o.reason, bytes: o.bytes ?? 0, durationMs: Math.round(performance.now() - o.started), instances: o.study ? 1 : 0,
       withheld: o.withheldBy ? 1 : 0, ...(o.withheldBy ? { withheldBy: { [o.withheldBy]: 1 } } : {}), outOfScope: o.outOfScope ? 1 : 0, results: 0,
@@ -193,6 +207,10 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   // shared with the gateway) before any of its files is written.
   const faceStore = openFaceStore(cfg.state.dir);
   const faces = new FaceProvider(faceStore);
+  // Burned-in text (risky: detect): each risky file is read once, decided, and stored in
+  // state.dir/text.sqlite, shared with the gateway.
+  const textStore = openTextStore(cfg.state.dir);
+  const text = new TextProvider(textStore);
   try {
     await decideFaces(args.inputs, pixels, faces);
   } catch (e) {
@@ -221,10 +239,14 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         const tmp = join(args.out, `.deid-${randomBytes(6).toString('hex')}.part`);
         pixelNote = '';
         patientOf = undefined;
+        detected = undefined;
         let info: InstanceInfo | undefined;
         try {
+          // Detected text is masked in native pixels: a compressed file (RLE, JPEG baseline) is
+          // decoded in-process first; one that cannot be is refused by the engine.
+          const decoded = await detectText(file, pixels, text);
           await pipeline(
-            createReadStream(file),
+            decoded ? Readable.from([decoded]) : createReadStream(file),
             (source: AsyncIterable<Buffer>) => deidentifyPart10(source, ctx, { maxHeaderBytes: cfg.engine.maxHeaderBytes, admit, onInstance: (i) => { info = i; } }),
             createWriteStream(tmp, { mode: 0o640 }),
           );
@@ -246,7 +268,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         mkdirSync(dir, { recursive: true });
         const dest = join(dir, `${safeName(p.sop)}.dcm`);
         try {
-          record({ started, status: 200, outcome: 'ok', bytes: statSync(tmp).size, study: { study: o.study, pseudonymous: p.study, patientId: patientOf, instances: 1 } });
+          record({ started, status: 200, outcome: 'ok', bytes: statSync(tmp).size, study: { study: o.study, pseudonymous: p.study, patientId: patientOf, instances: 1 }, text: detected });
         } catch (e) {
           try { unlinkSync(tmp); } catch { /* gone */ }
           refused++;
@@ -261,6 +283,17 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
           const before = readHeaderSync(readFileSync(file), inflate);
           const after = readHeaderSync(readFileSync(dest), inflate);
           process.stdout.write(`${formatDiff(diffHeaders(before.elements, after.elements, ctx.plan))}\n`);
+          if (detected) process.stdout.write(`${formatRegions(detected)}\n`);
+        }
+        if (args.preview && detected) {
+          mkdirSync(args.preview, { recursive: true });
+          const png = join(args.preview, `${safeName(p.sop)}.png`);
+          try {
+            writeFileSync(png, previewPng(readFileSync(dest), detected), { mode: 0o640 });
+            process.stdout.write(`  preview: ${relative(process.cwd(), png) || png}\n`);
+          } catch (e) {
+            process.stdout.write(`  preview: not written (${(e as Error).message})\n`);
+          }
         }
       }
       if (!exports.healthy()) break;
@@ -268,9 +301,61 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   } finally {
     exports.close();
     faceStore.close();
+    textStore.close();
   }
   process.stderr.write(`${done} de-identified, ${refused} refused, ${skipped} skipped (client ${client.id}, plan sha256:${ctx.plan.hash.slice(0, 16)}; recorded in ${join(cfg.state.dir, EXPORT_TRAIL)})\n`);
   return refused > 0 ? 1 : 0;
+}
+
+/**
+ * Under risky: detect, the text decision of a risky file (made once, stored); returns the file's
+ * bytes with native pixel data when they had to be decoded to be masked.
+ */
+async function detectText(file: string, pixels: PixelPolicy, text: TextProvider): Promise<Buffer | undefined> {
+  if (pixels.risky !== 'detect') return undefined;
+  const head = headerOf(file);
+  if (!head) return undefined; // refused by the engine, with its reason
+  const view = part10View(head.elements);
+  const metaView = part10View(head.meta);
+  const attr = (tag: number): string | undefined => (tag === 0x00080016 ? view.str(tag) ?? metaView.str(0x00020002) : view.str(tag));
+  const sop = view.str(0x00080018);
+  if (!sop || !needsTextDecision(headerPixelFacts(attr), pixels)) return undefined;
+  const bytes = readFileSync(file);
+  const v = await text.decide(sop, async () => bytes);
+  if (v.kind !== 'mask' || !head.transferSyntax.encapsulated) return undefined;
+  try {
+    return nativeInstance(bytes, (b) => inflateRawSync(b));
+  } catch {
+    return undefined; // the engine refuses to mask compressed pixel data, with its reason
+  }
+}
+
+/** The --diff lines of the text regions masked in the pixel data. */
+function formatRegions(boxes: readonly TextBox[]): string {
+  if (!boxes.length) return '(7FE0,0010) PixelData  examined  no burned-in text found';
+  return [`(7FE0,0010) PixelData  masked  ${boxes.length} text region(s), every frame (x,y width×height):`,
+    ...boxes.map((b) => `    ${b.x},${b.y} ${b.width}×${b.height}`)].join('\n');
+}
+
+/**
+ * A PNG of the first frame as it was written (masked), with each masked region outlined, for a
+ * reviewer to check a device once. Written only with --preview.
+ */
+function previewPng(written: Buffer, boxes: readonly TextBox[]): Buffer {
+  const inst = readInstanceSync(written, (b) => inflateRawSync(b));
+  if (!inst.pixel) throw new Error('the written file has no native pixel data to preview');
+  const f = planeFactsOf(inst.elements, inst.transferSyntax.littleEndian);
+  const rgb = frameRgb(inst.pixel, f, 0);
+  const dot = (x: number, y: number): void => {
+    if (x < 0 || y < 0 || x >= f.columns || y >= f.rows) return;
+    const o = (y * f.columns + x) * 3;
+    rgb[o] = 255; rgb[o + 1] = 0; rgb[o + 2] = 255;
+  };
+  for (const b of boxes) {
+    for (let x = b.x; x < b.x + b.width; x++) { dot(x, b.y); dot(x, b.y + b.height - 1); }
+    for (let y = b.y; y < b.y + b.height; y++) { dot(b.x, y); dot(b.x + b.width - 1, y); }
+  }
+  return encodePng({ width: f.columns, height: f.rows, channels: 3, data: rgb });
 }
 
 /** The export trail's directory below state.dir. */

@@ -4,7 +4,7 @@
  *
  *   deid-gateway serve --config FILE
  *   deid-gateway check-config --config FILE
- *   deid-gateway deid --config FILE --client ID IN... --out DIR [--diff]
+ *   deid-gateway deid --config FILE --client ID IN... --out DIR [--diff] [--preview DIR]
  *
  * Exit codes: 0 success; 1 some inputs refused; 2 invalid configuration or usage.
  */
@@ -17,7 +17,7 @@ import type { QueryArgs, ReportArgs } from './audit.js';
 const USAGE = `usage:
   deid-gateway serve --config FILE
   deid-gateway check-config --config FILE
-  deid-gateway deid --config FILE --client ID IN... --out DIR [--diff]
+  deid-gateway deid --config FILE --client ID IN... --out DIR [--diff] [--preview DIR]
   deid-gateway audit verify --config FILE [--trail DIR]...
   deid-gateway audit query --config FILE [--client ID] [--since T] [--until T] [--study UID]
                            [--patient ID] [--outcome ok|denied|failed|aborted] [--type request|study]
@@ -52,13 +52,13 @@ export async function main(argv: string[]): Promise<number> {
       case 'deid': {
         const { values, positionals } = parseArgs({
           args: rest, allowPositionals: true, strict: true,
-          options: { config: { type: 'string' }, client: { type: 'string' }, out: { type: 'string' }, diff: { type: 'boolean', default: false } },
+          options: { config: { type: 'string' }, client: { type: 'string' }, out: { type: 'string' }, diff: { type: 'boolean', default: false }, preview: { type: 'string' } },
         });
         const cfg = configOrExit(values.config);
         if (!values.client) throw new UsageError('--client ID is required');
         if (!values.out) throw new UsageError('--out DIR is required');
         if (positionals.length === 0) throw new UsageError('name at least one input file or folder');
-        return await runDeid(cfg, { clientId: values.client, inputs: positionals, out: values.out, diff: values.diff ?? false });
+        return await runDeid(cfg, { clientId: values.client, inputs: positionals, out: values.out, diff: values.diff ?? false, preview: values.preview });
       }
       case 'serve': {
         const { values } = parseArgs({ args: rest, options: { config: { type: 'string' } }, strict: true });

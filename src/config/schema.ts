@@ -77,7 +77,7 @@ const clientSchema = z.strictObject({
     maxResults: z.number().int().min(1).max(MAX_QUERY_RESULTS, QUERY_RESULTS_CAP).optional(),
   }).optional(),
   pixels: z.strictObject({
-    risky: z.enum(['withhold', 'mask', 'allow'], { error: () => 'use withhold (default), mask or allow' }).default('withhold'),
+    risky: z.enum(['withhold', 'mask', 'detect', 'allow'], { error: () => 'use withhold (default), mask, detect or allow' }).default('withhold'),
     faces: z.enum(['deface', 'withhold', 'allow'], { error: () => 'use deface (default), withhold or allow' }).default('deface'),
     masks: z.array(z.strictObject({
       match: z.strictObject({

@@ -104,6 +104,8 @@ export interface Part10Options {
    */
   readonly admit?: (attr: (tag: number) => string | undefined) => void | {
     readonly mask?: readonly Region[] | undefined;
+    /** Under risky: detect, the detected text lines (the mask): the pixels are clean once masked. */
+    readonly detected?: readonly Region[] | undefined;
     /** A face cut (planes in patient coordinates) to apply to every frame. */
     readonly face?: readonly FacePlane[] | undefined;
   };
@@ -397,7 +399,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       checkGeometry(g);
       // A rule whose regions all fall outside the image blanks nothing: the instance is not made
       // safe by it, so it is withheld (never marked Burned In Annotation NO).
-      if (mask?.length && !regionsCover(g, mask)) throw new GatewayError('PIXELS_WITHHELD', 'the mask rule\'s regions fall outside this image and cover nothing', { auditReason: 'pixels-withheld:mask-covers-nothing' });
+      if (mask?.length && !admitted?.detected && !regionsCover(g, mask)) throw new GatewayError('PIXELS_WITHHELD', 'the mask rule\'s regions fall outside this image and cover nothing', { auditReason: 'pixels-withheld:mask-covers-nothing' });
       const want = frameBytes(g) * g.frames;
       if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so regions cannot be located', { auditReason: 'pixels-withheld:cannot-clean' });
       masker = pixelMasker(g, { regions: mask ?? [], overlayBits });
@@ -417,8 +419,9 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     defaced = true;
   }
   const t0 = performance.now();
-  // Burned In Annotation NO and 113101 only when a rule's regions actually blanked pixels.
-  const cleaned = !!mask?.length && !!masker;
+  // Burned In Annotation NO and 113101 only when a rule's regions actually blanked pixels, or
+  // when the text detector examined the pixels (and masked what it found, if anything).
+  const cleaned = (!!mask?.length && !!masker) || !!admitted?.detected;
   const extraMethodCodes = [...(cleaned ? [CLEAN_PIXEL_DATA] : []), ...(defaced ? [CLEAN_RECOGNIZABLE_VISUAL_FEATURES] : [])];
   let out = deidentify(binaryAdapter, { elements: header, charset }, ctx, { writeMarkers: true, ...(extraMethodCodes.length ? { extraMethodCodes } : {}) });
   if (cleaned || defaced) {

@@ -5,8 +5,9 @@
  * Bytes outside the regions and those bits are passed bit-exact; a chunk that touches a region
  * is copied before it is changed (the input buffers are never written).
  *
- * Fill: 0 in every sample, except the chroma samples of YBR_* photometric interpretations,
- * which get the middle of their range (so the region is black, not green).
+ * Fill: the region's own sample values when it names them (detected text: a contrasting level),
+ * else 0 in every sample, except the chroma samples of YBR_* photometric interpretations, which
+ * get the middle of their range (so the region is black, not green).
  */
 import { GatewayError } from '../core/errors.js';
 
@@ -16,6 +17,8 @@ export interface Region {
   readonly y: number;
   readonly width: number;
   readonly height: number;
+  /** Stored sample values to fill with, one per sample (default: 0, and mid-range chroma for YBR). */
+  readonly fill?: readonly number[] | undefined;
 }
 
 export interface PixelGeometry {
@@ -58,51 +61,59 @@ export function regionsCover(g: Pick<PixelGeometry, 'rows' | 'columns'>, regions
   return regions.some((r) => Math.min(g.columns, r.x + r.width) > Math.max(0, r.x) && Math.min(g.rows, r.y + r.height) > Math.max(0, r.y));
 }
 
-/** Sorted, merged byte ranges [start, end) of the regions in the whole pixel data, with each range's fill byte. */
-export function maskRanges(g: PixelGeometry, regions: readonly Region[]): { start: number; end: number; fill: number }[] {
+/** A byte range [start, end) of the whole pixel data and the bytes that repeat over it from `origin`. */
+export interface MaskRange { start: number; end: number; origin: number; pattern: Uint8Array }
+
+/** The bytes of one cell holding `v` (bits allocated 8, 16 or 32, in the data's byte order). */
+function cellBytes(v: number, bpp: number, littleEndian: boolean): number[] {
+  const out: number[] = [];
+  for (let k = 0; k < bpp; k++) out.push(Math.floor(v / 2 ** (8 * k)) & 0xff);
+  return littleEndian ? out : out.reverse();
+}
+
+/** Sorted byte ranges of the regions in the whole pixel data, each with its fill pattern; overlaps are cut so that each byte is in one range. */
+export function maskRanges(g: PixelGeometry, regions: readonly Region[]): MaskRange[] {
   const bpp = g.bitsAllocated / 8;
   const per = frameBytes(g);
-  const out: { start: number; end: number; fill: number }[] = [];
+  const out: MaskRange[] = [];
   const chroma = /^YBR/.test(g.photometric) && g.samplesPerPixel === 3;
-  const mid = 1 << (g.bitsAllocated - 1);
-  const fillOf = (s: number): number => (chroma && s > 0 ? mid : 0);
-  for (let f = 0; f < g.frames; f++) {
-    for (const r of regions) {
-      const x0 = Math.max(0, Math.min(g.columns, r.x));
-      const x1 = Math.max(0, Math.min(g.columns, r.x + r.width));
-      const y0 = Math.max(0, Math.min(g.rows, r.y));
-      const y1 = Math.max(0, Math.min(g.rows, r.y + r.height));
-      if (x1 <= x0 || y1 <= y0) continue;
+  const mid = 2 ** (g.bitsAllocated - 1);
+  for (const r of regions) {
+    const x0 = Math.max(0, Math.min(g.columns, r.x));
+    const x1 = Math.max(0, Math.min(g.columns, r.x + r.width));
+    const y0 = Math.max(0, Math.min(g.rows, r.y));
+    const y1 = Math.max(0, Math.min(g.rows, r.y + r.height));
+    if (x1 <= x0 || y1 <= y0) continue;
+    const sample = (s: number): number => r.fill?.[s] ?? (chroma && s > 0 ? mid : 0);
+    const interleaved = g.samplesPerPixel === 1 || g.planarConfiguration === 0;
+    // One pattern per region: a whole pixel (interleaved) or one cell per sample plane (planar).
+    const pixelPattern = Uint8Array.from(Array.from({ length: g.samplesPerPixel }, (_, s) => cellBytes(sample(s), bpp, g.littleEndian)).flat());
+    const planePatterns = Array.from({ length: g.samplesPerPixel }, (_, s) => Uint8Array.from(cellBytes(sample(s), bpp, g.littleEndian)));
+    for (let f = 0; f < g.frames; f++) {
       for (let y = y0; y < y1; y++) {
-        if (g.samplesPerPixel === 1 || g.planarConfiguration === 0) {
+        if (interleaved) {
           const rowStart = f * per + (y * g.columns) * g.samplesPerPixel * bpp;
-          if (chroma) {
-            for (let x = x0; x < x1; x++) for (let s = 0; s < 3; s++) {
-              const o = rowStart + (x * 3 + s) * bpp;
-              out.push({ start: o, end: o + bpp, fill: fillOf(s) });
-            }
-          } else {
-            out.push({ start: rowStart + x0 * g.samplesPerPixel * bpp, end: rowStart + x1 * g.samplesPerPixel * bpp, fill: 0 });
-          }
+          const start = rowStart + x0 * g.samplesPerPixel * bpp;
+          out.push({ start, end: rowStart + x1 * g.samplesPerPixel * bpp, origin: start, pattern: pixelPattern });
         } else {
           for (let s = 0; s < g.samplesPerPixel; s++) {
-            const planeStart = f * per + s * g.rows * g.columns * bpp + y * g.columns * bpp;
-            out.push({ start: planeStart + x0 * bpp, end: planeStart + x1 * bpp, fill: fillOf(s) });
+            const start = f * per + s * g.rows * g.columns * bpp + y * g.columns * bpp + x0 * bpp;
+            out.push({ start, end: start + (x1 - x0) * bpp, origin: start, pattern: planePatterns[s]! });
           }
         }
       }
     }
   }
   out.sort((a, b) => a.start - b.start);
-  // Merge touching ranges with the same fill (overlapping regions are filled once).
-  const merged: { start: number; end: number; fill: number }[] = [];
+  // Overlapping regions: the earlier range keeps its bytes, the later one is cut to what follows.
+  const merged: MaskRange[] = [];
   for (const r of out) {
     const last = merged.at(-1);
-    if (last && r.start <= last.end && r.fill === last.fill) last.end = Math.max(last.end, r.end);
-    else if (last && r.start < last.end) merged.push({ start: last.end, end: Math.max(last.end, r.end), fill: r.fill });
-    else merged.push({ ...r });
+    if (last && r.start < last.end) {
+      if (r.end > last.end) merged.push({ ...r, start: last.end });
+    } else merged.push({ ...r });
   }
-  return merged.filter((r) => r.end > r.start);
+  return merged;
 }
 
 /**
@@ -118,13 +129,10 @@ export function pixelMasker(g: PixelGeometry, plan: MaskPlan): (chunk: Buffer) =
     const byteLe = p >> 3;
     return { byte: g.littleEndian ? byteLe : bpp - 1 - byteLe, keep: ~(1 << (p & 7)) & 0xff };
   });
-  const fillMid = (r: { start: number; fill: number }, buf: Buffer, from: number, to: number, absFrom: number): void => {
-    if (r.fill === 0) { buf.fill(0, from, to); return; }
-    for (let i = from; i < to; i++) {
-      const within = (absFrom + (i - from) - r.start) % bpp; // byte within the cell
-      const big = g.littleEndian ? within === bpp - 1 : within === 0;
-      buf[i] = big ? (r.fill >> ((bpp - 1) * 8)) & 0xff : 0;
-    }
+  const fill = (r: MaskRange, buf: Buffer, from: number, to: number, absFrom: number): void => {
+    const p = r.pattern;
+    if (p.every((b) => b === p[0])) { buf.fill(p[0]!, from, to); return; }
+    for (let i = from, k = (absFrom - r.origin) % p.length; i < to; i++, k = k + 1 === p.length ? 0 : k + 1) buf[i] = p[k]!;
   };
   let offset = 0;
   let ri = 0;
@@ -140,7 +148,7 @@ export function pixelMasker(g: PixelGeometry, plan: MaskPlan): (chunk: Buffer) =
       const r = ranges[k]!;
       const a = Math.max(r.start, start) - start;
       const b = Math.min(r.end, end) - start;
-      fillMid(r, out, a, b, Math.max(r.start, start));
+      fill(r, out, a, b, Math.max(r.start, start));
     }
     for (const c of clears) {
       let i = (c.byte - (start % bpp) + bpp) % bpp;

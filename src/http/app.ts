@@ -221,7 +221,7 @@ export function createApp(deps: AppDeps): express.Express {
           time: new Date().toISOString(), requestId: l.requestId, client: client?.id ?? null, method: req.method, route: l.route,
           status, outcome: broken ? (l.code ? 'failed' : 'aborted') : status < 400 ? 'ok' : status < 500 ? 'denied' : 'failed',
           code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
-          instances: l.note.instances, withheld: l.note.withheld, ...(l.note.withheldBy ? { withheldBy: { ...l.note.withheldBy } } : {}), masked: l.note.masked, riskyAllowed: l.note.riskyAllowed, ...(l.note.defaced ? { defaced: l.note.defaced } : {}), ...(l.note.facesAllowed ? { facesAllowed: l.note.facesAllowed } : {}), outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
+          instances: l.note.instances, withheld: l.note.withheld, ...(l.note.withheldBy ? { withheldBy: { ...l.note.withheldBy } } : {}), masked: l.note.masked, riskyAllowed: l.note.riskyAllowed, ...(l.note.defaced ? { defaced: l.note.defaced } : {}), ...(l.note.facesAllowed ? { facesAllowed: l.note.facesAllowed } : {}), ...(l.note.textRegions !== undefined ? { textRegions: l.note.textRegions, textBoxes: l.note.textBoxes ?? [] } : {}), outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
           studies: [...l.note.studies].map(([study, n]) => ({ study, pseudonymous: n.pseudonymous, patientId: n.patientId, instances: n.instances })),
           policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress, url: req.originalUrl.slice(0, 4096),
         });

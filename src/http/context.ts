@@ -44,6 +44,9 @@ export interface RequestNote {
   /** Instances released with the face cut away; instances with a face released under faces: allow. */
   defaced?: number;
   facesAllowed?: number;
+  /** Text regions masked under risky: detect (count and boxes, no pixel content). */
+  textRegions?: number;
+  textBoxes?: [number, number, number, number][];
   /** QIDO rows returned. */
   results: number;
   /** What a QIDO asked: level, match key names, whether a key used wildcards (audit: sweeping queries). */

@@ -2,7 +2,7 @@
  * The runtime form of a client's scope: its inline rules merged with its allow-list file
  * (reloaded on change), the opt-out list shared by every client, and its access window.
  */
-import { admitPixels, type FaceLookup, type PixelPolicy } from './pixels.js';
+import { admitPixels, type FaceLookup, type PixelPolicy, type TextLookup } from './pixels.js';
 import { OptOutList, hasInstanceRules, hasSeriesRules, hasStudyRules, notVisible, recordDenial, type Attrs, type OptOutEntry, type ScopeRules } from './scope.js';
 import { WatchedFile, type FileStatus } from './watched-file.js';
 
@@ -96,7 +96,7 @@ export class ClientScope {
  * withheld by the pixel policy, PIXELS_WITHHELD; otherwise the mask to apply, or the risk an
  * explicit policy allows.
  */
-export function admitInstance(scope: ClientScope, pixels: PixelPolicy, attr: Attrs, faces?: FaceLookup): ReturnType<typeof admitPixels> {
+export function admitInstance(scope: ClientScope, pixels: PixelPolicy, attr: Attrs, faces?: FaceLookup, text?: TextLookup): ReturnType<typeof admitPixels> {
   if (!scope.unrestricted()) { const d = recordDenial(scope.rules(), scope.optOut(), attr); if (d) throw notVisible(d); }
-  return admitPixels(attr, pixels, faces);
+  return admitPixels(attr, pixels, faces, text);
 }

@@ -14,7 +14,8 @@
  *
  * Per client, a risky instance is withheld (default), masked (a region rule keyed by
  * Manufacturer, Model, Rows and Columns — CTP's pixel anonymizer approach — must cover it,
- * else it is withheld), or allowed (explicit, and audited). Documents and Recognizable Visual
+ * else it is withheld), masked where its text is detected (`detect`: region rules first, then
+ * the instance's stored text decision, src/pixels/text), or allowed (explicit, and audited). Documents and Recognizable Visual
  * Features (a face is not removed by a band) are never masked: withheld unless allowed.
  */
 import { GatewayError } from '../core/errors.js';
@@ -41,7 +42,8 @@ export interface MaskRule {
 }
 
 export interface PixelPolicy {
-  readonly risky: 'withhold' | 'mask' | 'allow';
+  /** Risky instances: withheld (default), masked by region rules, masked where text is detected (rules first), or allowed (audited). */
+  readonly risky: 'withhold' | 'mask' | 'detect' | 'allow';
   readonly masks: readonly MaskRule[];
   /** Head CT, MR and PET series with a face in view: defaced (default), withheld, or allowed (audited). */
   readonly faces?: 'deface' | 'withhold' | 'allow' | undefined;
@@ -49,8 +51,8 @@ export interface PixelPolicy {
 
 export const DEFAULT_PIXEL_POLICY: PixelPolicy = { risky: 'withhold', masks: [], faces: 'deface' };
 
-import type { FaceLookup, FacePlane, FaceVerdict } from '../pixels/types.js';
-export type { FaceLookup, FacePlane, FaceVerdict };
+import type { FaceLookup, FacePlane, FaceVerdict, TextBox, TextLookup, TextVerdict } from '../pixels/types.js';
+export type { FaceLookup, FacePlane, FaceVerdict, TextLookup, TextVerdict };
 
 /** Modalities whose series may show a face that can be rebuilt from the volume. */
 export const FACE_MODALITIES: ReadonlySet<string> = new Set(['CT', 'MR', 'PT']);
@@ -61,7 +63,8 @@ export function needsFaceDecision(modality: string | undefined, policy: PixelPol
 }
 
 export type PixelDecision =
-  | { readonly allow: true; readonly mask?: readonly Region[] | undefined; readonly risk?: string | undefined; readonly face?: readonly FacePlane[] | undefined; readonly faceAllowed?: boolean | undefined }
+  /** `detected`: the mask is the text the detector found (possibly none), not a region rule's. */
+  | { readonly allow: true; readonly mask?: readonly Region[] | undefined; readonly detected?: readonly TextBox[] | undefined; readonly risk?: string | undefined; readonly face?: readonly FacePlane[] | undefined; readonly faceAllowed?: boolean | undefined }
   /** `auditReason` is `pixels-withheld:<risk code>`, PHI-free, for the audit record. */
   | { readonly allow: false; readonly reason: string; readonly auditReason: string };
 
@@ -121,11 +124,11 @@ export function pixelsWithheld(d: { readonly reason: string; readonly auditReaso
  * cleaned pixels, and the offline `deid` command): the mask to apply, or the risk an explicit
  * `allow` lets through, or nothing; throws PIXELS_WITHHELD (with its audit reason) otherwise.
  */
-export function admitPixels(attr: (tag: number) => string | undefined, policy: PixelPolicy, faces?: FaceLookup): Admitted | undefined {
-  const d = pixelDecision(headerPixelFacts(attr), policy, faces ? { series: attr(0x0020000e), lookup: faces } : undefined);
+export function admitPixels(attr: (tag: number) => string | undefined, policy: PixelPolicy, faces?: FaceLookup, text?: TextLookup): Admitted | undefined {
+  const d = pixelDecision(headerPixelFacts(attr), policy, faces ? { series: attr(0x0020000e), lookup: faces } : undefined, text ? { sop: attr(0x00080018), lookup: text } : undefined);
   if (!d.allow) throw pixelsWithheld(d);
-  const out: { mask?: readonly Region[]; risk?: string; face?: readonly FacePlane[]; faceAllowed?: boolean } = {};
-  if (d.mask) out.mask = d.mask; else if (d.risk) out.risk = d.risk;
+  const out: { mask?: readonly Region[]; detected?: readonly TextBox[]; risk?: string; face?: readonly FacePlane[]; faceAllowed?: boolean } = {};
+  if (d.detected) { out.detected = d.detected; out.mask = d.detected; } else if (d.mask) out.mask = d.mask; else if (d.risk) out.risk = d.risk;
   if (d.face) out.face = d.face;
   if (d.faceAllowed) out.faceAllowed = true;
   return Object.keys(out).length ? out : undefined;
@@ -134,6 +137,8 @@ export function admitPixels(attr: (tag: number) => string | undefined, policy: P
 /** What an admitted instance needs: region masks, an allowed risk, a face cut. */
 export interface Admitted {
   readonly mask?: readonly Region[];
+  /** Under risky: detect, the text lines found (the mask; empty when none was found): the pixels were examined and are released clean. */
+  readonly detected?: readonly TextBox[];
   readonly risk?: string;
   readonly face?: readonly FacePlane[];
   /** A face in view released unchanged because the client's policy says faces: allow (audited). */
@@ -156,14 +161,14 @@ export function maskRuleFor(f: PixelFacts, rules: readonly MaskRule[]): MaskRule
  * face modality is withheld while the client's policy needs a face decision: nothing leaves
  * before its series is decided.
  */
-export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY, faces?: { readonly series: string | undefined; readonly lookup: FaceLookup }): PixelDecision {
+export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL_POLICY, faces?: { readonly series: string | undefined; readonly lookup: FaceLookup }, text?: { readonly sop: string | undefined; readonly lookup: TextLookup }): PixelDecision {
   const faceModality = FACE_MODALITIES.has((f.modality ?? '').trim().toUpperCase());
   const mode = policy.faces ?? 'deface';
   // A CT, MR or PET stating Recognizable Visual Features YES is the face the cut removes: under
   // deface it is released defaced when its series' decision finds the face, and withheld
   // otherwise (the header says a face is there; an analysis that finds none does not overrule it).
   const rvf = f.recognizableVisualFeatures?.trim().toUpperCase() === 'YES';
-  const d = faceModality && rvf && mode === 'deface' ? textDecision({ ...f, recognizableVisualFeatures: undefined }, policy) : textDecision(f, policy);
+  const d = faceModality && rvf && mode === 'deface' ? textDecision({ ...f, recognizableVisualFeatures: undefined }, policy, text) : textDecision(f, policy, text);
   if (!d.allow || !faceModality) return d;
   const verdict = faces?.series ? faces.lookup(faces.series) : undefined;
   if (mode === 'allow') return verdict?.kind === 'deface' || verdict?.kind === 'uncertain' ? { ...d, faceAllowed: true } : d;
@@ -177,7 +182,14 @@ export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL
   return { ...d, face: verdict.planes };
 }
 
-function textDecision(f: PixelFacts, policy: PixelPolicy): PixelDecision {
+/** True when the client's policy needs a text decision (detection) for an instance with these facts. */
+export function needsTextDecision(f: PixelFacts, policy: PixelPolicy): boolean {
+  if (policy.risky !== 'detect') return false;
+  const r = classify(f);
+  return r !== undefined && r.code !== 'encapsulated-document' && r.code !== 'recognizable-visual-features' && !maskRuleFor(f, policy.masks);
+}
+
+function textDecision(f: PixelFacts, policy: PixelPolicy, text?: { readonly sop: string | undefined; readonly lookup: TextLookup }): PixelDecision {
   const r = classify(f);
   if (r === undefined) return { allow: true };
   const { code, text: risk } = r;
@@ -187,9 +199,18 @@ function textDecision(f: PixelFacts, policy: PixelPolicy): PixelDecision {
   // neither is ever released by a region rule, only by an explicit allow.
   if (code === 'encapsulated-document') return { allow: false, reason: 'an encapsulated document cannot be masked', auditReason };
   if (code === 'recognizable-visual-features') return { allow: false, reason: 'Recognizable Visual Features is YES, which region masks cannot remove', auditReason };
-  if (policy.risky === 'mask') {
+  if (policy.risky === 'mask' || policy.risky === 'detect') {
+    // Region rules apply first where they match.
     const rule = maskRuleFor(f, policy.masks);
     if (rule) return { allow: true, mask: rule.regions, risk };
+  }
+  if (policy.risky === 'detect') {
+    const v = text?.sop ? text.lookup(text.sop) : undefined;
+    if (!v) return { allow: false, reason: 'the burned-in text of this instance has not been looked for yet', auditReason: 'pixels-withheld:text-pending' };
+    if (v.kind === 'withhold') return { allow: false, reason: `${risk}, and ${v.why}`, auditReason: `pixels-withheld:${v.code}` };
+    return { allow: true, mask: v.kind === 'mask' ? v.regions : [], detected: v.kind === 'mask' ? v.regions : [], risk };
+  }
+  if (policy.risky === 'mask') {
     return { allow: false, reason: `${risk}, and no mask rule covers this device and image size`, auditReason };
   }
   return { allow: false, reason: risk, auditReason };

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { inflateRawSync } from 'node:zlib';
 import { GatewayError } from '../../core/errors.js';
 import { readInstanceSync } from '../../dicom/part10.js';
-import type { FaceVerdict } from '../../pixels/types.js';
+import type { DecisionStore, FaceVerdict } from '../../pixels/types.js';
 import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
 import { part10View } from '../views.js';
 import { analyzeFace, FACE_ALGORITHM } from './analyze.js';
@@ -26,11 +26,8 @@ export interface SeriesSource {
   instance(sop: string): Promise<Buffer>;
 }
 
-/** Durable storage of decisions (SQLite in state.dir; PostgreSQL for replicas). */
-export interface FaceStore {
-  get(key: string): FaceVerdict | undefined | Promise<FaceVerdict | undefined>;
-  put(key: string, verdict: FaceVerdict): void | Promise<void>;
-}
+/** Durable storage of face decisions (SQLite in state.dir; PostgreSQL for replicas). */
+export type FaceStore = DecisionStore<FaceVerdict>;
 
 export interface FaceStats {
   analyses: number;

@@ -1,0 +1,127 @@
+/**
+ * The text decision of one instance (issue 12): every frame is read (a cine loop's text is
+ * usually fixed, but each frame is checked and the union of its lines is masked; a frame whose
+ * bytes equal the previous one's is not read twice), for light text and for dark text.
+ *
+ * The result is:
+ *  - `clean`: no text line was found; the pixels leave unchanged;
+ *  - `mask`: the padded boxes of every line found, masked in every frame;
+ *  - `withhold`: the image is mostly text (a patient-information screen, a form, a dose sheet),
+ *    or text lines cover so much of the picture that it cannot be told apart from the image.
+ */
+import { inflateRawSync } from 'node:zlib';
+import { readInstanceSync } from '../../dicom/part10.js';
+import type { TextVerdict } from '../types.js';
+import { readPixelFacts } from '../geometry.js';
+import { part10View } from '../views.js';
+import { detectPlane, mergeBoxes, type Box } from './detect.js';
+import { checkPlaneFacts, fillSamples, framePlane, frameLength, readPalette, type PlaneFacts } from './planes.js';
+import { GatewayError } from '../../core/errors.js';
+
+/** Version of the detector: stored decisions of another version are made again. */
+export const TEXT_ALGORITHM = 'text-lines-1';
+
+/** Padded text boxes covering this share of the image or more: mostly text when little else is there. */
+const MOSTLY_TEXT_AREA = 0.12;
+/** Picture outside the text boxes (pixels away from the ground) under this share of the image: mostly text. */
+const MOSTLY_TEXT_PICTURE = 0.12;
+/** Text boxes covering this share of the image or more: text cannot be told apart from the picture. */
+const INSEPARABLE_AREA = 0.45;
+
+export interface TextAnalysis {
+  readonly verdict: TextVerdict;
+  readonly frames: number;
+  /** Frames read (frames equal to the previous one are not). */
+  readonly framesRead: number;
+  readonly textArea: number;
+  readonly pictureOutside: number;
+}
+
+/** Analyses native pixel data of the given facts. */
+export function analyzeFrames(pixel: Uint8Array, f: PlaneFacts, frames: number): TextAnalysis {
+  checkPlaneFacts(f);
+  const per = frameLength(f);
+  const w = f.columns, h = f.rows, n = w * h;
+  let boxes: Box[] = [];
+  let framesRead = 0;
+  let first: Uint8Array | undefined;
+  let prev: Uint8Array | undefined;
+  const count = Math.min(frames, Math.floor(pixel.length / per));
+  if (count < 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data is shorter than one frame', { auditReason: 'pixels-withheld:text-undecodable' });
+  for (let k = 0; k < count; k++) {
+    const bytes = pixel.subarray(k * per, (k + 1) * per);
+    if (prev && Buffer.compare(bytes, prev) === 0) continue;
+    prev = bytes;
+    framesRead++;
+    const plane = framePlane(pixel, f, k);
+    first ??= plane;
+    const a = detectPlane(plane, w, h, 1);
+    const b = detectPlane(plane, w, h, -1);
+    if (a.lines.length || b.lines.length) boxes = mergeBoxes([...boxes, ...a.lines, ...b.lines]);
+  }
+  // How much of the image is text, and how much picture is there besides.
+  const inText = new Uint8Array(n);
+  for (const b of boxes) for (let y = b.y; y < b.y + b.height; y++) inText.fill(1, y * w + b.x, y * w + b.x + b.width);
+  let textPixels = 0;
+  for (let i = 0; i < n; i++) textPixels += inText[i]!;
+  const hist = new Uint32Array(256);
+  for (let i = 0; i < n; i++) hist[first![i]!]!++;
+  let ground = 0;
+  for (let v = 1; v < 256; v++) if (hist[v]! > hist[ground]!) ground = v;
+  let picture = 0;
+  for (let i = 0; i < n; i++) if (!inText[i] && Math.abs(first![i]! - ground) > 24) picture++;
+  const textArea = textPixels / n;
+  const pictureOutside = picture / n;
+  const base = { frames: count, framesRead, textArea, pictureOutside };
+  if (boxes.length === 0) return { ...base, verdict: { kind: 'clean' } };
+  if (textArea >= MOSTLY_TEXT_AREA && pictureOutside < MOSTLY_TEXT_PICTURE) return { ...base, verdict: { kind: 'withhold', code: 'mostly-text', why: 'the image is mostly text' } };
+  if (textArea >= INSEPARABLE_AREA) return { ...base, verdict: { kind: 'withhold', code: 'text-inseparable', why: 'text covers so much of the image that it cannot be told apart from the picture' } };
+  return { ...base, verdict: { kind: 'mask', regions: boxes.map((b) => ({ ...b, fill: fillSamples(pixel, f, 0, contrastLevel(first!, w, b)) })) } };
+}
+
+/**
+ * A fill level for a box that differs as much as it can from both the box's ground (its most
+ * common level) and its text (the level farthest from the ground), like Presidio's "contrast"
+ * fill: every pixel of a word changes, the strokes and the ground between them.
+ */
+function contrastLevel(plane: Uint8Array, w: number, b: Box): number {
+  const hist = new Uint32Array(256);
+  for (let y = b.y; y < b.y + b.height; y++) for (let x = b.x; x < b.x + b.width; x++) hist[plane[y * w + x]!]!++;
+  let ground = 0;
+  for (let v = 1; v < 256; v++) if (hist[v]! > hist[ground]!) ground = v;
+  let text = ground;
+  for (let v = 0; v < 256; v++) if (hist[v]! > 0 && Math.abs(v - ground) > Math.abs(text - ground)) text = v;
+  let best = 0, score = -1;
+  for (const c of [0, 255, Math.round((ground + text) / 2)]) {
+    const s = Math.min(Math.abs(c - ground), Math.abs(c - text));
+    if (s > score) { score = s; best = c; }
+  }
+  return best;
+}
+
+/** The plane facts of a Part 10 header (with its palette, when PALETTE COLOR). */
+export function planeFactsOf(elements: Parameters<typeof part10View>[0], littleEndian: boolean): PlaneFacts & { frames: number } {
+  const view = part10View(elements);
+  const p = readPixelFacts(view);
+  const byTag = new Map(elements.map((e) => [e.tag, e]));
+  const palette = p.photometric === 'PALETTE COLOR'
+    ? readPalette((t) => byTag.get(t)?.value ?? undefined, (t) => {
+      // Descriptors are US or SS (first value may read as negative when SS): read them as unsigned.
+      const v = byTag.get(t)?.value;
+      if (!v || v.length < 6) return undefined;
+      return [0, 2, 4].map((o) => (littleEndian ? v.readUInt16LE(o) : v.readUInt16BE(o)));
+    }, littleEndian)
+    : undefined;
+  return {
+    rows: p.rows, columns: p.columns, samplesPerPixel: p.samplesPerPixel, bitsAllocated: p.bitsAllocated, bitsStored: p.bitsStored,
+    pixelRepresentation: p.pixelRepresentation, photometric: p.photometric, planarConfiguration: p.planarConfiguration, littleEndian, palette, frames: p.frames,
+  };
+}
+
+/** Analyses a whole Part 10 object with native pixel data (decode compressed ones first: codec.ts). */
+export function analyzeInstance(buf: Buffer): TextAnalysis {
+  const inst = readInstanceSync(buf, (b) => inflateRawSync(b));
+  if (!inst.pixel) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data is compressed or absent, so its text cannot be read', { auditReason: 'pixels-withheld:text-undecodable' });
+  const f = planeFactsOf(inst.elements, inst.transferSyntax.littleEndian);
+  return analyzeFrames(inst.pixel, f, f.frames);
+}

@@ -1,0 +1,204 @@
+/**
+ * A classical, model-free detector of text burned into one image plane (issue 12).
+ *
+ * The plane is 8-bit (the brightest sample of each pixel, for colour). It is searched for light
+ * text on a darker ground and for dark text on a lighter one. Steps:
+ *
+ *  1. Strokes: pixels brighter (or darker) by STROKE_CONTRAST than their ground on both sides,
+ *     a few pixels away, across or along (a cheap stroke-width test): thin structures stand
+ *     out, and the inside and edges of wide ones (the imaging sector, colour bars, panels) do not.
+ *  2. Glyphs: 8-connected components of stroke pixels with the size, fill and contrast of a
+ *     character, standing on a clean ground (few other stroke pixels close around them: speckle
+ *     and tissue are textured, a banner's ground is not), drawn in one colour.
+ *  3. Lines: glyphs that share a text line (overlapping rows, alike heights and colours, gaps
+ *     of at most about a character) are grouped; a line of at least three glyphs, or of two
+ *     that stand on a perfectly clean ground, is text. Each line becomes a padded rectangle.
+ *
+ * It needs no model and no network, and costs a few milliseconds per 640×480 plane.
+ */
+
+/** A rectangle in pixel coordinates: columns x .. x+width-1, rows y .. y+height-1. */
+export interface Box { readonly x: number; readonly y: number; readonly width: number; readonly height: number }
+
+export interface PlaneText {
+  /** Padded boxes of the text lines found. */
+  readonly lines: readonly Box[];
+  /** Stroke pixels of the glyphs in those lines (for the mostly-text measure). */
+  readonly textPixels: number;
+  /** Glyph-like components left out of every line (isolated characters, symbols). */
+  readonly orphans: number;
+}
+
+/** Distances at which a stroke pixel's ground is looked for, px: thin and bold strokes. */
+const RADII = [2, 6] as const;
+/** How much brighter (or darker) than its ground a stroke pixel is (0–255). */
+const STROKE_CONTRAST = 48;
+/** Glyph heights, px. */
+const MIN_HEIGHT = 6;
+const MAX_HEIGHT = 64;
+
+/**
+ * Stroke pixels of one polarity: a pixel at least STROKE_CONTRAST brighter (polarity 1) or
+ * darker (-1) than both its neighbours RADII[i] away to the left and right, or than both above
+ * and below, for some radius. A stroke narrower than twice the radius passes; the inside of a
+ * wide structure (the imaging sector, a colour bar, a panel) and its edges do not.
+ */
+/** The stroke test near the border, where a side outside the image is not dark ground. */
+function borderHit(p: Uint8Array, w: number, h: number, x: number, y: number, t: number, r: number): boolean {
+  const i = y * w + x;
+  return (x >= r && x + r < w && p[i - r]! <= t && p[i + r]! <= t) || (y >= r && y + r < h && p[i - r * w]! <= t && p[i + r * w]! <= t);
+}
+
+function strokes(plane: Uint8Array, w: number, h: number, polarity: 1 | -1, out: Uint8Array): boolean {
+  // Work on the plane as "text is bright": for dark text, on its inverse.
+  let p = plane;
+  if (polarity === -1) { p = scratch(plane.length).inverse; for (let i = 0; i < plane.length; i++) p[i] = 255 - plane[i]!; }
+  const [r1, r2] = RADII;
+  const c = STROKE_CONTRAST;
+  let any = 0;
+  for (let y = 0; y < h; y++) {
+    const row = y * w;
+    const inY = y >= r2 && y + r2 < h;
+    for (let x = 0; x < w; x++) {
+      const i = row + x;
+      const v = p[i]!;
+      if (v < c) { out[i] = 0; continue; } // cannot stand c above anything
+      const t = v - c; // a neighbour at or under t is dark enough
+      let hit: number;
+      if (inY && x >= r2 && x + r2 < w) {
+        hit = (p[i - r1]! <= t && p[i + r1]! <= t) || (p[i - r1 * w]! <= t && p[i + r1 * w]! <= t)
+          || (p[i - r2]! <= t && p[i + r2]! <= t) || (p[i - r2 * w]! <= t && p[i + r2 * w]! <= t) ? 1 : 0;
+      } else {
+        hit = borderHit(p, w, h, x, y, t, r1) || borderHit(p, w, h, x, y, t, r2) ? 1 : 0;
+      }
+      out[i] = hit;
+      any |= hit;
+    }
+  }
+  return any === 1;
+}
+
+/** Working buffers, kept between calls (the detector runs frame after frame on one thread). */
+let work: { stroke: Uint8Array; inverse: Uint8Array; label: Int32Array; stack: Int32Array } | undefined;
+function scratch(n: number): NonNullable<typeof work> {
+  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), inverse: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n) };
+  return work;
+}
+
+interface Glyph {
+  x0: number; y0: number; x1: number; y1: number; // inclusive
+  count: number; tone: number; clean: number;
+}
+
+/** Finds the text lines of one plane: light text on a darker ground (polarity 1) or dark on light (-1). */
+export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1 | -1 = 1): PlaneText {
+  const { stroke, label, stack } = scratch(plane.length);
+  if (!strokes(plane, w, h, polarity, stroke)) return { lines: [], textPixels: 0, orphans: 0 };
+  label.fill(0, 0, plane.length);
+  // Connected components (8-neighbourhood), by a stack walk; labels in `label`.
+  const glyphs: Glyph[] = [];
+  let next = 0;
+  for (let s = 0; s < plane.length; s++) {
+    if (!stroke[s] || label[s]) continue;
+    next++;
+    let sp = 0;
+    stack[sp++] = s;
+    label[s] = next;
+    let x0 = w, y0 = h, x1 = -1, y1 = -1, count = 0, tone = 0, big = false;
+    while (sp > 0) {
+      const p = stack[--sp]!;
+      const y = (p / w) | 0;
+      const x = p - y * w;
+      count++;
+      tone += plane[p]!;
+      if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+      if (y1 - y0 > MAX_HEIGHT * 2 || x1 - x0 > MAX_HEIGHT * 6) big = true; // keep walking (label it) but it is no glyph
+      for (let dy = -1; dy <= 1; dy++) {
+        const yy = y + dy;
+        if (yy < 0 || yy >= h) continue;
+        for (let dx = -1; dx <= 1; dx++) {
+          const xx = x + dx;
+          if (xx < 0 || xx >= w) continue;
+          const q = yy * w + xx;
+          if (stroke[q] && !label[q]) { label[q] = next; stack[sp++] = q; }
+        }
+      }
+    }
+    if (big) continue;
+    const gw = x1 - x0 + 1;
+    const gh = y1 - y0 + 1;
+    if (gh < MIN_HEIGHT || gh > MAX_HEIGHT || gw > gh * 3 + 2 || count < 8) continue;
+    const fill = count / (gw * gh);
+    if (fill < 0.08 || (fill > 0.9 && gw > gh / 3)) continue;
+    glyphs.push({ x0, y0, x1, y1, count, tone: tone / count, clean: 0 });
+  }
+  // Ground: other stroke pixels in a margin around the glyph (speckle and tissue are textured).
+  for (const g of glyphs) {
+    const m = Math.max(2, Math.round((g.y1 - g.y0 + 1) * 0.25));
+    const lab = label[(() => { for (let y = g.y0; y <= g.y1; y++) for (let x = g.x0; x <= g.x1; x++) if (stroke[y * w + x]) return y * w + x; return 0; })()]!;
+    let ring = 0, other = 0;
+    for (let y = Math.max(0, g.y0 - m); y <= Math.min(h - 1, g.y1 + m); y++) {
+      for (let x = Math.max(0, g.x0 - m); x <= Math.min(w - 1, g.x1 + m); x++) {
+        const inside = x >= g.x0 && x <= g.x1 && y >= g.y0 && y <= g.y1;
+        if (inside) continue;
+        ring++;
+        if (stroke[y * w + x] && label[y * w + x] !== lab) other++;
+      }
+    }
+    g.clean = ring ? other / ring : 0;
+  }
+  const cand = glyphs.filter((g) => g.clean <= 0.2).sort((a, b) => a.x0 - b.x0);
+  // Lines: union of glyphs that read as neighbours on one line.
+  const parent = cand.map((_, i) => i);
+  const find = (i: number): number => { while (parent[i] !== i) { parent[i] = parent[parent[i]!]!; i = parent[i]!; } return i; };
+  for (let i = 0; i < cand.length; i++) {
+    const a = cand[i]!;
+    const ha = a.y1 - a.y0 + 1;
+    for (let j = i + 1; j < cand.length; j++) {
+      const b = cand[j]!;
+      const hb = b.y1 - b.y0 + 1;
+      const hmax = Math.max(ha, hb);
+      if (b.x0 - a.x1 - 1 > hmax * 1.2) break; // sorted by x0: later ones only start further right
+      const overlap = Math.min(a.y1, b.y1) - Math.max(a.y0, b.y0) + 1;
+      if (overlap < 0.5 * Math.min(ha, hb)) continue;
+      if (hmax > 2.2 * Math.min(ha, hb)) continue;
+      if (Math.abs(a.tone - b.tone) > 48) continue;
+      if (b.x0 - a.x1 - 1 > hmax * 1.2) continue;
+      parent[find(j)] = find(i);
+    }
+  }
+  const groups = new Map<number, Glyph[]>();
+  cand.forEach((g, i) => { const r = find(i); (groups.get(r) ?? groups.set(r, []).get(r)!).push(g); });
+  const lines: Box[] = [];
+  let textPixels = 0;
+  let orphans = 0;
+  for (const members of groups.values()) {
+    const spotless = members.every((g) => g.clean <= 0.02);
+    if (members.length < 3 && !(members.length === 2 && spotless)) { orphans += members.length; continue; }
+    let x0 = w, y0 = h, x1 = 0, y1 = 0;
+    for (const g of members) { x0 = Math.min(x0, g.x0); y0 = Math.min(y0, g.y0); x1 = Math.max(x1, g.x1); y1 = Math.max(y1, g.y1); textPixels += g.count; }
+    const pad = Math.max(3, Math.round((y1 - y0 + 1) * 0.3));
+    const bx0 = Math.max(0, x0 - pad), by0 = Math.max(0, y0 - pad);
+    lines.push({ x: bx0, y: by0, width: Math.min(w, x1 + pad + 1) - bx0, height: Math.min(h, y1 + pad + 1) - by0 });
+  }
+  return { lines: mergeBoxes(lines), textPixels, orphans };
+}
+
+/** Merges overlapping or touching boxes until none overlap. */
+export function mergeBoxes(boxes: readonly Box[]): Box[] {
+  let out = boxes.map((b) => ({ ...b }));
+  for (let changed = true; changed;) {
+    changed = false;
+    const next: Box[] = [];
+    for (const b of out) {
+      const k = next.findIndex((o) => b.x <= o.x + o.width && o.x <= b.x + b.width && b.y <= o.y + o.height && o.y <= b.y + b.height);
+      if (k < 0) { next.push(b); continue; }
+      const o = next[k]!;
+      const x = Math.min(o.x, b.x), y = Math.min(o.y, b.y);
+      next[k] = { x, y, width: Math.max(o.x + o.width, b.x + b.width) - x, height: Math.max(o.y + o.height, b.y + b.height) - y };
+      changed = true;
+    }
+    out = next;
+  }
+  return out.sort((a, b) => a.y - b.y || a.x - b.x);
+}

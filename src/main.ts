@@ -18,7 +18,8 @@ import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { FactsCache } from './policy/facts-cache.js';
 import { FaceProvider, type FaceStats, type FaceStore } from './pixels/face/provider.js';
-import { openFaceStore } from './pixels/store-sqlite.js';
+import { openFaceStore, openTextStore } from './pixels/store-sqlite.js';
+import { TextProvider, type TextStats, type TextStore } from './pixels/text/provider.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import type { ClientScope } from './policy/client-scope.js';
 import { scopesFromConfig } from './policy/configured-scope.js';
@@ -46,6 +47,8 @@ export interface Gateway {
   readonly metricsUrl?: string | undefined;
   /** Face analyses this gateway made (not decisions it found stored). */
   readonly faceStats: FaceStats;
+  /** Text analyses this gateway made (not decisions it found stored). */
+  readonly textStats: TextStats;
   /** Stops accepting, drains in-flight requests, flushes pseudonyms and audit. */
   close(): Promise<void>;
 }
@@ -57,6 +60,8 @@ export interface GatewayParts {
   readonly closeState?: (() => Promise<void>) | undefined;
   /** Face decisions shared by replicas (PostgreSQL); without it, state.dir/faces.sqlite. */
   readonly faceStore?: FaceStore | undefined;
+  /** Text decisions shared by replicas (PostgreSQL); without it, state.dir/text.sqlite. */
+  readonly textStore?: TextStore | undefined;
   readonly upstream: Upstream;
   readonly audit: AuditSink;
   readonly log: Logger;
@@ -90,7 +95,7 @@ export async function buildPartsAsync(cfg: Config): Promise<GatewayParts> {
   if (!cfg.state.store) return buildParts(cfg);
   loadOrCreateMasterSecret(cfg.state.dir);
   const pg = await openPostgresState(cfg.state.store, { passwordFile: cfg.state.storePasswordFile });
-  return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close(), faceStore: pg.faces };
+  return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close(), faceStore: pg.faces, textStore: pg.text };
 }
 
 function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore, spool: Spool | undefined): GatewayParts {
@@ -154,6 +159,8 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   parts.scopeEvents.on('file', onScopeFile);
   const facts = new FactsCache();
   const localFaces = parts.faceStore ? undefined : openFaceStore(cfg.state.dir);
+  const localText = parts.textStore ? undefined : openTextStore(cfg.state.dir);
+  const text = new TextProvider(parts.textStore ?? localText, (a) => log.info('text decision made', { kind: a.kind, analysisMs: Math.round(a.ms), frames: a.frames, framesRead: a.framesRead, regions: a.regions }));
   const faces = new FaceProvider(parts.faceStore ?? localFaces, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames, listMs: Math.round(a.listMs), totalMs: Math.round(a.totalMs) }));
   const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
   const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {
@@ -192,6 +199,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     stateHealthy: () => store.healthy(),
     facts,
     faces,
+    text,
     faceWaitMs: cfg.engine.faceWaitSeconds * 1000,
   });
   const server = await new Promise<Server>((resolve, reject) => {
@@ -256,6 +264,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     server,
     metricsUrl,
     faceStats: faces.stats,
+    textStats: text.stats,
     reload(next: Config): string[] {
       // Clients, their policies, scopes, limits and pixel rules, and the opt-out list change at
       // once for new requests; requests in flight finish under the client they started with.
@@ -289,6 +298,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
         parts.scopeEvents.off('file', onScopeFile);
         facts.close();
         localFaces?.close();
+        localText?.close();
         await upstream.close();
         await audit.close();
       })();

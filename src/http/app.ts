@@ -17,6 +17,7 @@ import type { AuditSink } from '../audit/sink.js';
 import type { Upstream } from '../upstream/client.js';
 import type { FactsCache } from '../policy/facts-cache.js';
 import type { FaceProvider } from '../pixels/face/provider.js';
+import type { TextProvider } from '../pixels/text/provider.js';
 import type { Limiter } from '../policy/limits.js';
 import { checkWindow } from '../policy/scope.js';
 import { authenticate, authenticateCertificate, normalizeSubject } from './auth.js';
@@ -50,6 +51,7 @@ export interface AppDeps {
   readonly facts: FactsCache;
   /** Series-level face decisions, and how long a request waits for one (ms). */
   readonly faces: FaceProvider;
+  readonly text: TextProvider;
   readonly faceWaitMs: number;
 }
 
@@ -349,7 +351,7 @@ export function createApp(deps: AppDeps): express.Express {
       }
       const rc: RequestContext = {
         client, upstream: deps.upstreamFor?.(client.id) ?? deps.upstream, resolver, dicomWebBase: baseUrl(req, deps),
-        signal: abort.signal, note: l.note, observeDeid: deps.metrics && ((kind, seconds) => deps.metrics!.observeDeid(kind, seconds, client.id)), maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts, faces: deps.faces, faceWaitMs: deps.faceWaitMs,
+        signal: abort.signal, note: l.note, observeDeid: deps.metrics && ((kind, seconds) => deps.metrics!.observeDeid(kind, seconds, client.id)), maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts, faces: deps.faces, text: deps.text, faceWaitMs: deps.faceWaitMs,
       };
       try {
         await send(res, await fn(rc, req));

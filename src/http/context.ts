@@ -9,6 +9,7 @@ import { parseContentType } from '../dicomweb/multipart.js';
 import { parseJsonObject, splitJsonArray, writeJsonArray } from '../dicomweb/json-array.js';
 import type { PixelPolicy } from '../policy/pixels.js';
 import type { FaceProvider } from '../pixels/face/provider.js';
+import type { TextProvider } from '../pixels/text/provider.js';
 import type { FactsCache } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
 import type { ClientScope } from '../policy/client-scope.js';
@@ -83,6 +84,8 @@ export interface RequestContext {
   readonly facts: FactsCache;
   /** Series-level face decisions (src/pixels/face/provider.ts). */
   readonly faces: FaceProvider;
+  /** Text decisions of risky instances under risky: detect (src/pixels/text/provider.ts). */
+  readonly text: TextProvider;
   /** How long a request waits for a series' face decision before 503 with Retry-After, ms. */
   readonly faceWaitMs: number;
   /** Observes de-identification time per object (metrics), when metrics are on. */

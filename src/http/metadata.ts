@@ -5,13 +5,13 @@ import { rewriteBulkDataUris } from '../dicomweb/urls.js';
 import { jsonAttrs } from '../policy/scope.js';
 import { recordVisible, requireVisible, upstreamPath } from './visibility.js';
 import { DICOM_JSON, originalUid, ok, jsonReply, noteStudy, firstValue, type RequestContext, type Reply } from './context.js';
-import { deidJson, maskedByRule, factsOf, ensureFacesOf, type Facts } from './pixel-stage.js';
+import { deidJson, maskedByRule, factsOf, ensureDecisionsOf, type Facts } from './pixel-stage.js';
 
 /** WADO-RS metadata at study, series or instance level. */
 export async function metadata(rc: RequestContext, p: { study: string; series?: string; instance?: string }): Promise<Reply> {
   await requireVisible(rc, p);
   // Metadata says what the retrieve does: the face decisions of its series are made first.
-  await ensureFacesOf(rc, originalUid(rc, p.study), p.series === undefined ? undefined : originalUid(rc, p.series), p.instance === undefined ? undefined : originalUid(rc, p.instance));
+  await ensureDecisionsOf(rc, originalUid(rc, p.study), p.series === undefined ? undefined : originalUid(rc, p.series), p.instance === undefined ? undefined : originalUid(rc, p.instance));
   const up = await ok(rc, `${upstreamPath(rc, p)}/metadata`, DICOM_JSON);
   // The metadata of a whole study or series is also its pixel facts (see policy/facts-cache.ts).
   const seen = new Map<string, Facts>();

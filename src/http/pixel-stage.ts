@@ -8,7 +8,8 @@ import { GatewayError } from '../core/errors.js';
 import { CLEAN_PIXEL_DATA, CLEAN_RECOGNIZABLE_VISUAL_FEATURES, deidentifyJson, deidentifyPart10, type JsonDataset } from '../deid/index.js';
 import { parseContentType, readMultipart } from '../dicomweb/multipart.js';
 import { splitJsonArray } from '../dicomweb/json-array.js';
-import { needsFaceDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision } from '../policy/pixels.js';
+import { needsFaceDecision, needsTextDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision } from '../policy/pixels.js';
+import { noteTextBoxes } from '../audit/sink.js';
 import type { SeriesSource } from '../pixels/face/provider.js';
 import { jsonView } from '../pixels/views.js';
 import { embeddedOverlayBits, OVERLAY_GROUPS } from '../pixels/overlays.js';
@@ -53,11 +54,13 @@ function defacedByDecision(rc: RequestContext, o: JsonDataset): boolean {
  * original JSON, or on the facts cached for the instance when the JSON lacks them (QIDO rows).
  */
 export function maskedByRule(rc: RequestContext, o: JsonDataset): boolean {
-  if (rc.client.pixels.risky !== 'mask') return false;
+  if (rc.client.pixels.risky !== 'mask' && rc.client.pixels.risky !== 'detect') return false;
   const sop = firstValue(o, '00080018');
   const cached = typeof sop === 'string' ? rc.facts.instance(sop) : undefined;
   const f = cached && cached.scope?.[TAG.studyUid] === firstValue(o, '0020000D') ? cached : factsOf(o);
   const d = decide(rc, f);
+  // Detected text: the pixels were examined, and are released with what was found masked.
+  if (d.allow && d.detected) return true;
   return d.allow && !!d.mask?.length && f.rows !== undefined && regionsCover({ rows: Number(f.rows), columns: Number(f.columns) }, d.mask);
 }
 
@@ -87,7 +90,68 @@ export function factsOf(r: JsonDataset): Facts {
 
 /** The client's pixel decision on an instance's facts. */
 export function decide(rc: RequestContext, f: Facts): PixelDecision {
-  return pixelDecision(f, rc.client.pixels, { series: f.scope?.[TAG.seriesUid], lookup: (s) => rc.faces.decision(s) });
+  return pixelDecision(f, rc.client.pixels, { series: f.scope?.[TAG.seriesUid], lookup: (s) => rc.faces.decision(s) }, { sop: f.scope?.[TAG.sopUid], lookup: (s) => rc.text.decision(s) });
+}
+
+/** Instances whose text is looked for at once (each is fetched whole, uncompressed). */
+const TEXT_CONCURRENCY = 2;
+
+/**
+ * Makes sure every risky instance among these has its text decision under risky: detect
+ * (stored, or made now on the instance fetched from the PACS in Explicit VR Little Endian)
+ * before any of its pixels leave. Waits at most faceWaitMs, like the face decisions.
+ */
+async function ensureText(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
+  if (rc.client.pixels.risky !== 'detect') return;
+  const todo = [...facts].filter(([sop, f]) => f.rows !== undefined && f.scope?.[TAG.studyUid] && f.scope[TAG.seriesUid] && needsTextDecision(f, rc.client.pixels) && rc.text.decision(sop) === undefined);
+  if (!todo.length) return;
+  const lasting: RequestContext = { ...rc, signal: new AbortController().signal };
+  const queue = [...todo];
+  const worker = async (): Promise<void> => {
+    for (let next = queue.shift(); next; next = queue.shift()) {
+      const [sop, f] = next;
+      await rc.text.decide(sop, () => wholeInstance(lasting, f.scope![TAG.studyUid]!, f.scope![TAG.seriesUid]!, sop));
+    }
+  };
+  await waitBounded(rc, Promise.all(Array.from({ length: Math.min(TEXT_CONCURRENCY, queue.length) }, worker)), 'the burned-in text of this instance is still being looked for; try again shortly', 'pixels-pending:text');
+}
+
+/** Waits for `work` at most faceWaitMs; then 503 PIXELS_PENDING with Retry-After while it goes on. */
+async function waitBounded(rc: RequestContext, work: Promise<unknown>, message: string, auditReason: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), rc.faceWaitMs); });
+  try {
+    const r = await Promise.race([work, timeout]);
+    if (r === 'timeout') {
+      work.catch(() => undefined);
+      throw new GatewayError('PIXELS_PENDING', message, { retryAfter: Math.max(1, Math.ceil(rc.faceWaitMs / 1000)), auditReason });
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One whole instance from the PACS as Part 10 bytes, asked for in Explicit VR Little Endian. */
+async function wholeInstance(rc: RequestContext, study: string, series: string, sop: string): Promise<Buffer> {
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
+  expectType(up, 'multipart/related');
+  let out: Buffer | undefined;
+  for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
+    const chunks: Buffer[] = [];
+    for await (const c of part.body) if (!out) chunks.push(Buffer.from(c));
+    out ??= Buffer.concat(chunks);
+  }
+  if (!out) throw new GatewayError('NOT_FOUND', 'no such resource');
+  return out;
+}
+
+/**
+ * The decisions an instance's pixels need before they leave: its series' face decision and,
+ * under risky: detect, its own text decision.
+ */
+export async function ensureDecisions(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
+  await ensureFaces(rc, facts);
+  await ensureText(rc, facts);
 }
 
 /**
@@ -96,7 +160,7 @@ export function decide(rc: RequestContext, f: Facts): PixelDecision {
  * its pixels leave. Waits at most faceWaitMs: then 503 with Retry-After while the analysis
  * goes on, so the client's retry finds it decided.
  */
-export async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
+async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
   const bySeries = new Map<string, { study: string; modality: string }>();
   for (const f of facts.values()) {
     const series = f.scope?.[TAG.seriesUid];
@@ -111,17 +175,7 @@ export async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string,
     const seriesFacts = await pixelFacts(rc, e.study, series);
     return rc.faces.decide(series, e.modality, [...seriesFacts.keys()], pacsSeriesSource(rc, e.study, series, seriesFacts));
   }));
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), rc.faceWaitMs); });
-  try {
-    const r = await Promise.race([all, timeout]);
-    if (r === 'timeout') {
-      all.catch(() => undefined);
-      throw new GatewayError('PIXELS_PENDING', 'the face decision of this series is still being made; try again shortly', { retryAfter: Math.max(1, Math.ceil(rc.faceWaitMs / 1000)), auditReason: 'pixels-pending:face' });
-    }
-  } finally {
-    clearTimeout(timer);
-  }
+  await waitBounded(rc, all, 'the face decision of this series is still being made; try again shortly', 'pixels-pending:face');
 }
 
 /** A series as the face provider reads it from the PACS: its metadata, and instances uncompressed. */
@@ -130,9 +184,10 @@ export async function ensureFaces(rc: RequestContext, facts: ReadonlyMap<string,
  * from the PACS's index (a series query reads no file); the instance facts, which a PACS reads
  * from every file, are asked for only for series whose modality may show a face.
  */
-export async function ensureFacesOf(rc: RequestContext, study: string, series?: string, sop?: string): Promise<void> {
+export async function ensureDecisionsOf(rc: RequestContext, study: string, series?: string, sop?: string): Promise<void> {
+  // Text decisions are per instance: under risky: detect, the instance facts are asked for.
+  if (sop !== undefined || rc.client.pixels.risky === 'detect') { await ensureDecisions(rc, await pixelFacts(rc, study, series, sop)); return; }
   if ((rc.client.pixels.faces ?? 'deface') === 'allow') return;
-  if (sop !== undefined) { await ensureFaces(rc, await pixelFacts(rc, study, series, sop)); return; }
   const q = new URLSearchParams([['includefield', '00080060']]);
   if (series !== undefined) q.set('SeriesInstanceUID', series);
   const candidates = (await queryRows(rc, `/studies/${study}/series`, q)).flatMap((r) => {
@@ -163,18 +218,7 @@ function pacsSeriesSource(rc: RequestContext, study: string, series: string, fac
       }
       return out;
     },
-    async instance(sop) {
-      const up = await ok(lasting, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
-      expectType(up, 'multipart/related');
-      let out: Buffer | undefined;
-      for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
-        const chunks: Buffer[] = [];
-        for await (const c of part.body) if (!out) chunks.push(Buffer.from(c));
-        out ??= Buffer.concat(chunks);
-      }
-      if (!out) throw new GatewayError('NOT_FOUND', 'no such resource');
-      return out;
-    },
+    instance: (sop) => wholeInstance(lasting, study, series, sop),
   };
 }
 
@@ -233,7 +277,7 @@ export async function requirePixels(rc: RequestContext, study: string, series: s
   if (!rc.client.scope.unrestricted()) { const d = recordVisible(rc, factsAttrs(facts)); if (d) throw notVisible(d); }
 
   if (facts.rows === undefined) throw new GatewayError('NOT_FOUND', 'this instance has no pixel data');
-  await ensureFaces(rc, new Map([[sop, facts]]));
+  await ensureDecisions(rc, new Map([[sop, facts]]));
   const d = decide(rc, facts);
   if (!d.allow) {
     noteWithheld(rc.note, d.auditReason);
@@ -241,6 +285,7 @@ export async function requirePixels(rc: RequestContext, study: string, series: s
   }
   if (rc.client.ctx.plan.lookup(0x7fe00010).action.kind !== 'keep') throw new GatewayError('PIXELS_WITHHELD', 'this client\'s policy removes pixel data', { auditReason: 'pixels-withheld:pixel-data-removed' });
   if (d.mask) rc.note.masked++;
+  if (d.detected) noteTextBoxes(rc.note, d.detected);
   else if (d.risk) rc.note.riskyAllowed++;
   if (d.face) rc.note.defaced = (rc.note.defaced ?? 0) + 1;
   if (d.faceAllowed) rc.note.facesAllowed = (rc.note.facesAllowed ?? 0) + 1;
@@ -251,7 +296,7 @@ export async function requirePixels(rc: RequestContext, study: string, series: s
 /** True when an instance's pixels must be changed before they leave (mask regions, embedded overlay bits). */
 export function needsCleaning(rc: RequestContext, facts: Facts): boolean {
   const d = decide(rc, facts);
-  return (d.allow && (!!d.mask?.length || !!d.face?.length)) || (facts.overlayBits?.length ?? 0) > 0;
+  return (d.allow && (!!d.mask?.length || !!d.face?.length || !!d.detected)) || (facts.overlayBits?.length ?? 0) > 0;
 }
 
 /**
@@ -275,5 +320,5 @@ export async function* cleanedPixels(rc: RequestContext, study: string, series: 
 
 /** The scope and pixel decision on an instance's own header (retrieve, rendered, cleaned pixels). */
 export function admitHeader(rc: RequestContext, attr: (tag: number) => string | undefined): Admitted | undefined {
-  return admitInstance(rc.client.scope, rc.client.pixels, attr, (s) => rc.faces.decision(s)); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
+  return admitInstance(rc.client.scope, rc.client.pixels, attr, (s) => rc.faces.decision(s), (s) => rc.text.decision(s)); // PIXELS_WITHHELD with auditReason pixels-withheld:<risk>
 }

@@ -11,7 +11,7 @@ import { inflateRawSync } from 'node:zlib';
 import { TAG } from '../policy/scope.js';
 import { recordVisible, requireVisible } from './visibility.js';
 import { originalUid, ok, expectType, withFlush, noteStudy, noteWithheld, type RequestContext, type Reply } from './context.js';
-import { decide, ensureFaces, factsAttrs, pixelFacts, requirePixels, admitHeader } from './pixel-stage.js';
+import { decide, ensureDecisions, factsAttrs, pixelFacts, requirePixels, admitHeader } from './pixel-stage.js';
 
 /** The image format a client accepts for rendered resources (JPEG unless it prefers PNG). */
 export function renderedFormat(accept: string | undefined): 'png' | 'jpeg' {
@@ -67,7 +67,7 @@ export async function rendered(rc: RequestContext, p: { study: string; series?: 
   if (sop === undefined) {
     await requireVisible(rc, p);
     const facts = await pixelFacts(rc, study, series);
-    await ensureFaces(rc, facts); // a head series is decided before any of its images is drawn
+    await ensureDecisions(rc, facts); // a head series is decided before any of its images is drawn
     const all = [...facts.entries()].sort(([a], [b]) => a.localeCompare(b))
       .filter(([, f]) => f.rows !== undefined && (rc.client.scope.unrestricted() || !recordVisible(rc, factsAttrs(f))) && f.scope?.[TAG.seriesUid])
       .map(([sop, f]) => ({ sop, series: f.scope![TAG.seriesUid]!, decision: decide(rc, f) }));

@@ -5,11 +5,12 @@
 import { GatewayError } from '../core/errors.js';
 import { deidentifyPart10 } from '../deid/index.js';
 import { parseContentType, readMultipart, writeMultipart, newBoundary, type Part } from '../dicomweb/multipart.js';
-import { needsFaceDecision, pixelsWithheld, type PixelDecision } from '../policy/pixels.js';
+import { needsFaceDecision, needsTextDecision, pixelsWithheld, type PixelDecision } from '../policy/pixels.js';
 import { TAG } from '../policy/scope.js';
+import { noteTextBoxes } from '../audit/sink.js';
 import { recordVisible, requireVisible } from './visibility.js';
 import { originalUid, ok, expectType, withFlush, noteStudy, noteWithheld, type RequestContext, type Reply } from './context.js';
-import { decide, ensureFaces, factsAttrs, pixelFacts, admitHeader, type Facts } from './pixel-stage.js';
+import { decide, ensureDecisions, factsAttrs, pixelFacts, admitHeader, type Facts } from './pixel-stage.js';
 
 /** The transfer-syntax parameter a client asked for, if any (PS3.18 8.7.3.5). */
 export function requestedTransferSyntax(accept: string | undefined): string | undefined {
@@ -50,7 +51,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Masking needs native pixel data: a client that accepts any syntax (`*`) gets the PACS's
   // default (Explicit VR Little Endian) when its policy masks; a specific compressed syntax
   // leaves masked instances withheld (the engine refuses to mask compressed pixel data).
-  const upTs = ts === '*' && rc.client.pixels.risky === 'mask' ? undefined : ts;
+  const upTs = ts === '*' && (rc.client.pixels.risky === 'mask' || rc.client.pixels.risky === 'detect') ? undefined : ts;
   const acceptFor = (t: string | undefined): string => `multipart/related; type="application/dicom"${t ? `; transfer-syntax=${t}` : ''}`;
   // A face cut needs native pixels too: a client that accepts any syntax waits for the face
   // decisions before the retrieve is asked for, so that only a study with a face to cut is
@@ -65,12 +66,15 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
   // reads every file of the study for them), and only the status line waits for the facts.
   const path = `/studies/${study}${series === undefined ? '' : `/series/${series}`}${sop === undefined ? '' : `/instances/${sop}`}`;
-  // When the facts are known already and a face decision is pending, the retrieve waits for it
-  // too: the PACS then serves the analysis alone, and the stream does not stall half-sent.
+  // When the facts are known already and a face or text decision is pending, the retrieve waits
+  // for it too: the PACS then serves the analysis alone, and the stream does not stall half-sent.
+  // Under risky: detect with the facts unknown, it waits as well (risky instances are likely).
   const known = sop === undefined ? rc.facts.scope(study, series) : undefined;
-  const pending = known !== undefined && [...known.values()].some((f) => {
+  const pending = known === undefined ? rc.client.pixels.risky === 'detect' : [...known].some(([uid, f]) => {
     const s = f.scope?.[TAG.seriesUid];
-    return s !== undefined && f.rows !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined;
+    if (f.rows === undefined) return false;
+    return (s !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined)
+      || (needsTextDecision(f, rc.client.pixels) && rc.text.decision(uid) === undefined);
   });
   let retrieving = afterFaces || pending ? undefined : ok(rc, path, acceptFor(upTs));
   retrieving?.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
@@ -94,7 +98,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     await refuse(new GatewayError('NOT_FOUND', 'no such resource', { auditReason: `out-of-scope:${recordVisible(rc, factsAttrs(f)) ?? 'unknown'}` }));
   }
   try {
-    await ensureFaces(rc, new Map([...facts].filter(([, f]) => inScope.includes(f))));
+    await ensureDecisions(rc, new Map([...facts].filter(([, f]) => inScope.includes(f))));
   } catch (e) {
     return refuse(e as GatewayError);
   }
@@ -163,6 +167,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
         // Scope first (inside admitHeader): an out-of-scope instance is skipped silently, not counted as withheld.
         const r = admitHeader(rc, attr);
         if (r?.mask) maskedPart = true;
+        if (r?.detected) noteTextBoxes(note, r.detected);
         else if (r?.risk) note.riskyAllowed++; // allowed by an explicit policy, and counted
         if (r?.face) note.defaced = (note.defaced ?? 0) + 1;
         if (r?.faceAllowed) note.facesAllowed = (note.facesAllowed ?? 0) + 1;

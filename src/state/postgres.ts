@@ -23,9 +23,9 @@ import type { PseudonymKind } from '../pseudonym/store.js';
 import type { LimitStore } from '../policy/limits.js';
 import type { Spool, SpoolBatch } from '../audit/syslog.js';
 import type { FaceStore } from '../pixels/face/provider.js';
-import type { FaceVerdict } from '../pixels/types.js';
+import type { DecisionStore, FaceVerdict, TextVerdict } from '../pixels/types.js';
 
-export const PG_SCHEMA_VERSION = 3;
+export const PG_SCHEMA_VERSION = 4;
 
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE deid_pseudonyms (
@@ -41,6 +41,8 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX deid_audit_spool_unsent ON deid_audit_spool (id) WHERE sent_at IS NULL;`,
   // Face decisions (src/pixels/face/provider.ts): one per series key, shared by the replicas.
   `CREATE TABLE deid_face_decisions (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, decided_at TIMESTAMPTZ NOT NULL DEFAULT now());`,
+  // Text decisions (src/pixels/text/provider.ts): one per instance key, shared by the replicas.
+  `CREATE TABLE deid_text_decisions (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, decided_at TIMESTAMPTZ NOT NULL DEFAULT now());`,
 ];
 
 function where(url: string): string {
@@ -64,6 +66,8 @@ export interface PgState {
   readonly spool: Spool;
   /** Face decisions, decided once for all replicas. */
   readonly faces: FaceStore;
+  /** Text decisions, decided once for all replicas. */
+  readonly text: DecisionStore<TextVerdict>;
   /** Ends the pool (after the pseudonym store flushed). */
   close(): Promise<void>;
 }
@@ -264,24 +268,27 @@ export async function openPostgresState(url: string, opts: { cacheEntries?: numb
   const prune = setInterval(() => { pool.query("DELETE FROM deid_audit_spool WHERE sent_at < now() - interval '7 days'").catch(() => undefined); }, 3_600_000);
   prune.unref();
 
-  const faces: FaceStore = {
+  const decisions = <T>(table: string): DecisionStore<T> => ({
     async get(key) {
-      const r = await q<{ verdict: string }>('SELECT verdict FROM deid_face_decisions WHERE key = $1', [key]);
+      const r = await q<{ verdict: string }>(`SELECT verdict FROM ${table} WHERE key = $1`, [key]);
       const text = r.rows[0]?.verdict;
       if (text === undefined) return undefined;
-      try { return JSON.parse(text) as FaceVerdict; } catch { return undefined; }
+      try { return JSON.parse(text) as T; } catch { return undefined; }
     },
     async put(key, verdict) {
-      // Two replicas deciding one series at once write the same decision: the first one stays.
-      await q('INSERT INTO deid_face_decisions (key, verdict) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', [key, JSON.stringify(verdict)]);
+      // Two replicas deciding one series or instance at once write the same decision: the first one stays.
+      await q(`INSERT INTO ${table} (key, verdict) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, [key, JSON.stringify(verdict)]);
     },
-  };
+  });
+  const faces: FaceStore = decisions<FaceVerdict>('deid_face_decisions');
+  const text = decisions<TextVerdict>('deid_text_decisions');
 
   return {
     pseudonyms,
     limits,
     spool,
     faces,
+    text,
     async close() {
       clearInterval(prune);
       clearInterval(ping);

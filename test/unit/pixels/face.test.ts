@@ -15,7 +15,7 @@ import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
 import { readHeaderSync, readInstanceSync } from '../../../src/dicom/part10.js';
 import { GatewayError } from '../../../src/core/errors.js';
 import { FaceProvider, type SeriesSource } from '../../../src/pixels/face/provider.js';
-import { openFaceStore } from '../../../src/pixels/face/store-sqlite.js';
+import { openFaceStore } from '../../../src/pixels/store-sqlite.js';
 import { rowSpans, faceCutTransformer } from '../../../src/pixels/face/cut.js';
 import { readPixelFacts } from '../../../src/pixels/geometry.js';
 import { part10View, jsonView } from '../../../src/pixels/views.js';

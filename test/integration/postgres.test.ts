@@ -76,8 +76,8 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
   });
 
   test('migrations ran once and are recorded', () => {
-    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '3');
-    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_audit_spool,deid_face_decisions,deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version/);
+    assert.equal(pg.psql('SELECT version FROM deid_schema_version').trim(), '4');
+    assert.match(pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'deid_%'"), /deid_audit_spool,deid_face_decisions,deid_limit_buckets,deid_limit_day_bytes,deid_pseudonyms,deid_schema_version,deid_text_decisions/);
   });
 
   test('a head series is analysed once for all replicas: the other replica uses the stored face decision', async () => {

@@ -35,6 +35,8 @@ const RADII = [2, 6] as const;
 const STROKE_CONTRAST = 48;
 /** Glyph heights, px. */
 const MIN_HEIGHT = 6;
+/** Largest difference between the peak levels of one line's glyphs. */
+const PEAK_SPREAD = 16;
 const MAX_HEIGHT = 64;
 
 /**
@@ -88,6 +90,8 @@ function scratch(n: number): NonNullable<typeof work> {
 interface Glyph {
   x0: number; y0: number; x1: number; y1: number; // inclusive
   count: number; tone: number; clean: number;
+  /** The strongest stroke level (text is drawn in one colour: its glyphs share it). */
+  peak: number;
 }
 
 /** Finds the text lines of one plane: light text on a darker ground (polarity 1) or dark on light (-1). */
@@ -104,13 +108,15 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1
     let sp = 0;
     stack[sp++] = s;
     label[s] = next;
-    let x0 = w, y0 = h, x1 = -1, y1 = -1, count = 0, tone = 0, big = false;
+    let x0 = w, y0 = h, x1 = -1, y1 = -1, count = 0, tone = 0, peak = 0, big = false;
     while (sp > 0) {
       const p = stack[--sp]!;
       const y = (p / w) | 0;
       const x = p - y * w;
       count++;
-      tone += plane[p]!;
+      const level = polarity === 1 ? plane[p]! : 255 - plane[p]!;
+      tone += level;
+      if (level > peak) peak = level;
       if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
       if (y1 - y0 > MAX_HEIGHT * 2 || x1 - x0 > MAX_HEIGHT * 6) big = true; // keep walking (label it) but it is no glyph
       for (let dy = -1; dy <= 1; dy++) {
@@ -130,7 +136,7 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1
     if (gh < MIN_HEIGHT || gh > MAX_HEIGHT || gw > gh * 3 + 2 || count < 8) continue;
     const fill = count / (gw * gh);
     if (fill < 0.08 || (fill > 0.9 && gw > gh / 3)) continue;
-    glyphs.push({ x0, y0, x1, y1, count, tone: tone / count, clean: 0 });
+    glyphs.push({ x0, y0, x1, y1, count, tone: tone / count, peak, clean: 0 });
   }
   // Ground: other stroke pixels in a margin around the glyph (speckle and tissue are textured).
   for (const g of glyphs) {
@@ -175,6 +181,16 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1
   for (const members of groups.values()) {
     const spotless = members.every((g) => g.clean <= 0.02);
     if (members.length < 3 && !(members.length === 2 && spotless)) { orphans += members.length; continue; }
+    // A line is drawn in one colour: its glyphs peak at one level (within compression noise).
+    // Speckle that lines up by chance peaks all over.
+    const peaks = members.map((g) => g.peak);
+    if (Math.max(...peaks) - Math.min(...peaks) > PEAK_SPREAD) { orphans += members.length; continue; }
+    // Most glyphs of a line stand on one baseline (descenders and punctuation aside).
+    const bottoms = members.map((g) => g.y1).sort((a, b) => a - b);
+    const tol = Math.max(2, Math.round(0.15 * (bottoms.at(-1)! - Math.min(...members.map((g) => g.y0)) + 1)));
+    let onBase = 0;
+    for (const b of bottoms) onBase = Math.max(onBase, bottoms.filter((c) => Math.abs(c - b) <= tol).length);
+    if (onBase < 0.6 * members.length) { orphans += members.length; continue; }
     let x0 = w, y0 = h, x1 = 0, y1 = 0;
     for (const g of members) { x0 = Math.min(x0, g.x0); y0 = Math.min(y0, g.y0); x1 = Math.max(x1, g.x1); y1 = Math.max(y1, g.y1); textPixels += g.count; }
     const pad = Math.max(3, Math.round((y1 - y0 + 1) * 0.3));

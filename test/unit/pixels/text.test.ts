@@ -107,6 +107,18 @@ describe('burned-in text: detection and masking', () => {
     });
   }
 
+  test('an ultrasound with no text is found clean and comes out unchanged (pixels bit-exact)', async () => {
+    for (const [k, photometric] of (['RGB', 'MONOCHROME2', 'PALETTE COLOR', 'YBR_FULL'] as const).entries()) {
+      const ph = makeTextPhantom({ rows: 240, columns: 320, photometric, frames: 3, texts: [], uidRoot: `1.2.826.0.1.3680043.9.7433.12.2${k}` });
+      const a = analyzeInstance(ph.bytes);
+      assert.deepEqual(a.verdict, { kind: 'clean' }, photometric);
+      const out = await deidentifyPart10Buffer(ph.bytes, engine(), { admit: () => ({ mask: [], detected: [] }) });
+      const inst = readInstanceSync(out, inflateRawSync);
+      assert.deepEqual(inst.pixel, readInstanceSync(ph.bytes, inflateRawSync).pixel, `${photometric}: pixels unchanged`);
+      assert.equal(part10View(inst.elements).str(0x00280301), 'NO', 'examined: Burned In Annotation NO');
+    }
+  });
+
   test('a cine loop: text that changes, or appears in one frame only, is masked in the union of every frame', async () => {
     const frames = 12;
     const ph = makeTextPhantom({

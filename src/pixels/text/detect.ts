@@ -37,6 +37,8 @@ const STROKE_CONTRAST = 48;
 const MIN_HEIGHT = 6;
 /** Largest difference between the peak levels of one line's glyphs. */
 const PEAK_SPREAD = 16;
+/** Widest gap between neighbouring glyphs of a line, in glyph heights ( a monospaced word space is about 1.3: such a word joins its line afterwards). */
+const GAP = 1.2;
 const MAX_HEIGHT = 64;
 
 /**
@@ -90,6 +92,8 @@ function scratch(n: number): NonNullable<typeof work> {
 interface Glyph {
   x0: number; y0: number; x1: number; y1: number; // inclusive
   count: number; tone: number; clean: number;
+  /** The component's label (pieces of touching glyphs share it). */
+  label: number;
   /** The strongest stroke level (text is drawn in one colour: its glyphs share it). */
   peak: number;
 }
@@ -133,15 +137,22 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1
     if (big) continue;
     const gw = x1 - x0 + 1;
     const gh = y1 - y0 + 1;
-    if (gh < MIN_HEIGHT || gh > MAX_HEIGHT || gw > gh * 3 + 2 || count < 8) continue;
-    const fill = count / (gw * gh);
-    if (fill < 0.08 || (fill > 0.9 && gw > gh / 3)) continue;
-    glyphs.push({ x0, y0, x1, y1, count, tone: tone / count, peak, clean: 0 });
+    if (gh < MIN_HEIGHT || gh > MAX_HEIGHT || count < 8 || gw > gh * 12) continue;
+    // Glyphs that touch (bold or smoothed fonts) are one wide component: cut it where few
+    // stroke pixels join the letters, and judge each piece as a glyph.
+    const pieces = gw > gh * 3 + 2 ? splitTouching(stroke, label, w, next, x0, y0, x1, y1) : [{ x0, y0, x1, y1, count }];
+    for (const p of pieces) {
+      const pw = p.x1 - p.x0 + 1, ph = p.y1 - p.y0 + 1;
+      if (ph < MIN_HEIGHT || ph > MAX_HEIGHT || pw > ph * 3 + 2 || p.count < 8) continue;
+      const fill = p.count / (pw * ph);
+      if (fill < 0.08 || (fill > 0.9 && pw > ph / 3)) continue;
+      glyphs.push({ ...p, tone: tone / count, peak, clean: 0, label: next });
+    }
   }
   // Ground: other stroke pixels in a margin around the glyph (speckle and tissue are textured).
   for (const g of glyphs) {
     const m = Math.max(2, Math.round((g.y1 - g.y0 + 1) * 0.25));
-    const lab = label[(() => { for (let y = g.y0; y <= g.y1; y++) for (let x = g.x0; x <= g.x1; x++) if (stroke[y * w + x]) return y * w + x; return 0; })()]!;
+    const lab = g.label;
     let ring = 0, other = 0;
     for (let y = Math.max(0, g.y0 - m); y <= Math.min(h - 1, g.y1 + m); y++) {
       for (let x = Math.max(0, g.x0 - m); x <= Math.min(w - 1, g.x1 + m); x++) {
@@ -164,40 +175,101 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1
       const b = cand[j]!;
       const hb = b.y1 - b.y0 + 1;
       const hmax = Math.max(ha, hb);
-      if (b.x0 - a.x1 - 1 > hmax * 1.2) break; // sorted by x0: later ones only start further right
+      if (b.x0 - a.x1 - 1 > hmax * GAP) break; // sorted by x0: later ones only start further right
       const overlap = Math.min(a.y1, b.y1) - Math.max(a.y0, b.y0) + 1;
       if (overlap < 0.5 * Math.min(ha, hb)) continue;
       if (hmax > 2.2 * Math.min(ha, hb)) continue;
       if (Math.abs(a.tone - b.tone) > 48) continue;
-      if (b.x0 - a.x1 - 1 > hmax * 1.2) continue;
+      if (b.x0 - a.x1 - 1 > hmax * GAP) continue;
       parent[find(j)] = find(i);
     }
   }
   const groups = new Map<number, Glyph[]>();
   cand.forEach((g, i) => { const r = find(i); (groups.get(r) ?? groups.set(r, []).get(r)!).push(g); });
-  const lines: Box[] = [];
+  interface Line { x0: number; y0: number; x1: number; y1: number; peak: number; base: number; tol: number }
+  const accepted: Line[] = [];
+  const left: Glyph[] = [];
   let textPixels = 0;
-  let orphans = 0;
   for (const members of groups.values()) {
     const spotless = members.every((g) => g.clean <= 0.02);
-    if (members.length < 3 && !(members.length === 2 && spotless)) { orphans += members.length; continue; }
+    if (members.length < 3 && !(members.length === 2 && spotless)) { left.push(...members); continue; }
     // A line is drawn in one colour: its glyphs peak at one level (within compression noise).
     // Speckle that lines up by chance peaks all over.
     const peaks = members.map((g) => g.peak);
-    if (Math.max(...peaks) - Math.min(...peaks) > PEAK_SPREAD) { orphans += members.length; continue; }
+    if (Math.max(...peaks) - Math.min(...peaks) > PEAK_SPREAD) { left.push(...members); continue; }
     // Most glyphs of a line stand on one baseline (descenders and punctuation aside).
     const bottoms = members.map((g) => g.y1).sort((a, b) => a - b);
     const tol = Math.max(2, Math.round(0.15 * (bottoms.at(-1)! - Math.min(...members.map((g) => g.y0)) + 1)));
-    let onBase = 0;
-    for (const b of bottoms) onBase = Math.max(onBase, bottoms.filter((c) => Math.abs(c - b) <= tol).length);
-    if (onBase < 0.6 * members.length) { orphans += members.length; continue; }
-    let x0 = w, y0 = h, x1 = 0, y1 = 0;
-    for (const g of members) { x0 = Math.min(x0, g.x0); y0 = Math.min(y0, g.y0); x1 = Math.max(x1, g.x1); y1 = Math.max(y1, g.y1); textPixels += g.count; }
-    const pad = Math.max(3, Math.round((y1 - y0 + 1) * 0.3));
-    const bx0 = Math.max(0, x0 - pad), by0 = Math.max(0, y0 - pad);
-    lines.push({ x: bx0, y: by0, width: Math.min(w, x1 + pad + 1) - bx0, height: Math.min(h, y1 + pad + 1) - by0 });
+    let onBase = 0, base = bottoms[0]!;
+    for (const b of bottoms) { const n = bottoms.filter((c) => Math.abs(c - b) <= tol).length; if (n > onBase) { onBase = n; base = b; } }
+    if (onBase < 0.6 * members.length) { left.push(...members); continue; }
+    const line: Line = { x0: w, y0: h, x1: 0, y1: 0, peak: peaks.sort((a, b) => a - b)[peaks.length >> 1]!, base, tol };
+    for (const g of members) { line.x0 = Math.min(line.x0, g.x0); line.y0 = Math.min(line.y0, g.y0); line.x1 = Math.max(line.x1, g.x1); line.y1 = Math.max(line.y1, g.y1); textPixels += g.count; }
+    accepted.push(line);
   }
+  // Words a wide space away (monospaced fonts) join a line found beside them: on its baseline,
+  // in its colour, of its height, within two and a half heights of its end.
+  let orphans = 0;
+  for (let grew = true; grew;) {
+    grew = false;
+    for (let i = left.length - 1; i >= 0; i--) {
+      const g = left[i]!;
+      const gh = g.y1 - g.y0 + 1;
+      const line = accepted.find((l) => {
+        const lh = l.y1 - l.y0 + 1;
+        const gap = g.x0 > l.x1 ? g.x0 - l.x1 - 1 : l.x0 > g.x1 ? l.x0 - g.x1 - 1 : 0;
+        return gap <= 2.5 * lh && Math.abs(g.peak - l.peak) <= PEAK_SPREAD && Math.abs(g.y1 - l.base) <= l.tol
+          && gh <= 1.5 * lh && gh >= lh / 2.2;
+      });
+      if (!line) continue;
+      line.x0 = Math.min(line.x0, g.x0); line.x1 = Math.max(line.x1, g.x1); line.y0 = Math.min(line.y0, g.y0); line.y1 = Math.max(line.y1, g.y1);
+      textPixels += g.count;
+      left.splice(i, 1);
+      grew = true;
+    }
+  }
+  orphans = left.length;
+  const lines: Box[] = accepted.map(({ x0, y0, x1, y1 }) => {
+    // Padded by a third of the line's height, and out to the image's edge when the line ends
+    // within a character of it (a glyph cut off by the edge is too small to be found).
+    const lh = y1 - y0 + 1;
+    const pad = Math.max(3, Math.round(lh * 0.3));
+    const bx0 = x0 - pad - lh <= 0 ? 0 : x0 - pad;
+    const by0 = y0 - pad - lh <= 0 ? 0 : y0 - pad;
+    const bx1 = x1 + pad + lh >= w - 1 ? w : x1 + pad + 1;
+    const by1 = y1 + pad + lh >= h - 1 ? h : y1 + pad + 1;
+    return { x: bx0, y: by0, width: bx1 - bx0, height: by1 - by0 };
+  });
   return { lines: mergeBoxes(lines), textPixels, orphans };
+}
+
+/**
+ * The pieces of a wide component: runs of columns holding more than a quarter of its fullest
+ * column's stroke pixels (the thin joins between touching letters fall below), each with the
+ * rows and pixels it covers; none when the pieces cover less than 60 % of its width.
+ */
+function splitTouching(stroke: Uint8Array, label: Int32Array, w: number, id: number, x0: number, y0: number, x1: number, y1: number): { x0: number; y0: number; x1: number; y1: number; count: number }[] {
+  const cols = new Int32Array(x1 - x0 + 1);
+  for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) if (stroke[y * w + x] && label[y * w + x] === id) cols[x - x0]!++;
+  let max = 0;
+  for (const c of cols) if (c > max) max = c;
+  const cut = Math.max(1, Math.floor(max / 4));
+  const out: { x0: number; y0: number; x1: number; y1: number; count: number }[] = [];
+  for (let i = 0; i < cols.length;) {
+    if (cols[i]! <= cut) { i++; continue; }
+    let j = i;
+    while (j + 1 < cols.length && cols[j + 1]! > cut) j++;
+    let py0 = y1, py1 = y0, count = 0;
+    for (let y = y0; y <= y1; y++) for (let x = x0 + i; x <= x0 + j; x++) {
+      if (stroke[y * w + x] && label[y * w + x] === id) { count++; if (y < py0) py0 = y; if (y > py1) py1 = y; }
+    }
+    out.push({ x0: x0 + i, y0: py0, x1: x0 + j, y1: py1, count });
+    i = j + 1;
+  }
+  // Letters fill most of the columns of a word, with thin joins between them; a trace (an ECG,
+  // a caliper line) is thin along most of its length with a few tall spikes: not text.
+  const covered = out.reduce((s, p) => s + p.x1 - p.x0 + 1, 0);
+  return covered >= 0.6 * cols.length ? out : [];
 }
 
 /** Merges overlapping or touching boxes until none overlap. */

@@ -32,9 +32,9 @@ const inside = (g: Box, r: TextBox): boolean => g.x >= r.x && g.y >= r.y && g.x 
 const LINES: TextPhantomOptions['texts'] = [
   { x: 8, y: 6, text: 'ST MARY HOSPITAL', scale: 2, color: 255 },
   { x: 8, y: 28, text: 'DOE JOHN 12/03/2026', scale: 1, color: [255, 255, 0] },
-  { x: 8, y: 42, text: 'MRN 4821377', scale: 1, color: [0, 200, 255] },
+  { x: 8, y: 42, text: 'MRN 4821377', scale: 1, bold: true, smooth: true, color: [0, 200, 255] },
   { x: 250, y: 8, text: '14:22:07', scale: 2, bold: true, color: 200 },
-  { x: 200, y: 214, text: 'TIS 0.5 MI 1.2', scale: 1, color: 255 },
+  { x: 240, y: 214, text: 'TIS 0.5 MI 1.2', scale: 1, color: 255 }, // runs off the right edge
   // Dark text on a light panel, and light text over the sector itself.
   { x: 20, y: 200, text: 'OPER KB', scale: 2, color: 0, panel: 230 },
   { x: 130, y: 120, text: 'LV APEX', scale: 2, smooth: true, color: 255 },

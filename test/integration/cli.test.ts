@@ -12,6 +12,8 @@ import { inflateRawSync } from 'node:zlib';
 import { findCanaries, fixtures } from '../helpers/fixtures.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
 import { checkDefaced, makeHeadPhantom } from '../fixtures/head-phantom.js';
+import { makeTextPhantom } from '../fixtures/text-phantom.js';
+import { nativeInstance } from '../../src/pixels/codec.js';
 
 const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
 const HASH = '5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8';
@@ -241,6 +243,66 @@ describe('deid-gateway command line', async () => {
       assert.equal(r.status, 0, r.stderr.slice(-500));
       const c = spawnSync('/usr/bin/python3', [faceCheck, join(sharedHeads, h), out], { encoding: 'utf8' });
       assert.equal(c.status, 0, `${h}: ${c.stdout}${c.stderr}`);
+    }
+  });
+
+  test('deid under risky: detect: burned-in text masked (RLE decoded in-process), a clean image bit-exact, a screen refused; --diff lists the regions, --preview draws them, the audit names the boxes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-text-'));
+    const inDir = join(dir, 'in');
+    mkdirSync(inDir);
+    const us = makeTextPhantom({ rows: 200, columns: 300, photometric: 'PALETTE COLOR', rle: true, frames: 5, uidRoot: '1.2.826.0.1.3680043.9.7433.12.700', texts: [{ x: 6, y: 6, text: 'CARDIO LAB 3', scale: 2, color: 255 }, { x: 180, y: 180, text: 'DOE JOHN', scale: 1, color: 255, frames: [3] }] });
+    const clean = makeTextPhantom({ rows: 120, columns: 160, photometric: 'RGB', texts: [], uidRoot: '1.2.826.0.1.3680043.9.7433.12.701' });
+    const screen = makeTextPhantom({ rows: 240, columns: 320, photometric: 'RGB', sector: false, uidRoot: '1.2.826.0.1.3680043.9.7433.12.702', texts: Array.from({ length: 14 }, (_, i) => ({ x: 10, y: 8 + i * 16, text: 'PATIENT ID 4821377 NAME DOE', scale: 1, color: 230 })) });
+    writeFileSync(join(inDir, 'us.dcm'), us.bytes);
+    writeFileSync(join(inDir, 'clean.dcm'), clean.bytes);
+    writeFileSync(join(inDir, 'screen.dcm'), screen.bytes);
+    const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: detect}\n' });
+    const r = run(['deid', '--config', cfg, '--client', 'vendor-a', inDir, '--out', join(dir, 'out'), '--diff', '--preview', join(dir, 'preview')]);
+    assert.equal(r.status, 1, 'one input refused');
+    assert.match(r.stderr, /refused: .*screen\.dcm: PIXELS_WITHHELD: .*mostly text/);
+    assert.match(r.stdout, /us\.dcm -> .* \(burned-in text masked: \d+ region\(s\)\)/);
+    assert.match(r.stdout, /clean\.dcm -> .* \(no burned-in text found\)/);
+    assert.match(r.stdout, /\(7FE0,0010\) PixelData  masked  \d+ text region\(s\), every frame/);
+    const written = files(join(dir, 'out')).map((f) => readInstanceSync(readFileSync(f), inflateRawSync));
+    assert.equal(written.length, 2);
+    const outUs = written.find((i) => i.pixel!.length === 200 * 300 * 5)!;
+    assert.equal(outUs.transferSyntax.uid, '1.2.840.10008.1.2.1', 'decoded and written natively');
+    // Every glyph of every frame is inside a masked (changed) box: its pixels differ from the original.
+    const original = readInstanceSync(nativeInstance(us.bytes, inflateRawSync), inflateRawSync).pixel!;
+    for (const [f, boxes] of us.glyphs.entries()) {
+      for (const g of boxes) {
+        let same = 0;
+        for (let y = g.y; y < g.y + g.height; y++) for (let x = g.x; x < g.x + g.width; x++) { const i = f * 60000 + y * 300 + x; if (outUs.pixel![i] === original[i]) same++; }
+        assert.ok(same < 0.2 * g.width * g.height, `frame ${f}: glyph at ${g.x},${g.y} destroyed`);
+      }
+    }
+    const outClean = written.find((i) => i.pixel!.length === 120 * 160 * 3)!;
+    assert.deepEqual(outClean.pixel, readInstanceSync(clean.bytes, inflateRawSync).pixel, 'no text: bit-exact');
+    const pngs = readdirSync(join(dir, 'preview'));
+    assert.equal(pngs.length, 2, 'a preview per examined file');
+    assert.ok(readFileSync(join(dir, 'preview', pngs[0]!)).subarray(1, 4).toString() === 'PNG');
+    const q = run(['audit', 'query', '--config', cfg, '--format', 'json']);
+    const recs = q.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.ok(recs.some((x) => typeof x.textRegions === 'number' && (x.textRegions as number) > 0 && Array.isArray(x.textBoxes)), 'the audit records the boxes');
+    assert.ok(recs.some((x) => JSON.stringify(x.withheldBy ?? {}).includes('pixels-withheld:mostly-text')));
+  });
+
+  const sharedText = new URL('../../../shared/corpus/burned-in/', import.meta.url).pathname;
+  const textCheck = new URL('../../../shared/tools/text-check', import.meta.url).pathname;
+  test('cross-check: deid masks the real ultrasounds of ../shared/corpus/burned-in so that text-check passes, and refuses the screen', { skip: !(existsSync(sharedText) && existsSync(textCheck)) && 'no ../shared beside the checkout' }, () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-burned-'));
+    const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: detect}\n' });
+    for (const name of readdirSync(sharedText).sort()) {
+      const out = join(dir, name);
+      const r = run(['deid', '--config', cfg, '--client', 'vendor-a', join(sharedText, name), '--out', out]);
+      if (name.startsWith('screen')) {
+        assert.equal(r.status, 1);
+        assert.match(r.stderr, /mostly text/);
+        continue;
+      }
+      assert.equal(r.status, 0, `${name}: ${r.stderr.slice(-400)}`);
+      const c = spawnSync('/usr/bin/python3', [textCheck, join(sharedText, name), files(out)[0]!], { encoding: 'utf8' });
+      assert.equal(c.status, 0, `${name}: ${c.stdout}${c.stderr}`);
     }
   });
 

@@ -19,6 +19,8 @@ import { generateCohort, type Cohort } from '../fixtures/cohort.js';
 import { freePort, startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 import { createServer, type Socket } from 'node:net';
 import { postgresBin, startPostgres, type PostgresHandle } from '../helpers/postgres.js';
+import { makeTextPhantom } from '../fixtures/text-phantom.js';
+import { splitMultipart } from '../helpers/multipart.js';
 import { makeHeadPhantom } from '../fixtures/head-phantom.js';
 import { PG_SCHEMA_VERSION } from '../../src/state/postgres.js';
 
@@ -61,6 +63,7 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
         clients: [
           { id: 'vendor', apiKeySha256: sha(tok('vendor')) },
           { id: 'limited', apiKeySha256: sha(tok('limited')), limits: { requestsPerMinute: 4 } },
+          { id: 'sono', apiKeySha256: sha(tok('sono')), profile: { options: ['retainUIDs'] }, pixels: { risky: 'detect' } },
         ],
       }, join(dir, 'g.yaml')));
     }
@@ -101,6 +104,23 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
     assert.equal(rb.status, 200);
     await rb.arrayBuffer();
     assert.equal(b.faceStats.analyses, before.b, 'replica B made no analysis of its own');
+  });
+
+  test('an ultrasound\'s burned-in text is looked for once for all replicas: the other replica uses the stored text decision', async () => {
+    const us = makeTextPhantom({ rows: 120, columns: 160, photometric: 'RGB', uidRoot: '1.2.826.0.1.3680043.9.7433.12.800', texts: [{ x: 6, y: 6, text: 'ST MARY 12/03/2026', scale: 1, color: 255 }] });
+    await orthanc.upload([us.bytes]);
+    const path = `/dicom-web/studies/${us.study}/series/${us.series}/instances/${us.sop}`;
+    const rowsBefore = Number(pg.psql('SELECT count(*) FROM deid_text_decisions').trim());
+    const ra = await fetch(`${a.url}${path}`, { headers: { authorization: `Bearer ${tok('sono')}` } });
+    assert.equal(ra.status, 200);
+    const bodyA = Buffer.from(await ra.arrayBuffer());
+    assert.equal(a.textStats.analyses, 1);
+    assert.equal(Number(pg.psql('SELECT count(*) FROM deid_text_decisions').trim()), rowsBefore + 1);
+    const rb = await fetch(`${b.url}${path}`, { headers: { authorization: `Bearer ${tok('sono')}` } });
+    assert.equal(rb.status, 200);
+    const bodyB = Buffer.from(await rb.arrayBuffer());
+    assert.equal(b.textStats.analyses, 0, 'replica B made no analysis of its own');
+    assert.deepEqual(splitMultipart(bodyB, rb.headers.get('content-type')!)[0]!.body, splitMultipart(bodyA, ra.headers.get('content-type')!)[0]!.body, 'both replicas mask the same regions');
   });
 
   test('a replica resolves the pseudonyms another replica issued', async () => {
@@ -157,7 +177,7 @@ describe('shared state on PostgreSQL: two replicas', { skip: postgresBin() ? fal
   test('a database written by a newer version is refused at start, with the reason', async () => {
     pg.psql('UPDATE deid_schema_version SET version = 99');
     try {
-      await assert.rejects(buildPartsAsync(cfgs[0]!), /PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(3\); upgrade the gateway/);
+      await assert.rejects(buildPartsAsync(cfgs[0]!), new RegExp(String.raw`PostgreSQL 127\.0\.0\.1:\d+\/deid: schema version 99 is newer than this gateway supports \(${PG_SCHEMA_VERSION}\); upgrade the gateway`));
     } finally {
       pg.psql(`UPDATE deid_schema_version SET version = ${PG_SCHEMA_VERSION}`);
     }

@@ -55,9 +55,8 @@ export function analyzeFrames(pixel: Uint8Array, f: PlaneFacts, frames: number):
     framesRead++;
     const plane = framePlane(pixel, f, k);
     first ??= plane;
-    const a = detectPlane(plane, w, h, 1);
-    const b = detectPlane(plane, w, h, -1);
-    if (a.lines.length || b.lines.length) boxes = mergeBoxes([...boxes, ...a.lines, ...b.lines]);
+    const a = detectPlane(plane, w, h);
+    if (a.lines.length) boxes = mergeBoxes([...boxes, ...a.lines]);
   }
   // How much of the image is text, and how much picture is there besides.
   const inText = new Uint8Array(n);

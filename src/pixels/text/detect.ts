@@ -41,56 +41,73 @@ const PEAK_SPREAD = 16;
 const GAP = 1.2;
 const MAX_HEIGHT = 64;
 
-/**
- * Stroke pixels of one polarity: a pixel at least STROKE_CONTRAST brighter (polarity 1) or
- * darker (-1) than both its neighbours RADII[i] away to the left and right, or than both above
- * and below, for some radius. A stroke narrower than twice the radius passes; the inside of a
- * wide structure (the imaging sector, a colour bar, a panel) and its edges do not.
- */
-/** The stroke test near the border, where a side outside the image is not dark ground. */
-function borderHit(p: Uint8Array, w: number, h: number, x: number, y: number, t: number, r: number): boolean {
-  const i = y * w + x;
-  return (x >= r && x + r < w && p[i - r]! <= t && p[i + r]! <= t) || (y >= r && y + r < h && p[i - r * w]! <= t && p[i + r * w]! <= t);
-}
+/** Bits of the stroke map: a light stroke on a darker ground, a dark stroke on a lighter one. */
+const LIGHT = 1;
+const DARK = 2;
 
-function strokes(plane: Uint8Array, w: number, h: number, polarity: 1 | -1, out: Uint8Array): boolean {
-  // Work on the plane as "text is bright": for dark text, on its inverse.
-  let p = plane;
-  if (polarity === -1) { p = scratch(plane.length).inverse; for (let i = 0; i < plane.length; i++) p[i] = 255 - plane[i]!; }
+/**
+ * The stroke map of a plane, in one pass for both polarities, with a one-pixel border of zeros
+ * (width w + 2) so that the component walk needs no bounds checks. A pixel is a light (dark)
+ * stroke when it is at least STROKE_CONTRAST brighter (darker) than both its neighbours r away
+ * to the left and right, or than both above and below, for r in RADII. A stroke narrower than
+ * twice the radius passes; the inside of a wide structure (the imaging sector, a colour bar, a
+ * panel) and its edges do not. Outside the image is not ground.
+ */
+function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array): number {
+  const W = w + 2;
   const [r1, r2] = RADII;
   const c = STROKE_CONTRAST;
   let any = 0;
   for (let y = 0; y < h; y++) {
     const row = y * w;
+    const orow = (y + 1) * W + 1;
     const inY = y >= r2 && y + r2 < h;
     for (let x = 0; x < w; x++) {
       const i = row + x;
       const v = p[i]!;
-      if (v < c) { out[i] = 0; continue; } // cannot stand c above anything
-      const t = v - c; // a neighbour at or under t is dark enough
-      let hit: number;
+      let bits = 0;
       if (inY && x >= r2 && x + r2 < w) {
-        hit = (p[i - r1]! <= t && p[i + r1]! <= t) || (p[i - r1 * w]! <= t && p[i + r1 * w]! <= t)
-          || (p[i - r2]! <= t && p[i + r2]! <= t) || (p[i - r2 * w]! <= t && p[i + r2 * w]! <= t) ? 1 : 0;
+        const a1 = p[i - r1]!, b1 = p[i + r1]!, u1 = p[i - r1 * w]!, d1 = p[i + r1 * w]!;
+        const a2 = p[i - r2]!, b2 = p[i + r2]!, u2 = p[i - r2 * w]!, d2 = p[i + r2 * w]!;
+        const lo = v - c, hi = v + c; // light: neighbours at or under lo; dark: at or over hi
+        if ((a1 <= lo && b1 <= lo) || (u1 <= lo && d1 <= lo) || (a2 <= lo && b2 <= lo) || (u2 <= lo && d2 <= lo)) bits = LIGHT;
+        else if ((a1 >= hi && b1 >= hi) || (u1 >= hi && d1 >= hi) || (a2 >= hi && b2 >= hi) || (u2 >= hi && d2 >= hi)) bits = DARK;
       } else {
-        hit = borderHit(p, w, h, x, y, t, r1) || borderHit(p, w, h, x, y, t, r2) ? 1 : 0;
+        bits = borderBits(p, w, h, x, y, r1) | borderBits(p, w, h, x, y, r2);
+        if (bits === (LIGHT | DARK)) bits = LIGHT;
       }
-      out[i] = hit;
-      any |= hit;
+      out[orow + x] = bits;
+      any |= bits;
     }
   }
-  return any === 1;
+  return any;
+}
+
+/** The stroke test near the border, where a side outside the image is not ground. */
+function borderBits(p: Uint8Array, w: number, h: number, x: number, y: number, r: number): number {
+  const i = y * w + x;
+  const v = p[i]!, lo = v - STROKE_CONTRAST, hi = v + STROKE_CONTRAST;
+  let bits = 0;
+  if (x >= r && x + r < w) {
+    if (p[i - r]! <= lo && p[i + r]! <= lo) bits |= LIGHT;
+    if (p[i - r]! >= hi && p[i + r]! >= hi) bits |= DARK;
+  }
+  if (y >= r && y + r < h) {
+    if (p[i - r * w]! <= lo && p[i + r * w]! <= lo) bits |= LIGHT;
+    if (p[i - r * w]! >= hi && p[i + r * w]! >= hi) bits |= DARK;
+  }
+  return bits;
 }
 
 /** Working buffers, kept between calls (the detector runs frame after frame on one thread). */
-let work: { stroke: Uint8Array; inverse: Uint8Array; label: Int32Array; stack: Int32Array } | undefined;
+let work: { stroke: Uint8Array; label: Int32Array; stack: Int32Array } | undefined;
 function scratch(n: number): NonNullable<typeof work> {
-  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), inverse: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n) };
+  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n) };
   return work;
 }
 
 interface Glyph {
-  x0: number; y0: number; x1: number; y1: number; // inclusive
+  x0: number; y0: number; x1: number; y1: number; // inclusive, image coordinates
   count: number; tone: number; clean: number;
   /** The component's label (pieces of touching glyphs share it). */
   label: number;
@@ -98,68 +115,82 @@ interface Glyph {
   peak: number;
 }
 
-/** Finds the text lines of one plane: light text on a darker ground (polarity 1) or dark on light (-1). */
-export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1 | -1 = 1): PlaneText {
-  const { stroke, label, stack } = scratch(plane.length);
-  if (!strokes(plane, w, h, polarity, stroke)) return { lines: [], textPixels: 0, orphans: 0 };
-  label.fill(0, 0, plane.length);
-  // Connected components (8-neighbourhood), by a stack walk; labels in `label`.
+/** Finds the text lines of one plane: light text on a darker ground and dark text on a lighter one. */
+export function detectPlane(plane: Uint8Array, w: number, h: number): PlaneText {
+  const W = w + 2;
+  const n = W * (h + 2);
+  const { stroke, label, stack } = scratch(n);
+  stroke.fill(0, 0, n);
+  const any = strokes(plane, w, h, stroke);
+  const out: PlaneText[] = [];
+  for (const bit of [LIGHT, DARK]) {
+    if (any & bit) out.push(polarityLines(plane, w, h, bit, stroke, label, stack));
+  }
+  return { lines: mergeBoxes(out.flatMap((o) => o.lines)), textPixels: out.reduce((s, o) => s + o.textPixels, 0), orphans: out.reduce((s, o) => s + o.orphans, 0) };
+}
+
+/** The 8-neighbourhood in the padded map. */
+function neighbours(W: number): Int32Array {
+  return Int32Array.from([-W - 1, -W, -W + 1, -1, 1, W - 1, W, W + 1]);
+}
+
+function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array, stack: Int32Array): PlaneText {
+  const W = w + 2;
+  const n = W * (h + 2);
+  label.fill(0, 0, n);
+  const nb = neighbours(W);
+  const light = bit === LIGHT;
+  // Connected components (8-neighbourhood) of this polarity's strokes, by a stack walk.
   const glyphs: Glyph[] = [];
   let next = 0;
-  for (let s = 0; s < plane.length; s++) {
-    if (!stroke[s] || label[s]) continue;
+  for (let s = W; s < n - W; s++) {
+    if (!(stroke[s]! & bit) || label[s]) continue;
     next++;
     let sp = 0;
     stack[sp++] = s;
     label[s] = next;
-    let x0 = w, y0 = h, x1 = -1, y1 = -1, count = 0, tone = 0, peak = 0, big = false;
+    let x0 = W, y0 = h + 2, x1 = -1, y1 = -1, count = 0, tone = 0, peak = 0;
     while (sp > 0) {
-      const p = stack[--sp]!;
-      const y = (p / w) | 0;
-      const x = p - y * w;
+      const q = stack[--sp]!;
+      const y = (q / W) | 0;
+      const x = q - y * W;
+      const v = plane[(y - 1) * w + (x - 1)]!;
+      const level = light ? v : 255 - v;
       count++;
-      const level = polarity === 1 ? plane[p]! : 255 - plane[p]!;
       tone += level;
       if (level > peak) peak = level;
       if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
-      if (y1 - y0 > MAX_HEIGHT * 2 || x1 - x0 > MAX_HEIGHT * 6) big = true; // keep walking (label it) but it is no glyph
-      for (let dy = -1; dy <= 1; dy++) {
-        const yy = y + dy;
-        if (yy < 0 || yy >= h) continue;
-        for (let dx = -1; dx <= 1; dx++) {
-          const xx = x + dx;
-          if (xx < 0 || xx >= w) continue;
-          const q = yy * w + xx;
-          if (stroke[q] && !label[q]) { label[q] = next; stack[sp++] = q; }
-        }
+      for (let k = 0; k < 8; k++) {
+        const r = q + nb[k]!;
+        if ((stroke[r]! & bit) && !label[r]) { label[r] = next; stack[sp++] = r; }
       }
     }
-    if (big) continue;
     const gw = x1 - x0 + 1;
     const gh = y1 - y0 + 1;
     if (gh < MIN_HEIGHT || gh > MAX_HEIGHT || count < 8 || gw > gh * 12) continue;
     // Glyphs that touch (bold or smoothed fonts) are one wide component: cut it where few
     // stroke pixels join the letters, and judge each piece as a glyph.
-    const pieces = gw > gh * 3 + 2 ? splitTouching(stroke, label, w, next, x0, y0, x1, y1) : [{ x0, y0, x1, y1, count }];
+    const pieces = gw > gh * 3 + 2 ? splitTouching(label, W, next, x0, y0, x1, y1) : [{ x0, y0, x1, y1, count }];
     for (const p of pieces) {
       const pw = p.x1 - p.x0 + 1, ph = p.y1 - p.y0 + 1;
       if (ph < MIN_HEIGHT || ph > MAX_HEIGHT || pw > ph * 3 + 2 || p.count < 8) continue;
       const fill = p.count / (pw * ph);
       if (fill < 0.08 || (fill > 0.9 && pw > ph / 3)) continue;
-      glyphs.push({ ...p, tone: tone / count, peak, clean: 0, label: next });
+      glyphs.push({ x0: p.x0 - 1, y0: p.y0 - 1, x1: p.x1 - 1, y1: p.y1 - 1, count: p.count, tone: tone / count, peak, clean: 0, label: next });
     }
   }
-  // Ground: other stroke pixels in a margin around the glyph (speckle and tissue are textured).
+  // Ground: other strokes of this polarity in a margin around the glyph (speckle and tissue are textured).
   for (const g of glyphs) {
     const m = Math.max(2, Math.round((g.y1 - g.y0 + 1) * 0.25));
-    const lab = g.label;
     let ring = 0, other = 0;
     for (let y = Math.max(0, g.y0 - m); y <= Math.min(h - 1, g.y1 + m); y++) {
+      const row = (y + 1) * W + 1;
+      const inRows = y >= g.y0 && y <= g.y1;
       for (let x = Math.max(0, g.x0 - m); x <= Math.min(w - 1, g.x1 + m); x++) {
-        const inside = x >= g.x0 && x <= g.x1 && y >= g.y0 && y <= g.y1;
-        if (inside) continue;
+        if (inRows && x >= g.x0 && x <= g.x1) continue;
         ring++;
-        if (stroke[y * w + x] && label[y * w + x] !== lab) other++;
+        const q = row + x;
+        if ((stroke[q]! & bit) && label[q] !== g.label) other++;
       }
     }
     g.clean = ring ? other / ring : 0;
@@ -248,9 +279,9 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, polarity: 1
  * column's stroke pixels (the thin joins between touching letters fall below), each with the
  * rows and pixels it covers; none when the pieces cover less than 60 % of its width.
  */
-function splitTouching(stroke: Uint8Array, label: Int32Array, w: number, id: number, x0: number, y0: number, x1: number, y1: number): { x0: number; y0: number; x1: number; y1: number; count: number }[] {
+function splitTouching(label: Int32Array, w: number, id: number, x0: number, y0: number, x1: number, y1: number): { x0: number; y0: number; x1: number; y1: number; count: number }[] {
   const cols = new Int32Array(x1 - x0 + 1);
-  for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) if (stroke[y * w + x] && label[y * w + x] === id) cols[x - x0]!++;
+  for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) if (label[y * w + x] === id) cols[x - x0]!++;
   let max = 0;
   for (const c of cols) if (c > max) max = c;
   const cut = Math.max(1, Math.floor(max / 4));
@@ -261,7 +292,7 @@ function splitTouching(stroke: Uint8Array, label: Int32Array, w: number, id: num
     while (j + 1 < cols.length && cols[j + 1]! > cut) j++;
     let py0 = y1, py1 = y0, count = 0;
     for (let y = y0; y <= y1; y++) for (let x = x0 + i; x <= x0 + j; x++) {
-      if (stroke[y * w + x] && label[y * w + x] === id) { count++; if (y < py0) py0 = y; if (y > py1) py1 = y; }
+      if (label[y * w + x] === id) { count++; if (y < py0) py0 = y; if (y > py1) py1 = y; }
     }
     out.push({ x0: x0 + i, y0: py0, x1: x0 + j, y1: py1, count });
     i = j + 1;

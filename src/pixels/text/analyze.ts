@@ -53,9 +53,11 @@ export function analyzeFrames(pixel: Uint8Array, f: PlaneFacts, frames: number):
     if (prev && Buffer.compare(bytes, prev) === 0) continue;
     prev = bytes;
     framesRead++;
-    const plane = framePlane(pixel, f, k);
+    const colour = f.samplesPerPixel === 3 || f.photometric === 'PALETTE COLOR';
+    const tint = colour ? new Uint8Array(n) : undefined;
+    const plane = framePlane(pixel, f, k, tint);
     first ??= plane;
-    const a = detectPlane(plane, w, h);
+    const a = detectPlane(plane, w, h, tint);
     if (a.lines.length) boxes = mergeBoxes([...boxes, ...a.lines]);
   }
   // How much of the image is text, and how much picture is there besides.

@@ -37,6 +37,8 @@ const STROKE_CONTRAST = 48;
 const MIN_HEIGHT = 6;
 /** Largest difference between the peak levels of one line's glyphs. */
 const PEAK_SPREAD = 16;
+/** Largest difference of tint (hue signature) within a glyph's strongest pixels, and between a line's glyphs. */
+const TINT_SPREAD = 24;
 /** Widest gap between neighbouring glyphs of a line, in glyph heights ( a monospaced word space is about 1.3: such a word joins its line afterwards). */
 const GAP = 1.2;
 const MAX_HEIGHT = 64;
@@ -100,11 +102,12 @@ function borderBits(p: Uint8Array, w: number, h: number, x: number, y: number, r
 }
 
 /** Working buffers, kept between calls (the detector runs frame after frame on one thread). */
-let work: { stroke: Uint8Array; label: Int32Array; stack: Int32Array } | undefined;
+let work: { stroke: Uint8Array; label: Int32Array; stack: Int32Array; members: Int32Array } | undefined;
 function scratch(n: number): NonNullable<typeof work> {
-  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n) };
+  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n), members: new Int32Array(n) };
   return work;
 }
+const W_OF = (w: number, h: number): number => (w + 2) * (h + 2);
 
 interface Glyph {
   x0: number; y0: number; x1: number; y1: number; // inclusive, image coordinates
@@ -113,10 +116,12 @@ interface Glyph {
   label: number;
   /** The strongest stroke level (text is drawn in one colour: its glyphs share it). */
   peak: number;
+  /** The tint of its strongest pixels (colour images). */
+  tint: number;
 }
 
 /** Finds the text lines of one plane: light text on a darker ground and dark text on a lighter one. */
-export function detectPlane(plane: Uint8Array, w: number, h: number): PlaneText {
+export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint8Array): PlaneText {
   const W = w + 2;
   const n = W * (h + 2);
   const { stroke, label, stack } = scratch(n);
@@ -124,7 +129,7 @@ export function detectPlane(plane: Uint8Array, w: number, h: number): PlaneText 
   const any = strokes(plane, w, h, stroke);
   const out: PlaneText[] = [];
   for (const bit of [LIGHT, DARK]) {
-    if (any & bit) out.push(polarityLines(plane, w, h, bit, stroke, label, stack));
+    if (any & bit) out.push(polarityLines(plane, tint, w, h, bit, stroke, label, stack));
   }
   return { lines: mergeBoxes(out.flatMap((o) => o.lines)), textPixels: out.reduce((s, o) => s + o.textPixels, 0), orphans: out.reduce((s, o) => s + o.orphans, 0) };
 }
@@ -134,7 +139,8 @@ function neighbours(W: number): Int32Array {
   return Int32Array.from([-W - 1, -W, -W + 1, -1, 1, W - 1, W, W + 1]);
 }
 
-function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array, stack: Int32Array): PlaneText {
+function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array, stack: Int32Array): PlaneText {
+  const pixelsOf = scratch(W_OF(w, h)).members;
   const W = w + 2;
   const n = W * (h + 2);
   label.fill(0, 0, n);
@@ -156,6 +162,7 @@ function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, str
       const x = q - y * W;
       const v = plane[(y - 1) * w + (x - 1)]!;
       const level = light ? v : 255 - v;
+      pixelsOf[count] = (y - 1) * w + (x - 1);
       count++;
       tone += level;
       if (level > peak) peak = level;
@@ -168,6 +175,19 @@ function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, str
     const gw = x1 - x0 + 1;
     const gh = y1 - y0 + 1;
     if (gh < MIN_HEIGHT || gh > MAX_HEIGHT || count < 8 || gw > gh * 12) continue;
+    // Text is drawn in one colour: its strongest pixels share one tint. A colour-flow map's
+    // blobs run through the colour scale (yellow to orange to red) at the same brightness.
+    let tintLo = 255, tintHi = 0;
+    if (tint) {
+      for (let m = 0; m < count; m++) {
+        const i = pixelsOf[m]!;
+        const v = plane[i]!;
+        if ((light ? v : 255 - v) < peak - PEAK_SPREAD) continue;
+        const t = tint[i]!;
+        if (t < tintLo) tintLo = t; if (t > tintHi) tintHi = t;
+      }
+      if (tintHi - tintLo > TINT_SPREAD) continue;
+    }
     // Glyphs that touch (bold or smoothed fonts) are one wide component: cut it where few
     // stroke pixels join the letters, and judge each piece as a glyph.
     const pieces = gw > gh * 3 + 2 ? splitTouching(label, W, next, x0, y0, x1, y1) : [{ x0, y0, x1, y1, count }];
@@ -176,7 +196,7 @@ function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, str
       if (ph < MIN_HEIGHT || ph > MAX_HEIGHT || pw > ph * 3 + 2 || p.count < 8) continue;
       const fill = p.count / (pw * ph);
       if (fill < 0.08 || (fill > 0.9 && pw > ph / 3)) continue;
-      glyphs.push({ x0: p.x0 - 1, y0: p.y0 - 1, x1: p.x1 - 1, y1: p.y1 - 1, count: p.count, tone: tone / count, peak, clean: 0, label: next });
+      glyphs.push({ x0: p.x0 - 1, y0: p.y0 - 1, x1: p.x1 - 1, y1: p.y1 - 1, count: p.count, tone: tone / count, peak, clean: 0, label: next, tint: (tintLo + tintHi) >> 1 });
     }
   }
   // Ground: other strokes of this polarity in a margin around the glyph (speckle and tissue are textured).
@@ -217,7 +237,7 @@ function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, str
   }
   const groups = new Map<number, Glyph[]>();
   cand.forEach((g, i) => { const r = find(i); (groups.get(r) ?? groups.set(r, []).get(r)!).push(g); });
-  interface Line { x0: number; y0: number; x1: number; y1: number; peak: number; base: number; tol: number }
+  interface Line { x0: number; y0: number; x1: number; y1: number; peak: number; tint: number; base: number; tol: number }
   const accepted: Line[] = [];
   const left: Glyph[] = [];
   let textPixels = 0;
@@ -228,13 +248,15 @@ function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, str
     // Speckle that lines up by chance peaks all over.
     const peaks = members.map((g) => g.peak);
     if (Math.max(...peaks) - Math.min(...peaks) > PEAK_SPREAD) { left.push(...members); continue; }
+    const tints = members.map((g) => g.tint);
+    if (Math.max(...tints) - Math.min(...tints) > TINT_SPREAD) { left.push(...members); continue; }
     // Most glyphs of a line stand on one baseline (descenders and punctuation aside).
     const bottoms = members.map((g) => g.y1).sort((a, b) => a - b);
     const tol = Math.max(2, Math.round(0.15 * (bottoms.at(-1)! - Math.min(...members.map((g) => g.y0)) + 1)));
     let onBase = 0, base = bottoms[0]!;
     for (const b of bottoms) { const n = bottoms.filter((c) => Math.abs(c - b) <= tol).length; if (n > onBase) { onBase = n; base = b; } }
     if (onBase < 0.6 * members.length) { left.push(...members); continue; }
-    const line: Line = { x0: w, y0: h, x1: 0, y1: 0, peak: peaks.sort((a, b) => a - b)[peaks.length >> 1]!, base, tol };
+    const line: Line = { x0: w, y0: h, x1: 0, y1: 0, peak: peaks.sort((a, b) => a - b)[peaks.length >> 1]!, tint: tints.sort((a, b) => a - b)[tints.length >> 1]!, base, tol };
     for (const g of members) { line.x0 = Math.min(line.x0, g.x0); line.y0 = Math.min(line.y0, g.y0); line.x1 = Math.max(line.x1, g.x1); line.y1 = Math.max(line.y1, g.y1); textPixels += g.count; }
     accepted.push(line);
   }
@@ -249,7 +271,7 @@ function polarityLines(plane: Uint8Array, w: number, h: number, bit: number, str
       const line = accepted.find((l) => {
         const lh = l.y1 - l.y0 + 1;
         const gap = g.x0 > l.x1 ? g.x0 - l.x1 - 1 : l.x0 > g.x1 ? l.x0 - g.x1 - 1 : 0;
-        return gap <= 2.5 * lh && Math.abs(g.peak - l.peak) <= PEAK_SPREAD && Math.abs(g.y1 - l.base) <= l.tol
+        return gap <= 2.5 * lh && Math.abs(g.peak - l.peak) <= PEAK_SPREAD && Math.abs(g.tint - l.tint) <= TINT_SPREAD && Math.abs(g.y1 - l.base) <= l.tol
           && gh <= 1.5 * lh && gh >= lh / 2.2;
       });
       if (!line) continue;

@@ -44,8 +44,12 @@ export function frameLength(f: PlaneFacts): number {
   return f.rows * f.columns * f.samplesPerPixel * (f.bitsAllocated / 8);
 }
 
-/** The plane of frame `k` (0-based) of native pixel data. */
-export function framePlane(pixel: Uint8Array, f: PlaneFacts, k: number): Uint8Array {
+/**
+ * The plane of frame `k` (0-based) of native pixel data. For colour, `tint` (when given) gets
+ * each pixel's hue signature, (green − blue) / 2 + 128 for RGB and palette, Cr for YBR: text is
+ * drawn in one colour, a colour-flow map is not.
+ */
+export function framePlane(pixel: Uint8Array, f: PlaneFacts, k: number, tint?: Uint8Array): Uint8Array {
   const n = f.rows * f.columns;
   const per = frameLength(f);
   if ((k + 1) * per > pixel.length) throw withheld('the pixel data is shorter than its frames');
@@ -58,17 +62,19 @@ export function framePlane(pixel: Uint8Array, f: PlaneFacts, k: number): Uint8Ar
     const at = f.planarConfiguration === 1
       ? (i: number, s: number): number => pixel[base + (s * n + i) * bps + hiByte]!
       : (i: number, s: number): number => pixel[base + (i * 3 + s) * bps + hiByte]!;
-    if (ybr) { for (let i = 0; i < n; i++) plane[i] = at(i, 0); return plane; }
+    if (ybr) { for (let i = 0; i < n; i++) { plane[i] = at(i, 0); if (tint) tint[i] = at(i, 2); } return plane; }
     if (bps === 1 && f.planarConfiguration !== 1) {
       for (let i = 0, o = base; i < n; i++, o += 3) {
         const r = pixel[o]!, g = pixel[o + 1]!, b = pixel[o + 2]!;
         plane[i] = r > g ? (r > b ? r : b) : (g > b ? g : b);
+        if (tint) tint[i] = (g - b + 256) >> 1;
       }
       return plane;
     }
     for (let i = 0; i < n; i++) {
       const r = at(i, 0), g = at(i, 1), b = at(i, 2);
       plane[i] = r > g ? (r > b ? r : b) : (g > b ? g : b);
+      if (tint) tint[i] = (g - b + 256) >> 1;
     }
     return plane;
   }
@@ -94,6 +100,7 @@ export function framePlane(pixel: Uint8Array, f: PlaneFacts, k: number): Uint8Ar
       const j = Math.max(0, Math.min(last, values[i]! - p.first));
       const r = p.red[j]!, g = p.green[j]!, b = p.blue[j]!;
       plane[i] = r > g ? (r > b ? r : b) : (g > b ? g : b);
+      if (tint) tint[i] = (g - b + 256) >> 1;
     }
     return plane;
   }
@@ -115,13 +122,17 @@ export function framePlane(pixel: Uint8Array, f: PlaneFacts, k: number): Uint8Ar
 export function readPalette(value: (tag: number) => Buffer | undefined, descriptor: (tag: number) => readonly number[] | undefined, littleEndian: boolean): PlaneFacts['palette'] {
   const tables: Uint8Array[] = [];
   let first = 0;
-  for (const [d, t] of [[0x00281101, 0x00281201], [0x00281102, 0x00281202], [0x00281103, 0x00281203]] as const) {
+  for (const [d, t, seg] of [[0x00281101, 0x00281201, 0x00281221], [0x00281102, 0x00281202, 0x00281222], [0x00281103, 0x00281203, 0x00281223]] as const) {
     const desc = descriptor(d);
-    const data = value(t);
-    if (!desc || desc.length < 3 || !data) return undefined;
+    if (!desc || desc.length < 3) return undefined;
     const entries = desc[0] === 0 ? 65536 : desc[0]!;
     first = desc[1]!;
     const bits = desc[2]!;
+    const plain = value(t);
+    const segmented = plain ? undefined : value(seg);
+    const data = plain ?? (segmented ? expandSegments(segmented, entries, littleEndian) : undefined);
+    if (!data) return undefined;
+    const le = plain ? littleEndian : true;
     const out = new Uint8Array(entries);
     if (bits === 8 && data.length >= entries && data.length < entries * 2) {
       for (let i = 0; i < entries; i++) out[i] = data[i]!;
@@ -129,13 +140,60 @@ export function readPalette(value: (tag: number) => Buffer | undefined, descript
       if (data.length < entries * 2) return undefined;
       // 16-bit entries (8-bit ones stored in 16-bit words use the low byte's range).
       let max = 0;
-      for (let i = 0; i < entries; i++) max = Math.max(max, littleEndian ? data.readUInt16LE(i * 2) : data.readUInt16BE(i * 2));
+      for (let i = 0; i < entries; i++) max = Math.max(max, le ? data.readUInt16LE(i * 2) : data.readUInt16BE(i * 2));
       const div = bits === 8 || max < 256 ? 1 : 256;
-      for (let i = 0; i < entries; i++) out[i] = Math.min(255, Math.floor((littleEndian ? data.readUInt16LE(i * 2) : data.readUInt16BE(i * 2)) / div));
+      for (let i = 0; i < entries; i++) out[i] = Math.min(255, Math.floor((le ? data.readUInt16LE(i * 2) : data.readUInt16BE(i * 2)) / div));
     }
     tables.push(out);
   }
   return { red: tables[0]!, green: tables[1]!, blue: tables[2]!, first };
+}
+
+/**
+ * Segmented Palette Color Lookup Table Data (PS3.3 C.7.9.2) expanded into plain 16-bit entries
+ * (little endian): discrete segments (opcode 0), linear segments (1) from the last value, and
+ * indirect segments (2) that replay earlier ones. Undefined when malformed.
+ */
+export function expandSegments(data: Buffer, entries: number, littleEndian: boolean): Buffer | undefined {
+  const words = Math.floor(data.length / 2);
+  const word = (i: number): number => (littleEndian ? data.readUInt16LE(i * 2) : data.readUInt16BE(i * 2));
+  const out: number[] = [];
+  const run = (from: number, to: number, depth: number): boolean => {
+    for (let i = from; i < to && out.length < entries;) {
+      if (i + 1 >= words) return false;
+      const op = word(i), n = word(i + 1);
+      if (op === 0) {
+        if (i + 2 + n > words) return false;
+        for (let k = 0; k < n; k++) out.push(word(i + 2 + k));
+        i += 2 + n;
+      } else if (op === 1) {
+        if (i + 2 >= words || out.length === 0) return false;
+        const y0 = out.at(-1)!, y1 = word(i + 2);
+        for (let k = 1; k <= n; k++) out.push(Math.round(y0 + ((y1 - y0) * k) / n));
+        i += 3;
+      } else if (op === 2) {
+        if (i + 3 >= words || depth > 0) return false;
+        // The offset is in bytes from the start of the data, in two words, least significant first.
+        const offset = (word(i + 2) | (word(i + 3) << 16)) / 2;
+        let at = offset;
+        for (let k = 0; k < n; k++) {
+          if (at + 1 >= words) return false;
+          const op2 = word(at), n2 = word(at + 1);
+          const len = op2 === 0 ? 2 + n2 : op2 === 1 ? 3 : 4;
+          if (!run(at, at + len, depth + 1)) return false;
+          at += len;
+        }
+        i += 4;
+      } else {
+        return false;
+      }
+    }
+    return true;
+  };
+  if (!run(0, words, 0) || out.length < entries) return undefined;
+  const buf = Buffer.alloc(entries * 2);
+  for (let i = 0; i < entries; i++) buf.writeUInt16LE(Math.max(0, Math.min(65535, out[i]!)), i * 2);
+  return buf;
 }
 
 /** Frame `k` as 8-bit RGB (previews): colour as stored, palette through its tables, grey scaled like the plane. */

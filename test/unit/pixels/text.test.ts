@@ -19,6 +19,7 @@ import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
 import { readInstanceSync } from '../../../src/dicom/part10.js';
 import { decodableHere, decodeJpegFrame, decodeRleFrame, nativeInstance } from '../../../src/pixels/codec.js';
 import { analyzeInstance } from '../../../src/pixels/text/analyze.js';
+import { expandSegments } from '../../../src/pixels/text/planes.js';
 import { TextProvider } from '../../../src/pixels/text/provider.js';
 import { openTextStore } from '../../../src/pixels/store-sqlite.js';
 import { part10View } from '../../../src/pixels/views.js';
@@ -164,6 +165,15 @@ describe('burned-in text: detection and masking', () => {
     assert.equal(dec.length, n * 3);
     assert.ok(Math.abs(dec[0]! - 250) < 12 && Math.abs(dec[(79) * 3]! - 10) < 12, 'decoded colours match');
     assert.throws(() => decodeJpegFrame(Buffer.from(jpg), 61, 80, 3), /size/);
+  });
+
+  test('segmented palette tables (discrete, linear and indirect segments) expand as PS3.3 C.7.9.2 defines', () => {
+    const words = [0, 3, 10, 20, 30, /* linear to 60 over 3 */ 1, 3, 60, /* replay the first segment (byte offset 0) */ 2, 1, 0, 0];
+    const data = Buffer.alloc(words.length * 2);
+    words.forEach((v, i) => data.writeUInt16LE(v, i * 2));
+    const out = expandSegments(data, 9, true)!;
+    assert.deepEqual(Array.from({ length: 9 }, (_, i) => out.readUInt16LE(i * 2)), [10, 20, 30, 40, 50, 60, 10, 20, 30]);
+    assert.equal(expandSegments(data.subarray(0, 6), 9, true), undefined, 'short data is refused, not guessed');
   });
 
   test('the provider decides once, stores the decision, and a new process finds it stored', async () => {

@@ -180,6 +180,8 @@ export function nativeInstance(buf: Buffer, inflate: (b: Buffer) => Buffer): Buf
   const pixel = Buffer.concat(decoded);
   const replaced = new Map<number, OutElement>([[0x00280004, str(0x00280004, 'CS', photometric)]]);
   if (samples === 3) replaced.set(0x00280006, us(0x00280006, 0));
+  // Pixels that went through JPEG baseline stay lossy (PS3.3 C.7.6.1.1.5): say so when the header does not.
+  if (ts.uid === JPEG_BASELINE && part10View(head.elements).str(0x00282110) !== '01') replaced.set(0x00282110, str(0x00282110, 'CS', '01'));
   const elements: OutElement[] = head.elements.map((e) => replaced.get(e.tag) ?? toOut(e));
   for (const [tag, el] of replaced) if (!head.elements.some((e) => e.tag === tag)) elements.push(el);
   elements.sort((a, b) => a.tag - b.tag);

@@ -56,7 +56,11 @@ const screen = makeTextPhantom({
   rows: 240, columns: 320, photometric: 'RGB', sector: false, modality: 'OT', uidRoot: `${ROOT}.4`,
   texts: Array.from({ length: 14 }, (_, i) => ({ x: 10, y: 8 + i * 16, text: i % 2 ? 'PATIENT ID 4821377   NAME DOE' : 'DATE OF BIRTH 12/03/1961', scale: 1, color: 230 })),
 });
-const PHANTOMS = [rgb, cine, clean, screen];
+const jpg = makeTextPhantom({
+  rows: 240, columns: 320, photometric: 'RGB', jpeg: true, uidRoot: `${ROOT}.5`,
+  texts: [{ x: 8, y: 6, text: 'ST MARY HOSPITAL', scale: 2, color: 255 }, { x: 8, y: 28, text: 'DOE JOHN 12/03/2026', scale: 1, color: [255, 255, 0] }],
+});
+const PHANTOMS = [rgb, cine, clean, screen, jpg];
 
 type Inst = ReturnType<typeof readInstanceSync>;
 
@@ -155,6 +159,23 @@ describe('burned-in text through the gateway, against a real Orthanc', () => {
     const regions = a.verdict.kind === 'mask' ? a.verdict.regions : [];
     for (const [f, boxes] of cine.glyphs.entries()) {
       for (const g of boxes) assert.ok(regions.some((r) => g.x >= r.x && g.y >= r.y && g.x + g.width <= r.x + r.width && g.y + g.height <= r.y + r.height), `frame ${f}: glyph at ${g.x},${g.y} masked`);
+    }
+  });
+
+  test('a JPEG Baseline ultrasound is asked for uncompressed: the PACS decodes it, every glyph is masked, the header says lossy', async () => {
+    const [inst] = await retrieve(instPath(jpg), 'vendor', 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    assert.equal(inst!.transferSyntax.uid, '1.2.840.10008.1.2.1');
+    const v = part10View(inst!.elements);
+    assert.equal(v.str(0x00280301), 'NO');
+    assert.equal(v.str(0x00282110), '01');
+    const px = inst!.pixel!;
+    const planar = Number(v.str(0x00280006) ?? 0) === 1;
+    const at = (x: number, y: number, c: number): number => px[planar ? c * 240 * 320 + y * 320 + x : (y * 320 + x) * 3 + c]!;
+    for (const g of jpg.glyphs[0]!) {
+      const f = [0, 1, 2].map((c) => at(g.x, g.y, c));
+      let same = 0;
+      for (let y = g.y; y < g.y + g.height; y++) for (let x = g.x; x < g.x + g.width; x++) if ([0, 1, 2].every((c) => at(x, y, c) === f[c])) same++;
+      assert.equal(same, g.width * g.height, `glyph at ${g.x},${g.y} is one filled box`);
     }
   });
 

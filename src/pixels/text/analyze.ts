@@ -57,7 +57,7 @@ export function analyzeFrames(pixel: Uint8Array, f: PlaneFacts, frames: number):
     const tint = colour ? new Uint8Array(n) : undefined;
     const plane = framePlane(pixel, f, k, tint);
     first ??= plane;
-    const a = detectPlane(plane, w, h, tint);
+    const a = detectPlane(plane, w, h, tint, f.lossy);
     if (a.lines.length) boxes = mergeBoxes([...boxes, ...a.lines]);
   }
   // How much of the image is text, and how much picture is there besides.
@@ -116,6 +116,7 @@ export function planeFactsOf(elements: Parameters<typeof part10View>[0], littleE
   return {
     rows: p.rows, columns: p.columns, samplesPerPixel: p.samplesPerPixel, bitsAllocated: p.bitsAllocated, bitsStored: p.bitsStored,
     pixelRepresentation: p.pixelRepresentation, photometric: p.photometric, planarConfiguration: p.planarConfiguration, littleEndian, palette, frames: p.frames,
+    lossy: view.str(0x00282110) === '01',
   };
 }
 

@@ -39,6 +39,8 @@ const MIN_HEIGHT = 6;
 const PEAK_SPREAD = 16;
 /** Largest difference of tint (hue signature) within a glyph's strongest pixels, and between a line's glyphs. */
 const TINT_SPREAD = 24;
+/** The same, for pixels that went through lossy compression (Lossy Image Compression 01). */
+const LOSSY_TINT_SPREAD = 96;
 /** Widest gap between neighbouring glyphs of a line, in glyph heights ( a monospaced word space is about 1.3: such a word joins its line afterwards). */
 const GAP = 1.2;
 const MAX_HEIGHT = 64;
@@ -121,7 +123,9 @@ interface Glyph {
 }
 
 /** Finds the text lines of one plane: light text on a darker ground and dark text on a lighter one. */
-export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint8Array): PlaneText {
+export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint8Array, lossy = false): PlaneText {
+  // Lossy compression subsamples and smears chroma over thin strokes: the tint test loosens.
+  const tintSpread = lossy ? LOSSY_TINT_SPREAD : TINT_SPREAD;
   const W = w + 2;
   const n = W * (h + 2);
   const { stroke, label, stack } = scratch(n);
@@ -129,7 +133,7 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint
   const any = strokes(plane, w, h, stroke);
   const out: PlaneText[] = [];
   for (const bit of [LIGHT, DARK]) {
-    if (any & bit) out.push(polarityLines(plane, tint, w, h, bit, stroke, label, stack));
+    if (any & bit) out.push(polarityLines(plane, tint, tintSpread, w, h, bit, stroke, label, stack));
   }
   return { lines: mergeBoxes(out.flatMap((o) => o.lines)), textPixels: out.reduce((s, o) => s + o.textPixels, 0), orphans: out.reduce((s, o) => s + o.orphans, 0) };
 }
@@ -139,7 +143,7 @@ function neighbours(W: number): Int32Array {
   return Int32Array.from([-W - 1, -W, -W + 1, -1, 1, W - 1, W, W + 1]);
 }
 
-function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array, stack: Int32Array): PlaneText {
+function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, tintSpread: number, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array, stack: Int32Array): PlaneText {
   const pixelsOf = scratch(W_OF(w, h)).members;
   const W = w + 2;
   const n = W * (h + 2);
@@ -186,7 +190,7 @@ function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, w: numbe
         const t = tint[i]!;
         if (t < tintLo) tintLo = t; if (t > tintHi) tintHi = t;
       }
-      if (tintHi - tintLo > TINT_SPREAD) continue;
+      if (tintHi - tintLo > tintSpread) continue;
     }
     // Glyphs that touch (bold or smoothed fonts) are one wide component: cut it where few
     // stroke pixels join the letters, and judge each piece as a glyph.
@@ -249,7 +253,7 @@ function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, w: numbe
     const peaks = members.map((g) => g.peak);
     if (Math.max(...peaks) - Math.min(...peaks) > PEAK_SPREAD) { left.push(...members); continue; }
     const tints = members.map((g) => g.tint);
-    if (Math.max(...tints) - Math.min(...tints) > TINT_SPREAD) { left.push(...members); continue; }
+    if (Math.max(...tints) - Math.min(...tints) > tintSpread) { left.push(...members); continue; }
     // Most glyphs of a line stand on one baseline (descenders and punctuation aside).
     const bottoms = members.map((g) => g.y1).sort((a, b) => a - b);
     const tol = Math.max(2, Math.round(0.15 * (bottoms.at(-1)! - Math.min(...members.map((g) => g.y0)) + 1)));
@@ -271,7 +275,7 @@ function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, w: numbe
       const line = accepted.find((l) => {
         const lh = l.y1 - l.y0 + 1;
         const gap = g.x0 > l.x1 ? g.x0 - l.x1 - 1 : l.x0 > g.x1 ? l.x0 - g.x1 - 1 : 0;
-        return gap <= 2.5 * lh && Math.abs(g.peak - l.peak) <= PEAK_SPREAD && Math.abs(g.tint - l.tint) <= TINT_SPREAD && Math.abs(g.y1 - l.base) <= l.tol
+        return gap <= 2.5 * lh && Math.abs(g.peak - l.peak) <= PEAK_SPREAD && Math.abs(g.tint - l.tint) <= tintSpread && Math.abs(g.y1 - l.base) <= l.tol
           && gh <= 1.5 * lh && gh >= lh / 2.2;
       });
       if (!line) continue;

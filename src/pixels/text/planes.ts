@@ -17,6 +17,8 @@ export interface PlaneFacts {
   readonly photometric: string;
   readonly planarConfiguration: number;
   readonly littleEndian: boolean;
+  /** The pixels went through lossy compression (Lossy Image Compression 01, or a lossy syntax). */
+  readonly lossy?: boolean | undefined;
   /** PALETTE COLOR: the red, green and blue tables scaled to 8 bits, and the first value mapped. */
   readonly palette?: { readonly red: Uint8Array; readonly green: Uint8Array; readonly blue: Uint8Array; readonly first: number } | undefined;
 }

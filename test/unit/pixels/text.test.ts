@@ -145,6 +145,21 @@ describe('burned-in text: detection and masking', () => {
     assert.equal(a.verdict.kind === 'withhold' && a.verdict.code, 'mostly-text');
   });
 
+  test('JPEG Baseline ultrasound (YBR_FULL_422, lossy): decoded in-process, every glyph found and masked', async () => {
+    const ph = makeTextPhantom({ rows: 240, columns: 320, photometric: 'RGB', jpeg: true, frames: 2, texts: LINES.slice(0, 5), uidRoot: '1.2.826.0.1.3680043.9.7433.12.55' });
+    const native = nativeInstance(ph.bytes, inflateRawSync);
+    const v = part10View(readInstanceSync(native, inflateRawSync).elements);
+    assert.equal(v.str(0x00280004), 'RGB', 'decoded to RGB');
+    const a = analyzeInstance(native);
+    assert.equal(a.verdict.kind, 'mask');
+    const regions = a.verdict.kind === 'mask' ? a.verdict.regions : [];
+    for (const g of ph.glyphs[0]!) assert.ok(regions.some((r) => inside(g, r)), `glyph at ${g.x},${g.y} masked: ${JSON.stringify(regions)}`);
+    const out = await deidentifyPart10Buffer(native, engine(), { admit: () => ({ mask: regions, detected: regions }) });
+    const inst = readInstanceSync(out, inflateRawSync);
+    assert.equal(inst.transferSyntax.uid, '1.2.840.10008.1.2.1');
+    assert.equal(part10View(inst.elements).str(0x00282110), '01', 'still said to be lossy');
+  });
+
   test('RLE and JPEG baseline are decoded in-process; other compressed syntaxes are refused', () => {
     const native = makeTextPhantom({ rows: 60, columns: 80, photometric: 'RGB', planar: 1, texts: LINES.slice(0, 1), uidRoot: '1.2.826.0.1.3680043.9.7433.12.50' });
     const rle = makeTextPhantom({ ...native.options, rle: true });

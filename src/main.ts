@@ -20,6 +20,7 @@ import { FactsCache } from './policy/facts-cache.js';
 import { FaceProvider, type FaceStats, type FaceStore } from './pixels/face/provider.js';
 import { openFaceStore, openTextStore } from './pixels/store-sqlite.js';
 import { TextProvider, type TextStats, type TextStore } from './pixels/text/provider.js';
+import { TextWorkers } from './pixels/text/workers.js';
 import { DEFAULT_PIXEL_POLICY } from './policy/pixels.js';
 import type { ClientScope } from './policy/client-scope.js';
 import { scopesFromConfig } from './policy/configured-scope.js';
@@ -160,7 +161,10 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   const facts = new FactsCache();
   const localFaces = parts.faceStore ? undefined : openFaceStore(cfg.state.dir);
   const localText = parts.textStore ? undefined : openTextStore(cfg.state.dir);
-  const text = new TextProvider(parts.textStore ?? localText, (a) => log.info('text decision made', { kind: a.kind, analysisMs: Math.round(a.ms), frames: a.frames, framesRead: a.framesRead, regions: a.regions }));
+  const textWorkers = new TextWorkers();
+  // A client that detects text: the workers start now and compile their code on a small frame.
+  if (cfg.clients.some((c) => c.pixels?.risky === 'detect')) textWorkers.warm().catch(() => undefined);
+  const text = new TextProvider(parts.textStore ?? localText, (a) => log.info('text decision made', { kind: a.kind, analysisMs: Math.round(a.ms), fetchMs: Math.round(a.fetchMs), frames: a.frames, framesRead: a.framesRead, regions: a.regions }), textWorkers);
   const faces = new FaceProvider(parts.faceStore ?? localFaces, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames, listMs: Math.round(a.listMs), totalMs: Math.round(a.totalMs) }));
   const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
   const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {
@@ -299,6 +303,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
         facts.close();
         localFaces?.close();
         localText?.close();
+        await textWorkers.close();
         await upstream.close();
         await audit.close();
       })();

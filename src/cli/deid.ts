@@ -30,6 +30,7 @@ import { admitInstance } from '../policy/client-scope.js';
 import { FaceProvider } from '../pixels/face/provider.js';
 import { openFaceStore, openTextStore } from '../pixels/store-sqlite.js';
 import { TextProvider } from '../pixels/text/provider.js';
+import { TextWorkers } from '../pixels/text/workers.js';
 import { nativeInstance } from '../pixels/codec.js';
 import type { TextBox } from '../pixels/types.js';
 import { encodePng } from '../render/render.js';
@@ -210,7 +211,8 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   // Burned-in text (risky: detect): each risky file is read once, decided, and stored in
   // state.dir/text.sqlite, shared with the gateway.
   const textStore = openTextStore(cfg.state.dir);
-  const text = new TextProvider(textStore);
+  const textWorkers = new TextWorkers();
+  const text = new TextProvider(textStore, undefined, textWorkers);
   try {
     await decideFaces(args.inputs, pixels, faces);
   } catch (e) {
@@ -302,6 +304,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     exports.close();
     faceStore.close();
     textStore.close();
+    await textWorkers.close();
   }
   process.stderr.write(`${done} de-identified, ${refused} refused, ${skipped} skipped (client ${client.id}, plan sha256:${ctx.plan.hash.slice(0, 16)}; recorded in ${join(cfg.state.dir, EXPORT_TRAIL)})\n`);
   return refused > 0 ? 1 : 0;

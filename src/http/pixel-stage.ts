@@ -11,6 +11,7 @@ import { splitJsonArray } from '../dicomweb/json-array.js';
 import { needsFaceDecision, needsTextDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision } from '../policy/pixels.js';
 import { noteTextBoxes } from '../audit/sink.js';
 import type { SeriesSource } from '../pixels/face/provider.js';
+import { sharedBuffer } from '../pixels/text/workers.js';
 import { jsonView } from '../pixels/views.js';
 import { embeddedOverlayBits, OVERLAY_GROUPS } from '../pixels/overlays.js';
 import { regionsCover, type PixelGeometry } from '../deid/pixel-mask.js';
@@ -101,7 +102,7 @@ const TEXT_CONCURRENCY = 2;
  * (stored, or made now on the instance fetched from the PACS in Explicit VR Little Endian)
  * before any of its pixels leave. Waits at most faceWaitMs, like the face decisions.
  */
-async function ensureText(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
+async function ensureText(rc: RequestContext, facts: ReadonlyMap<string, Facts>, keep?: Map<string, Buffer>): Promise<void> {
   if (rc.client.pixels.risky !== 'detect') return;
   const todo = [...facts].filter(([sop, f]) => f.rows !== undefined && f.scope?.[TAG.studyUid] && f.scope[TAG.seriesUid] && needsTextDecision(f, rc.client.pixels) && rc.text.decision(sop) === undefined);
   if (!todo.length) return;
@@ -110,7 +111,11 @@ async function ensureText(rc: RequestContext, facts: ReadonlyMap<string, Facts>)
   const worker = async (): Promise<void> => {
     for (let next = queue.shift(); next; next = queue.shift()) {
       const [sop, f] = next;
-      await rc.text.decide(sop, () => wholeInstance(lasting, f.scope![TAG.studyUid]!, f.scope![TAG.seriesUid]!, sop));
+      await rc.text.decide(sop, async () => {
+        const bytes = await wholeInstance(lasting, f.scope![TAG.studyUid]!, f.scope![TAG.seriesUid]!, sop, sharedBuffer);
+        if (bytes.length <= KEEP_MAX_BYTES) keep?.set(sop, bytes);
+        return bytes;
+      });
     }
   };
   await waitBounded(rc, Promise.all(Array.from({ length: Math.min(TEXT_CONCURRENCY, queue.length) }, worker)), 'the burned-in text of this instance is still being looked for; try again shortly', 'pixels-pending:text');
@@ -131,15 +136,27 @@ async function waitBounded(rc: RequestContext, work: Promise<unknown>, message: 
   }
 }
 
-/** One whole instance from the PACS as Part 10 bytes, asked for in Explicit VR Little Endian. */
-async function wholeInstance(rc: RequestContext, study: string, series: string, sop: string): Promise<Buffer> {
+/** An instance fetched for its text decision is served from memory up to this size; a larger one is asked for again. */
+const KEEP_MAX_BYTES = 256 * 1024 * 1024;
+
+/**
+ * One whole instance from the PACS as Part 10 bytes, asked for in Explicit VR Little Endian;
+ * `alloc` gives the memory it is gathered into (shared memory, for the text workers).
+ */
+async function wholeInstance(rc: RequestContext, study: string, series: string, sop: string, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Promise<Buffer> {
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
   expectType(up, 'multipart/related');
   let out: Buffer | undefined;
   for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
     const chunks: Buffer[] = [];
-    for await (const c of part.body) if (!out) chunks.push(Buffer.from(c));
-    out ??= Buffer.concat(chunks);
+    let total = 0;
+    // The reader's chunks may be views of a buffer it reuses: each is copied as it comes.
+    for await (const c of part.body) if (!out) { chunks.push(Buffer.from(c)); total += c.length; }
+    if (!out) {
+      out = alloc(total);
+      let at = 0;
+      for (const c of chunks) { c.copy(out, at); at += c.length; }
+    }
   }
   if (!out) throw new GatewayError('NOT_FOUND', 'no such resource');
   return out;
@@ -147,11 +164,13 @@ async function wholeInstance(rc: RequestContext, study: string, series: string, 
 
 /**
  * The decisions an instance's pixels need before they leave: its series' face decision and,
- * under risky: detect, its own text decision.
+ * under risky: detect, its own text decision. `keep` receives the instances fetched whole for a
+ * text decision (Explicit VR Little Endian), for a caller that serves one instance and need not
+ * ask the PACS for it twice.
  */
-export async function ensureDecisions(rc: RequestContext, facts: ReadonlyMap<string, Facts>): Promise<void> {
+export async function ensureDecisions(rc: RequestContext, facts: ReadonlyMap<string, Facts>, keep?: Map<string, Buffer>): Promise<void> {
   await ensureFaces(rc, facts);
-  await ensureText(rc, facts);
+  await ensureText(rc, facts, keep);
 }
 
 /**

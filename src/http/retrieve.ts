@@ -12,6 +12,8 @@ import { recordVisible, requireVisible } from './visibility.js';
 import { originalUid, ok, expectType, withFlush, noteStudy, noteWithheld, type RequestContext, type Reply } from './context.js';
 import { decide, ensureDecisions, factsAttrs, pixelFacts, admitHeader, type Facts } from './pixel-stage.js';
 
+const EXPLICIT_LE_UID = '1.2.840.10008.1.2.1';
+
 /** The transfer-syntax parameter a client asked for, if any (PS3.18 8.7.3.5). */
 export function requestedTransferSyntax(accept: string | undefined): string | undefined {
   if (!accept) return undefined;
@@ -97,8 +99,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     const f = facts.values().next().value!;
     await refuse(new GatewayError('NOT_FOUND', 'no such resource', { auditReason: `out-of-scope:${recordVisible(rc, factsAttrs(f)) ?? 'unknown'}` }));
   }
+  // A single instance whose text is looked for now is fetched once: the bytes the detector read
+  // (Explicit VR Little Endian) are the ones served, when that is the syntax the retrieve asks for.
+  const kept = sop !== undefined && retrieving === undefined && (upTs === undefined || upTs === EXPLICIT_LE_UID) ? new Map<string, Buffer>() : undefined;
   try {
-    await ensureDecisions(rc, new Map([...facts].filter(([, f]) => inScope.includes(f))));
+    await ensureDecisions(rc, new Map([...facts].filter(([, f]) => inScope.includes(f))), kept);
   } catch (e) {
     return refuse(e as GatewayError);
   }
@@ -113,11 +118,14 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     noteWithheld(rc.note, denials[0]!.auditReason);
     await refuse(pixelsWithheld(denials[0]!));
   }
-  retrieving ??= ok(rc, path, acceptFor(inScope.some((f) => { const d = decide(rc, f); return d.allow && !!d.face; }) ? undefined : upTs));
-  const up = await retrieving;
-  expectType(up, 'multipart/related');
+  const keptBytes = sop !== undefined ? kept?.get(sop) : undefined;
+  if (!keptBytes) retrieving ??= ok(rc, path, acceptFor(inScope.some((f) => { const d = decide(rc, f); return d.allow && !!d.face; }) ? undefined : upTs));
+  const up = keptBytes ? undefined : await retrieving!;
+  if (up) expectType(up, 'multipart/related');
   const boundary = newBoundary();
-  const upBoundary = parseContentType(up.contentType).params.boundary;
+  const source = (): AsyncIterable<Part> => (up
+    ? readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })
+    : (async function* () { yield { headers: { 'content-type': `application/dicom; transfer-syntax=${EXPLICIT_LE_UID}` }, body: (async function* () { yield keptBytes!; })() }; })());
   const ctx = rc.client.ctx;
   const note = rc.note;
   const maxHeaderBytes = rc.maxHeaderBytes;
@@ -130,7 +138,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     if (sent === 0) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'out-of-scope:all-instances' });
   }
   async function* admittedParts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
-    for await (const part of readMultipart(up.body, upBoundary, { sniffBoundary: true })) {
+    for await (const part of source()) {
       const out = admitPart(part);
       // Pull the first chunk here: a withheld instance is skipped before its part begins.
       const it = out[Symbol.asyncIterator]();

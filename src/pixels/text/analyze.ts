@@ -37,47 +37,65 @@ export interface TextAnalysis {
   readonly pictureOutside: number;
 }
 
-/** Analyses native pixel data of the given facts. */
-export function analyzeFrames(pixel: Uint8Array, f: PlaneFacts, frames: number): TextAnalysis {
+/** Frames in native pixel data of these facts (throws PIXELS_WITHHELD when not one whole frame). */
+export function frameCount(pixel: Uint8Array, f: PlaneFacts, frames: number): number {
   checkPlaneFacts(f);
+  const count = Math.min(frames, Math.floor(pixel.length / frameLength(f)));
+  if (count < 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data is shorter than one frame', { auditReason: 'pixels-withheld:text-undecodable' });
+  return count;
+}
+
+/**
+ * The union of the text lines of frames [from, to): every frame is read, except one whose bytes
+ * equal the frame before it (whatever range that one is in).
+ */
+export function detectFrames(pixel: Uint8Array, f: PlaneFacts, from: number, to: number): { boxes: Box[]; framesRead: number } {
   const per = frameLength(f);
   const w = f.columns, h = f.rows, n = w * h;
+  const colour = f.samplesPerPixel === 3 || f.photometric === 'PALETTE COLOR';
+  const tint = colour ? new Uint8Array(n) : undefined;
   let boxes: Box[] = [];
   let framesRead = 0;
-  let first: Uint8Array | undefined;
-  let prev: Uint8Array | undefined;
-  const count = Math.min(frames, Math.floor(pixel.length / per));
-  if (count < 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data is shorter than one frame', { auditReason: 'pixels-withheld:text-undecodable' });
-  for (let k = 0; k < count; k++) {
+  for (let k = from; k < to; k++) {
     const bytes = pixel.subarray(k * per, (k + 1) * per);
-    if (prev && Buffer.compare(bytes, prev) === 0) continue;
-    prev = bytes;
+    if (k > 0 && Buffer.compare(bytes, pixel.subarray((k - 1) * per, k * per)) === 0) continue;
     framesRead++;
-    const colour = f.samplesPerPixel === 3 || f.photometric === 'PALETTE COLOR';
-    const tint = colour ? new Uint8Array(n) : undefined;
     const plane = framePlane(pixel, f, k, tint);
-    first ??= plane;
     const a = detectPlane(plane, w, h, tint, f.lossy);
     if (a.lines.length) boxes = mergeBoxes([...boxes, ...a.lines]);
   }
+  return { boxes, framesRead };
+}
+
+/** The verdict on the union of the lines found: clean, mostly text, inseparable, or the masks with their fills. */
+export function verdictOf(pixel: Uint8Array, f: PlaneFacts, count: number, boxes: readonly Box[], framesRead: number): TextAnalysis {
+  const w = f.columns, n = w * f.rows;
+  const first = framePlane(pixel, f, 0);
   // How much of the image is text, and how much picture is there besides.
   const inText = new Uint8Array(n);
   for (const b of boxes) for (let y = b.y; y < b.y + b.height; y++) inText.fill(1, y * w + b.x, y * w + b.x + b.width);
   let textPixels = 0;
   for (let i = 0; i < n; i++) textPixels += inText[i]!;
   const hist = new Uint32Array(256);
-  for (let i = 0; i < n; i++) hist[first![i]!]!++;
+  for (let i = 0; i < n; i++) hist[first[i]!]!++;
   let ground = 0;
   for (let v = 1; v < 256; v++) if (hist[v]! > hist[ground]!) ground = v;
   let picture = 0;
-  for (let i = 0; i < n; i++) if (!inText[i] && Math.abs(first![i]! - ground) > 24) picture++;
+  for (let i = 0; i < n; i++) if (!inText[i] && Math.abs(first[i]! - ground) > 24) picture++;
   const textArea = textPixels / n;
   const pictureOutside = picture / n;
   const base = { frames: count, framesRead, textArea, pictureOutside };
   if (boxes.length === 0) return { ...base, verdict: { kind: 'clean' } };
   if (textArea >= MOSTLY_TEXT_AREA && pictureOutside < MOSTLY_TEXT_PICTURE) return { ...base, verdict: { kind: 'withhold', code: 'mostly-text', why: 'the image is mostly text' } };
   if (textArea >= INSEPARABLE_AREA) return { ...base, verdict: { kind: 'withhold', code: 'text-inseparable', why: 'text covers so much of the image that it cannot be told apart from the picture' } };
-  return { ...base, verdict: { kind: 'mask', regions: boxes.map((b) => ({ ...b, fill: fillSamples(pixel, f, 0, contrastLevel(first!, w, b)) })) } };
+  return { ...base, verdict: { kind: 'mask', regions: boxes.map((b) => ({ ...b, fill: fillSamples(pixel, f, 0, contrastLevel(first, w, b)) })) } };
+}
+
+/** Analyses native pixel data of the given facts, on this thread. */
+export function analyzeFrames(pixel: Uint8Array, f: PlaneFacts, frames: number): TextAnalysis {
+  const count = frameCount(pixel, f, frames);
+  const { boxes, framesRead } = detectFrames(pixel, f, 0, count);
+  return verdictOf(pixel, f, count, boxes, framesRead);
 }
 
 /**
@@ -120,10 +138,15 @@ export function planeFactsOf(elements: Parameters<typeof part10View>[0], littleE
   };
 }
 
-/** Analyses a whole Part 10 object with native pixel data (decode compressed ones first: codec.ts). */
-export function analyzeInstance(buf: Buffer): TextAnalysis {
+/** The native pixel data and plane facts of a whole Part 10 object (decode compressed ones first: codec.ts). */
+export function instancePixels(buf: Buffer): { pixel: Buffer; facts: PlaneFacts & { frames: number } } {
   const inst = readInstanceSync(buf, (b) => inflateRawSync(b));
   if (!inst.pixel) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data is compressed or absent, so its text cannot be read', { auditReason: 'pixels-withheld:text-undecodable' });
-  const f = planeFactsOf(inst.elements, inst.transferSyntax.littleEndian);
-  return analyzeFrames(inst.pixel, f, f.frames);
+  return { pixel: inst.pixel, facts: planeFactsOf(inst.elements, inst.transferSyntax.littleEndian) };
+}
+
+/** Analyses a whole Part 10 object with native pixel data, on this thread. */
+export function analyzeInstance(buf: Buffer): TextAnalysis {
+  const { pixel, facts } = instancePixels(buf);
+  return analyzeFrames(pixel, facts, facts.frames);
 }

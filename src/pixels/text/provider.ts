@@ -12,7 +12,8 @@ import { inflateRawSync } from 'node:zlib';
 import { GatewayError } from '../../core/errors.js';
 import type { DecisionStore, TextVerdict } from '../types.js';
 import { nativeInstance } from '../codec.js';
-import { analyzeInstance, TEXT_ALGORITHM, type TextAnalysis } from './analyze.js';
+import { analyzeInstance, instancePixels, TEXT_ALGORITHM, type TextAnalysis } from './analyze.js';
+import type { TextWorkers } from './workers.js';
 
 export type TextStore = DecisionStore<TextVerdict>;
 
@@ -33,7 +34,8 @@ export class TextProvider {
   readonly stats: TextStats = { analyses: 0, analysisSeconds: 0, frames: 0 };
 
   /** `onAnalysis` hears of each analysis made (never of stored ones), PHI-free. */
-  constructor(private readonly store: TextStore | undefined, private readonly onAnalysis?: (a: { kind: TextVerdict['kind']; ms: number; frames: number; framesRead: number; regions: number }) => void) {}
+  /** `workers`: a pool that reads the frames of large instances in parallel (else this thread). */
+  constructor(private readonly store: TextStore | undefined, private readonly onAnalysis?: (a: { kind: TextVerdict['kind']; ms: number; fetchMs: number; frames: number; framesRead: number; regions: number }) => void, private readonly workers?: TextWorkers) {}
 
   /** The decision of an instance already decided in this process (by original SOP Instance UID). */
   decision(sop: string): TextVerdict | undefined {
@@ -52,7 +54,9 @@ export class TextProvider {
         if (stored) { this.memory.set(key, stored); return stored; }
         let a: TextAnalysis;
         try {
-          a = this.analyze(await fetch());
+          const t0 = performance.now();
+          const bytes = await fetch();
+          a = await this.analyze(bytes, performance.now() - t0);
         } catch (e) {
           if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') {
             const v: TextVerdict = { kind: 'withhold', code: 'text-undecodable', why: `its pixels cannot be read for text (${e.message})` };
@@ -71,14 +75,21 @@ export class TextProvider {
     return run;
   }
 
-  private analyze(bytes: Buffer): TextAnalysis {
+  private async analyze(bytes: Buffer, fetchMs: number): Promise<TextAnalysis> {
     const t0 = performance.now();
-    const a = analyzeInstance(nativeInstance(bytes, (b) => inflateRawSync(b)));
+    const native = nativeInstance(bytes, (b) => inflateRawSync(b));
+    let a: TextAnalysis;
+    if (this.workers) {
+      const { pixel, facts } = instancePixels(native);
+      a = await this.workers.analyze(pixel, facts, facts.frames);
+    } else {
+      a = analyzeInstance(native);
+    }
     const ms = performance.now() - t0;
     this.stats.analyses++;
     this.stats.analysisSeconds += ms / 1000;
     this.stats.frames += a.framesRead;
-    this.onAnalysis?.({ kind: a.verdict.kind, ms, frames: a.frames, framesRead: a.framesRead, regions: a.verdict.kind === 'mask' ? a.verdict.regions.length : 0 });
+    this.onAnalysis?.({ kind: a.verdict.kind, ms, fetchMs, frames: a.frames, framesRead: a.framesRead, regions: a.verdict.kind === 'mask' ? a.verdict.regions.length : 0 });
     return a;
   }
 }

@@ -164,7 +164,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
   const textWorkers = new TextWorkers();
   // A client that detects text: the workers start now and compile their code on a small frame.
   if (cfg.clients.some((c) => c.pixels?.risky === 'detect')) textWorkers.warm().catch(() => undefined);
-  const text = new TextProvider(parts.textStore ?? localText, (a) => log.info('text decision made', { kind: a.kind, analysisMs: Math.round(a.ms), fetchMs: Math.round(a.fetchMs), frames: a.frames, framesRead: a.framesRead, regions: a.regions }), textWorkers);
+  const text = new TextProvider(parts.textStore ?? localText, (a) => log.info('text decision made', { kind: a.kind, analysisMs: Math.round(a.ms), frames: a.frames, framesRead: a.framesRead, regions: a.regions }), textWorkers);
   const faces = new FaceProvider(parts.faceStore ?? localFaces, (a) => log.info('face decision made', { kind: a.kind, analysisMs: Math.round(a.seconds * 1000), fetchedInstances: a.fetched, frames: a.frames, listMs: Math.round(a.listMs), totalMs: Math.round(a.totalMs) }));
   const limiter = new Limiter(limits, (id) => current.cfg.clients.find((c) => c.id === id)?.limits, Date.now, (e) => log.error('limit counter not updated', { error: (e as Error)?.name }));
   const resolverFor = async (client: ClientRuntime, names: { uids: string[]; patientIds: string[] }): Promise<QueryResolver> => {

@@ -11,7 +11,6 @@ import { splitJsonArray } from '../dicomweb/json-array.js';
 import { needsFaceDecision, needsTextDecision, pixelDecision, pixelsWithheld, type Admitted, type PixelDecision } from '../policy/pixels.js';
 import { noteTextBoxes } from '../audit/sink.js';
 import type { SeriesSource } from '../pixels/face/provider.js';
-import { sharedBuffer } from '../pixels/text/workers.js';
 import { jsonView } from '../pixels/views.js';
 import { embeddedOverlayBits, OVERLAY_GROUPS } from '../pixels/overlays.js';
 import { regionsCover, type PixelGeometry } from '../deid/pixel-mask.js';
@@ -111,10 +110,9 @@ async function ensureText(rc: RequestContext, facts: ReadonlyMap<string, Facts>,
   const worker = async (): Promise<void> => {
     for (let next = queue.shift(); next; next = queue.shift()) {
       const [sop, f] = next;
-      await rc.text.decide(sop, async () => {
-        const bytes = await wholeInstance(lasting, f.scope![TAG.studyUid]!, f.scope![TAG.seriesUid]!, sop, sharedBuffer);
+      // Streamed: its frames are read as they arrive. The bytes may be kept for the caller.
+      await rc.text.decide(sop, async () => instanceStream(lasting, f.scope![TAG.studyUid]!, f.scope![TAG.seriesUid]!, sop), (bytes) => {
         if (bytes.length <= KEEP_MAX_BYTES) keep?.set(sop, bytes);
-        return bytes;
       });
     }
   };
@@ -136,14 +134,29 @@ async function waitBounded(rc: RequestContext, work: Promise<unknown>, message: 
   }
 }
 
+/**
+ * One instance from the PACS (asked for in Explicit VR Little Endian) as the stream of its Part 10
+ * bytes; the rest of the multipart is read to its end.
+ */
+async function instanceStream(rc: RequestContext, study: string, series: string, sop: string): Promise<AsyncIterable<Buffer>> {
+  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
+  expectType(up, 'multipart/related');
+  return (async function* () {
+    let seen = false;
+    for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
+      if (seen) { for await (const _ of part.body) { /* only the first part */ } continue; }
+      seen = true;
+      yield* part.body;
+    }
+    if (!seen) throw new GatewayError('NOT_FOUND', 'no such resource');
+  })();
+}
+
 /** An instance fetched for its text decision is served from memory up to this size; a larger one is asked for again. */
 const KEEP_MAX_BYTES = 256 * 1024 * 1024;
 
-/**
- * One whole instance from the PACS as Part 10 bytes, asked for in Explicit VR Little Endian;
- * `alloc` gives the memory it is gathered into (shared memory, for the text workers).
- */
-async function wholeInstance(rc: RequestContext, study: string, series: string, sop: string, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Promise<Buffer> {
+/** One whole instance from the PACS as Part 10 bytes, asked for in Explicit VR Little Endian. */
+async function wholeInstance(rc: RequestContext, study: string, series: string, sop: string): Promise<Buffer> {
   const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
   expectType(up, 'multipart/related');
   let out: Buffer | undefined;
@@ -152,11 +165,7 @@ async function wholeInstance(rc: RequestContext, study: string, series: string, 
     let total = 0;
     // The reader's chunks may be views of a buffer it reuses: each is copied as it comes.
     for await (const c of part.body) if (!out) { chunks.push(Buffer.from(c)); total += c.length; }
-    if (!out) {
-      out = alloc(total);
-      let at = 0;
-      for (const c of chunks) { c.copy(out, at); at += c.length; }
-    }
+    if (!out) out = Buffer.concat(chunks, total);
   }
   if (!out) throw new GatewayError('NOT_FOUND', 'no such resource');
   return out;

@@ -10,7 +10,7 @@
  *    or text lines cover so much of the picture that it cannot be told apart from the image.
  */
 import { inflateRawSync } from 'node:zlib';
-import { readInstanceSync } from '../../dicom/part10.js';
+import { ElementParser, EXPLICIT_LE, PIXEL_DATA_TAGS, readHeaderSync, readInstanceSync, UNDEFINED_LENGTH } from '../../dicom/part10.js';
 import type { TextVerdict } from '../types.js';
 import { readPixelFacts } from '../geometry.js';
 import { part10View } from '../views.js';
@@ -149,4 +149,34 @@ export function instancePixels(buf: Buffer): { pixel: Buffer; facts: PlaneFacts 
 export function analyzeInstance(buf: Buffer): TextAnalysis {
   const { pixel, facts } = instancePixels(buf);
   return analyzeFrames(pixel, facts, facts.frames);
+}
+
+/**
+ * Where native pixel data starts in a prefix of a Part 10 object, and how long it is, with the
+ * header read so far: undefined while the prefix does not reach the pixel data yet; 'whole' when
+ * the object must be read whole first (compressed or deflated pixel data, or none).
+ */
+export function pixelValueAt(prefix: Buffer): { facts: PlaneFacts & { frames: number }; start: number; length: number } | 'whole' | undefined {
+  let head: ReturnType<typeof readHeaderSync>;
+  try {
+    head = readHeaderSync(prefix, (b) => inflateRawSync(b));
+  } catch (e) {
+    if (e instanceof GatewayError && e.code === 'DICOM_TRUNCATED') return undefined;
+    throw e;
+  }
+  if (head.transferSyntax.deflated || head.transferSyntax.encapsulated) return 'whole';
+  if (!head.reachedPixelData) return undefined;
+  let pos = 132;
+  const meta = new ElementParser(prefix, 0, false);
+  while (pos + 2 <= prefix.length && prefix.readUInt16LE(pos) === 0x0002) pos = meta.element(pos, prefix.length, EXPLICIT_LE).next;
+  const p = new ElementParser(prefix, 0, true);
+  for (let at = pos; ;) {
+    const h = p.header(at, prefix.length, head.transferSyntax);
+    if (h.tag === 0x7fe00010) {
+      if (h.length === UNDEFINED_LENGTH) return 'whole';
+      return { facts: planeFactsOf(head.elements, head.transferSyntax.littleEndian), start: at + h.headerLength, length: h.length };
+    }
+    if (PIXEL_DATA_TAGS.has(h.tag)) return 'whole'; // float pixel data: not an image with text
+    at = p.element(at, prefix.length, head.transferSyntax, h).next;
+  }
 }

@@ -33,17 +33,24 @@ export class TextProvider {
   private readonly running = new Map<string, Promise<TextVerdict>>();
   readonly stats: TextStats = { analyses: 0, analysisSeconds: 0, frames: 0 };
 
-  /** `onAnalysis` hears of each analysis made (never of stored ones), PHI-free. */
+  /**
+   * `onAnalysis` hears of each analysis made (never of stored ones), PHI-free: `ms` counts the
+   * reading of the object and of its frames, which overlap when it is streamed.
+   */
   /** `workers`: a pool that reads the frames of large instances in parallel (else this thread). */
-  constructor(private readonly store: TextStore | undefined, private readonly onAnalysis?: (a: { kind: TextVerdict['kind']; ms: number; fetchMs: number; frames: number; framesRead: number; regions: number }) => void, private readonly workers?: TextWorkers) {}
+  constructor(private readonly store: TextStore | undefined, private readonly onAnalysis?: (a: { kind: TextVerdict['kind']; ms: number; frames: number; framesRead: number; regions: number }) => void, private readonly workers?: TextWorkers) {}
 
   /** The decision of an instance already decided in this process (by original SOP Instance UID). */
   decision(sop: string): TextVerdict | undefined {
     return this.memory.get(textKey(sop));
   }
 
-  /** The decision of an instance: from memory, the store, or a new analysis of the bytes `fetch` gives. */
-  async decide(sop: string, fetch: () => Promise<Buffer>): Promise<TextVerdict> {
+  /**
+   * The decision of an instance: from memory, the store, or a new analysis of the bytes `fetch`
+   * gives (whole, or as a stream that is analysed as it arrives). `onBytes` receives the whole
+   * object's bytes when they were fetched for a new analysis.
+   */
+  async decide(sop: string, fetch: () => Promise<Buffer | AsyncIterable<Buffer>>, onBytes?: (bytes: Buffer) => void): Promise<TextVerdict> {
     const key = textKey(sop);
     const known = this.memory.get(key);
     if (known) return known;
@@ -54,9 +61,7 @@ export class TextProvider {
         if (stored) { this.memory.set(key, stored); return stored; }
         let a: TextAnalysis;
         try {
-          const t0 = performance.now();
-          const bytes = await fetch();
-          a = await this.analyze(bytes, performance.now() - t0);
+          a = await this.analyze(await fetch(), onBytes);
         } catch (e) {
           if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') {
             const v: TextVerdict = { kind: 'withhold', code: 'text-undecodable', why: `its pixels cannot be read for text (${e.message})` };
@@ -75,21 +80,34 @@ export class TextProvider {
     return run;
   }
 
-  private async analyze(bytes: Buffer, fetchMs: number): Promise<TextAnalysis> {
+  private async analyze(source: Buffer | AsyncIterable<Buffer>, onBytes?: (bytes: Buffer) => void): Promise<TextAnalysis> {
     const t0 = performance.now();
-    const native = nativeInstance(bytes, (b) => inflateRawSync(b));
-    let a: TextAnalysis;
-    if (this.workers) {
+    const whole = async (bytes: Buffer): Promise<TextAnalysis> => {
+      const native = nativeInstance(bytes, (b) => inflateRawSync(b));
+      if (!this.workers) return analyzeInstance(native);
       const { pixel, facts } = instancePixels(native);
-      a = await this.workers.analyze(pixel, facts, facts.frames);
+      return this.workers.analyze(pixel, facts, facts.frames);
+    };
+    let a: TextAnalysis;
+    if (Buffer.isBuffer(source)) {
+      a = await whole(source);
+      onBytes?.(source);
+    } else if (this.workers) {
+      const r = await this.workers.analyzeStream(source, whole);
+      a = r.analysis;
+      onBytes?.(r.bytes);
     } else {
-      a = analyzeInstance(native);
+      const chunks: Buffer[] = [];
+      for await (const c of source) chunks.push(Buffer.from(c));
+      const bytes = Buffer.concat(chunks);
+      a = await whole(bytes);
+      onBytes?.(bytes);
     }
     const ms = performance.now() - t0;
     this.stats.analyses++;
     this.stats.analysisSeconds += ms / 1000;
     this.stats.frames += a.framesRead;
-    this.onAnalysis?.({ kind: a.verdict.kind, ms, fetchMs, frames: a.frames, framesRead: a.framesRead, regions: a.verdict.kind === 'mask' ? a.verdict.regions.length : 0 });
+    this.onAnalysis?.({ kind: a.verdict.kind, ms, frames: a.frames, framesRead: a.framesRead, regions: a.verdict.kind === 'mask' ? a.verdict.regions.length : 0 });
     return a;
   }
 }

@@ -10,9 +10,12 @@ import { Worker } from 'node:worker_threads';
 import { GatewayError } from '../../core/errors.js';
 import type { Box } from './detect.js';
 import { mergeBoxes } from './detect.js';
-import { detectFrames, frameCount, verdictOf, type TextAnalysis } from './analyze.js';
-import { frameLength, type PlaneFacts } from './planes.js';
+import { detectFrames, frameCount, pixelValueAt, verdictOf, type TextAnalysis } from './analyze.js';
+import { checkPlaneFacts, frameLength, type PlaneFacts } from './planes.js';
 import type { FramesJob } from './worker.js';
+
+/** Frames sent to a worker at once while an object streams in. */
+const STREAM_BATCH = 4;
 
 /** Pixels below which an instance is read on the calling thread (about 20 frames of 640 × 480). */
 const MIN_PARALLEL_PIXELS = 6_000_000;
@@ -90,6 +93,82 @@ export class TextWorkers {
     }));
     const boxes = mergeBoxes(results.flatMap((r) => r.boxes));
     return verdictOf(new Uint8Array(shared, offset, length), f, count, boxes, results.reduce((s, r) => s + r.framesRead, 0));
+  }
+
+  /**
+   * Analyses a Part 10 object as it arrives: its bytes are gathered into shared memory, and each
+   * batch of frames goes to a worker as soon as it is complete, so that reading the PACS's answer
+   * and reading the frames overlap. Answers the analysis and the whole object's bytes (for a
+   * caller that serves them). An object whose pixel data must be read whole first (compressed,
+   * deflated) is gathered and analysed as `whole` says, after decoding.
+   */
+  async analyzeStream(chunks: AsyncIterable<Buffer>, whole: (bytes: Buffer) => Promise<TextAnalysis>): Promise<{ analysis: TextAnalysis; bytes: Buffer }> {
+    const head: Buffer[] = [];
+    let headLength = 0;
+    let tryAt = 16 * 1024;
+    let at: Exclude<ReturnType<typeof pixelValueAt>, 'whole' | undefined> | undefined;
+    let gathered: Buffer[] | undefined; // the 'whole' path
+    let buf: Buffer | undefined;
+    let filled = 0;
+    const rest: Buffer[] = [];
+    let per = 0, count = 0, dispatched = 0, turn = 0;
+    const jobs: Promise<{ boxes: Box[]; framesRead: number }>[] = [];
+    const workers = this.closed || this.size < 2 ? [] : this.spawn();
+    const dispatch = (upTo: number): void => {
+      for (; dispatched < upTo;) {
+        const from = dispatched, to = Math.min(upTo, from + STREAM_BATCH);
+        dispatched = to;
+        if (!workers.length) { jobs.push(Promise.resolve(detectFrames(new Uint8Array(buf!.buffer, buf!.byteOffset + at!.start, count * per), at!.facts, from, to))); continue; }
+        const w = workers[turn++ % workers.length]!;
+        const id = this.nextId++;
+        const job: FramesJob = { id, pixels: buf!.buffer as SharedArrayBuffer, offset: buf!.byteOffset + at!.start, length: count * per, facts: at!.facts, from, to };
+        jobs.push(new Promise((resolve, reject) => { this.pending.set(id, { resolve, reject }); w.postMessage(job); }));
+      }
+    };
+    for await (const c of chunks) {
+      if (gathered) { gathered.push(Buffer.from(c)); continue; }
+      if (!buf) {
+        head.push(Buffer.from(c));
+        headLength += c.length;
+        if (headLength < tryAt) continue;
+        tryAt = headLength * 2;
+        const prefix = Buffer.concat(head);
+        head.length = 0;
+        head.push(prefix);
+        const found = pixelValueAt(prefix);
+        if (found === undefined) continue;
+        if (found === 'whole') { gathered = [prefix]; continue; }
+        at = found;
+        per = frameLength(at.facts);
+        checkPlaneFacts(at.facts); // throws PIXELS_WITHHELD
+        count = Math.min(at.facts.frames, Math.floor(at.length / per));
+        if (count < 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data is shorter than one frame', { auditReason: 'pixels-withheld:text-undecodable' });
+        buf = sharedBuffer(at.start + at.length);
+        filled = Math.min(prefix.length, buf.length);
+        prefix.copy(buf, 0, 0, filled);
+        if (prefix.length > filled) rest.push(prefix.subarray(filled));
+      } else if (filled < buf.length) {
+        const n = Math.min(c.length, buf.length - filled);
+        c.copy(buf, filled, 0, n);
+        filled += n;
+        if (n < c.length) rest.push(Buffer.from(c.subarray(n)));
+      } else {
+        rest.push(Buffer.from(c));
+      }
+      const complete = Math.min(count, Math.floor(Math.max(0, filled - at!.start) / per));
+      if (complete - dispatched >= STREAM_BATCH) dispatch(complete - ((complete - dispatched) % STREAM_BATCH));
+    }
+    if (gathered || !buf) {
+      const bytes = Buffer.concat(gathered ?? head);
+      return { analysis: await whole(bytes), bytes };
+    }
+    if (filled < at!.start + count * per) throw new GatewayError('DICOM_TRUNCATED', 'the pixel data ends early');
+    dispatch(count);
+    const results = await Promise.all(jobs);
+    const boxes = mergeBoxes(results.flatMap((r) => r.boxes));
+    const pixel = new Uint8Array(buf.buffer, buf.byteOffset + at!.start, count * per);
+    const analysis = verdictOf(pixel, at!.facts, count, boxes, results.reduce((s, r) => s + r.framesRead, 0));
+    return { analysis, bytes: rest.length ? Buffer.concat([buf, ...rest]) : buf };
   }
 
   /**

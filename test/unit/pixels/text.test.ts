@@ -18,7 +18,8 @@ import jpeg from 'jpeg-js';
 import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
 import { readInstanceSync } from '../../../src/dicom/part10.js';
 import { decodableHere, decodeJpegFrame, decodeRleFrame, nativeInstance } from '../../../src/pixels/codec.js';
-import { analyzeInstance } from '../../../src/pixels/text/analyze.js';
+import { analyzeFrames, analyzeInstance, instancePixels } from '../../../src/pixels/text/analyze.js';
+import { TextWorkers } from '../../../src/pixels/text/workers.js';
 import { expandSegments } from '../../../src/pixels/text/planes.js';
 import { TextProvider } from '../../../src/pixels/text/provider.js';
 import { openTextStore } from '../../../src/pixels/store-sqlite.js';
@@ -135,6 +136,47 @@ describe('burned-in text: detection and masking', () => {
     const regions = a.verdict.kind === 'mask' ? a.verdict.regions : [];
     checkMasked(ph, regions, await masked(ph, regions));
     assert.equal(a.framesRead, frames, 'every frame was read');
+  });
+
+  test('a large cine read on worker threads gives the same decision as one thread', async () => {
+    const frames = 24;
+    const ph = makeTextPhantom({
+      rows: 480, columns: 640, photometric: 'RGB', frames, uidRoot: '1.2.826.0.1.3680043.9.7433.12.31',
+      texts: [{ x: 8, y: 6, text: 'CARDIO LAB 3', scale: 2, color: 255 }, ...Array.from({ length: frames }, (_, f) => ({ x: 400, y: 460, text: `0:03:${String(10 + f)}`, scale: 1, color: 255, frames: [f] })), { x: 300, y: 60, text: 'PT WALSH', scale: 1, color: 255, frames: [19] }],
+    });
+    const { pixel, facts } = instancePixels(ph.bytes);
+    const one = analyzeFrames(pixel, facts, facts.frames);
+    const pool = new TextWorkers(2);
+    try {
+      const many = await pool.analyze(pixel, facts, facts.frames);
+      assert.deepEqual(many.verdict, one.verdict);
+      assert.equal(many.framesRead, frames);
+      const regions = many.verdict.kind === 'mask' ? many.verdict.regions : [];
+      for (const [f, boxes] of ph.glyphs.entries()) for (const g of boxes) assert.ok(regions.some((r) => inside(g, r)), `frame ${f}: glyph at ${g.x},${g.y}`);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test('an instance streamed in small pieces is read frame by frame as it arrives, with the same decision; a compressed one is read whole', async () => {
+    const ph = makeTextPhantom({ rows: 240, columns: 320, photometric: 'RGB', frames: 10, texts: LINES.slice(0, 3), uidRoot: '1.2.826.0.1.3680043.9.7433.12.32' });
+    const pieces = async function* (b: Buffer, size: number): AsyncGenerator<Buffer> { for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size); };
+    const one = analyzeInstance(ph.bytes);
+    const pool = new TextWorkers(2);
+    try {
+      for (const size of [1000, 65536, 1 << 20]) {
+        const r = await pool.analyzeStream(pieces(ph.bytes, size), async () => { throw new Error('read whole'); });
+        assert.deepEqual(r.analysis.verdict, one.verdict, `pieces of ${size}`);
+        assert.deepEqual(r.bytes, ph.bytes, 'the whole object is given back');
+      }
+      const rle = makeTextPhantom({ ...ph.options, rle: true });
+      let whole = 0;
+      const r = await pool.analyzeStream(pieces(rle.bytes, 4096), async (b) => { whole++; return analyzeInstance(nativeInstance(b, inflateRawSync)); });
+      assert.equal(whole, 1, 'compressed pixel data is read whole');
+      assert.deepEqual(r.analysis.verdict, one.verdict);
+    } finally {
+      await pool.close();
+    }
   });
 
   test('a screen of text (patient information) is withheld as mostly text', () => {

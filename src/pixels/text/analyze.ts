@@ -14,7 +14,7 @@ import { ElementParser, EXPLICIT_LE, PIXEL_DATA_TAGS, readHeaderSync, readInstan
 import type { TextVerdict } from '../types.js';
 import { readPixelFacts } from '../geometry.js';
 import { part10View } from '../views.js';
-import { detectPlane, mergeBoxes, type Box } from './detect.js';
+import { detectPlane, mergeBoxes, type Box, type Tiles } from './detect.js';
 import { checkPlaneFacts, fillSamples, framePlane, frameLength, readPalette, type PlaneFacts } from './planes.js';
 import { GatewayError } from '../../core/errors.js';
 
@@ -47,24 +47,72 @@ export function frameCount(pixel: Uint8Array, f: PlaneFacts, frames: number): nu
 
 /**
  * The union of the text lines of frames [from, to): every frame is read, except one whose bytes
- * equal the frame before it (whatever range that one is in).
+ * equal the frame before it (whatever range that one is in); after the first frame, only the
+ * tiles that changed since the frame before, and their surroundings.
  */
 export function detectFrames(pixel: Uint8Array, f: PlaneFacts, from: number, to: number): { boxes: Box[]; framesRead: number } {
-  const per = frameLength(f);
   const w = f.columns, h = f.rows, n = w * h;
   const colour = f.samplesPerPixel === 3 || f.photometric === 'PALETTE COLOR';
   const tint = colour ? new Uint8Array(n) : undefined;
   let boxes: Box[] = [];
   let framesRead = 0;
   for (let k = from; k < to; k++) {
-    const bytes = pixel.subarray(k * per, (k + 1) * per);
-    if (k > 0 && Buffer.compare(bytes, pixel.subarray((k - 1) * per, k * per)) === 0) continue;
+    // After the first frame, only what changed since the frame before (and around it) is read:
+    // a line whose pixels and surroundings did not change was found in an earlier frame.
+    const only = k > 0 ? changedTiles(pixel, f, k) : undefined;
+    if (only === 'none') continue;
     framesRead++;
     const plane = framePlane(pixel, f, k, tint);
-    const a = detectPlane(plane, w, h, tint, f.lossy);
+    const a = detectPlane(plane, w, h, tint, f.lossy, only);
     if (a.lines.length) boxes = mergeBoxes([...boxes, ...a.lines]);
   }
   return { boxes, framesRead };
+}
+
+/** Tile side for the comparison of a frame with the one before it, px. */
+const TILE = 32;
+/** Tiles read around a changed one: a stroke's ground (6 px), a glyph's margin and its neighbours on a line. */
+const AROUND = 2;
+
+/**
+ * The tiles of frame k whose stored bytes differ from frame k - 1's, widened by AROUND tiles;
+ * 'none' when the frames are equal, undefined when every tile is to be read.
+ */
+export function changedTiles(pixel: Uint8Array, f: PlaneFacts, k: number): Tiles | 'none' | undefined {
+  const per = frameLength(f);
+  const cur = pixel.subarray(k * per, (k + 1) * per);
+  const prev = pixel.subarray((k - 1) * per, k * per);
+  if (Buffer.compare(cur, prev) === 0) return 'none';
+  const across = Math.ceil(f.columns / TILE), down = Math.ceil(f.rows / TILE);
+  const changed = new Uint8Array(across * down);
+  const cell = f.bitsAllocated / 8;
+  // Byte runs of one tile row: whole pixels when interleaved (or one sample), one plane at a time when planar.
+  const planes = f.samplesPerPixel === 3 && f.planarConfiguration === 1 ? 3 : 1;
+  const pixelBytes = planes === 3 ? cell : cell * f.samplesPerPixel;
+  const planeBytes = f.rows * f.columns * pixelBytes;
+  for (let s = 0; s < planes; s++) {
+    for (let y = 0; y < f.rows; y++) {
+      const row = s * planeBytes + y * f.columns * pixelBytes;
+      const ty = Math.floor(y / TILE) * across;
+      for (let t = 0; t < across; t++) {
+        if (changed[ty + t]) continue;
+        const a = row + t * TILE * pixelBytes, b = row + Math.min(f.columns, (t + 1) * TILE) * pixelBytes;
+        if (Buffer.compare(cur.subarray(a, b), prev.subarray(a, b)) !== 0) changed[ty + t] = 1;
+      }
+    }
+  }
+  const dirty = new Uint8Array(across * down);
+  let count = 0;
+  for (let ty = 0; ty < down; ty++) for (let tx = 0; tx < across; tx++) {
+    let hit = 0;
+    for (let dy = -AROUND; dy <= AROUND && !hit; dy++) for (let dx = -AROUND; dx <= AROUND && !hit; dx++) {
+      const y = ty + dy, x = tx + dx;
+      if (y >= 0 && y < down && x >= 0 && x < across && changed[y * across + x]) hit = 1;
+    }
+    dirty[ty * across + tx] = hit;
+    count += hit;
+  }
+  return count === across * down ? undefined : { size: TILE, dirty };
 }
 
 /** The verdict on the union of the lines found: clean, mostly text, inseparable, or the masks with their fills. */

@@ -57,16 +57,22 @@ const DARK = 2;
  * twice the radius passes; the inside of a wide structure (the imaging sector, a colour bar, a
  * panel) and its edges do not. Outside the image is not ground.
  */
-function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array): number {
+function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array, only?: Tiles): number {
   const W = w + 2;
   const [r1, r2] = RADII;
   const c = STROKE_CONTRAST;
+  const size = only?.size ?? w;
+  const across = only ? Math.ceil(w / size) : 1;
   let any = 0;
   for (let y = 0; y < h; y++) {
     const row = y * w;
     const orow = (y + 1) * W + 1;
     const inY = y >= r2 && y + r2 < h;
-    for (let x = 0; x < w; x++) {
+    const tileRow = only ? Math.floor(y / size) * across : 0;
+    for (let t = 0; t < across; t++) {
+    if (only && !only.dirty[tileRow + t]) continue;
+    const xEnd = Math.min(w, (t + 1) * size);
+    for (let x = t * size; x < xEnd; x++) {
       const i = row + x;
       const v = p[i]!;
       let bits = 0;
@@ -83,9 +89,13 @@ function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array): number {
       out[orow + x] = bits;
       any |= bits;
     }
+    }
   }
   return any;
 }
+
+/** Square tiles of `size` pixels, row by row; `dirty` marks the ones to read. */
+export interface Tiles { readonly size: number; readonly dirty: Uint8Array }
 
 /** The stroke test near the border, where a side outside the image is not ground. */
 function borderBits(p: Uint8Array, w: number, h: number, x: number, y: number, r: number): number {
@@ -123,14 +133,18 @@ interface Glyph {
 }
 
 /** Finds the text lines of one plane: light text on a darker ground and dark text on a lighter one. */
-export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint8Array, lossy = false): PlaneText {
+/**
+ * `only`: read only these tiles (the parts of a frame that changed since the one before, and
+ * their surroundings); strokes elsewhere are taken as absent.
+ */
+export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint8Array, lossy = false, only?: Tiles): PlaneText {
   // Lossy compression subsamples and smears chroma over thin strokes: the tint test loosens.
   const tintSpread = lossy ? LOSSY_TINT_SPREAD : TINT_SPREAD;
   const W = w + 2;
   const n = W * (h + 2);
   const { stroke, label, stack } = scratch(n);
   stroke.fill(0, 0, n);
-  const any = strokes(plane, w, h, stroke);
+  const any = strokes(plane, w, h, stroke, only);
   const out: PlaneText[] = [];
   for (const bit of [LIGHT, DARK]) {
     if (any & bit) out.push(polarityLines(plane, tint, tintSpread, w, h, bit, stroke, label, stack));

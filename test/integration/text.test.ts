@@ -26,7 +26,7 @@ import { analyzeInstance } from '../../src/pixels/text/analyze.js';
 import { part10View } from '../../src/pixels/views.js';
 import { makeTextPhantom, type TextPhantom } from '../fixtures/text-phantom.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
-import { splitMultipart } from '../helpers/multipart.js';
+import { decodePng, splitMultipart } from '../helpers/multipart.js';
 
 const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
 const tok = (id: string): string => `${id}-token-0123456789`;
@@ -144,6 +144,18 @@ describe('burned-in text through the gateway, against a real Orthanc', () => {
     const bulk = await get(`${instPath(rgb)}/bulk/7fe00010`, 'vendor');
     assert.equal(bulk.status, 200);
     assert.deepEqual(splitMultipart(bulk.body, bulk.type)[0]!.body, expected);
+    // The rendered image (PNG, one image pixel per pixel) shows the fill over every glyph.
+    const png = await get(`${instPath(rgb)}/rendered`, 'vendor', 'image/png');
+    assert.equal(png.status, 200, png.body.toString().slice(0, 200));
+    const img = decodePng(png.body, { anyFilter: true });
+    assert.equal(img.width, 320);
+    for (const g of rgb.glyphs[0]!) {
+      for (let y = g.y; y < g.y + g.height; y++) for (let x = g.x; x < g.x + g.width; x++) {
+        const at: number = (y * img.width + x) * img.channels;
+        const e = (y * 320 + x) * 3;
+        assert.deepEqual([img.data[at], img.data[at + 1], img.data[at + 2]], [expected[e], expected[e + 1], expected[e + 2]], `rendered pixel ${x},${y} is masked`);
+      }
+    }
     const md = await get(`${instPath(rgb)}/metadata`, 'vendor', 'application/dicom+json');
     assert.equal(md.status, 200);
     const o = (JSON.parse(md.body.toString()) as Record<string, { Value?: unknown[] }>[])[0]!;

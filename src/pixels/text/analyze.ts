@@ -71,8 +71,8 @@ export function detectFrames(pixel: Uint8Array, f: PlaneFacts, from: number, to:
 
 /** Tile side for the comparison of a frame with the one before it, px. */
 const TILE = 32;
-/** Tiles read around a changed one: a stroke's ground (6 px), a glyph's margin and its neighbours on a line. */
-const AROUND = 2;
+/** Tiles read around a changed one: a stroke's ground (6 px), a glyph's margin (16 px) and its neighbours on a line. */
+const AROUND = 1;
 
 /**
  * The tiles of frame k whose stored bytes differ from frame k - 1's, widened by AROUND tiles;

@@ -4,4 +4,4 @@ import { cpSync, mkdirSync, readdirSync } from 'node:fs';
 const from = new URL('../src/data/', import.meta.url);
 const to = new URL('../dist/src/data/', import.meta.url);
 mkdirSync(to, { recursive: true });
-for (const f of readdirSync(from)) cpSync(new URL(f, from), new URL(f, to));
+for (const f of readdirSync(from)) cpSync(new URL(f, from), new URL(f, to), { recursive: true });

@@ -139,7 +139,7 @@ function buildClients(cfg: Config, master: Buffer, store: GatewayPseudonymStore,
       certificateSubject: c.certificateSubject,
       ctx: createEngineContext({
         clientId: c.id, policyId: c.policyId ?? c.id, masterSecret: master, recorder: { record: (kind, pseudonym, original) => store.record(c.id, kind, pseudonym, original) },
-        profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}) },
+        profile: { options: c.plan.options, overrides: c.profile.overrides, ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}), ...(c.profile.freeText ? { freeText: c.profile.freeText } : {}) },
       }),
     };
   });

@@ -147,7 +147,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   const master = loadOrCreateMasterSecret(cfg.state.dir);
   const ctx = createEngineContext({
     clientId: client.id, policyId: client.policyId ?? client.id, masterSecret: master,
-    profile: { options: client.plan.options, overrides: client.profile.overrides, ...(client.profile.dateShift ? { dateShift: client.profile.dateShift } : {}) },
+    profile: { options: client.plan.options, overrides: client.profile.overrides, ...(client.profile.dateShift ? { dateShift: client.profile.dateShift } : {}), ...(client.profile.freeText ? { freeText: client.profile.freeText } : {}) },
   });
   // The client's scope and pixel policy, built and applied as the gateway does.
   const scope = scopesFromConfig(cfg).scopeOf(index);

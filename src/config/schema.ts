@@ -35,6 +35,11 @@ const profileSchema = z.strictObject({
     minDays: z.number().int().min(1, 'must be at least 1 day'),
     maxDays: z.number().int().max(36500, 'must be at most 36500 days (100 years)'),
   }).optional(),
+  /** Clean Descriptors / Clean Structured Content: the hospital's own words kept, and always removed. */
+  freeText: z.strictObject({
+    keep: z.array(z.string().regex(/^[^\s]{1,64}$/, 'one word each, without spaces')).default([]),
+    remove: z.array(z.string().regex(/^[^\s]{1,64}$/, 'one word each, without spaces')).default([]),
+  }).optional(),
 });
 
 const dateSchema = z.string().regex(/^\d{4}-?\d{2}-?\d{2}$/, 'use a date such as 2021-12-31').transform((d) => d.replace(/-/g, ''));
@@ -294,6 +299,7 @@ export function validateConfig(raw: unknown, source: string): Config {
         options: c.profile.options,
         overrides: c.profile.overrides as Record<string, OverrideAction>,
         ...(c.profile.dateShift ? { dateShift: c.profile.dateShift } : {}),
+        ...(c.profile.freeText ? { freeText: c.profile.freeText } : {}),
       });
       clients.push({ ...c, apiKeySha256: k, ...(c.certificateSubject ? { certificateSubject: normalizeSubject(c.certificateSubject) } : {}), plan, scope, ...(allowedKeys ? { allowedKeys } : {}) });
     } catch (e) {

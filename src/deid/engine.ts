@@ -8,6 +8,7 @@ import { STRING_VRS, MAX_CHARS, type VR } from '../dicom/vr.js';
 import { Pseudonymizer } from '../pseudonym/pseudonymizer.js';
 import { A, FREE_TEXT_VRS, PRODUCT_VERSION, WRITTEN_TAGS, type Action, type CompiledPlan, type SequenceMode } from './plan.js';
 import { dateForms, identifierPieces, scrubberFor, type Scrubber } from './scrub.js';
+import { freeTextVersion } from './free-text.js';
 import { capAge, dummyString, shiftDA, shiftDT } from './values.js';
 import { METHOD_CODES } from './table.js';
 
@@ -93,7 +94,8 @@ class DatasetState<E, D, O> {
       }
     };
     walk(this.root);
-    this.scrubberCache = scrubberFor([...identifierPieces(values), ...dates.flatMap(dateForms)].sort());
+    const plan = this.ctx.plan;
+    this.scrubberCache = scrubberFor([...identifierPieces(values), ...dates.flatMap(dateForms)].sort(), { keep: plan.freeText.keep, remove: plan.freeText.remove, id: plan.hash });
     return this.scrubberCache;
   }
 }
@@ -256,7 +258,7 @@ function markers<E, D, O>(ad: Adapter<E, D, O>, ds: D, state: DatasetState<E, D,
     `plan sha256:${plan.hash.slice(0, 16)}`,
   ];
   if (plan.options.includes('cleanDescriptors') || plan.options.includes('cleanStructuredContent')) {
-    method.push('text: identifiers, phone, e-mail, dates redacted');
+    method.push(`text: ${freeTextVersion()}`.slice(0, 64));
   }
   const codes = [METHOD_CODES.basic, ...plan.options.map((o) => METHOD_CODES[o]), ...extra];
   const items = codes.map((c) => [

@@ -75,6 +75,8 @@ export interface ProfileSpec {
   /** Tag (keyword or "(GGGG,EEEE)") → action. */
   readonly overrides?: Readonly<Record<string, OverrideAction>>;
   readonly dateShift?: DateShiftRange;
+  /** The client's own free-text words: extra words kept, and words always removed (Clean Descriptors, Clean Structured Content). */
+  readonly freeText?: { readonly keep?: readonly string[]; readonly remove?: readonly string[] };
 }
 
 export const DEFAULT_DATE_SHIFT: DateShiftRange = { minDays: 365, maxDays: 3650 };
@@ -116,6 +118,8 @@ export interface CompiledPlan {
   isCodeMacro(tag: number): boolean;
   /** Tags whose values are identifiers to scrub from free text (cleanDescriptors/cleanStructuredContent). */
   readonly identifierTags: ReadonlySet<number>;
+  /** The client's free-text words (lowercase): kept, and always removed. */
+  readonly freeText: { readonly keep: ReadonlySet<string>; readonly remove: ReadonlySet<string> };
   /** Every resolved concrete entry, for documentation and tests. */
   entries(): IterableIterator<[number, PlanEntry]>;
 }
@@ -324,6 +328,9 @@ export function compilePlan(spec: ProfileSpec): CompiledPlan {
 
   const hash = createHash('sha256');
   hash.update(`deid-gateway ${PRODUCT_VERSION}\n${[...options].sort().join(',')}\n${dateShift.minDays}-${dateShift.maxDays}\n`);
+  const words = (l: readonly string[] | undefined): Set<string> => new Set((l ?? []).map((w) => w.trim().toLowerCase()).filter(Boolean));
+  const freeText = { keep: words(spec.freeText?.keep), remove: words(spec.freeText?.remove) };
+  if (freeText.keep.size || freeText.remove.size) hash.update(`free-text keep:${[...freeText.keep].sort().join(',')} remove:${[...freeText.remove].sort().join(',')}\n`);
   for (const [tag, entry] of [...exact].sort((a, b) => a[0] - b[0])) {
     const a = entry.action;
     hash.update(`${tagHex(tag)}:${a.kind}${a.kind === 'sequence' ? `:${a.mode}` : a.kind === 'pseudonym' ? `:${a.scope}` : ''}\n`);
@@ -337,6 +344,7 @@ export function compilePlan(spec: ProfileSpec): CompiledPlan {
     retainSafePrivate,
     hash: planHash,
     identifierTags,
+    freeText,
     lookup(tag: number): PlanEntry {
       const hit = exact.get(tag);
       if (hit) return hit;

@@ -1,9 +1,11 @@
 /**
- * Free-text cleaning for Clean Descriptors / Clean Structured Content (PS3.15 E.3.2, E.3.3):
- * removes from descriptions every identifier of the same data set (all person-name
- * components, IDs, accession and similar, the birth date in common formats) and common
- * patterns (e-mail, telephone, dates, titled names, long digit runs).
+ * Free-text cleaning for Clean Descriptors / Clean Structured Content (PS3.15 E.3.2, E.3.3), in
+ * two passes: first every identifier of the same data set (all person-name components, IDs,
+ * accession and similar, the birth date in common formats) and common patterns (e-mail,
+ * telephone, dates, titled names, long digit runs); then the safe-word cleaner (free-text.ts),
+ * which keeps only words known to be safe in their context.
  */
+import { cleanFreeText, type FreeTextOptions } from './free-text.js';
 
 export const REDACTED = '[REDACTED]';
 
@@ -59,20 +61,29 @@ export function identifierPieces(values: Iterable<string>): string[] {
 
 const cache = new Map<string, Scrubber>();
 
-/** A scrubber for one data set's identifiers; cached, since a series repeats them. */
-export function scrubberFor(identifiers: readonly string[]): Scrubber {
-  const key = identifiers.join('\u0000');
+/** Cleaned values remembered per scrubber (a series repeats its descriptions). */
+const MEMO = 512;
+
+/** A scrubber for one data set's identifiers and the client's word lists; cached, since a series repeats them. */
+export function scrubberFor(identifiers: readonly string[], words: FreeTextOptions & { readonly id?: string } = {}): Scrubber {
+  const key = `${words.id ?? ''}\u0001${identifiers.join('\u0000')}`;
   const hit = cache.get(key);
   if (hit) return hit;
   const sorted = [...identifiers].sort((a, b) => b.length - a.length).map(escapeRe);
   // Identifiers match case-insensitively, not inside longer words ("Li" in "Liver").
   const ids = sorted.length ? new RegExp(`(?<![\\p{L}\\p{N}])(?:${sorted.join('|')})(?![\\p{L}\\p{N}])`, 'giu') : null;
+  const memo = new Map<string, string>();
   const s: Scrubber = {
     scrub(text: string): string {
+      const known = memo.get(text);
+      if (known !== undefined) return known;
       let out = ids ? text.replace(ids, REDACTED) : text;
       // Telephone numbers: digit groups with separators, 7+ digits in all ("+1 555 0100 22").
       out = out.replace(PHONE, (m) => (m.replace(/\D/g, '').length >= 7 ? REDACTED : m));
       for (const p of PATTERNS) out = out.replace(p, REDACTED);
+      out = cleanFreeText(out, words);
+      if (memo.size >= MEMO) memo.clear();
+      memo.set(text, out);
       return out;
     },
   };

@@ -55,6 +55,15 @@ const TAG = {
   CodeMeaning: 0x00080104,
 } as const;
 
+/** Coding schemes whose code meanings are the standard's (or a published terminology's) words. */
+const STANDARD_SCHEMES = new Set(['DCM', 'SCT', 'SRT', 'SNM3', 'LN', 'UMLS', 'RADLEX', 'RADLEX', 'NCIT', 'NCIt', 'ACR', 'FMA', 'UCUM', 'I10', 'ICD10', 'I9C', 'ICD9CM', 'ICD10CM', 'I10P', 'MDC', 'RXNORM', 'NDC', 'HL7', 'ISO3166_1', 'ISO639_1', 'ISO639_2', 'CDCREC', 'NEU', 'BARI', 'DC', 'NCDR', 'MSH', 'MEDDRA', 'C4', 'C5', 'CPT', 'ITIS_TSN', 'PUBCHEM_CID', 'NBD', 'NBDB', 'CD2', 'CTV3', 'LNC', 'RFC5646', 'SCTUSX', 'SRT-US', 'DCMUID', 'IBSI', 'RRID', 'ORPHA']);
+
+function standardScheme<E, D, O>(ad: Adapter<E, D, O>, ds: D): boolean {
+  const el = ad.elements(ds).find((x) => ad.tag(x) === TAG.CodingSchemeDesignator);
+  const scheme = el ? (ad.strings(el, ds)?.[0] ?? '').trim().toUpperCase() : '';
+  return STANDARD_SCHEMES.has(scheme) || STANDARD_SCHEMES.has(scheme.replace(/[-_ ]/g, ''));
+}
+
 /** Per-data-set state: the patient's pseudonym and date offset, the identifiers to scrub. */
 class DatasetState<E, D, O> {
   private scrubberCache: Scrubber | undefined;
@@ -160,6 +169,9 @@ function processDataset<E, D, O>(ad: Adapter<E, D, O>, ds: D, mode: SequenceMode
     if (!entry.listed && mode !== 'inherit' && FREE_TEXT_VRS.has(vr) && !plan.isCodeMacro(tag)) {
       action = mode === 'dummy' || vr === 'PN' ? A.dummy : A.clean;
     }
+    // A code meaning of a local coding scheme is free text someone typed, not the standard's
+    // words: in a cleaned sequence it is cleaned like any other text (Clean Structured Content).
+    if (mode === 'clean' && tag === TAG.CodeMeaning && action.kind === 'keep' && !standardScheme(ad, ds)) action = A.clean;
     const o = applyAction(ad, el, ds, tag, vr, action, mode, state);
     if (o !== null) out.push(o);
   }

@@ -17,7 +17,6 @@ const PATTERNS: readonly RegExp[] = [
   /\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b/g, // 20240301
   /\b\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{2,4}\b/gi,
   /\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}\b/gi,
-  /\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Doctor|Dres)\.?\s+[\p{L}'-]+(?:[\s^]+[\p{Lu}][\p{L}'-]*)?/gu, // titled names
   /\b\d{6,}\b/g, // long digit runs: record numbers
 ];
 

@@ -24,6 +24,9 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { join } from 'node:path';
 import { createEngineContext, deidentifyPart10, type EngineContext } from '../src/deid/index.js';
+import { cleanFreeText } from '../src/deid/free-text.js';
+import type { OptionName } from '../src/deid/table.js';
+import { freeTextSet } from '../test/fixtures/free-text-set.js';
 import { generateCtSeries } from '../test/fixtures/generate.js';
 import { projectRoot } from './common.js';
 
@@ -44,6 +47,8 @@ const TARGET_GBPS = 1;
 const TARGET_VS_DCMJS = 10;
 /** "Flat": peak growth for the ~1 GB instance within this many MB of the single-frame one. */
 const TARGET_FLAT_MB = 5;
+/** Throughput with Clean Descriptors on, over throughput without (issue 13). */
+const TARGET_CLEAN_RATIO = 0.8;
 
 function intEnv(name: string, dflt: number): number {
   const v = process.env[name];
@@ -70,8 +75,8 @@ function median(xs: readonly bigint[]): bigint {
   return s[Math.floor((s.length - 1) / 2)]!; // lower median for even counts
 }
 
-function newContext(): EngineContext {
-  return createEngineContext({ clientId: 'bench', profile: { options: [] }, masterSecret: Buffer.alloc(32, 7) });
+function newContext(options: OptionName[] = []): EngineContext {
+  return createEngineContext({ clientId: 'bench', profile: { options }, masterSecret: Buffer.alloc(32, 7) });
 }
 
 /** 64 KiB subarrays of an in-memory instance (no copy); `tick` runs before each chunk. */
@@ -183,6 +188,22 @@ async function timePath(name: string, inputBytes: number, prepare: () => void, r
   }
   const bestNs = runsNs.reduce((a, b) => (b < a ? b : a));
   return { name, inputBytes, outputBytes, runsNs, bestNs, medianNs: median(runsNs) };
+}
+
+/** Paths timed in alternation, run after run (each run gets a fresh context). */
+async function timePaths(inputBytes: number, paths: readonly { name: string; run: () => Promise<number> }[]): Promise<Timing[]> {
+  for (let i = 0; i < WARMUPS; i++) for (const p of paths) await p.run();
+  const runs = paths.map(() => [] as bigint[]);
+  const outputs = paths.map(() => 0);
+  for (let i = 0; i < REPS; i++) {
+    for (const [k, p] of paths.entries()) {
+      gc();
+      const t0 = process.hrtime.bigint();
+      outputs[k] = await p.run();
+      runs[k]!.push(process.hrtime.bigint() - t0);
+    }
+  }
+  return paths.map((p, k) => ({ name: p.name, inputBytes, outputBytes: outputs[k]!, runsNs: runs[k]!, bestNs: runs[k]!.reduce((a, b) => (b < a ? b : a)), medianNs: median(runs[k]!) }));
 }
 
 // ---------------------------------------------------------------------------
@@ -389,8 +410,20 @@ async function main(): Promise<void> {
   console.log(`        ${fmtMB(inputBytes)} MB in all (${fmt(first.length / 1024, 1)} KiB per instance), ${CHUNK / 1024} KiB chunks, ${REPS} timed runs after ${WARMUPS} warm-up${WARMUPS === 1 ? '' : 's'} per path\n`);
 
   // ---- Throughput
-  let ctx = newContext();
-  const engine = await timePath('engine (deidentifyPart10)', inputBytes, () => { ctx = newContext(); }, () => enginePass(inputs, ctx));
+  // The engine with and without Clean Descriptors + Clean Structured Content (the safe-word
+  // cleaner), their runs interleaved so that both see the same machine (GC, other processes).
+  const CLEAN: OptionName[] = ['cleanDescriptors', 'cleanStructuredContent'];
+  const [engine, cleaning] = await timePaths(inputBytes, [
+    { name: 'engine (deidentifyPart10)', run: () => enginePass(inputs, newContext()) },
+    { name: 'engine, Clean Descriptors + Structured Content', run: () => enginePass(inputs, newContext(CLEAN)) },
+  ]) as [Timing, Timing];
+
+  // The cleaner alone, on 420 different values (a fresh memo each round: nothing remembered).
+  const marked = freeTextSet().map((v) => v.value);
+  for (const v of marked) cleanFreeText(v, {});
+  const tClean = process.hrtime.bigint();
+  for (let r = 0; r < 5; r++) { const fresh = {}; for (const v of marked) cleanFreeText(v, fresh); }
+  const cleanerUs = Number(process.hrtime.bigint() - tClean) / 1000 / (5 * marked.length);
 
   const dcmjs = await loadDcmjs();
   const arrayBuffers = inputs.map((b) => {
@@ -407,7 +440,7 @@ async function main(): Promise<void> {
   const raw = await timePath('Buffer.copy (reference)', inputBytes, () => { /* nothing */ }, () => bufferCopyPass(inputs, destRef));
   dest = null;
 
-  const timings = [engine, naive, stream, raw];
+  const timings = [engine, cleaning, naive, stream, raw];
   const medianMbps = (t: Timing): number => mbps(t.inputBytes, t.medianNs);
   const bestMbps = (t: Timing): number => mbps(t.inputBytes, t.bestNs);
   console.log(table(
@@ -434,6 +467,8 @@ async function main(): Promise<void> {
       ['engine / copy stream', `${fmt(vsCopyBest, 2)}x`, `${fmt(vsCopyMedian, 2)}x`, '(1.00x = as fast as copying)', ''],
       ['engine / Buffer.copy', `${fmt(bestMbps(engine) / bestMbps(raw), 3)}x`, `${fmt(vsRawMedian, 3)}x`, '(reference)', ''],
       ['engine ms / instance', fmt(ms(engine.bestNs) / inputs.length, 3), fmt(ms(engine.medianNs) / inputs.length, 3), '', ''],
+      ['Clean Descriptors / without', `${fmt(bestMbps(cleaning) / bestMbps(engine), 2)}x`, `${fmt(medianMbps(cleaning) / medianMbps(engine), 2)}x`, `>= ${TARGET_CLEAN_RATIO}x`, verdict(medianMbps(cleaning) / medianMbps(engine) >= TARGET_CLEAN_RATIO)],
+      ['cleaner µs / value (420 new values)', '', fmt(cleanerUs, 1), '', ''],
     ],
   ));
 
@@ -511,6 +546,7 @@ async function main(): Promise<void> {
     },
     targets: {
       engineGBps: { target: TARGET_GBPS, value: round(engineGbpsMedian, 3), met: engineGbpsMedian >= TARGET_GBPS },
+      cleanDescriptorsRatio: { target: TARGET_CLEAN_RATIO, value: round(medianMbps(cleaning) / medianMbps(engine), 3), met: medianMbps(cleaning) / medianMbps(engine) >= TARGET_CLEAN_RATIO, cleanerMicrosecondsPerValue: round(cleanerUs, 1) },
       engineOverDcmjs: { target: TARGET_VS_DCMJS, value: round(vsDcmjsMedian, 2), met: vsDcmjsMedian >= TARGET_VS_DCMJS },
       memoryFlat: {
         targetMB: TARGET_FLAT_MB, met: flatOk,

@@ -1,9 +1,12 @@
 /**
  * An attribute-by-attribute account of what the engine did to one instance, for hospital
  * IT previewing a policy (`deid-gateway deid --diff`). It names tags, keywords, the kind of
- * change and the rule, and never prints a value: originals are PHI, and kept values are
- * originals too.
+ * change and the rule, and never prints an original value: originals are PHI, and kept values
+ * are originals too. The one value it shows is a cleaned text as it leaves (Clean Descriptors,
+ * Clean Structured Content), with its redactions marked: what the client receives anyway, and
+ * what hospital IT needs to tune the word lists.
  */
+import { REDACTED_WORD } from './free-text.js';
 import { dictionary, isPrivateTag, isPrivateCreatorTag, tagHex } from '../dicom/dictionary.js';
 import type { RawElement } from '../dicom/part10.js';
 import type { CompiledPlan } from './plan.js';
@@ -11,8 +14,16 @@ import type { CompiledPlan } from './plan.js';
 export interface DiffLine {
   readonly tag: number;
   readonly keyword: string;
-  readonly change: 'removed' | 'replaced' | 'emptied' | 'added' | 'kept' | 'cleaned inside';
+  readonly change: 'removed' | 'replaced' | 'emptied' | 'added' | 'kept' | 'cleaned' | 'cleaned inside';
   readonly rule: string;
+  /** A cleaned text as it leaves, and how many redactions it carries. */
+  readonly shown?: { readonly value: string; readonly redactions: number };
+}
+
+function text(v: Buffer | null): string {
+  const b = v ?? Buffer.alloc(0);
+  const utf8 = b.toString('utf8');
+  return (utf8.includes('\ufffd') ? b.toString('latin1') : utf8).replace(/[\0 ]+$/, '');
 }
 
 function sameBytes(a: RawElement, b: RawElement): boolean {
@@ -48,11 +59,16 @@ export function diffHeaders(input: readonly RawElement[], output: readonly RawEl
     else if (b!.items) change = 'cleaned inside';
     else change = (b!.value?.length ?? 0) === 0 ? 'emptied' : 'replaced';
     if (change === 'kept' && !all) continue;
+    if (change === 'replaced' && !priv && plan.lookup(tag).action.kind === 'clean') {
+      const value = text(b!.value);
+      lines.push({ tag, keyword, change: 'cleaned', rule, shown: { value, redactions: value.split(REDACTED_WORD).length - 1 } });
+      continue;
+    }
     lines.push({ tag, keyword, change, rule: change === 'added' ? 'written by the engine (PS3.15 E.1.1)' : rule });
   }
   return lines;
 }
 
 export function formatDiff(lines: readonly DiffLine[]): string {
-  return lines.map((l) => `  (${tagHex(l.tag).slice(0, 4)},${tagHex(l.tag).slice(4)}) ${l.keyword.padEnd(40)} ${l.change.padEnd(15)} ${l.rule}`).join('\n');
+  return lines.map((l) => `  (${tagHex(l.tag).slice(0, 4)},${tagHex(l.tag).slice(4)}) ${l.keyword.padEnd(40)} ${l.change.padEnd(15)} ${l.rule}${l.shown ? `\n      leaves as ${JSON.stringify(l.shown.value)} (${l.shown.redactions} redaction${l.shown.redactions === 1 ? '' : 's'})` : ''}`).join('\n');
 }

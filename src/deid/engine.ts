@@ -104,7 +104,7 @@ class DatasetState<E, D, O> {
     };
     walk(this.root);
     const plan = this.ctx.plan;
-    this.scrubberCache = scrubberFor([...identifierPieces(values), ...dates.flatMap(dateForms)].sort(), { keep: plan.freeText.keep, remove: plan.freeText.remove, id: plan.hash });
+    this.scrubberCache = scrubberFor([...identifierPieces(values), ...dates.flatMap(dateForms)].sort(), plan.freeText, plan.hash);
     return this.scrubberCache;
   }
 }

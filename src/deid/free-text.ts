@@ -101,8 +101,24 @@ const stem = (w: string): string => w.replace(/'s$/, '').replace(/s'$/, 's');
 /** Starts with a capital (a name's shape in mixed-case text; every word in capitals). */
 const isCap = (w: string): boolean => /^\p{Lu}/u.test(w);
 
+/** Values cleaned recently, per set of client lists (descriptions repeat across a series and a study). */
+const memo = new WeakMap<FreeTextOptions, Map<string, string>>();
+const NO_OPTIONS: FreeTextOptions = {};
+const MEMO_SIZE = 4096;
+
 /** Cleans one value. Redacted words become REDACTED_WORD; a run of them becomes one. */
-export function cleanFreeText(text: string, opts: FreeTextOptions = {}): string {
+export function cleanFreeText(text: string, opts: FreeTextOptions = NO_OPTIONS): string {
+  let m = memo.get(opts);
+  if (!m) memo.set(opts, (m = new Map()));
+  const known = m.get(text);
+  if (known !== undefined) return known;
+  const out = clean(text, opts);
+  if (m.size >= MEMO_SIZE) m.clear();
+  m.set(text, out);
+  return out;
+}
+
+function clean(text: string, opts: FreeTextOptions): string {
   const L = shipped();
   const tokens: Token[] = [];
   for (const m of text.matchAll(TOKEN)) tokens.push({ text: m[0], start: m.index, end: m.index + m[0].length, word: m[0] === REDACTED_WORD || /^[\p{L}\p{N}]/u.test(m[0]) });
@@ -188,10 +204,10 @@ export function cleanFreeText(text: string, opts: FreeTextOptions = {}): string 
       continue;
     }
     if (L.clinical.has(w) && !L.dual.has(w)) continue;
-    if (inCollocation(i) || (L.dual.has(w) && eponym(i))) continue;
     // A safe word that may be a name: its context decides.
     const maybeName = L.dual.has(w) || L.firstNames.has(w) || L.firstNames.has(stem(w));
     if (!maybeName) continue;
+    if (inCollocation(i) || (L.dual.has(w) && eponym(i))) continue;
     const prev = i > 0 ? stem(low[i - 1]!.replace(/[.:]$/, '')) : '';
     const prev2 = i > 1 ? low[i - 2]! : '';
     const cap = isCap(raw) || !mixedCase;
@@ -201,7 +217,7 @@ export function cleanFreeText(text: string, opts: FreeTextOptions = {}): string 
     // Parts of a PN-shaped value (SMITH^JOHN), and a first name alone in brackets: "(Joy)".
     const pnPart = /\^/.test(gapBefore(i)) || /\^/.test(gapAfter(i));
     const bracketed = isCap(raw) && L.firstNames.has(stem(w)) && /\(\s*$/.test(gapBefore(i)) && /^\s*\)/.test(gapAfter(i));
-    const midSentenceFirstName = mixedCase && isCap(raw) && !sentenceStart(i) && L.firstNames.has(stem(w));
+    const midSentenceFirstName = mixedCase && isCap(raw) && L.firstNames.has(stem(w)) && !sentenceStart(i);
     if (titled || forPair || besideName || midSentenceFirstName || pnPart || bracketed) { out[i] = true; names.add(w); }
   }
   // Pass 2: a word found to be a name is a name everywhere in the value (not in collocations),

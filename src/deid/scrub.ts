@@ -64,8 +64,8 @@ const cache = new Map<string, Scrubber>();
 const MEMO = 512;
 
 /** A scrubber for one data set's identifiers and the client's word lists; cached, since a series repeats them. */
-export function scrubberFor(identifiers: readonly string[], words: FreeTextOptions & { readonly id?: string } = {}): Scrubber {
-  const key = `${words.id ?? ''}\u0001${identifiers.join('\u0000')}`;
+export function scrubberFor(identifiers: readonly string[], words?: FreeTextOptions, wordsId = ''): Scrubber {
+  const key = `${wordsId}\u0001${identifiers.join('\u0000')}`;
   const hit = cache.get(key);
   if (hit) return hit;
   const sorted = [...identifiers].sort((a, b) => b.length - a.length).map(escapeRe);

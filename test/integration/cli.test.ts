@@ -13,6 +13,7 @@ import { findCanaries, fixtures } from '../helpers/fixtures.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
 import { checkDefaced, makeHeadPhantom } from '../fixtures/head-phantom.js';
 import { makeTextPhantom } from '../fixtures/text-phantom.js';
+import { encodePart10 } from '../helpers/dicom-builder.js';
 import { nativeInstance } from '../../src/pixels/codec.js';
 
 const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -323,6 +324,24 @@ describe('deid-gateway command line', async () => {
     assert.match(r.stdout, /\(0012,0062\) PatientIdentityRemoved\s+added/);
     assert.match(r.stdout, /\(0040,A730\) ContentSequence\s+cleaned inside\s+E\.1-1 basic D/);
     assert.deepEqual(findCanaries(Buffer.from(r.stdout + r.stderr), fx.manifest), []);
+  });
+
+  test('deid --diff under Clean Descriptors: a cleaned text is shown as it leaves, its redactions marked; the client\'s own words kept', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-text-'));
+    const file = join(dir, 'in.dcm');
+    writeFileSync(file, encodePart10([
+      { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' }, { tag: 0x00080018, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.13.1.3' },
+      { tag: 0x00080060, vr: 'CS', value: 'CT' }, { tag: 0x00081030, vr: 'LO', value: 'MRI BRAIN W/WO - hx per Dr. Feldman' },
+      { tag: 0x0008103e, vr: 'LO', value: 'Ax T2 FLAIR Lakeside (repeat, Jonathan moved)' },
+      { tag: 0x00100010, vr: 'PN', value: 'Doe^Jane' }, { tag: 0x0020000d, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.13.1.1' },
+      { tag: 0x0020000e, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.13.1.2' },
+    ], { ts: 'explicitLE' }));
+    const cfg = config(dir, ['vendor-a'], { client: '    profile: {options: [cleanDescriptors], freeText: {keep: [lakeside], remove: [flair]}}\n' });
+    const r = run(['deid', '--config', cfg, '--client', 'vendor-a', file, '--out', join(dir, 'o'), '--diff']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /\(0008,1030\) StudyDescription\s+cleaned\s+.*\n\s+leaves as "MRI BRAIN W\/WO - hx per Dr\. \[REDACTED\]" \(1 redaction\)/);
+    assert.match(r.stdout, /leaves as "Ax T2 \[REDACTED\] Lakeside \(repeat, \[REDACTED\] moved\)" \(2 redactions\)/, 'the client keeps "Lakeside" and removes "FLAIR"');
+    assert.ok(!/Feldman|Jonathan/.test(r.stdout + r.stderr), 'no original value printed');
   });
 
   test('two clients get different pseudonyms for the same study', () => {

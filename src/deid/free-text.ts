@@ -87,6 +87,10 @@ const UNITS = /^(?:mm|cm|m|ml|cc|l|mg|g|kg|mcg|ug|µg|mmol|mol|mmhg|bpm|hz|khz|m
 /** A street or facility noun: the capitalised or unknown words before it name a place. */
 const PLACE_AFTER = new Set(['memorial', 'general', 'regional', 'community', 'foundation', 'trust', 'nhs', 'va', 'hospital', 'clinic', 'center', 'centre', 'infirmary', 'institute', 'university', 'college', 'medical', 'health', 'healthcare', 'imaging', 'radiology', 'associates', 'group', 'logistics', 'inc', 'llc', 'ltd', 'corp', 'company', 'co', 'school', 'church', 'home', 'hospice', 'practice', 'surgery', 'lane', 'ln', 'street', 'st', 'avenue', 'ave', 'road', 'rd', 'drive', 'boulevard', 'blvd', 'court', 'ct', 'way', 'place', 'pl', 'terrace', 'crescent', 'close', 'square', 'park', 'county', 'city', 'town', 'village']);
 
+/** Weekdays and months (with their abbreviations): beside a number, they date something. */
+const WHEN = new Set(['monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday', 'mon', 'tue', 'tues', 'wed', 'thu', 'thur', 'thurs', 'fri', 'sat', 'sun',
+  'january', 'february', 'march', 'april', 'may', 'june', 'july', 'august', 'september', 'october', 'november', 'december', 'jan', 'feb', 'mar', 'apr', 'jun', 'jul', 'aug', 'sep', 'sept', 'oct', 'nov', 'dec']);
+
 /** Particles of family names. */
 const PARTICLES = new Set(['van', 'von', 'der', 'den', 'de', 'del', 'della', 'di', 'da', 'du', 'la', 'le', 'el', 'al', 'bin', 'ben', 'ibn', 'mac', 'mc', 'st', 'saint', 'ter', 'ten', 'dos', 'das', 'y']);
 
@@ -169,7 +173,7 @@ function clean(text: string, opts: FreeTextOptions): string {
   for (let i = 0; i < words.length; i++) {
     const w = low[i]!;
     const raw = words[i]!.text;
-    if (raw === REDACTED_WORD) { out[i] = true; continue; }
+    if (raw === REDACTED_WORD || out[i]) { out[i] = true; continue; } // already redacted (an earlier rule)
     if (opts.remove?.has(w) || opts.remove?.has(stem(w))) { out[i] = true; continue; }
     if (opts.keep?.has(w)) continue;
     const prevWord = i > 0 ? stem(low[i - 1]!.replace(/[#:.]$/, '')) : '';
@@ -194,6 +198,13 @@ function clean(text: string, opts: FreeTextOptions): string {
       out[i] = true;
       continue;
     }
+    // A weekday (before the safe lists: they spell weekdays with a capital) or month name beside a number dates the study ("THURSDAY 4.12", "March 3").
+    if (WHEN.has(w) && ((i + 1 < words.length && /^\d/.test(words[i + 1]!.text)) || (i > 0 && /^\d/.test(words[i - 1]!.text)))) {
+      out[i] = true;
+      if (i + 1 < words.length && /^\d/.test(words[i + 1]!.text)) out[i + 1] = true;
+      if (i > 0 && /^\d{1,2}$/.test(words[i - 1]!.text)) out[i - 1] = true;
+      continue;
+    }
     // Initials: K.L., J.R.R.
     if (/^(?:\p{L}\.){1,3}\p{L}?$/u.test(raw) && !L.safe.has(w)) { out[i] = true; continue; }
     if (!safeWord(w)) {
@@ -204,6 +215,8 @@ function clean(text: string, opts: FreeTextOptions): string {
       continue;
     }
     if (L.clinical.has(w) && !L.dual.has(w)) continue;
+    // A component of a PN-shaped value (Siemens exam trees: "HEAD^Harms") that is no clinical word.
+    if (/\^/.test(gapBefore(i)) || /\^/.test(gapAfter(i))) { out[i] = true; names.add(w); continue; }
     // A safe word that may be a name: its context decides.
     const maybeName = L.dual.has(w) || L.firstNames.has(w) || L.firstNames.has(stem(w));
     if (!maybeName) continue;

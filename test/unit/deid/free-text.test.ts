@@ -89,6 +89,10 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
       ['CT chest - Grace Young Memorial', ['Grace', 'Young', 'Memorial'], ['CT chest']],
       ['seen by Dr van Dijk', ['van', 'Dijk'], ['seen by Dr']],
       ['Per radiologist (A. Kumar)', ['Kumar', 'A.'], ['Per radiologist']],
+      // Forms real files carry (issue 16): a Siemens exam tree, a weekday with a day.month date.
+      ['HEAD^Harms', ['Harms'], ['HEAD^']],
+      ['BORJAN GAGOSKI^Normal Volunteer Protocol', ['BORJAN', 'GAGOSKI'], ['Normal Volunteer Protocol']],
+      ['THURSDAY 4.12', ['THURSDAY', '4.12'], []],
     ];
     for (const [text, gone, kept] of cases) {
       const out = scrub.scrub(text);

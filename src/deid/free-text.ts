@@ -91,6 +91,18 @@ const PLACE_AFTER = new Set(['memorial', 'general', 'regional', 'community', 'fo
 const WHEN = new Set(['monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday', 'mon', 'tue', 'tues', 'wed', 'thu', 'thur', 'thurs', 'fri', 'sat', 'sun',
   'january', 'february', 'march', 'april', 'may', 'june', 'july', 'august', 'september', 'october', 'november', 'december', 'jan', 'feb', 'mar', 'apr', 'jun', 'jul', 'aug', 'sep', 'sept', 'oct', 'nov', 'dec']);
 
+/**
+ * True when a word written as a compound (camel case, letters and digits run together:
+ * IntAsc, relCBF, PhoenixZIPReport, 48sl, dir80) is made of parts the safe lists know, small
+ * numbers and single letters.
+ */
+function compoundSafe(raw: string, L: Lists): boolean {
+  const parts = raw.split(/-|(?<=\p{Ll})(?=\p{Lu})|(?<=\p{Lu})(?=\p{Lu}\p{Ll})|(?<=\p{L})(?=\d)|(?<=\d)(?=\p{L})/u).filter(Boolean);
+  // At least one part is a word of two letters or more (412B, R1p5 are codes, not words).
+  if (parts.length < 2 || !parts.some((p) => /^\p{L}{2,}$/u.test(p))) return false;
+  return parts.every((p) => /^\d{1,3}(?:[.,]\d{1,3})?$/.test(p) || /^\p{L}$/u.test(p) || (L.safe.has(p.toLowerCase()) && !L.firstNames.has(p.toLowerCase())));
+}
+
 /** Particles of family names. */
 const PARTICLES = new Set(['van', 'von', 'der', 'den', 'de', 'del', 'della', 'di', 'da', 'du', 'la', 'le', 'el', 'al', 'bin', 'ben', 'ibn', 'mac', 'mc', 'st', 'saint', 'ter', 'ten', 'dos', 'das', 'y']);
 
@@ -188,13 +200,15 @@ function clean(text: string, opts: FreeTextOptions): string {
       const m = /^(\d+(?:[.,]\d+)?)([\p{L}%°]+)$/u.exec(raw);
       if (m && (UNITS.test(m[2]!) || L.safe.has(w))) continue;
       if (PARAM_BEFORE.has(prevWord) && /^\d{1,2}[a-z]$/i.test(raw)) continue; // BI-RADS 4A, grade 2B
+      if (!ID_BEFORE.has(prevWord) && compoundSafe(raw, L)) continue; // 48sl, 0.35Delay; never after "room", "bed"…
       if (/^\d{1,2}(?:st|nd|rd|th)$/i.test(raw)) continue;
       out[i] = !L.safe.has(w);
       continue;
     }
-    // Letters with digits: T2, C5, b1000, x3d, 3D are vocabulary or sequence names.
+    // Letters with digits: T2, C5, b1000, x3d, 3D are vocabulary or sequence names; 48sl,
+    // dir80, HB3 are a count with its word.
     if (/\d/.test(raw)) {
-      if (L.safe.has(w) || /^[a-z]{1,2}\d{1,4}[a-z]{0,2}$/i.test(raw) || /^x\d+[a-z]*$/i.test(raw)) continue;
+      if (L.safe.has(w) || /^[a-z]{1,2}\d{1,4}[a-z]{0,2}$/i.test(raw) || /^x\d+[a-z]*$/i.test(raw) || compoundSafe(raw, L)) continue;
       out[i] = true;
       continue;
     }
@@ -208,8 +222,10 @@ function clean(text: string, opts: FreeTextOptions): string {
     // Initials: K.L., J.R.R.
     if (/^(?:\p{L}\.){1,3}\p{L}?$/u.test(raw) && !L.safe.has(w)) { out[i] = true; continue; }
     if (!safeWord(w)) {
-      // Not known to be safe. An eponym that is a common surname is kept before its head noun.
+      // Not known to be safe. An eponym that is a common surname is kept before its head noun;
+      // a protocol-style compound of safe parts (IntAsc, relCBF, ZIPReport) is kept.
       if (L.dual.has(w) && eponym(i)) continue;
+      if (compoundSafe(raw, L) && !NAME_BEFORE.has(i > 0 ? stem(low[i - 1]!.replace(/[.:]$/, '')) : '') && !TITLES.has(i > 0 ? stem(low[i - 1]!.replace(/[.:]$/, '')) : '')) continue;
       out[i] = true;
       if (isCap(raw) || !mixedCase) names.add(w);
       continue;
@@ -279,6 +295,8 @@ function clean(text: string, opts: FreeTextOptions): string {
       if (runEnd >= 0) { last = runEnd; runEnd = -1; }
       return;
     }
+    // A run goes on across spaces only: punctuation between two removed words stays.
+    if (runEnd >= 0 && !/^\s*$/.test(text.slice(runEnd, t.start))) { s += text.slice(runEnd, t.start) + REDACTED_WORD; runEnd = t.end; return; }
     if (runEnd < 0) s += text.slice(last, t.start) + REDACTED_WORD;
     runEnd = t.end;
   });

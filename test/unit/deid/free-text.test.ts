@@ -93,6 +93,12 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
       ['HEAD^Harms', ['Harms'], ['HEAD^']],
       ['BORJAN GAGOSKI^Normal Volunteer Protocol', ['BORJAN', 'GAGOSKI'], ['Normal Volunteer Protocol']],
       ['THURSDAY 4.12', ['THURSDAY', '4.12'], []],
+      // Vendors' protocol names keep their words: compounds of safe parts, counts with their word.
+      ['Ax fMRI HB8 72sl int asc', [], ['Ax fMRI HB8 72sl int asc']],
+      ['DWI_dir80_AP_TRACEW', [], ['DWI_dir80_AP_TRACEW']],
+      ['relCBF (PCASL)', [], ['relCBF (PCASL)']],
+      ['epiRT IntAsc GD33', [], ['epiRT IntAsc GD33']],
+      ['(JohnSmith) room 412B', ['JohnSmith', '412B'], ['room']],
     ];
     for (const [text, gone, kept] of cases) {
       const out = scrub.scrub(text);
@@ -123,7 +129,7 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
   });
 
   test('the De-identification Method names the cleaner and the versions of its lists', () => {
-    assert.match(freeTextVersion(), /^safe-words-1 \(clinical-1\+cid-2026\+scowl50\+names-1\)$/);
+    assert.match(freeTextVersion(), /^safe-words-1 \(clinical-2\+cid-2026\+scowl50\+names-1\)$/);
   });
 
   test('the engine: every C text attribute and SR text under the options; local code meanings cleaned, standard ones kept', async () => {

@@ -14,6 +14,7 @@ import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
 import { readInstanceSync } from '../../../src/dicom/part10.js';
 import { part10View } from '../../../src/pixels/views.js';
 import { createEngineContext } from '../../../src/deid/index.js';
+import { deidentifyJson } from '../../../src/deid/json.js';
 import { encodePart10, type El } from '../../helpers/dicom-builder.js';
 import { freeTextSet, type MarkedValue } from '../../fixtures/free-text-set.js';
 
@@ -160,5 +161,13 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
     assert.equal(second!.items(0x0040a043)[0]!.str(0x00080104), `Reviewed by ${REDACTED_WORD}`, 'a local code meaning is cleaned');
     assert.equal(second!.str(0x0040a160), `Nodule 6 mm, f/u per Dr ${REDACTED_WORD}`, 'SR text cleaned');
     assert.ok(v.str(0x00120063)!.includes(freeTextVersion()), 'the method names the cleaner');
+    // The DICOM JSON path (metadata, QIDO rows) cleans the same way.
+    const json = deidentifyJson({
+      '00081030': { vr: 'LO', Value: ['MRI BRAIN W/WO - hx per Dr. Feldman'] },
+      '0008103E': { vr: 'LO', Value: ['Ax T2 FLAIR (repeat, Jonathan moved) Lakeside'] },
+      '0020000D': { vr: 'UI', Value: ['1.2.3'] },
+    }, ctx, { writeMarkers: false });
+    assert.deepEqual(json['00081030']?.Value, [v.str(0x00081030)]);
+    assert.deepEqual(json['0008103E']?.Value, [v.str(0x0008103e)]);
   });
 });

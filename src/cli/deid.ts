@@ -20,7 +20,7 @@ import { join, relative } from 'node:path';
 import { userInfo } from 'node:os';
 import { pipeline } from 'node:stream/promises';
 import { inflateRawSync } from 'node:zlib';
-import { isGatewayError, type GatewayError } from '../core/errors.js';
+import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { Config } from '../config/schema.js';
 import { readHeaderSync } from '../dicom/part10.js';
 import { diffHeaders, formatDiff } from '../deid/diff.js';
@@ -219,6 +219,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     process.stderr.write(`deid-gateway: face decisions could not be made: ${(e as Error).message}\n`);
   }
   let done = 0;
+  const written = new Set<string>();
   let refused = 0;
   let skipped = 0;
   try {
@@ -244,6 +245,10 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         detected = undefined;
         let info: InstanceInfo | undefined;
         try {
+          // A media directory (DICOMDIR) lists every patient's name in its records, with byte
+          // offsets into itself: it is not an image to de-identify, and it is regenerated from
+          // the exported files, not copied.
+          if (isDicomdir(file)) throw new GatewayError('DICOM_DIRECTORY', 'a DICOMDIR (media storage directory) is not exported: its records list patients and point into the original files; build a new one from the exported files', { auditReason: 'dicomdir' });
           // Detected text is masked in native pixels: a compressed file (RLE, JPEG baseline) is
           // decoded in-process first; one that cannot be is refused by the engine.
           const decoded = await detectText(file, pixels, text);
@@ -268,7 +273,13 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         const o = info!.original;
         const dir = join(args.out, safeName(p.study), safeName(p.series));
         mkdirSync(dir, { recursive: true });
-        const dest = join(dir, `${safeName(p.sop)}.dcm`);
+        // Two inputs with one SOP Instance UID (or none) are both kept: the later one gets a
+        // numbered name, and says so. A file left by an earlier run is replaced.
+        let dest = join(dir, `${safeName(p.sop)}.dcm`);
+        let collided = '';
+        for (let n = 2; written.has(dest); n++) { dest = join(dir, `${safeName(p.sop)}-${n}.dcm`); collided = ` (its SOP Instance UID is shared with an earlier input: written as ${safeName(p.sop)}-${n}.dcm)`; }
+        written.add(dest);
+        pixelNote += collided;
         try {
           record({ started, status: 200, outcome: 'ok', bytes: statSync(tmp).size, study: { study: o.study, pseudonymous: p.study, patientId: patientOf, instances: 1 }, text: detected });
         } catch (e) {
@@ -331,6 +342,13 @@ async function detectText(file: string, pixels: PixelPolicy, text: TextProvider)
   } catch {
     return undefined; // the engine refuses to mask compressed pixel data, with its reason
   }
+}
+
+/** True when the file is a media storage directory (Media Storage SOP Class 1.2.840.10008.1.3.10). */
+function isDicomdir(file: string): boolean {
+  const head = headerOf(file);
+  const cls = head ? part10View(head.meta).str(0x00020002) ?? part10View(head.elements).str(0x00080016) : undefined;
+  return cls === '1.2.840.10008.1.3.10';
 }
 
 /** The --diff lines of the text regions masked in the pixel data. */

@@ -344,6 +344,30 @@ describe('deid-gateway command line', async () => {
     assert.ok(!/Feldman|Jonathan/.test(r.stdout + r.stderr), 'no original value printed');
   });
 
+  test('deid loses nothing: inputs that share a SOP Instance UID, or have none, are all written; a DICOMDIR is refused with its reason', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-names-'));
+    const inDir = join(dir, 'in');
+    mkdirSync(inDir);
+    const ct = (sop: string | undefined, comment: string): Buffer => encodePart10([
+      { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' }, ...(sop ? [{ tag: 0x00080018, vr: 'UI', value: sop }] : []),
+      { tag: 0x00080060, vr: 'CS', value: 'CT' }, { tag: 0x00204000, vr: 'LT', value: comment },
+      { tag: 0x0020000d, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.16.1' }, { tag: 0x0020000e, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.16.2' },
+    ], { ts: 'explicitLE', meta: { sopInstanceUid: sop ?? '1.2.826.0.1.3680043.9.7433.16.99' } });
+    writeFileSync(join(inDir, 'a.dcm'), ct('1.2.826.0.1.3680043.9.7433.16.3', 'first'));
+    writeFileSync(join(inDir, 'b.dcm'), ct('1.2.826.0.1.3680043.9.7433.16.3', 'second'));
+    writeFileSync(join(inDir, 'c.dcm'), ct(undefined, 'third'));
+    writeFileSync(join(inDir, 'd.dcm'), ct(undefined, 'fourth'));
+    writeFileSync(join(inDir, 'DICOMDIR'), encodePart10([{ tag: 0x00041130, vr: 'CS', value: 'FILESET' }], { ts: 'explicitLE', meta: { sopClassUid: '1.2.840.10008.1.3.10', sopInstanceUid: '1.2.826.0.1.3680043.9.7433.16.98' } }));
+    const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', inDir, '--out', join(dir, 'out')]);
+    assert.equal(r.status, 1, 'the DICOMDIR is refused');
+    assert.match(r.stderr, /refused: .*DICOMDIR: DICOM_DIRECTORY: a DICOMDIR \(media storage directory\) is not exported/);
+    assert.match(r.stderr, /4 de-identified, 1 refused/);
+    const out = files(join(dir, 'out'));
+    assert.equal(out.length, 4, `every image input written: ${out.join(', ')}`);
+    for (const f of out) assert.ok(readInstanceSync(readFileSync(f), inflateRawSync).elements.length > 0, `${f} is a readable instance`);
+    assert.match(r.stdout, /shared with an earlier input: written as .*-2\.dcm/);
+  });
+
   test('two clients get different pseudonyms for the same study', () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
     const cfg = config(dir, ['vendor-a', 'vendor-b']);

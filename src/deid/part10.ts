@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { PassThrough, Readable, pipeline } from 'node:stream';
 import { createDeflateRaw, createInflateRaw } from 'node:zlib';
 import { GatewayError, tagString } from '../core/errors.js';
-import { charsetFor, type Charset } from '../dicom/charset.js';
+import { charsetFor, DEFAULT_CHARSET, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag, ITEM, SEQUENCE_DELIMITATION } from '../dicom/dictionary.js';
 import {
   ByteQueue, ElementParser, encodeElements, encodeToBuffer, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
@@ -65,7 +65,15 @@ export const binaryAdapter: Adapter<RawElement, BinaryDataset, OutElement> = {
     if (!e.value) return null;
     const vr = binaryAdapter.vr(e, ds);
     if (!STRING_VRS.has(vr)) return null;
-    return decodeStrings(e.value, vr, ds.charset);
+    try {
+      return decodeStrings(e.value, vr, ds.charset);
+    } catch (err) {
+      // No Specific Character Set declared, yet bytes beyond ASCII: read them as Latin-1, as
+      // DCMTK and pydicom do, so that the value can be cleaned. A cleaned value that still holds
+      // such letters cannot be written in the default repertoire, and is emptied.
+      if (ds.charset === DEFAULT_CHARSET && err instanceof GatewayError && err.code === 'DICOM_CHARSET') return decodeStrings(e.value, vr, charsetFor('ISO_IR 100'));
+      throw err;
+    }
   },
   items(e, ds) {
     return (e.items ?? []).map((it) => ({ elements: it.elements, charset: charsetOf(it.elements) ?? ds.charset }));

@@ -161,6 +161,17 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
     assert.equal(second!.items(0x0040a043)[0]!.str(0x00080104), `Reviewed by ${REDACTED_WORD}`, 'a local code meaning is cleaned');
     assert.equal(second!.str(0x0040a160), `Nodule 6 mm, f/u per Dr ${REDACTED_WORD}`, 'SR text cleaned');
     assert.ok(v.str(0x00120063)!.includes(freeTextVersion()), 'the method names the cleaner');
+    // Latin-1 text with no Specific Character Set (real files from many scanners, issue 16):
+    // read as Latin-1 and cleaned, not refused; what cannot be written back in ASCII is emptied.
+    const latin = readInstanceSync(await deidentifyPart10Buffer(encodePart10([
+      { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' }, { tag: 0x00080018, vr: 'UI', value: '1.2.3.5' },
+      { tag: 0x00081030, vr: 'LO', value: Buffer.from('CT THORAX - per Dr. M\u00fcller', 'latin1') },
+      { tag: 0x0008103e, vr: 'LO', value: Buffer.from('Thoraxr\u00f6ntgen', 'latin1') },
+      { tag: 0x0020000d, vr: 'UI', value: '1.2.3' }, { tag: 0x0020000e, vr: 'UI', value: '1.2.3.1' },
+    ], { ts: 'explicitLE' }), ctx), inflateRawSync);
+    const lv = part10View(latin.elements);
+    assert.equal(lv.str(0x00081030), `CT THORAX - per Dr. ${REDACTED_WORD}`);
+    assert.ok(!/ntgen/.test(lv.str(0x0008103e) ?? ''), lv.str(0x0008103e));
     // The DICOM JSON path (metadata, QIDO rows) cleans the same way.
     const json = deidentifyJson({
       '00081030': { vr: 'LO', Value: ['MRI BRAIN W/WO - hx per Dr. Feldman'] },

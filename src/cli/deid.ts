@@ -52,13 +52,70 @@ function looksLikeDicom(path: string): boolean {
   let fd: number | undefined;
   try {
     fd = openSync(path, 'r');
-    const b = Buffer.alloc(4);
-    return readSync(fd, b, 0, 4, 128) === 4 && b.toString('latin1') === 'DICM';
+    const b = Buffer.alloc(132);
+    const n = readSync(fd, b, 0, 132, 0);
+    return (n === 132 && b.toString('latin1', 128, 132) === 'DICM') || (n >= 4 && b.toString('latin1', 0, 4) === 'DICM');
   } catch {
     return false;
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
+}
+
+const VRS = new Set(['AE', 'AS', 'AT', 'CS', 'DA', 'DS', 'DT', 'FL', 'FD', 'IS', 'LO', 'LT', 'OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'PN', 'SH', 'SL', 'SQ', 'SS', 'ST', 'SV', 'TM', 'UC', 'UI', 'UL', 'UN', 'UR', 'US', 'UT', 'UV']);
+
+/**
+ * A file that is a Part 10 object but for its framing, made whole (real files: issue 16), or
+ * undefined when it needs nothing (or cannot be helped, and the engine refuses it):
+ *  - "DICM" at byte 0 (the 128-byte preamble left out): the preamble is put back;
+ *  - no File Meta Information at all (a bare data set, as some archives store them): a File
+ *    Meta is written for it, with the transfer syntax read off its first element (explicit VR
+ *    when bytes 4–5 are a VR, else implicit VR Little Endian, the PS3.5 default) and the SOP
+ *    Class and Instance UIDs of the data set.
+ */
+function reframe(file: string): Buffer | undefined {
+  let head: Buffer;
+  try {
+    const fd = openSync(file, 'r');
+    try { head = Buffer.alloc(132); readSync(fd, head, 0, 132, 0); } finally { closeSync(fd); }
+  } catch {
+    return undefined;
+  }
+  if (head.toString('latin1', 128, 132) === 'DICM') return undefined;
+  if (head.toString('latin1', 0, 4) === 'DICM') return Buffer.concat([Buffer.alloc(128), readFileSync(file)]);
+  // A bare data set starts with a group 0008 (or 0002) element in little endian.
+  const group = head.readUInt16LE(0);
+  if (group !== 0x0008 && group !== 0x0002) return undefined;
+  const body = readFileSync(file);
+  const explicit = VRS.has(body.toString('latin1', 4, 6));
+  const tsUid = explicit ? '1.2.840.10008.1.2.1' : '1.2.840.10008.1.2';
+  let view: DatasetView;
+  try {
+    const probe = Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), metaElement(0x00020010, 'UI', tsUid), body]);
+    view = part10View(readHeaderSync(probe, (b) => inflateRawSync(b)).elements);
+  } catch {
+    return undefined;
+  }
+  const sopClass = view.str(0x00080016), sop = view.str(0x00080018);
+  if (!sopClass || !sop) return undefined;
+  const meta = Buffer.concat([metaElement(0x00020001, 'OB', Buffer.from([0, 1])), metaElement(0x00020002, 'UI', sopClass), metaElement(0x00020003, 'UI', sop), metaElement(0x00020010, 'UI', tsUid)]);
+  return Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), metaElement(0x00020000, 'UL', (() => { const b = Buffer.alloc(4); b.writeUInt32LE(meta.length); return b; })()), meta, body]);
+}
+
+/** A file's bytes as a whole Part 10 object (reframed when it needs it). */
+function partBytes(file: string): Buffer {
+  return reframe(file) ?? readFileSync(file);
+}
+
+/** One File Meta element (explicit VR little endian), its value padded to even length. */
+function metaElement(tag: number, vr: 'UI' | 'OB' | 'UL', value: string | Buffer): Buffer {
+  let v = typeof value === 'string' ? Buffer.from(value, 'latin1') : value;
+  if (v.length & 1) v = Buffer.concat([v, Buffer.from([vr === 'UI' ? 0 : 0])]);
+  const long = vr === 'OB';
+  const h = Buffer.alloc(long ? 12 : 8);
+  h.writeUInt16LE(tag >>> 16, 0); h.writeUInt16LE(tag & 0xffff, 2); h.write(vr, 4, 'latin1');
+  if (long) h.writeUInt32LE(v.length, 8); else h.writeUInt16LE(v.length, 6);
+  return Buffer.concat([h, v]);
 }
 
 /**
@@ -84,6 +141,11 @@ function safeName(uid: string): string {
  * every input of a large export. Undefined when it cannot be read.
  */
 function headerOf(file: string): ReturnType<typeof readHeaderSync> | undefined {
+  // A file without its preamble or File Meta is read as it will be exported (reframe).
+  const framed = reframe(file);
+  if (framed) {
+    try { return readHeaderSync(framed, (b) => inflateRawSync(b)); } catch { return undefined; }
+  }
   let fd: number | undefined;
   try {
     fd = openSync(file, 'r');
@@ -132,7 +194,7 @@ async function decideFaces(inputs: readonly string[], pixels: PixelPolicy, faces
   for (const [uid, e] of series) {
     await faces.decide(uid, e.modality, [...e.files.keys()], {
       instances: async () => [...e.views].map(([sop, view]) => ({ sop, view })),
-      instance: async (sop) => readFileSync(e.files.get(sop)!),
+      instance: async (sop) => partBytes(e.files.get(sop)!),
     });
   }
 }
@@ -252,8 +314,9 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
           // Detected text is masked in native pixels: a compressed file (RLE, JPEG baseline) is
           // decoded in-process first; one that cannot be is refused by the engine.
           const decoded = await detectText(file, pixels, text);
+          const framed = decoded ? undefined : reframe(file);
           await pipeline(
-            decoded ? Readable.from([decoded]) : createReadStream(file),
+            decoded ? Readable.from([decoded]) : framed ? Readable.from([framed]) : createReadStream(file),
             (source: AsyncIterable<Buffer>) => deidentifyPart10(source, ctx, { maxHeaderBytes: cfg.engine.maxHeaderBytes, admit, onInstance: (i) => { info = i; } }),
             createWriteStream(tmp, { mode: 0o640 }),
           );
@@ -334,7 +397,7 @@ async function detectText(file: string, pixels: PixelPolicy, text: TextProvider)
   const attr = (tag: number): string | undefined => (tag === 0x00080016 ? view.str(tag) ?? metaView.str(0x00020002) : view.str(tag));
   const sop = view.str(0x00080018);
   if (!sop || !needsTextDecision(headerPixelFacts(attr), pixels)) return undefined;
-  const bytes = readFileSync(file);
+  const bytes = partBytes(file);
   const v = await text.decide(sop, async () => bytes);
   if (v.kind !== 'mask' || !head.transferSyntax.encapsulated) return undefined;
   try {

@@ -202,6 +202,24 @@ function elementNow(q: ByteQueue, syntax: Syntax, h: ElementHeader, room: number
 }
 
 /** Peeks the next tag and the header of the element, without consuming. */
+/**
+ * True (and the bytes consumed) when what is left of the object is zero bytes only: padding that
+ * some writers put after the last element (real files; DCMTK and pydicom read past it). A zero
+ * tag followed by anything else is not padding, and is left for the element reader to refuse.
+ */
+async function zeroPaddingToEnd(q: ByteQueue): Promise<boolean> {
+  if (q.available < 4 && !q.sourceEnded) await q.fill(4);
+  if (q.available < 4 || q.peek(4).readUInt32LE(0) !== 0) return false;
+  // A zero tag: read on, a bounded piece at a time, while it stays zero.
+  for (;;) {
+    if (q.available === 0 && !(await q.fill(1))) return true;
+    const n = Math.min(q.available, 64 * 1024);
+    const b = q.peek(n);
+    for (let i = 0; i < n; i++) if (b[i] !== 0) throw new GatewayError('DICOM_MALFORMED', `an element with tag (0000,0000) at byte ${q.position + i}: not padding`);
+    q.consume(n);
+  }
+}
+
 async function peekHeader(q: ByteQueue, syntax: Syntax): Promise<ElementHeader | null> {
   // Await only when the bytes are not there yet: each await costs a microtask per element.
   if (q.available < 12 && !q.sourceEnded) await q.fill(12);
@@ -341,6 +359,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       const p = new ElementParser(span, dq.position, true);
       let at = 0;
       while (at + 12 <= span.length) {
+        if (span.readUInt32LE(at) === 0) break; // a zero tag: padding to the end, or malformed (below)
         const h = p.header(at, span.length, ts);
         if (PIXEL_DATA_TAGS.has(h.tag) || h.length === UNDEFINED_LENGTH || h.length > SKIP_THRESHOLD) break;
         const total = h.headerLength + h.length;
@@ -354,6 +373,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       }
       if (at > 0) { dq.consume(at); continue; }
     }
+    if (header.length > 0 && await zeroPaddingToEnd(dq)) break;
     const h = headerNow(dq, ts) ?? await peekHeader(dq, ts);
     if (!h) break;
     if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${dq.position}`);
@@ -497,6 +517,7 @@ async function* datasetBody(
       }
       pixel = null;
     }
+    if (await zeroPaddingToEnd(q)) return;
     const h = await peekHeader(q, ts);
     if (!h) return;
     if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${q.position}`);

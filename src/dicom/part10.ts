@@ -230,6 +230,22 @@ export class ElementParser {
       const { items, next } = this.items(vstart, h.length === UNDEFINED ? end : vstart + h.length, inner, h.length === UNDEFINED, end);
       return { element: { tag: h.tag, vr: vr === 'UN' ? 'UN' : 'SQ', value: null, items, syntax: inner }, next };
     }
+    if (h.length === UNDEFINED && PIXEL_DATA_TAGS.has(h.tag) && (vr === 'OB' || vr === 'OW')) {
+      // Encapsulated pixel data inside a data set: an icon (Icon Image Sequence, which PS3.5 A.4
+      // lets carry the file's compressed syntax). Its fragments are stepped over and not kept:
+      // the value reads as empty (icons are removed by the table; nothing compressed is copied).
+      let pos = vstart;
+      for (;;) {
+        this.need(pos, 8, end);
+        const tag = ((this.u16(pos, true) << 16) | this.u16(pos + 2, true)) >>> 0;
+        const len = this.u32(pos + 4, true);
+        if (tag === SEQUENCE_DELIMITATION) { pos += 8; break; }
+        if (tag !== ITEM || len === UNDEFINED) throw malformed(`bad fragment in the encapsulated ${tagString(h.tag)}`, this.base + pos);
+        this.need(pos + 8, len, end);
+        pos += 8 + len;
+      }
+      return { element: { tag: h.tag, vr, value: Buffer.alloc(0), items: null, syntax }, next: pos };
+    }
     if (h.length === UNDEFINED) {
       throw malformed(`undefined length for ${tagString(h.tag)} (${vr})`, this.base + at);
     }

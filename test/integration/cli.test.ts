@@ -13,7 +13,7 @@ import { findCanaries, fixtures } from '../helpers/fixtures.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
 import { checkDefaced, makeHeadPhantom } from '../fixtures/head-phantom.js';
 import { makeTextPhantom } from '../fixtures/text-phantom.js';
-import { encodePart10 } from '../helpers/dicom-builder.js';
+import { encapsulatedPixelData, encodeDataset, encodePart10, type El } from '../helpers/dicom-builder.js';
 import { nativeInstance } from '../../src/pixels/codec.js';
 
 const ENTRY = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -366,6 +366,38 @@ describe('deid-gateway command line', async () => {
     assert.equal(out.length, 4, `every image input written: ${out.join(', ')}`);
     for (const f of out) assert.ok(readInstanceSync(readFileSync(f), inflateRawSync).elements.length > 0, `${f} is a readable instance`);
     assert.match(r.stdout, /shared with an earlier input: written as .*-2\.dcm/);
+  });
+
+  test('deid reads the real-world framings DCMTK and pydicom read: no preamble, no File Meta, zero padding after the data set, a JPEG 2000 icon', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-framing-'));
+    const inDir = join(dir, 'in');
+    mkdirSync(inDir);
+    const uid = (n: number): string => `1.2.826.0.1.3680043.9.7433.16.7${n}`;
+    const els = (n: number): El[] => [
+      { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.7' }, { tag: 0x00080018, vr: 'UI', value: uid(n) },
+      { tag: 0x00080060, vr: 'CS', value: 'OT' }, { tag: 0x00100010, vr: 'PN', value: 'Doe^Jane' },
+      { tag: 0x0020000d, vr: 'UI', value: uid(8) }, { tag: 0x0020000e, vr: 'UI', value: uid(9) },
+    ];
+    const whole = encodePart10(els(0), { ts: 'explicitLE', meta: { sopInstanceUid: uid(0) } });
+    writeFileSync(join(inDir, 'nopreamble.dcm'), whole.subarray(128));
+    writeFileSync(join(inDir, 'bare-implicit.dcm'), encodeDataset(els(1), 'implicitLE'));
+    writeFileSync(join(inDir, 'bare-explicit.dcm'), encodeDataset(els(2), 'explicitLE'));
+    writeFileSync(join(inDir, 'padded.dcm'), Buffer.concat([encodePart10(els(3), { ts: 'explicitLE', meta: { sopInstanceUid: uid(3) } }), Buffer.alloc(20)]));
+    const icon: El = { tag: 0x00880200, vr: 'SQ', value: [[
+      { tag: 0x00280002, vr: 'US', value: [1] }, { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' }, { tag: 0x00280010, vr: 'US', value: [2] }, { tag: 0x00280011, vr: 'US', value: [2] },
+      { tag: 0x00280100, vr: 'US', value: [8] }, encapsulatedPixelData([Buffer.from([0xff, 0x4f, 0xff, 0x51, 0, 0])]),
+    ]] };
+    writeFileSync(join(inDir, 'icon-j2k.dcm'), encodePart10([...els(4), icon, encapsulatedPixelData([Buffer.from([0xff, 0x4f, 0xff, 0x51, 0, 0])])].sort((x, y) => x.tag - y.tag), { ts: 'explicitLE', meta: { sopInstanceUid: uid(4), transferSyntaxUid: '1.2.840.10008.1.2.4.90' } }));
+    const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: allow}\n' });
+    const r = run(['deid', '--config', cfg, '--client', 'vendor-a', inDir, '--out', join(dir, 'out')]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /5 de-identified, 0 refused, 0 skipped/);
+    for (const f of files(join(dir, 'out'))) {
+      const inst = readInstanceSync(readFileSync(f), inflateRawSync);
+      const v = new Map(inst.elements.map((e) => [e.tag, e]));
+      assert.ok(!v.has(0x00880200), 'no icon leaves');
+      assert.ok(!readFileSync(f).includes(Buffer.from('Doe^Jane')), 'the name is gone');
+    }
   });
 
   test('two clients get different pseudonyms for the same study', () => {

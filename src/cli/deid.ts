@@ -281,7 +281,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     process.stderr.write(`deid-gateway: face decisions could not be made: ${(e as Error).message}\n`);
   }
   let done = 0;
-  const written = new Set<string>();
+  const written = new Map<string, string>(); // output → the input it came from
   let refused = 0;
   let skipped = 0;
   try {
@@ -336,13 +336,20 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
         const o = info!.original;
         const dir = join(args.out, safeName(p.study), safeName(p.series));
         mkdirSync(dir, { recursive: true });
-        // Two inputs with one SOP Instance UID (or none) are both kept: the later one gets a
-        // numbered name, and says so. A file left by an earlier run is replaced.
+        // Output names never collide. A second input with the same SOP Instance UID as an earlier
+        // one of this run is refused with its reason; inputs without one (no identity) get
+        // numbered names. A file left by an earlier run is replaced.
         let dest = join(dir, `${safeName(p.sop)}.dcm`);
-        let collided = '';
-        for (let n = 2; written.has(dest); n++) { dest = join(dir, `${safeName(p.sop)}-${n}.dcm`); collided = ` (its SOP Instance UID is shared with an earlier input: written as ${safeName(p.sop)}-${n}.dcm)`; }
-        written.add(dest);
-        pixelNote += collided;
+        if (written.has(dest) && safeName(p.sop) !== 'unknown') {
+          try { unlinkSync(tmp); } catch { /* gone */ }
+          refused++;
+          const first = written.get(dest)!;
+          process.stderr.write(`refused: ${file}: DICOM_DUPLICATE: an earlier input (${first}) has the same SOP Instance UID and was exported under it\n`);
+          record({ started, status: 422, outcome: 'denied', code: 'DICOM_DUPLICATE', reason: 'duplicate-sop-instance' });
+          continue;
+        }
+        for (let n = 2; written.has(dest); n++) dest = join(dir, `${safeName(p.sop)}-${n}.dcm`);
+        written.set(dest, file);
         try {
           record({ started, status: 200, outcome: 'ok', bytes: statSync(tmp).size, study: { study: o.study, pseudonymous: p.study, patientId: patientOf, instances: 1 }, text: detected });
         } catch (e) {

@@ -15,6 +15,7 @@ export const ErrorCodes = {
   DICOM_TRUNCATED: { status: 502, title: 'Truncated DICOM refused' },
   DICOM_NOT_PART10: { status: 502, title: 'Not a DICOM Part 10 object' },
   DICOM_DIRECTORY: { status: 422, title: 'A media directory (DICOMDIR) is not exported' },
+  DICOM_DUPLICATE: { status: 422, title: 'Another input with the same SOP Instance UID was exported' },
   DICOM_UNSUPPORTED_TRANSFER_SYNTAX: { status: 502, title: 'Unsupported transfer syntax' },
   DICOM_CHARSET: { status: 502, title: 'Character set cannot be decoded' },
   DICOM_HEADER_TOO_LARGE: { status: 502, title: 'DICOM header exceeds the configured limit' },

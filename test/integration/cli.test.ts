@@ -344,7 +344,7 @@ describe('deid-gateway command line', async () => {
     assert.ok(!/Feldman|Jonathan/.test(r.stdout + r.stderr), 'no original value printed');
   });
 
-  test('deid loses nothing: inputs that share a SOP Instance UID, or have none, are all written; a DICOMDIR is refused with its reason', () => {
+  test('deid loses nothing: a second input with a SOP Instance UID already exported is refused with its reason, inputs with none are all written, a DICOMDIR is refused', () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-cli-names-'));
     const inDir = join(dir, 'in');
     mkdirSync(inDir);
@@ -359,13 +359,14 @@ describe('deid-gateway command line', async () => {
     writeFileSync(join(inDir, 'd.dcm'), ct(undefined, 'fourth'));
     writeFileSync(join(inDir, 'DICOMDIR'), encodePart10([{ tag: 0x00041130, vr: 'CS', value: 'FILESET' }], { ts: 'explicitLE', meta: { sopClassUid: '1.2.840.10008.1.3.10', sopInstanceUid: '1.2.826.0.1.3680043.9.7433.16.98' } }));
     const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', inDir, '--out', join(dir, 'out')]);
-    assert.equal(r.status, 1, 'the DICOMDIR is refused');
+    assert.equal(r.status, 1, 'the DICOMDIR and the duplicate are refused');
     assert.match(r.stderr, /refused: .*DICOMDIR: DICOM_DIRECTORY: a DICOMDIR \(media storage directory\) is not exported/);
-    assert.match(r.stderr, /4 de-identified, 1 refused/);
+    assert.match(r.stderr, /refused: .*b\.dcm: DICOM_DUPLICATE: an earlier input \(.*a\.dcm\) has the same SOP Instance UID/);
+    assert.match(r.stderr, /3 de-identified, 2 refused/);
     const out = files(join(dir, 'out'));
-    assert.equal(out.length, 4, `every image input written: ${out.join(', ')}`);
+    assert.equal(out.length, 3, `a.dcm and both inputs without a SOP Instance UID written: ${out.join(', ')}`);
+    assert.ok(out.some((f) => /unknown-2\.dcm$/.test(f)), 'the second input without a SOP Instance UID is numbered');
     for (const f of out) assert.ok(readInstanceSync(readFileSync(f), inflateRawSync).elements.length > 0, `${f} is a readable instance`);
-    assert.match(r.stdout, /shared with an earlier input: written as .*-2\.dcm/);
   });
 
   test('deid reads the real-world framings DCMTK and pydicom read: no preamble, no File Meta, zero padding after the data set, a JPEG 2000 icon', () => {

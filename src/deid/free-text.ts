@@ -64,6 +64,11 @@ function shipped(): Lists {
   return lists;
 }
 
+/** True when the curated clinical list has this word (any case). */
+export function isClinicalWord(w: string): boolean {
+  return shipped().clinical.has(w.trim().toLowerCase());
+}
+
 /** The cleaner and the versions of its lists, for the De-identification Method. */
 export function freeTextVersion(): string {
   return `safe-words-1 (${shipped().version})`;

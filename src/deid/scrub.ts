@@ -5,7 +5,7 @@
  * telephone, dates, titled names, long digit runs); then the safe-word cleaner (free-text.ts),
  * which keeps only words known to be safe in their context.
  */
-import { cleanFreeText, type FreeTextOptions } from './free-text.js';
+import { cleanFreeText, isClinicalWord, type FreeTextOptions } from './free-text.js';
 
 export const REDACTED = '[REDACTED]';
 
@@ -17,7 +17,7 @@ const PATTERNS: readonly RegExp[] = [
   /\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b/g, // 20240301
   /\b\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{2,4}\b/gi,
   /\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}\b/gi,
-  /\b\d{6,}\b/g, // long digit runs: record numbers
+  /(?<![\d.,])\d{6,}(?!\d|[.,]\d)/g, // long digit runs: record numbers (not the decimals of 3.000000)
 ];
 
 // Digit groups joined by a space, hyphen or slash, with an optional +country and (area) code;
@@ -68,9 +68,12 @@ export function scrubberFor(identifiers: readonly string[], words?: FreeTextOpti
   const key = `${wordsId}\u0001${identifiers.join('\u0000')}`;
   const hit = cache.get(key);
   if (hit) return hit;
-  const sorted = [...identifiers].sort((a, b) => b.length - a.length).map(escapeRe);
-  // Identifiers match case-insensitively, not inside longer words ("Li" in "Liver").
-  const ids = sorted.length ? new RegExp(`(?<![\\p{L}\\p{N}])(?:${sorted.join('|')})(?![\\p{L}\\p{N}])`, 'giu') : null;
+  // A data set's identifier that is a clinical word (a station named "CT") is not looked for in
+  // text: it would take the modality out of every description ("CT CHEST/PLAN").
+  const sorted = [...identifiers].filter((v) => !isClinicalWord(v)).sort((a, b) => b.length - a.length).map(escapeRe);
+  // Identifiers match case-insensitively, not inside longer words ("Li" in "Liver") nor
+  // inside a decimal ("000000" in "3.000000").
+  const ids = sorted.length ? new RegExp(`(?<![\\p{L}\\p{N}])(?<!\\d[.,])(?:${sorted.join('|')})(?![\\p{L}\\p{N}])(?![.,]\\d)`, 'giu') : null;
   const memo = new Map<string, string>();
   const s: Scrubber = {
     scrub(text: string): string {

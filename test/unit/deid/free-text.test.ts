@@ -117,6 +117,10 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
     }
   });
 
+  test('no over-redaction of clinical words and decimals (issue 16): a station named "CT", "3.000000"', () => {
+    assert.equal(scrubberFor(['000000', 'CT', 'Doe']).scrub('CT CHEST/PLAN 3.000000 Doe'), `CT CHEST/PLAN 3.000000 ${REDACTED_WORD}`);
+  });
+
   test('a run of redacted words is one marker; what separates kept words is kept', () => {
     assert.equal(cleanFreeText('pt Jonathan Reyes c/o headache'), `pt ${REDACTED_WORD} c/o headache`);
     assert.equal(cleanFreeText('(Okafor) CT'), `(${REDACTED_WORD}) CT`);

@@ -396,7 +396,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
  * bytes with native pixel data when they had to be decoded to be masked.
  */
 async function detectText(file: string, pixels: PixelPolicy, text: TextProvider): Promise<Buffer | undefined> {
-  if (pixels.risky !== 'detect') return undefined;
+  if (pixels.risky === 'allow') return undefined;
   const head = headerOf(file);
   if (!head) return undefined; // refused by the engine, with its reason
   const view = part10View(head.elements);

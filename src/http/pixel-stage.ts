@@ -102,7 +102,7 @@ const TEXT_CONCURRENCY = 2;
  * before any of its pixels leave. Waits at most faceWaitMs, like the face decisions.
  */
 async function ensureText(rc: RequestContext, facts: ReadonlyMap<string, Facts>, keep?: Map<string, Buffer>): Promise<void> {
-  if (rc.client.pixels.risky !== 'detect') return;
+  if (rc.client.pixels.risky === 'allow') return;
   const todo = [...facts].filter(([sop, f]) => f.rows !== undefined && f.scope?.[TAG.studyUid] && f.scope[TAG.seriesUid] && needsTextDecision(f, rc.client.pixels) && rc.text.decision(sop) === undefined);
   if (!todo.length) return;
   const lasting: RequestContext = { ...rc, signal: new AbortController().signal };

@@ -33,6 +33,7 @@ export interface PixelFacts {
   readonly columns?: string | undefined;
   readonly samplesPerPixel?: string | undefined;
   readonly numberOfFrames?: string | undefined;
+  readonly photometric?: string | undefined;
 }
 
 export interface MaskRule {
@@ -110,7 +111,7 @@ export function headerPixelFacts(attr: (tag: number) => string | undefined): Pix
   return {
     burnedInAnnotation: attr(0x00280301), recognizableVisualFeatures: attr(0x00280302), modality: attr(0x00080060), sopClassUid: attr(0x00080016),
     imageType: attr(0x00080008), manufacturer: attr(0x00080070), model: attr(0x00081090), rows: attr(0x00280010), columns: attr(0x00280011),
-    samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008),
+    samplesPerPixel: attr(0x00280002), numberOfFrames: attr(0x00280008), photometric: attr(0x00280004),
   };
 }
 
@@ -184,13 +185,41 @@ export function pixelDecision(f: PixelFacts, policy: PixelPolicy = DEFAULT_PIXEL
 
 /** True when the client's policy needs a text decision (detection) for an instance with these facts. */
 export function needsTextDecision(f: PixelFacts, policy: PixelPolicy): boolean {
+  if (policy.risky !== 'allow' && suspectScreen(f)) return true;
   if (policy.risky !== 'detect') return false;
   const r = classify(f);
   return r !== undefined && r.code !== 'encapsulated-document' && r.code !== 'recognizable-visual-features' && !maskRuleFor(f, policy.masks);
 }
 
+/** Grayscale modalities: a colour image among them is a screen capture (a dose sheet, a report). */
+const GRAYSCALE_MODALITIES = new Set(['CT', 'MR', 'PT', 'NM']);
+
+/**
+ * An image that looks like a screen whatever its Burned In Annotation says (real files: Philips
+ * dose screens stored as RGB CT with Burned In Annotation NO): colour (RGB, YBR, palette) in a
+ * grayscale modality, or a SECONDARY image or Secondary Capture that says NO. Its text is looked
+ * for under every policy but allow.
+ */
+export function suspectScreen(f: PixelFacts): boolean {
+  if (f.burnedInAnnotation?.trim().toUpperCase() !== 'NO') return false;
+  const modality = f.modality?.trim().toUpperCase() ?? '';
+  const colour = f.samplesPerPixel?.trim() === '3' || (f.photometric ?? '').trim().toUpperCase() === 'PALETTE COLOR';
+  const sop = f.sopClassUid?.trim() ?? '';
+  return (colour && GRAYSCALE_MODALITIES.has(modality)) || /\bSECONDARY\b/i.test(f.imageType ?? '') || has(sop, '1.2.840.10008.5.1.4.1.1.7');
+}
+
 function textDecision(f: PixelFacts, policy: PixelPolicy, text?: { readonly sop: string | undefined; readonly lookup: TextLookup }): PixelDecision {
   const r = classify(f);
+  if (r === undefined && policy.risky !== 'allow' && suspectScreen(f)) {
+    // "No burned-in text" is not trusted on a screen: the detector decides.
+    const v = text?.sop ? text.lookup(text.sop) : undefined;
+    const auditReason = 'pixels-withheld:screen-text';
+    if (!v) return { allow: false, reason: 'this image looks like a screen and its text has not been looked for yet', auditReason: 'pixels-withheld:text-pending' };
+    if (v.kind === 'clean') return { allow: true };
+    if (v.kind === 'withhold') return { allow: false, reason: `this image looks like a screen, and ${v.why}`, auditReason: `pixels-withheld:${v.code}` };
+    if (policy.risky === 'detect') return { allow: true, mask: v.regions, detected: v.regions, risk: 'text found on a screen said to have none' };
+    return { allow: false, reason: 'Burned In Annotation says NO, but text was found on this screen-like image', auditReason };
+  }
   if (r === undefined) return { allow: true };
   const { code, text: risk } = r;
   const auditReason = `pixels-withheld:${code}`;

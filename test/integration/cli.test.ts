@@ -288,6 +288,25 @@ describe('deid-gateway command line', async () => {
     assert.ok(recs.some((x) => JSON.stringify(x.withheldBy ?? {}).includes('pixels-withheld:mostly-text')));
   });
 
+  test('a dose screen stored as an RGB CT that says Burned In Annotation NO is checked anyway: withheld by default when text is found, masked under detect, released when clean', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-screen-'));
+    const inDir = join(dir, 'in');
+    mkdirSync(inDir);
+    const dose = makeTextPhantom({ rows: 240, columns: 320, photometric: 'RGB', modality: 'CT', burnedInAnnotation: 'NO', uidRoot: '1.2.826.0.1.3680043.9.7433.16.80', texts: [{ x: 10, y: 10, text: 'DOSE REPORT 12/03/2026', scale: 2, color: 230 }, { x: 10, y: 40, text: 'STUDY ID 48213', scale: 2, color: 230 }] });
+    const blank = makeTextPhantom({ rows: 240, columns: 320, photometric: 'RGB', modality: 'CT', burnedInAnnotation: 'NO', uidRoot: '1.2.826.0.1.3680043.9.7433.16.81', texts: [] });
+    writeFileSync(join(inDir, 'dose.dcm'), dose.bytes);
+    writeFileSync(join(inDir, 'blank.dcm'), blank.bytes);
+    mkdirSync(join(dir, 's'));
+    mkdirSync(join(dir, 'd'));
+    const strict = run(['deid', '--config', config(join(dir, 's'), ['vendor-a'], { client: '    pixels: {faces: allow}\n' }), '--client', 'vendor-a', inDir, '--out', join(dir, 's', 'out')]);
+    assert.equal(strict.status, 1, strict.stderr);
+    assert.match(strict.stderr, /refused: .*dose\.dcm: PIXELS_WITHHELD: .*text was found on this screen-like image/);
+    assert.equal(files(join(dir, 's', 'out')).length, 1, 'the clean one is written');
+    const detect = run(['deid', '--config', config(join(dir, 'd'), ['vendor-a'], { client: '    pixels: {faces: allow, risky: detect}\n' }), '--client', 'vendor-a', inDir, '--out', join(dir, 'd', 'out')]);
+    assert.equal(detect.status, 0, detect.stderr);
+    assert.match(detect.stdout, /dose\.dcm -> .*\(burned-in text masked: \d+ region\(s\)\)/);
+  });
+
   const sharedText = new URL('../../../shared/corpus/burned-in/', import.meta.url).pathname;
   const textCheck = new URL('../../../shared/tools/text-check', import.meta.url).pathname;
   test('cross-check: deid masks the real ultrasounds of ../shared/corpus/burned-in so that text-check passes, and refuses the screen', { skip: !(existsSync(sharedText) && existsSync(textCheck)) && 'no ../shared beside the checkout' }, () => {

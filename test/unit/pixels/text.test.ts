@@ -24,8 +24,8 @@ import { expandSegments } from '../../../src/pixels/text/planes.js';
 import { TextProvider } from '../../../src/pixels/text/provider.js';
 import { openTextStore } from '../../../src/pixels/store-sqlite.js';
 import { part10View } from '../../../src/pixels/views.js';
-import { admitPixels, pixelDecision, type PixelPolicy } from '../../../src/policy/pixels.js';
-import type { TextBox } from '../../../src/pixels/types.js';
+import { admitPixels, needsTextDecision, pixelDecision, type PixelPolicy } from '../../../src/policy/pixels.js';
+import type { TextBox, TextVerdict } from '../../../src/pixels/types.js';
 import { engine } from '../../helpers/fixtures.js';
 import { makeTextPhantom, type Box, type TextPhantom, type TextPhantomOptions } from '../../fixtures/text-phantom.js';
 
@@ -251,6 +251,26 @@ describe('burned-in text: detection and masking', () => {
     // Pixels that cannot be read are withheld with their reason (and not stored).
     await assert.rejects(new TextProvider(undefined).decide('1.2.3', async () => Buffer.from('not dicom')), /DICM/);
     assert.equal(decodableHere('1.2.840.10008.1.2.4.90'), false, 'JPEG 2000 is left to the PACS');
+  });
+
+  test('a screen that says it has no burned-in text is checked anyway (an RGB CT, a secondary capture), under every policy but allow', () => {
+    const screen = { modality: 'CT', sopClassUid: '1.2.840.10008.5.1.4.1.1.2', burnedInAnnotation: 'NO', samplesPerPixel: '3', rows: '480', columns: '640' };
+    const grey = { ...screen, samplesPerPixel: '1' };
+    // (faces: allow, so that the CT's face decision does not stand in the way here)
+    const withhold: PixelPolicy = { risky: 'withhold', masks: [], faces: 'allow' };
+    const detect: PixelPolicy = { risky: 'detect', masks: [], faces: 'allow' };
+    const boxes = [{ x: 1, y: 2, width: 30, height: 10 }];
+    const at = (v: TextVerdict | undefined): { sop: string; lookup: () => TextVerdict | undefined } => ({ sop: '1.2.3', lookup: () => v });
+    assert.ok(needsTextDecision(screen, withhold) && needsTextDecision(screen, detect) && !needsTextDecision(screen, { risky: 'allow', masks: [] }));
+    assert.ok(!needsTextDecision(grey, withhold), 'a grey CT saying NO is trusted');
+    assert.ok(needsTextDecision({ ...grey, imageType: 'DERIVED\\SECONDARY\\SCREEN' }, withhold), 'a SECONDARY image saying NO is not');
+    const pending = pixelDecision(screen, withhold, undefined, at(undefined));
+    assert.ok(!pending.allow && pending.auditReason === 'pixels-withheld:text-pending');
+    assert.deepEqual(pixelDecision(screen, withhold, undefined, at({ kind: 'clean' })), { allow: true });
+    const found = pixelDecision(screen, withhold, undefined, at({ kind: 'mask', regions: boxes }));
+    assert.ok(!found.allow && found.auditReason === 'pixels-withheld:screen-text', 'text found: withheld under withhold');
+    const masked = pixelDecision(screen, detect, undefined, at({ kind: 'mask', regions: boxes }));
+    assert.ok(masked.allow && masked.detected === boxes, 'text found: masked under detect');
   });
 
   test('policy: region rules apply first; no decision yet is withheld as pending; withheld verdicts carry their reason', () => {

@@ -157,6 +157,9 @@ function malformed(reason: string, offset: number): GatewayError {
 }
 
 /** Synchronous parser over one contiguous buffer (the header, or one element of it). */
+/** Deepest nesting of sequences read (real objects stay far below; SR content trees nest most). */
+export const MAX_SEQUENCE_DEPTH = 128;
+
 export class ElementParser {
   /**
    * @param partial when true, running out of bytes throws NeedMoreData (more may come);
@@ -256,7 +259,21 @@ export class ElementParser {
     };
   }
 
+  private depth = 0;
+
   private items(at: number, seqEnd: number, syntax: Syntax, undefinedLength: boolean, outerEnd: number): { items: RawItem[]; next: number } {
+    // Sequences within sequences: a bounded depth, refused with a code beyond it (a crafted
+    // or broken object must not exhaust the stack).
+    if (this.depth >= MAX_SEQUENCE_DEPTH) throw malformed(`sequences nested deeper than ${MAX_SEQUENCE_DEPTH} levels`, this.base + at);
+    this.depth++;
+    try {
+      return this.itemsAt(at, seqEnd, syntax, undefinedLength, outerEnd);
+    } finally {
+      this.depth--;
+    }
+  }
+
+  private itemsAt(at: number, seqEnd: number, syntax: Syntax, undefinedLength: boolean, outerEnd: number): { items: RawItem[]; next: number } {
     if (!undefinedLength && seqEnd > outerEnd) {
       if (this.partial && outerEnd >= this.buf.length) throw new NeedMoreData();
       throw malformed('sequence longer than its container', this.base + at);

@@ -419,6 +419,16 @@ describe('part10 driver: malformed input is refused, with no byte out before the
     }
   });
 
+  test('sequences nested deeper than the limit are refused with a code, not a stack overflow; real depths pass', async () => {
+    const nested = (levels: number): Buffer => {
+      let item: El[] = [{ tag: 0x0040a160, vr: 'UT', value: 'x' }];
+      for (let i = 0; i < levels; i++) item = [{ tag: 0x0040a730, vr: 'SQ', value: [item] }];
+      return encodePart10([{ tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.88.11' }, { tag: 0x00080018, vr: 'UI', value: '1.2.3' }, ...item], { ts: 'explicitLE' });
+    };
+    await assert.rejects(deidentifyPart10Buffer(nested(300), ctxFor()), (e: unknown) => e instanceof GatewayError && e.code === 'DICOM_MALFORMED' && /nested deeper than 128/.test(e.message));
+    assert.ok((await deidentifyPart10Buffer(nested(40), ctxFor())).length > 0, 'a deep SR content tree of 40 levels passes');
+  });
+
   test('deidentifyPart10Buffer rejects with the same GatewayError', async () => {
     const b = Buffer.from(valid());
     b.write('XXXX', 128, 'latin1');

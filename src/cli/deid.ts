@@ -22,7 +22,7 @@ import { pipeline } from 'node:stream/promises';
 import { inflateRawSync } from 'node:zlib';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { Config } from '../config/schema.js';
-import { readHeaderSync } from '../dicom/part10.js';
+import { encodeFileMeta, readHeaderSync, readInstanceSync, textElement } from '../dicom/part10.js';
 import { diffHeaders, formatDiff } from '../deid/diff.js';
 import { createEngineContext, deidentifyPart10, type InstanceInfo } from '../deid/index.js';
 import { loadOrCreateMasterSecret } from '../pseudonym/secret.js';
@@ -36,7 +36,6 @@ import type { TextBox } from '../pixels/types.js';
 import { encodePng } from '../render/render.js';
 import { planeFactsOf } from '../pixels/text/analyze.js';
 import { frameRgb } from '../pixels/text/planes.js';
-import { readInstanceSync } from '../dicom/part10.js';
 import { Readable } from 'node:stream';
 import type { DatasetView } from '../pixels/geometry.js';
 import { part10View } from '../pixels/views.js';
@@ -91,15 +90,17 @@ function reframe(file: string): Buffer | undefined {
   const tsUid = explicit ? '1.2.840.10008.1.2.1' : '1.2.840.10008.1.2';
   let view: DatasetView;
   try {
-    const probe = Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), metaElement(0x00020010, 'UI', tsUid), body]);
+    const probe = Buffer.concat([encodeFileMeta([textElement(0x00020010, 'UI', tsUid)]), body]);
     view = part10View(readHeaderSync(probe, (b) => inflateRawSync(b)).elements);
   } catch {
     return undefined;
   }
   const sopClass = view.str(0x00080016), sop = view.str(0x00080018);
   if (!sopClass || !sop) return undefined;
-  const meta = Buffer.concat([metaElement(0x00020001, 'OB', Buffer.from([0, 1])), metaElement(0x00020002, 'UI', sopClass), metaElement(0x00020003, 'UI', sop), metaElement(0x00020010, 'UI', tsUid)]);
-  return Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), metaElement(0x00020000, 'UL', (() => { const b = Buffer.alloc(4); b.writeUInt32LE(meta.length); return b; })()), meta, body]);
+  return Buffer.concat([encodeFileMeta([
+    { tag: 0x00020001, vr: 'OB', value: Buffer.from([0, 1]), items: null },
+    textElement(0x00020002, 'UI', sopClass), textElement(0x00020003, 'UI', sop), textElement(0x00020010, 'UI', tsUid),
+  ]), body]);
 }
 
 /** A file's bytes as a whole Part 10 object (reframed when it needs it). */
@@ -107,16 +108,6 @@ function partBytes(file: string): Buffer {
   return reframe(file) ?? readFileSync(file);
 }
 
-/** One File Meta element (explicit VR little endian), its value padded to even length. */
-function metaElement(tag: number, vr: 'UI' | 'OB' | 'UL', value: string | Buffer): Buffer {
-  let v = typeof value === 'string' ? Buffer.from(value, 'latin1') : value;
-  if (v.length & 1) v = Buffer.concat([v, Buffer.from([vr === 'UI' ? 0 : 0])]);
-  const long = vr === 'OB';
-  const h = Buffer.alloc(long ? 12 : 8);
-  h.writeUInt16LE(tag >>> 16, 0); h.writeUInt16LE(tag & 0xffff, 2); h.write(vr, 4, 'latin1');
-  if (long) h.writeUInt32LE(v.length, 8); else h.writeUInt16LE(v.length, 6);
-  return Buffer.concat([h, v]);
-}
 
 /**
  * Files named on the command line are always processed (and refused if not DICOM);
@@ -310,10 +301,11 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
           // A media directory (DICOMDIR) lists every patient's name in its records, with byte
           // offsets into itself: it is not an image to de-identify, and it is regenerated from
           // the exported files, not copied.
-          if (isDicomdir(file)) throw new GatewayError('DICOM_DIRECTORY', 'a DICOMDIR (media storage directory) is not exported: its records list patients and point into the original files; build a new one from the exported files', { auditReason: 'dicomdir' });
+          const head = headerOf(file); // read once for the checks below
+          if (isDicomdir(head)) throw new GatewayError('DICOM_DIRECTORY', 'a DICOMDIR (media storage directory) is not exported: its records list patients and point into the original files; build a new one from the exported files', { auditReason: 'dicomdir' });
           // Detected text is masked in native pixels: a compressed file (RLE, JPEG baseline) is
           // decoded in-process first; one that cannot be is refused by the engine.
-          const decoded = await detectText(file, pixels, text);
+          const decoded = await detectText(file, head, pixels, text);
           const framed = decoded ? undefined : reframe(file);
           await pipeline(
             decoded ? Readable.from([decoded]) : framed ? Readable.from([framed]) : createReadStream(file),
@@ -395,10 +387,8 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
  * Under risky: detect, the text decision of a risky file (made once, stored); returns the file's
  * bytes with native pixel data when they had to be decoded to be masked.
  */
-async function detectText(file: string, pixels: PixelPolicy, text: TextProvider): Promise<Buffer | undefined> {
-  if (pixels.risky === 'allow') return undefined;
-  const head = headerOf(file);
-  if (!head) return undefined; // refused by the engine, with its reason
+async function detectText(file: string, head: ReturnType<typeof headerOf>, pixels: PixelPolicy, text: TextProvider): Promise<Buffer | undefined> {
+  if (pixels.risky === 'allow' || !head) return undefined; // refused by the engine, with its reason
   const view = part10View(head.elements);
   const metaView = part10View(head.meta);
   const attr = (tag: number): string | undefined => (tag === 0x00080016 ? view.str(tag) ?? metaView.str(0x00020002) : view.str(tag));
@@ -415,8 +405,7 @@ async function detectText(file: string, pixels: PixelPolicy, text: TextProvider)
 }
 
 /** True when the file is a media storage directory (Media Storage SOP Class 1.2.840.10008.1.3.10). */
-function isDicomdir(file: string): boolean {
-  const head = headerOf(file);
+function isDicomdir(head: ReturnType<typeof headerOf>): boolean {
   const cls = head ? part10View(head.meta).str(0x00020002) ?? part10View(head.elements).str(0x00080016) : undefined;
   return cls === '1.2.840.10008.1.3.10';
 }

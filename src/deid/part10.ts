@@ -16,7 +16,7 @@ import { GatewayError, tagString } from '../core/errors.js';
 import { charsetFor, DEFAULT_CHARSET, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag, ITEM, SEQUENCE_DELIMITATION } from '../dicom/dictionary.js';
 import {
-  ByteQueue, ElementParser, encodeElements, encodeToBuffer, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
+  ByteQueue, ElementParser, encodeElements, encodeFileMeta, encodeToBuffer, rawToOut, textElement, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
   EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
 } from '../dicom/part10.js';
 import { decodeStrings, encodeStrings } from '../dicom/values.js';
@@ -48,9 +48,6 @@ function charsetOf(elements: readonly RawElement[]): Charset | undefined {
   return charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((s) => s.trim()));
 }
 
-function rawToOut(e: RawElement): OutElement {
-  return { tag: e.tag, vr: e.items ? 'SQ' : e.vr, value: e.value, items: e.items ? e.items.map((i) => i.elements.map(rawToOut)) : null };
-}
 
 /** The Part 10 side of the engine's adapter. */
 export const binaryAdapter: Adapter<RawElement, BinaryDataset, OutElement> = {
@@ -295,27 +292,16 @@ async function* inflated(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> 
 }
 
 function encodeMeta(sopClass: string, sopInstance: string, ts: TransferSyntax): Buffer {
-  const ui = (tag: number, v: string): OutElement => {
-    const b = Buffer.from(v, 'latin1');
-    return { tag, vr: 'UI', value: b.length % 2 ? Buffer.concat([b, Buffer.from([0])]) : b, items: null };
-  };
   const version = `DEIDGW_${PRODUCT_VERSION.replace(/\./g, '_')}`.slice(0, 16);
-  const els: OutElement[] = [
+  // The original preamble may hold anything (TIFF headers, text): the new one is zeroed.
+  return encodeFileMeta([
     { tag: 0x00020001, vr: 'OB', value: Buffer.from([0, 1]), items: null },
-    ui(0x00020002, sopClass),
-    ui(0x00020003, sopInstance),
-    ui(0x00020010, ts.uid),
-    ui(0x00020012, implementationClassUid()),
-    { tag: 0x00020013, vr: 'SH', value: Buffer.from(version.length % 2 ? `${version} ` : version, 'latin1'), items: null },
-  ];
-  const parts: Buffer[] = [];
-  encodeElements(els, EXPLICIT_LE, parts);
-  const body = Buffer.concat(parts);
-  const gl = Buffer.alloc(12);
-  gl.writeUInt16LE(0x0002, 0); gl.writeUInt16LE(0x0000, 2); gl.write('UL', 4, 'latin1'); gl.writeUInt16LE(4, 6); gl.writeUInt32LE(body.length, 8);
-  const preamble = Buffer.alloc(132); // the original preamble may hold anything (TIFF headers, text): zeroed
-  preamble.write('DICM', 128, 'latin1');
-  return Buffer.concat([preamble, gl, body]);
+    textElement(0x00020002, 'UI', sopClass),
+    textElement(0x00020003, 'UI', sopInstance),
+    textElement(0x00020010, 'UI', ts.uid),
+    textElement(0x00020012, 'UI', implementationClassUid()),
+    textElement(0x00020013, 'SH', version),
+  ]);
 }
 
 /**

@@ -429,6 +429,30 @@ export function encodeToBuffer(elements: readonly OutElement[], syntax: Syntax):
   return out;
 }
 
+/** A read element as one to write (sequences with their items), its value bytes as they were. */
+export function rawToOut(e: RawElement): OutElement {
+  return { tag: e.tag, vr: e.items ? 'SQ' : e.vr, value: e.value, items: e.items ? e.items.map((i) => i.elements.map(rawToOut)) : null };
+}
+
+/** A text element padded to even length (UI with NUL, other VRs with a space). */
+export function textElement(tag: number, vr: VR, text: string): OutElement {
+  const b = Buffer.from(text, 'latin1');
+  return { tag, vr, value: b.length % 2 ? Buffer.concat([b, Buffer.from([vr === 'UI' ? 0 : 0x20])]) : b, items: null };
+}
+
+/**
+ * The start of a Part 10 file: a zeroed 128-byte preamble, "DICM", the File Meta Information
+ * Group Length and the given group 0002 elements (explicit VR little endian).
+ */
+export function encodeFileMeta(elements: readonly OutElement[]): Buffer {
+  const body = encodeToBuffer(elements, EXPLICIT_LE);
+  const gl = Buffer.alloc(12);
+  gl.writeUInt16LE(0x0002, 0); gl.writeUInt16LE(0x0000, 2); gl.write('UL', 4, 'latin1'); gl.writeUInt16LE(4, 6); gl.writeUInt32LE(body.length, 8);
+  const preamble = Buffer.alloc(132);
+  preamble.write('DICM', 128, 'latin1');
+  return Buffer.concat([preamble, gl, body]);
+}
+
 /** Encodes elements and appends the bytes to `parts` (see encodeToBuffer). */
 export function encodeElements(elements: readonly OutElement[], syntax: Syntax, parts: Buffer[]): void {
   parts.push(encodeToBuffer(elements, syntax));

@@ -157,18 +157,10 @@ const KEEP_MAX_BYTES = 256 * 1024 * 1024;
 
 /** One whole instance from the PACS as Part 10 bytes, asked for in Explicit VR Little Endian. */
 async function wholeInstance(rc: RequestContext, study: string, series: string, sop: string): Promise<Buffer> {
-  const up = await ok(rc, `/studies/${study}/series/${series}/instances/${sop}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1');
-  expectType(up, 'multipart/related');
-  let out: Buffer | undefined;
-  for await (const part of readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })) {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    // The reader's chunks may be views of a buffer it reuses: each is copied as it comes.
-    for await (const c of part.body) if (!out) { chunks.push(Buffer.from(c)); total += c.length; }
-    if (!out) out = Buffer.concat(chunks, total);
-  }
-  if (!out) throw new GatewayError('NOT_FOUND', 'no such resource');
-  return out;
+  const chunks: Buffer[] = [];
+  // The reader's chunks may be views of a buffer it reuses: each is copied as it comes.
+  for await (const c of await instanceStream(rc, study, series, sop)) chunks.push(Buffer.from(c));
+  return Buffer.concat(chunks);
 }
 
 /**

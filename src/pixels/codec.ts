@@ -15,7 +15,7 @@
  */
 import jpeg from 'jpeg-js';
 import { GatewayError } from '../core/errors.js';
-import { ElementParser, EXPLICIT_LE, encodeToBuffer, readHeaderSync, UNDEFINED_LENGTH, type OutElement, type RawElement } from '../dicom/part10.js';
+import { ElementParser, EXPLICIT_LE, encodeFileMeta, encodeToBuffer, rawToOut, readHeaderSync, textElement, UNDEFINED_LENGTH, type OutElement, type RawElement } from '../dicom/part10.js';
 import { readPixelFacts } from './geometry.js';
 import { part10View } from './views.js';
 
@@ -114,14 +114,6 @@ export function decodeJpegFrame(frame: Buffer, rows: number, columns: number, sa
   return out;
 }
 
-function toOut(e: RawElement): OutElement {
-  return { tag: e.tag, vr: e.vr, value: e.value, items: e.items ? e.items.map((it) => it.elements.map(toOut)) : null };
-}
-
-const str = (tag: number, vr: 'CS' | 'UI', text: string): OutElement => {
-  const b = Buffer.from(text.length & 1 ? `${text}${vr === 'UI' ? '\0' : ' '}` : text, 'latin1');
-  return { tag, vr, value: b, items: null };
-};
 const us = (tag: number, v: number): OutElement => { const b = Buffer.alloc(2); b.writeUInt16LE(v); return { tag, vr: 'US', value: b, items: null }; };
 
 /**
@@ -178,16 +170,14 @@ export function nativeInstance(buf: Buffer, inflate: (b: Buffer) => Buffer): Buf
     }
   }
   const pixel = Buffer.concat(decoded);
-  const replaced = new Map<number, OutElement>([[0x00280004, str(0x00280004, 'CS', photometric)]]);
+  const replaced = new Map<number, OutElement>([[0x00280004, textElement(0x00280004, 'CS', photometric)]]);
   if (samples === 3) replaced.set(0x00280006, us(0x00280006, 0));
   // Pixels that went through JPEG baseline stay lossy (PS3.3 C.7.6.1.1.5): say so when the header does not.
-  if (ts.uid === JPEG_BASELINE && part10View(head.elements).str(0x00282110) !== '01') replaced.set(0x00282110, str(0x00282110, 'CS', '01'));
-  const elements: OutElement[] = head.elements.map((e) => replaced.get(e.tag) ?? toOut(e));
+  if (ts.uid === JPEG_BASELINE && part10View(head.elements).str(0x00282110) !== '01') replaced.set(0x00282110, textElement(0x00282110, 'CS', '01'));
+  const elements: OutElement[] = head.elements.map((e) => replaced.get(e.tag) ?? rawToOut(e));
   for (const [tag, el] of replaced) if (!head.elements.some((e) => e.tag === tag)) elements.push(el);
   elements.sort((a, b) => a.tag - b.tag);
   const pixelEl: OutElement = { tag: 0x7fe00010, vr: bitsAllocated > 8 ? 'OW' : 'OB', value: pixel, items: null };
-  const meta: OutElement[] = head.meta.map((e) => (e.tag === 0x00020010 ? str(0x00020010, 'UI', EXPLICIT_LE_UID) : toOut(e))).filter((e) => e.tag !== 0x00020000);
-  const metaBody = encodeToBuffer(meta, EXPLICIT_LE);
-  const groupLength: OutElement = { tag: 0x00020000, vr: 'UL', value: (() => { const b = Buffer.alloc(4); b.writeUInt32LE(metaBody.length); return b; })(), items: null };
-  return Buffer.concat([buf.subarray(0, 132), encodeToBuffer([groupLength], EXPLICIT_LE), metaBody, encodeToBuffer([...elements, pixelEl, ...trailing.map(toOut)], EXPLICIT_LE)]);
+  const meta = head.meta.filter((e) => e.tag !== 0x00020000).map((e) => (e.tag === 0x00020010 ? textElement(0x00020010, 'UI', EXPLICIT_LE_UID) : rawToOut(e)));
+  return Buffer.concat([encodeFileMeta(meta), encodeToBuffer([...elements, pixelEl, ...trailing.map(rawToOut)], EXPLICIT_LE)]);
 }

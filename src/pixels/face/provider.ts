@@ -13,6 +13,7 @@ import { inflateRawSync } from 'node:zlib';
 import { GatewayError } from '../../core/errors.js';
 import { readInstanceSync } from '../../dicom/part10.js';
 import type { DecisionStore, FaceVerdict } from '../../pixels/types.js';
+import { Decisions } from '../decisions.js';
 import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
 import { part10View } from '../views.js';
 import { analyzeFace, FACE_ALGORITHM } from './analyze.js';
@@ -50,16 +51,17 @@ export function seriesKey(series: string, sops: readonly string[]): string {
 }
 
 export class FaceProvider {
-  private readonly memory = new Map<string, FaceVerdict>();
+  private readonly decisions: Decisions<FaceVerdict>;
   private readonly latest = new Map<string, FaceVerdict>();
-  private readonly running = new Map<string, Promise<FaceVerdict>>();
   readonly stats: FaceStats = { analyses: 0, analysisSeconds: 0, fetchedInstances: 0 };
 
   /**
    * `onAnalysis` hears of each analysis made (never of stored ones): its kind, the seconds of
    * reading and analysing (fetching excluded) and how many instances were fetched. PHI-free.
    */
-  constructor(private readonly store: FaceStore | undefined, private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number; listMs: number; totalMs: number }) => void) {}
+  constructor(store: FaceStore | undefined, private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number; listMs: number; totalMs: number }) => void) {
+    this.decisions = new Decisions(store);
+  }
 
   /** The decision of a series already decided in this process (by original Series Instance UID). */
   decision(series: string): FaceVerdict | undefined {
@@ -71,31 +73,16 @@ export class FaceProvider {
    * callers). `sops` are the series' SOP Instance UIDs (the digest).
    */
   async decide(series: string, modality: string, sops: readonly string[], source: SeriesSource): Promise<FaceVerdict> {
-    const key = seriesKey(series, sops);
-    const known = this.memory.get(key);
-    if (known) { this.latest.set(series, known); return known; }
-    let run = this.running.get(key);
-    if (!run) {
-      run = (async () => {
-        const stored = await this.store?.get(key);
-        if (stored) { this.memory.set(key, stored); return stored; }
-        let verdict: FaceVerdict;
-        try {
-          verdict = await this.analyze(modality, source);
-        } catch (e) {
-          // Pixels that cannot be read (compressed and not transcoded, no geometry): the series is
-          // withheld whole, and decided again later (not stored: the PACS may transcode next time).
-          if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') return { kind: 'uncertain', why: 'its pixels cannot be read' } as const;
-          throw e;
-        }
-        await this.store?.put(key, verdict);
-        this.memory.set(key, verdict);
-        return verdict;
-      })();
-      this.running.set(key, run);
-      void run.finally(() => this.running.delete(key)).catch(() => undefined);
-    }
-    const verdict = await run;
+    const verdict = await this.decisions.get(seriesKey(series, sops), async () => {
+      try {
+        return { verdict: await this.analyze(modality, source), keep: 'store' };
+      } catch (e) {
+        // Pixels that cannot be read (compressed and not transcoded, no geometry): the series is
+        // withheld whole, and decided again later (not stored: the PACS may transcode next time).
+        if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') return { verdict: { kind: 'uncertain', why: 'its pixels cannot be read' }, keep: 'none' };
+        throw e;
+      }
+    });
     this.latest.set(series, verdict);
     return verdict;
   }

@@ -14,6 +14,7 @@ import type { DecisionStore, TextVerdict } from '../types.js';
 import { nativeInstance } from '../codec.js';
 import { analyzeInstance, instancePixels, TEXT_ALGORITHM, type TextAnalysis } from './analyze.js';
 import type { TextWorkers } from './workers.js';
+import { Decisions } from '../decisions.js';
 
 export type TextStore = DecisionStore<TextVerdict>;
 
@@ -29,8 +30,7 @@ export function textKey(sop: string): string {
 }
 
 export class TextProvider {
-  private readonly memory = new Map<string, TextVerdict>();
-  private readonly running = new Map<string, Promise<TextVerdict>>();
+  private readonly decisions: Decisions<TextVerdict>;
   readonly stats: TextStats = { analyses: 0, analysisSeconds: 0, frames: 0 };
 
   /**
@@ -38,11 +38,13 @@ export class TextProvider {
    * reading of the object and of its frames, which overlap when it is streamed.
    */
   /** `workers`: a pool that reads the frames of large instances in parallel (else this thread). */
-  constructor(private readonly store: TextStore | undefined, private readonly onAnalysis?: (a: { kind: TextVerdict['kind']; ms: number; frames: number; framesRead: number; regions: number }) => void, private readonly workers?: TextWorkers) {}
+  constructor(store: TextStore | undefined, private readonly onAnalysis?: (a: { kind: TextVerdict['kind']; ms: number; frames: number; framesRead: number; regions: number }) => void, private readonly workers?: TextWorkers) {
+    this.decisions = new Decisions(store);
+  }
 
   /** The decision of an instance already decided in this process (by original SOP Instance UID). */
   decision(sop: string): TextVerdict | undefined {
-    return this.memory.get(textKey(sop));
+    return this.decisions.known(textKey(sop));
   }
 
   /**
@@ -51,33 +53,15 @@ export class TextProvider {
    * object's bytes when they were fetched for a new analysis.
    */
   async decide(sop: string, fetch: () => Promise<Buffer | AsyncIterable<Buffer>>, onBytes?: (bytes: Buffer) => void): Promise<TextVerdict> {
-    const key = textKey(sop);
-    const known = this.memory.get(key);
-    if (known) return known;
-    let run = this.running.get(key);
-    if (!run) {
-      run = (async () => {
-        const stored = await this.store?.get(key);
-        if (stored) { this.memory.set(key, stored); return stored; }
-        let a: TextAnalysis;
-        try {
-          a = await this.analyze(await fetch(), onBytes);
-        } catch (e) {
-          if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') {
-            const v: TextVerdict = { kind: 'withhold', code: 'text-undecodable', why: `its pixels cannot be read for text (${e.message})` };
-            this.memory.set(key, v); // for this process only: asked again after a restart
-            return v;
-          }
-          throw e;
-        }
-        await this.store?.put(key, a.verdict);
-        this.memory.set(key, a.verdict);
-        return a.verdict;
-      })();
-      this.running.set(key, run);
-      void run.finally(() => this.running.delete(key)).catch(() => undefined);
-    }
-    return run;
+    return this.decisions.get(textKey(sop), async () => {
+      try {
+        return { verdict: (await this.analyze(await fetch(), onBytes)).verdict, keep: 'store' };
+      } catch (e) {
+        // Pixels that cannot be read: withheld, for this process only (asked again after a restart).
+        if (e instanceof GatewayError && e.code === 'PIXELS_WITHHELD') return { verdict: { kind: 'withhold', code: 'text-undecodable', why: `its pixels cannot be read for text (${e.message})` }, keep: 'memory' };
+        throw e;
+      }
+    });
   }
 
   private async analyze(source: Buffer | AsyncIterable<Buffer>, onBytes?: (bytes: Buffer) => void): Promise<TextAnalysis> {

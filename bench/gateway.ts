@@ -39,6 +39,8 @@
  *   BENCH_SETUP_BUDGET_S (150) stop uploading the big study after this many seconds of setup
  *   BENCH_PHASES (a,b,c,d)     which measurements to run
  *   BENCH_HEAD_SCALE (1)       0.5: half-size head series (256 x 230 x 80 MR, 256 x 256 x 200 CT) for a quick run
+ *   BENCH_HEAD_COPIES (5)      copies of each head series (d): each gives one first defacing retrieve
+ *   BENCH_HEADS (mr,ct)        which head series (d) uses
  *   BENCH_CPU_PROF (0)         1: run the gateway child with --cpu-prof and list its hottest functions
  *   BENCH_TRANSPORT            the gateway's upstream.transport (default: the gateway's own default)
  *   BENCH_GATEWAY_NODE_FLAGS   extra node flags for the gateway child (e.g. "--trace-gc")
@@ -68,6 +70,8 @@ const QIDO_CONCURRENCY = intEnv('BENCH_QIDO_CONCURRENCY', 16);
 const BIG_INSTANCES = intEnv('BENCH_BIG_INSTANCES', 10);
 const BIG_FRAMES = intEnv('BENCH_BIG_FRAMES', 200);
 const SETUP_BUDGET_S = intEnv('BENCH_SETUP_BUDGET_S', 150);
+const HEAD_COPIES = Math.min(9, intEnv('BENCH_HEAD_COPIES', 5));
+const HEADS = new Set((process.env.BENCH_HEADS ?? 'mr,ct').split(',').map((x) => x.trim().toLowerCase()));
 const PHASES = new Set((process.env.BENCH_PHASES ?? 'a,b,c,d').split(',').map((s) => s.trim()));
 const HEAD_SCALE = Number(process.env.BENCH_HEAD_SCALE ?? '1') || 1;
 const TARGET_FACE_FIRST = 1.5;
@@ -518,18 +522,32 @@ async function main(): Promise<void> {
     }
     rmSync(ctDir, { recursive: true, force: true });
 
-    const heads: { name: string; study: string; series: string; instances: number; bytes: number; sops: string[] }[] = [];
+    const heads: { name: string; study: string; series: string; copies: string[]; instances: number; bytes: number; sops: string[] }[] = [];
     if (PHASES.has('d')) {
       const t = now();
       const s = HEAD_SCALE;
       const specs = [
-        { name: `MR sagittal ${Math.round(512 * s)}x${Math.round(460 * s)}x${Math.round(160 * s)}`, o: { modality: 'MR' as const, orientation: 'sagittal' as const, rows: Math.round(512 * s), columns: Math.round(460 * s), pixelMm: 0.5 / s, slices: Math.round(160 * s), sliceMm: 1.1 / s, uidRoot: '1.2.826.0.1.3680043.9.7433.99.1' } },
-        { name: `CT axial ${Math.round(512 * s)}x${Math.round(512 * s)}x${Math.round(400 * s)}`, o: { modality: 'CT' as const, orientation: 'axial' as const, rows: Math.round(512 * s), columns: Math.round(512 * s), pixelMm: 0.5 / s, slices: Math.round(400 * s), sliceMm: 0.625 / s, uidRoot: '1.2.826.0.1.3680043.9.7433.99.2' } },
+        { name: `MR sagittal ${Math.round(512 * s)}x${Math.round(460 * s)}x${Math.round(160 * s)}`, o: { modality: 'MR' as const, orientation: 'sagittal' as const, rows: Math.round(512 * s), columns: Math.round(460 * s), pixelMm: 0.5 / s, slices: Math.round(160 * s), sliceMm: 1.1 / s, uidRoot: '1.2.826.0.1.3680043.9.7433.99.1', study: '1.2.826.0.1.3680043.9.7433.98.1' } },
+        { name: `CT axial ${Math.round(512 * s)}x${Math.round(512 * s)}x${Math.round(400 * s)}`, o: { modality: 'CT' as const, orientation: 'axial' as const, rows: Math.round(512 * s), columns: Math.round(512 * s), pixelMm: 0.5 / s, slices: Math.round(400 * s), sliceMm: 0.625 / s, uidRoot: '1.2.826.0.1.3680043.9.7433.99.2', study: '1.2.826.0.1.3680043.9.7433.98.2' } },
       ];
-      for (const spec of specs) {
+      for (const spec of specs.filter((x) => HEADS.has(x.o.modality.toLowerCase()))) {
         const ph = makeHeadPhantom(spec.o);
-        const up = await uploadAll(orthanc, ph.files.length, (i) => ph.files[i]!.bytes);
-        heads.push({ name: spec.name, study: ph.study, series: ph.series, instances: ph.files.length, bytes: up.bytes, sops: ph.files.map((f) => f.sop) });
+        // HEAD_COPIES copies of the series in one study, each its own series (so that each has
+        // its own first decision): the series UID prefix of every UID is replaced by one of the
+        // same length, which leaves every element's length as it was.
+        const from = Buffer.from(ph.series, 'latin1');
+        const copies = Array.from({ length: HEAD_COPIES }, (_, c) => `${ph.series.slice(0, -1)}${c + 1}`);
+        let bytes = 0;
+        for (const series of copies) {
+          const to = Buffer.from(series, 'latin1');
+          const up = await uploadAll(orthanc, ph.files.length, (i) => {
+            const b = Buffer.from(ph.files[i]!.bytes);
+            for (let at = b.indexOf(from); at >= 0; at = b.indexOf(from, at + from.length)) to.copy(b, at);
+            return b;
+          });
+          bytes = up.bytes;
+        }
+        heads.push({ name: spec.name, study: ph.study, series: copies[0]!, copies, instances: ph.files.length, bytes, sops: ph.files.map((f) => f.sop.replace(ph.series, copies[0]!)) });
       }
       console.log(`setup: head series ${heads.map((h) => `${h.name} (${fmt(h.bytes / MB, 0)} MB)`).join(', ')} generated and uploaded in ${fmt((now() - t) / 1000, 1)} s`);
     }
@@ -599,44 +617,62 @@ async function main(): Promise<void> {
     // ---- (d) head series: faces allowed (reference), first defacing retrieve (analysis), later ones
     if (PHASES.has('d') && heads.length) {
       const allow: Target = { name: 'gateway', pool: gateway.pool, base: '/dicom-web', headers: { authorization: `Bearer ${TOKEN}-allow` } };
-      console.log(`(d) head series: ${RUNS} retrieves with faces: allow, the first defacing retrieve (analysis included), ${RUNS} later ones (stored decision)`);
+      console.log(`(d) head series, ${HEAD_COPIES} copies of each: per copy, a retrieve with faces: allow and the first defacing retrieve (analysis included), interleaved; then ${RUNS} pairs of allow and later defacing retrieves (stored decision)`);
       const rows: Record<string, unknown>[] = [];
       for (const h of heads) {
-        // Each client sees its own pseudonyms: the series path is found through its own QIDO.
-        const pathFor = async (t: Target): Promise<string> => {
-          const study = (await getJson<Row[]>(t, '/studies')).find((r) => countOf(r) === h.instances);
+        // Each client sees its own pseudonyms: the copies are found through its own QIDO (any
+        // order: the copies are alike, and each defacing copy is retrieved once undecided).
+        const seriesOf = async (t: Target): Promise<string[]> => {
+          const study = (await getJson<Row[]>(t, '/studies')).find((r) => countOf(r) === h.instances * HEAD_COPIES);
           if (!study) throw new Error(`${h.name}: not listed through the gateway`);
           const series = await getJson<Row[]>(t, `/studies/${uidOf(study)}/series`);
-          return `/studies/${uidOf(study)}/series/${String((series[0] as Record<string, { Value?: unknown[] }>)['0020000E']?.Value?.[0])}`;
+          return series.map((r) => `/studies/${uidOf(study)}/series/${String((r as Record<string, { Value?: unknown[] }>)['0020000E']?.Value?.[0])}`);
         };
-        const paths = new Map<Target, string>([[allow, await pathFor(allow)], [gateway, await pathFor(gateway)]]);
-        const timed = async (t: Target): Promise<{ ms: number; cpuMs: number; bytes: number }> => {
+        const allowPaths = await seriesOf(allow);
+        const defacePaths = await seriesOf(gateway);
+        if (allowPaths.length !== HEAD_COPIES || defacePaths.length !== HEAD_COPIES) throw new Error(`${h.name}: ${allowPaths.length}/${defacePaths.length} series listed, ${HEAD_COPIES} uploaded`);
+        const timed = async (t: Target, path: string): Promise<{ ms: number; cpuMs: number; bytes: number }> => {
           const c0 = cpuMs(gw!.pid);
-          const r = await getCounted(t, paths.get(t)!, ACCEPT_DICOM);
+          const r = await getCounted(t, path, ACCEPT_DICOM);
           if (r.status !== 200) throw new Error(`${h.name}: HTTP ${r.status}`);
           return { ms: r.ms, cpuMs: cpuMs(gw!.pid) - c0, bytes: r.bytes };
         };
-        const allowFirst = await timed(allow); // warm-up: the facts, the PACS's cache, the client's pseudonyms
-        // The defacing client's pseudonyms for the series are made by an instance query (which
-        // makes no face decision), so that its first retrieve, like the allow median, pays for
-        // the face work and not for a client's first sight of 160 or 400 UIDs.
-        {
-          const r = await gateway.pool.request({ method: 'GET', path: `${gateway.base}${paths.get(gateway)!}/instances`, headers: { ...gateway.headers, accept: 'application/dicom+json' } });
+        // Warm-up: every copy once with faces: allow (the facts, the PACS's cache, the client's
+        // pseudonyms), and the defacing client's pseudonyms by an instance query (which makes
+        // no face decision), so that its first retrieves, like the allow ones, pay for the face
+        // work and not for a client's first sight of 160 or 400 UIDs.
+        const allowFirst = await timed(allow, allowPaths[0]!);
+        for (const p of allowPaths.slice(1)) await timed(allow, p);
+        for (const p of defacePaths) {
+          const r = await gateway.pool.request({ method: 'GET', path: `${gateway.base}${p}/instances`, headers: { ...gateway.headers, accept: 'application/dicom+json' } });
           await r.body.text();
         }
-        const allowRuns: { ms: number; cpuMs: number; bytes: number }[] = [];
-        for (let i = 0; i < RUNS; i++) allowRuns.push(await timed(allow));
         const logBefore = readFileSync(gw.logFile, 'utf8').length;
-        const reset = resetPeak(gw.pid);
-        rssSampler.start();
-        const first = await timed(gateway);
-        rssSampler.stop();
-        const peakKiB = Math.max(rssSampler.maxKiB, reset ? readMem(gw.pid)!.hwmKiB : 0);
-        const later: { ms: number; cpuMs: number; bytes: number }[] = [];
-        for (let i = 0; i < RUNS; i++) later.push(await timed(gateway));
-        const logged = readFileSync(gw.logFile, 'utf8').slice(logBefore).split('\n').filter((l) => l.includes('face decision made')).map((l) => JSON.parse(l) as { kind: string; analysisMs: number; fetchedInstances: number });
-        const med = (xs: number[]): number => quantile([...xs].sort((a, b) => a - b), 0.5);
-        const ref = med(allowRuns.map((r) => r.ms));
+        // Pairs: an allow retrieve, then the first defacing retrieve of the next copy; the ratio
+        // of each pair is taken, so that the machine's drift between pairs cancels.
+        const firsts: { ms: number; cpuMs: number; ratio: number; allowMs: number }[] = [];
+        let peakKiB = 0;
+        for (let c = 0; c < HEAD_COPIES; c++) {
+          const a = await timed(allow, allowPaths[c % allowPaths.length]!);
+          const reset = resetPeak(gw.pid);
+          rssSampler.start();
+          const f = await timed(gateway, defacePaths[c]!);
+          rssSampler.stop();
+          peakKiB = Math.max(peakKiB, rssSampler.maxKiB, reset ? readMem(gw.pid)!.hwmKiB : 0);
+          firsts.push({ ms: f.ms, cpuMs: f.cpuMs, ratio: f.ms / a.ms, allowMs: a.ms });
+        }
+        const laters: { ms: number; cpuMs: number; ratio: number; allowMs: number; allowCpuMs: number }[] = [];
+        for (let i = 0; i < RUNS; i++) {
+          const a = await timed(allow, allowPaths[i % allowPaths.length]!);
+          const l = await timed(gateway, defacePaths[i % defacePaths.length]!);
+          laters.push({ ms: l.ms, cpuMs: l.cpuMs, ratio: l.ms / a.ms, allowMs: a.ms, allowCpuMs: a.cpuMs });
+        }
+        const logged = readFileSync(gw.logFile, 'utf8').slice(logBefore).split('\n').filter((l) => l.includes('face decision made')).map((l) => JSON.parse(l) as { kind: string; analysisMs: number; fetchedInstances: number; totalMs: number });
+        const med = (xs: number[]): number => quantile([...xs].sort((x, y) => x - y), 0.5);
+        // The gateway's first decision since it started runs cold (the JIT has not compiled the
+        // analysis yet): it is reported on its own, and the target is judged on the others.
+        const warmFirsts = firsts.length > 1 ? firsts.slice(1) : firsts;
+        const ref = med([...firsts.map((r) => r.allowMs), ...laters.map((r) => r.allowMs)]);
         // The floor of any analysis that reads the same instances: fetching them directly from
         // Orthanc (every k-th, four at a time, Explicit VR Little Endian), nothing else.
         const fetched = logged[0]?.fetchedInstances ?? 0;
@@ -652,17 +688,20 @@ async function main(): Promise<void> {
         }));
         const sampleFetchMs = now() - tFetch;
         const row = {
-          series: h.name, instances: h.instances, mb: round(h.bytes / MB, 0),
-          allowMs: round(ref, 0), allowCpuMs: round(med(allowRuns.map((r) => r.cpuMs)), 0), allowFirstMs: round(allowFirst.ms, 0),
-          firstMs: round(first.ms, 0), firstCpuMs: round(first.cpuMs, 0), firstRatio: round(first.ms / ref, 2),
-          laterMs: round(med(later.map((r) => r.ms)), 0), laterCpuMs: round(med(later.map((r) => r.cpuMs)), 0), laterRatio: round(med(later.map((r) => r.ms)) / ref, 2),
-          decision: logged[0]?.kind ?? 'none logged', analysisMs: logged[0]?.analysisMs ?? NaN, fetchedInstances: logged[0]?.fetchedInstances ?? NaN,
-          totalDecisionMs: (logged[0] as { totalMs?: number } | undefined)?.totalMs ?? NaN,
+          series: h.name, instances: h.instances, mb: round(h.bytes / MB, 0), copies: HEAD_COPIES,
+          allowMs: round(ref, 0), allowCpuMs: round(med(laters.map((r) => r.allowCpuMs)), 0), allowFirstMs: round(allowFirst.ms, 0),
+          firstMs: round(med(warmFirsts.map((r) => r.ms)), 0), firstCpuMs: round(med(warmFirsts.map((r) => r.cpuMs)), 0), firstRatio: round(med(warmFirsts.map((r) => r.ratio)), 2),
+          coldFirstRatio: round(firsts[0]!.ratio, 2),
+          firstRatios: firsts.map((r) => round(r.ratio, 2)),
+          laterMs: round(med(laters.map((r) => r.ms)), 0), laterCpuMs: round(med(laters.map((r) => r.cpuMs)), 0), laterRatio: round(med(laters.map((r) => r.ratio)), 2),
+          decision: logged[0]?.kind ?? 'none logged', decisions: logged.length,
+          analysisMs: round(med(logged.map((l) => l.analysisMs)), 0), fetchedInstances: logged[0]?.fetchedInstances ?? NaN,
+          totalDecisionMs: round(med(logged.map((l) => l.totalMs)), 0),
           directSampleFetchMs: round(sampleFetchMs, 0), floorRatio: round((ref + sampleFetchMs) / ref, 2),
           peakRssMiB: round(peakKiB / 1024, 1), peakRssMB: round((peakKiB * 1024) / MB, 1),
         };
         rows.push(row);
-        console.log(`    ${h.name}: allow ${fmt(row.allowMs, 0)} ms (CPU ${fmt(row.allowCpuMs, 0)} ms; its first: ${fmt(row.allowFirstMs, 0)} ms); first defacing ${fmt(row.firstMs, 0)} ms (${fmt(row.firstRatio, 2)}x, CPU ${fmt(row.firstCpuMs, 0)} ms; ${row.decision} in ${fmt(row.totalDecisionMs, 0)} ms, of which reading and analysis ${fmt(row.analysisMs, 0)} ms, over ${row.fetchedInstances} fetched instances); later ${fmt(row.laterMs, 0)} ms (${fmt(row.laterRatio, 2)}x, CPU ${fmt(row.laterCpuMs, 0)} ms); peak RSS ${fmt(row.peakRssMB, 0)} MB`);
+        console.log(`    ${h.name}: allow ${fmt(row.allowMs, 0)} ms (CPU ${fmt(row.allowCpuMs, 0)} ms; its first: ${fmt(row.allowFirstMs, 0)} ms); first defacing ${fmt(row.firstMs, 0)} ms (${fmt(row.firstRatio, 2)}x, median after the first of ${row.firstRatios.join(', ')}; CPU ${fmt(row.firstCpuMs, 0)} ms; ${row.decisions} decisions (${row.decision}) in ${fmt(row.totalDecisionMs, 0)} ms, of which reading and analysis ${fmt(row.analysisMs, 0)} ms, over ${row.fetchedInstances} fetched instances); later ${fmt(row.laterMs, 0)} ms (${fmt(row.laterRatio, 2)}x, CPU ${fmt(row.laterCpuMs, 0)} ms); peak RSS ${fmt(row.peakRssMB, 0)} MB`);
         console.log(`    ${h.name}: the same ${sample.length} instances fetched directly from Orthanc take ${fmt(sampleFetchMs, 0)} ms: any analysis that reads them is at least ${fmt(row.floorRatio, 2)}x the allow retrieve on this machine`);
       }
       result.faces = rows;
@@ -816,8 +855,8 @@ async function main(): Promise<void> {
   }
   for (const f of (result.faces as { series: string; firstRatio: number; laterRatio: number; peakRssMB: number; analysisMs: number }[] | undefined) ?? []) {
     lines.push([`(d) ${f.series}: first defacing / allow`, '', '', `${fmt(f.firstRatio, 2)}x`, `analysis ${fmt(f.analysisMs, 0)} ms`, `<= ${TARGET_FACE_FIRST}x`, f.firstRatio <= TARGET_FACE_FIRST ? 'MET' : 'MISSED']);
-    const ff = f as unknown as { floorRatio: number; firstMs: number; allowFirstMs: number };
-    lines.push(['    first defacing / first allow (both cold)', '', '', `${fmt(ff.firstMs / ff.allowFirstMs, 2)}x`, '', '', '']);
+    const ff = f as unknown as { floorRatio: number; coldFirstRatio: number; firstRatios: number[] };
+    lines.push([`    each copy's first / allow (the first: cold)`, '', '', ff.firstRatios.map((x) => `${fmt(x, 2)}`).join(' '), '', '', '']);
     lines.push(['    floor: allow + direct fetch of the sampled instances', '', '', `${fmt(ff.floorRatio, 2)}x`, '', '', '']);
     lines.push(['    later (stored decision) / allow', '', '', `${fmt(f.laterRatio, 2)}x`, '', `<= ${TARGET_FACE_LATER}x`, f.laterRatio <= TARGET_FACE_LATER ? 'MET' : 'MISSED']);
     lines.push(['    peak RSS while defacing', '', '', `${fmt(f.peakRssMB, 0)} MB`, '', `< ${TARGET_FACE_RSS_MB} MB`, f.peakRssMB < TARGET_FACE_RSS_MB ? 'MET' : 'MISSED']);

@@ -49,12 +49,13 @@ function otsu(values: Float32Array): number {
   }
   if (!(top > lo)) return top;
   const FINE = 4096;
-  const fine = new Float64Array(FINE);
+  const fine = new Int32Array(FINE);
   const fw = (top - lo) / FINE;
+  const perBin = 1 / fw;
   let total = 0;
   for (let i = 0; i < n; i++) {
     const v = values[i]!;
-    if (v === v) { fine[Math.min(FINE - 1, ((v - lo) / fw) | 0)]!++; total++; }
+    if (v === v) { const b = ((v - lo) * perBin) | 0; fine[b < FINE ? b : FINE - 1]!++; total++; }
   }
   let acc = 0;
   let cut = FINE - 1;
@@ -88,41 +89,104 @@ function otsu(values: Float32Array): number {
   return lo + (at + 1) * w;
 }
 
-/** The largest 6-connected component of a mask, in place. Returns its size. */
+/**
+ * The largest 6-connected component of a mask, in place. Returns its size. The labels live in
+ * a copy with a one-voxel border of background, so that no neighbour needs a bounds check.
+ */
 function keepLargest(mask: Uint8Array, nx: number, ny: number, nz: number): number {
-  const label = new Int32Array(mask.length);
+  const px = nx + 2;
+  const plane = px * (ny + 2);
+  const label = new Int32Array(plane * (nz + 2));
+  // -1: body not yet labelled; 0: background (and the border); n > 0: component n.
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      const from = (z * ny + y) * nx;
+      const to = (z + 1) * plane + (y + 1) * px + 1;
+      for (let x = 0; x < nx; x++) if (mask[from + x]) label[to + x] = -1;
+    }
+  }
   const queue = new Int32Array(mask.length);
   let best = 0;
   let bestLabel = 0;
   let next = 1;
-  const plane = nx * ny;
-  for (let i = 0; i < mask.length; i++) {
-    if (!mask[i] || label[i]) continue;
+  for (let i = 0; i < label.length; i++) {
+    if (label[i] !== -1) continue;
     let head = 0;
     let tail = 0;
     queue[tail++] = i;
     label[i] = next;
     while (head < tail) {
       const v = queue[head++]!;
-      const x = v % nx;
-      const y = ((v / nx) | 0) % ny;
-      const z = (v / plane) | 0;
-      let u: number;
-      if (x > 0 && mask[u = v - 1] && !label[u]) { label[u] = next; queue[tail++] = u; }
-      if (x < nx - 1 && mask[u = v + 1] && !label[u]) { label[u] = next; queue[tail++] = u; }
-      if (y > 0 && mask[u = v - nx] && !label[u]) { label[u] = next; queue[tail++] = u; }
-      if (y < ny - 1 && mask[u = v + nx] && !label[u]) { label[u] = next; queue[tail++] = u; }
-      if (z > 0 && mask[u = v - plane] && !label[u]) { label[u] = next; queue[tail++] = u; }
-      if (z < nz - 1 && mask[u = v + plane] && !label[u]) { label[u] = next; queue[tail++] = u; }
+      let u = v - 1;
+      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+      u = v + 1;
+      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+      u = v - px;
+      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+      u = v + px;
+      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+      u = v - plane;
+      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+      u = v + plane;
+      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
     }
     if (tail > best) { best = tail; bestLabel = next; }
     next++;
   }
-  for (let i = 0; i < mask.length; i++) mask[i] = label[i] === bestLabel && bestLabel > 0 ? 1 : 0;
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      const from = (z * ny + y) * nx;
+      const to = (z + 1) * plane + (y + 1) * px + 1;
+      for (let x = 0; x < nx; x++) mask[from + x] = bestLabel > 0 && label[to + x] === bestLabel ? 1 : 0;
+    }
+  }
   return best;
 }
 
+/** mask[i] = 1 where data[i] > thr (NaN is not); returns how many. */
+function threshold(data: Float32Array, thr: number, mask: Uint8Array): number {
+  let n = 0;
+  for (let i = 0; i < data.length; i++) if (data[i]! > thr) { mask[i] = 1; n++; }
+  return n;
+}
+
 interface Slice { count: number; x0: number; x1: number; y0: number; y1: number }
+
+/**
+ * Cross-sections (extents of the columns and rows with at least `core` voxels of body) and the
+ * anterior depth map: ant[z * nx + x] = how far forward (mm, -y) the body comes (NaN: none).
+ * `front` is the anteriorness of row y = 0.
+ */
+function sections(mask: Uint8Array, nx: number, ny: number, nz: number, front: number, g: number, core: number): { slices: Slice[]; ant: Float32Array } {
+  const slices: Slice[] = [];
+  const ant = new Float32Array(nz * nx).fill(Number.NaN);
+  const colCount = new Int32Array(nx);
+  const rowCount = new Int32Array(ny);
+  for (let z = 0; z < nz; z++) {
+    const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
+    colCount.fill(0);
+    rowCount.fill(0);
+    // Where the field of view cuts the face, its edge stands for the surface: a nose cut by it
+    // is still a ridge (and the guards below keep an edge from passing for a nose).
+    const antAt = z * nx;
+    for (let y = 0; y < ny; y++) {
+      const rowAt = (z * ny + y) * nx;
+      let inRow = 0;
+      for (let x = 0; x < nx; x++) {
+        if (!mask[rowAt + x]) continue;
+        if (ant[antAt + x] !== ant[antAt + x]) ant[antAt + x] = front - y * g; // first (most anterior) body voxel
+        colCount[x]!++;
+        inRow++;
+      }
+      rowCount[y] = inRow;
+      s.count += inRow;
+    }
+    for (let x = 0; x < nx; x++) if (colCount[x]! >= core) { if (x < s.x0) s.x0 = x; s.x1 = x; }
+    for (let y = 0; y < ny; y++) if (rowCount[y]! >= core) { if (y < s.y0) s.y0 = y; s.y1 = y; }
+    slices.push(s);
+  }
+  return { slices, ant };
+}
 
 const median = (a: number[]): number => { const s = [...a].sort((p, q) => p - q); return s[Math.floor(s.length / 2)] ?? Number.NaN; };
 
@@ -135,13 +199,9 @@ export function bodyThreshold(vol: Volume, modality: string): number {
 
 export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const { nx, ny, nz, spacing: g, origin } = vol;
-  const thr = bodyThreshold(vol, modality);
-  const mask = new Uint8Array(nx * ny * nz);
-  for (let i = 0; i < mask.length; i++) mask[i] = vol.data[i]! > thr ? 1 : 0;
-  let above = 0;
-  for (let i = 0; i < mask.length; i++) above += mask[i]!;
-  const size = keepLargest(mask, nx, ny, nz);
-  if (size * g ** 3 < 200_000) {
+  const thr = bodyThreshold(vol, modality);  const mask = new Uint8Array(nx * ny * nz);
+  const above = threshold(vol.data, thr, mask);
+  const size = keepLargest(mask, nx, ny, nz);  if (size * g ** 3 < 200_000) {
     // Nothing head-sized is connected. With little signal in view that is not a head; with much
     // (a body the threshold broke up), it cannot be told: withheld.
     if (above * g ** 3 < 400_000) return { kind: 'no-face', why: 'no body large enough for a head' };
@@ -152,32 +212,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // A cross-section's extents count only columns and rows with at least 20 mm of body in them:
   // a CT table, a head holder or a coil's shell (thin, and often joined to the head) does not
   // widen it.
-  const slices: Slice[] = [];
-  const ant = new Float32Array(nz * nx).fill(Number.NaN);
-  const colCount = new Int32Array(nx);
-  const rowCount = new Int32Array(ny);
-  const core = Math.ceil(20 / g);
-  for (let z = 0; z < nz; z++) {
-    const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
-    colCount.fill(0);
-    rowCount.fill(0);
-    // Where the field of view cuts the face, its edge stands for the surface: a nose cut by it
-    // is still a ridge (and the guards below keep an edge from passing for a nose).
-    for (let y = 0; y < ny; y++) {
-      const rowAt = (z * ny + y) * nx;
-      for (let x = 0; x < nx; x++) {
-        if (!mask[rowAt + x]) continue;
-        if (Number.isNaN(ant[z * nx + x]!)) ant[z * nx + x] = -(origin[1] + y * g);
-        s.count++;
-        colCount[x]!++;
-        rowCount[y]!++;
-      }
-    }
-    for (let x = 0; x < nx; x++) if (colCount[x]! >= core) { if (x < s.x0) s.x0 = x; s.x1 = x; }
-    for (let y = 0; y < ny; y++) if (rowCount[y]! >= core) { if (y < s.y0) s.y0 = y; s.y1 = y; }
-    slices.push(s);
-  }
-  const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
+  const { slices, ant } = sections(mask, nx, ny, nz, -origin[1], g, Math.ceil(20 / g));
+   const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
   const depth = (s: Slice): number => (s.y1 - s.y0 + 1) * g;
   // An adult head's cross-section: longer than wide (a neck, a knee or a limb is about round).
   const headLike = slices.map((s) => s.count > 0 && s.x1 >= 0 && s.y1 >= 0 && width(s) >= 110 && width(s) <= 235 && depth(s) >= 140 && depth(s) <= 280 && depth(s) / width(s) >= 1.05);
@@ -361,7 +397,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       }
     }
   }
-  if (deep * g ** 3 > 2000) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
+   if (deep * g ** 3 > 2000) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
   const confidence = `nose prominence ${best.toFixed(0)} mm, nasion${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
   return { kind: 'deface', planes, landmarks, confidence };
 }

@@ -17,7 +17,7 @@ import { Decisions } from '../decisions.js';
 import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
 import { part10View } from '../views.js';
 import { analyzeFace, FACE_ALGORITHM } from './analyze.js';
-import { buildVolume, largestStack, reduceFrame, type ReducedFrame } from './volume.js';
+import { buildVolume, largestStack, reducedPlace, reduceFrame, VolumeBuilder, type ReducedFrame } from './volume.js';
 
 /** Where a series comes from: the PACS (gateway) or files (offline command). */
 export interface SeriesSource {
@@ -92,12 +92,12 @@ export class FaceProvider {
     const list = await source.instances();
     const listMs = performance.now() - started;
     // Frames of every instance, with their geometry from the metadata.
-    const frames: { sop: string; frame: number; geometry: FrameGeometry }[] = [];
+    const frames: { sop: string; frame: number; geometry: FrameGeometry; rows: number; columns: number }[] = [];
     let unplaced = 0;
     for (const { sop, view } of list) {
       const f = readPixelFacts(view);
       if (f.samplesPerPixel !== 1) continue;
-      f.geometry.forEach((g, frame) => { if (g) frames.push({ sop, frame, geometry: g }); else unplaced++; });
+      f.geometry.forEach((g, frame) => { if (g) frames.push({ sop, frame, geometry: g, rows: f.rows, columns: f.columns }); else unplaced++; });
     }
     // A series of several volumes (fMRI, diffusion, perfusion) repeats each position: the first
     // frame at each position stands for it (the first volume, usually the most anatomical).
@@ -119,21 +119,31 @@ export class FaceProvider {
     const span = dot(n, stack.at(-1)!.geometry.position) - dot(n, stack[0]!.geometry.position);
     if (span < 30) return { kind: 'no-face' }; // thinner than 3 cm: no surface to rebuild
     const step = Math.max(1, Math.floor(SAMPLE_MM / (span / (stack.length - 1))));
-    const wanted = new Map<string, Set<number>>();
-    for (let i = 0; i < stack.length; i += step) {
-      const s = stack[i]!;
-      (wanted.get(s.sop) ?? wanted.set(s.sop, new Set()).get(s.sop)!).add(s.frame);
-    }
-    const reduced: ReducedFrame[] = [];
+    // The sampled frames, in order; per instance, which of them it holds.
+    const sampled = stack.filter((_, i) => i % step === 0);
+    const wanted = new Map<string, Map<number, number>>();
+    sampled.forEach((s, i) => (wanted.get(s.sop) ?? wanted.set(s.sop, new Map()).get(s.sop)!).set(s.frame, i));
+    const reduced: (ReducedFrame | undefined)[] = new Array(sampled.length);
+    let builder: VolumeBuilder | undefined = undefined; // planned once the first requests are out
+    // The volume is planned from the metadata; a frame whose own header places it otherwise
+    // (or not at all) sends the analysis back to resampling what was read.
+    let planHolds = true;
+    const put = (i: number): void => {
+      const r = reduced[i];
+      const want = sampled[i]!;
+      const place = reducedPlace(want.geometry, want.rows, want.columns, GRID_MM);
+      if (!r || r.rows !== place.rows || r.columns !== place.columns || Math.hypot(r.geometry.position[0] - place.geometry.position[0], r.geometry.position[1] - place.geometry.position[1], r.geometry.position[2] - place.geometry.position[2]) > 0.01) planHolds = false;
+      else builder?.put(i, r.data);
+    };
     let seconds = 0;
     let fetched = 0;
     // A few instances fetched at once (the PACS's latency per request dominates for slices);
-    // each is reduced as it arrives and its full-resolution bytes dropped.
+    // each is reduced as it arrives, its full-resolution bytes dropped, and its voxels filled.
     const queue = [...wanted];
     const worker = async (): Promise<void> => {
       for (let next = queue.shift(); next; next = queue.shift()) await reduceOne(next[0], next[1]);
     };
-    const reduceOne = async (sop: string, want: ReadonlySet<number>): Promise<void> => {
+    const reduceOne = async (sop: string, want: ReadonlyMap<number, number>): Promise<void> => {
       const bytes = await source.instance(sop);
       this.stats.fetchedInstances++;
       fetched++;
@@ -144,21 +154,30 @@ export class FaceProvider {
       }
       const facts = readPixelFacts(part10View(inst.elements));
       const per = facts.rows * facts.columns * (facts.bitsAllocated / 8);
-      for (const frame of want) {
-        if ((frame + 1) * per > inst.pixel.length) continue;
-        const r = reduceFrame(inst.pixel.subarray(frame * per, (frame + 1) * per), facts, frame, inst.transferSyntax.littleEndian, GRID_MM);
-        if (r) reduced.push(r);
+      for (const [frame, i] of want) {
+        if ((frame + 1) * per > inst.pixel.length) { planHolds = false; continue; }
+        reduced[i] = reduceFrame(inst.pixel.subarray(frame * per, (frame + 1) * per), facts, frame, inst.transferSyntax.littleEndian, GRID_MM);
+        if (builder) put(i);
       }
       seconds += (performance.now() - t0) / 1000;
     };
-    await Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
-    const t0 = performance.now();
-    const vol = buildVolume(reduced, GRID_MM);
+    const fetching = Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
+    fetching.catch(() => undefined);
+    // The first requests are on their way: the volume is planned while the PACS answers them.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    let t0 = performance.now();
+    builder = VolumeBuilder.plan(sampled.map((f) => reducedPlace(f.geometry, f.rows, f.columns, GRID_MM)), GRID_MM);
+    reduced.forEach((_, i) => put(i));
+    seconds += (performance.now() - t0) / 1000;
+    await fetching;
+    t0 = performance.now();
+    const got = reduced.filter((r): r is ReducedFrame => r !== undefined);
+    const vol = builder && planHolds ? builder.volume : buildVolume(got, GRID_MM);
     const result = vol ? analyzeFace(vol, modality) : { kind: 'no-face' as const, why: 'no volume' };
     seconds += (performance.now() - t0) / 1000;
     this.stats.analyses++;
     this.stats.analysisSeconds += seconds;
-    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: reduced.length, listMs, totalMs: performance.now() - started });
+    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: got.length, listMs, totalMs: performance.now() - started });
     if (result.kind === 'deface') return { kind: 'deface', planes: result.planes.map((p) => ({ n: [p.n[0], p.n[1], p.n[2]] as const, d: p.d })) };
     if (result.kind === 'uncertain') return { kind: 'uncertain', why: result.why };
     return { kind: 'no-face' };

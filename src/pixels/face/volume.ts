@@ -45,28 +45,13 @@ function sampleReader(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): 
 }
 
 /**
- * The samples as a typed array view where that reads them exactly: 16-bit little-endian cells
- * whose stored bits fill the cell, on an aligned buffer (the common CT and MR case). Otherwise
- * undefined, and the general reader is used.
+ * 16-bit little-endian cells on an aligned buffer (the common CT and MR case), read in place:
+ * only the stored bits count (an overlay or garbage above them is dropped; signed values
+ * sign-extend). Otherwise undefined, and the general reader is used.
  */
-function typedSamples(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): Uint16Array | Int16Array | undefined {
-  if (f.bitsAllocated !== 16 || !littleEndian || endianness() !== 'LE' || f.bitsStored !== 16 || bytes.byteOffset % 2 !== 0) return undefined;
-  const n = bytes.length >> 1;
-  return f.pixelRepresentation === 1 ? new Int16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.buffer, bytes.byteOffset, n);
-}
-
-/**
- * 16-bit little-endian cells with fewer stored bits (CT's 12): copied once into an Int32Array
- * with the bits above Bits Stored dropped (unsigned) or sign-extended (signed).
- */
-function maskedSamples(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): Int32Array | undefined {
+function cells16(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): Uint16Array | undefined {
   if (f.bitsAllocated !== 16 || !littleEndian || endianness() !== 'LE' || bytes.byteOffset % 2 !== 0 || f.bitsStored < 1 || f.bitsStored > 16) return undefined;
-  const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length >> 1);
-  const out = new Int32Array(src.length);
-  const shift = 32 - f.bitsStored;
-  if (f.pixelRepresentation === 1) for (let i = 0; i < src.length; i++) out[i] = (src[i]! << shift) >> shift;
-  else { const m = f.bitsStored === 16 ? 0xffff : (1 << f.bitsStored) - 1; for (let i = 0; i < src.length; i++) out[i] = src[i]! & m; }
-  return out;
+  return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length >> 1);
 }
 
 /**
@@ -77,25 +62,32 @@ export function reduceFrame(bytes: Buffer, f: PixelFactsFull, frame: number, lit
   const g = f.geometry[frame];
   if (!g || f.samplesPerPixel !== 1) return undefined;
   const { slope, intercept } = f.rescale[frame] ?? { slope: 1, intercept: 0 };
-  const fr = Math.max(1, Math.floor(targetMm / g.rowSpacing));
-  const fc = Math.max(1, Math.floor(targetMm / g.colSpacing));
-  const rows = Math.floor(f.rows / fr);
-  const columns = Math.floor(f.columns / fc);
+  const { fr, fc } = factors(g, targetMm);
+  const { rows, columns, geometry } = reducedPlace(g, f.rows, f.columns, targetMm);
   const data = new Float32Array(rows * columns);
   const n = fr * fc;
   // Sums of blocks, row by row: one pass over the samples in memory order.
   const sums = new Float64Array(columns);
-  const samples = typedSamples(bytes, f, littleEndian) ?? maskedSamples(bytes, f, littleEndian);
-  const read = samples ? undefined : sampleReader(bytes, f, littleEndian);
+  const cells = cells16(bytes, f, littleEndian);
+  const read = cells ? undefined : sampleReader(bytes, f, littleEndian);
+  const signed = f.pixelRepresentation === 1;
+  const shift = 32 - f.bitsStored;
+  const keep = f.bitsStored >= 16 ? 0xffff : (1 << f.bitsStored) - 1;
+  const width = f.columns;
   for (let r = 0; r < rows; r++) {
     sums.fill(0);
     for (let i = 0; i < fr; i++) {
-      const base = (r * fr + i) * f.columns;
-      if (samples) {
-        for (let c = 0; c < columns; c++) {
+      const base = (r * fr + i) * width;
+      if (cells && signed) {
+        for (let c = 0, at = base; c < columns; c++) {
           let s = 0;
-          const at = base + c * fc;
-          for (let j = 0; j < fc; j++) s += samples[at + j]!;
+          for (let j = 0; j < fc; j++, at++) s += (cells[at]! << shift) >> shift;
+          sums[c]! += s;
+        }
+      } else if (cells) {
+        for (let c = 0, at = base; c < columns; c++) {
+          let s = 0;
+          for (let j = 0; j < fc; j++, at++) s += cells[at]! & keep;
           sums[c]! += s;
         }
       } else {
@@ -104,6 +96,24 @@ export function reduceFrame(bytes: Buffer, f: PixelFactsFull, frame: number, lit
     }
     for (let c = 0; c < columns; c++) data[r * columns + c] = (sums[c]! / n) * slope + intercept;
   }
+  return { geometry, rows, columns, data };
+}
+
+/** Block sizes (rows, columns) that reduce a frame to about `targetMm` per pixel. */
+function factors(g: FrameGeometry, targetMm: number): { fr: number; fc: number } {
+  return { fr: Math.max(1, Math.floor(targetMm / g.rowSpacing)), fc: Math.max(1, Math.floor(targetMm / g.colSpacing)) };
+}
+
+/** Where a frame's reduced pixels lie: known from its geometry before its pixels are read. */
+export interface FramePlace {
+  readonly geometry: FrameGeometry;
+  readonly rows: number;
+  readonly columns: number;
+}
+
+/** The place of a frame of rows x columns once reduced by reduceFrame to about `targetMm`. */
+export function reducedPlace(g: FrameGeometry, rows: number, columns: number, targetMm: number): FramePlace {
+  const { fr, fc } = factors(g, targetMm);
   // The reduced pixel (0,0) is the centre of the first block.
   const oc = ((fc - 1) / 2) * g.colSpacing;
   const or = ((fr - 1) / 2) * g.rowSpacing;
@@ -112,7 +122,7 @@ export function reduceFrame(bytes: Buffer, f: PixelFactsFull, frame: number, lit
     g.position[1] + g.rowDir[1] * oc + g.colDir[1] * or,
     g.position[2] + g.rowDir[2] * oc + g.colDir[2] * or,
   ];
-  return { geometry: { ...g, position, rowSpacing: g.rowSpacing * fr, colSpacing: g.colSpacing * fc }, rows, columns, data };
+  return { geometry: { ...g, position, rowSpacing: g.rowSpacing * fr, colSpacing: g.colSpacing * fc }, rows: Math.floor(rows / fr), columns: Math.floor(columns / fc) };
 }
 
 /** Frames grouped by orientation; the largest group is the stack the volume is built from. */
@@ -132,70 +142,138 @@ const MAX_DIM = 160;
 
 /** Resamples a stack of reduced frames (one orientation) onto an LPS grid of about `spacing` mm. */
 export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume | undefined {
-  if (stack.length < 2) return undefined;
-  const normal = cross(stack[0]!.geometry.rowDir, stack[0]!.geometry.colDir);
-  const frames = [...stack].sort((a, b) => dot(normal, a.geometry.position) - dot(normal, b.geometry.position));
-  const s = frames.map((f) => dot(normal, f.geometry.position));
-  // Largest gap between neighbouring frames: a voxel further than half of it from any frame is outside.
-  let gap = 0;
-  for (let i = 1; i < s.length; i++) gap = Math.max(gap, s[i]! - s[i - 1]!);
-  if (!(gap > 0)) return undefined;
-  const lo = [Infinity, Infinity, Infinity];
-  const hi = [-Infinity, -Infinity, -Infinity];
-  for (const f of frames) {
-    const g = f.geometry;
-    for (const [r, c] of [[0, 0], [f.rows - 1, 0], [0, f.columns - 1], [f.rows - 1, f.columns - 1]] as const) {
-      for (let k = 0; k < 3; k++) {
-        const v = g.position[k]! + g.rowDir[k]! * c * g.colSpacing + g.colDir[k]! * r * g.rowSpacing;
-        lo[k] = Math.min(lo[k]!, v);
-        hi[k] = Math.max(hi[k]!, v);
+  const b = VolumeBuilder.plan(stack, spacing);
+  if (!b) return undefined;
+  stack.forEach((f, i) => b.put(i, f.data));
+  return b.volume;
+}
+
+/**
+ * A volume planned from the places of its frames before their pixels are read: which voxel
+ * takes which pixel of which frame (the nearest frame along the stack, the nearest pixel in
+ * it) is worked out once, and each frame's pixels are put in as soon as it is reduced, so
+ * that the resampling is done while the other frames are still being fetched.
+ */
+export class VolumeBuilder {
+  private constructor(
+    readonly volume: Volume,
+    /** Per frame (in the order given), the voxels it fills: voxel[start[i]..start[i+1]) and their pixels. */
+    private readonly start: Int32Array,
+    private readonly voxel: Int32Array,
+    private readonly pixel: Int32Array,
+    private readonly sizes: readonly number[],
+  ) {}
+
+  /** Undefined when the frames do not make a volume (fewer than two, or all at one position). */
+  static plan(places: readonly FramePlace[], spacing = 2): VolumeBuilder | undefined {
+    if (places.length < 2) return undefined;
+    const normal = cross(places[0]!.geometry.rowDir, places[0]!.geometry.colDir);
+    const order = places.map((_, i) => i).sort((a, b) => dot(normal, places[a]!.geometry.position) - dot(normal, places[b]!.geometry.position));
+    const frames = order.map((i) => places[i]!);
+    const s = frames.map((f) => dot(normal, f.geometry.position));
+    // Largest gap between neighbouring frames: a voxel further than half of it from any frame is outside.
+    let gap = 0;
+    for (let i = 1; i < s.length; i++) gap = Math.max(gap, s[i]! - s[i - 1]!);
+    if (!(gap > 0)) return undefined;
+    const lo = [Infinity, Infinity, Infinity];
+    const hi = [-Infinity, -Infinity, -Infinity];
+    for (const f of frames) {
+      const g = f.geometry;
+      for (const [r, c] of [[0, 0], [f.rows - 1, 0], [0, f.columns - 1], [f.rows - 1, f.columns - 1]] as const) {
+        for (let k = 0; k < 3; k++) {
+          const v = g.position[k]! + g.rowDir[k]! * c * g.colSpacing + g.colDir[k]! * r * g.rowSpacing;
+          lo[k] = Math.min(lo[k]!, v);
+          hi[k] = Math.max(hi[k]!, v);
+        }
       }
     }
-  }
-  const extent = Math.max(hi[0]! - lo[0]!, hi[1]! - lo[1]!, hi[2]! - lo[2]!);
-  const sp = Math.max(spacing, extent / (MAX_DIM - 1));
-  const nx = Math.floor((hi[0]! - lo[0]!) / sp) + 1;
-  const ny = Math.floor((hi[1]! - lo[1]!) / sp) + 1;
-  const nz = Math.floor((hi[2]! - lo[2]!) / sp) + 1;
-  const data = new Float32Array(nx * ny * nz).fill(Number.NaN);
-  const origin: Vec3 = [lo[0]!, lo[1]!, lo[2]!];
-  const tol = gap / 2 + sp / 2;
-  // Along a row of the grid (x increasing), the distance along the normal and each frame's
-  // in-plane coordinates change by constant steps: the nearest frame is walked to, not searched.
-  const dS = normal[0] * sp;
-  const last = s.length - 1;
-  for (let z = 0; z < nz; z++) {
-    const pz = origin[2] + z * sp;
-    for (let y = 0; y < ny; y++) {
-      const py = origin[1] + y * sp;
-      const rowAt = (z * ny + y) * nx;
-      let sv = normal[0] * origin[0] + normal[1] * py + normal[2] * pz;
-      // The nearest frame to the row's first voxel (binary search once per row).
-      let a = 0;
-      let b = last;
-      while (b - a > 1) {
-        const m = (a + b) >> 1;
-        if (s[m]! <= sv) a = m; else b = m;
-      }
-      let k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
-      for (let x = 0; x < nx; x++, sv += dS) {
-        while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
-        while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
-        if (Math.abs(s[k]! - sv) > tol) continue;
-        const f = frames[k]!;
-        const g = f.geometry;
-        const dx = origin[0] + x * sp - g.position[0];
-        const dy = py - g.position[1];
-        const dz = pz - g.position[2];
-        const cf = (dx * g.rowDir[0] + dy * g.rowDir[1] + dz * g.rowDir[2]) / g.colSpacing;
-        const rf = (dx * g.colDir[0] + dy * g.colDir[1] + dz * g.colDir[2]) / g.rowSpacing;
-        // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
-        if (cf < -0.75 || rf < -0.75 || cf > f.columns - 0.25 || rf > f.rows - 0.25) continue;
-        const c = Math.min(f.columns - 1, Math.max(0, Math.round(cf)));
-        const r = Math.min(f.rows - 1, Math.max(0, Math.round(rf)));
-        data[rowAt + x] = f.data[r * f.columns + c]!;
+    const extent = Math.max(hi[0]! - lo[0]!, hi[1]! - lo[1]!, hi[2]! - lo[2]!);
+    const sp = Math.max(spacing, extent / (MAX_DIM - 1));
+    const nx = Math.floor((hi[0]! - lo[0]!) / sp) + 1;
+    const ny = Math.floor((hi[1]! - lo[1]!) / sp) + 1;
+    const nz = Math.floor((hi[2]! - lo[2]!) / sp) + 1;
+    const origin: Vec3 = [lo[0]!, lo[1]!, lo[2]!];
+    const tol = gap / 2 + sp / 2;
+    // Each frame's placement, flat: for a point p, its column is (p·rowDir - position·rowDir) /
+    // colSpacing and its row (p·colDir - position·colDir) / rowSpacing.
+    const K = 10;
+    const place = new Float64Array(frames.length * K);
+    frames.forEach((f, i) => {
+      const g = f.geometry;
+      const o = i * K;
+      place[o] = g.rowDir[0] / g.colSpacing; place[o + 1] = g.rowDir[1] / g.colSpacing; place[o + 2] = g.rowDir[2] / g.colSpacing;
+      place[o + 3] = dot(g.position, g.rowDir) / g.colSpacing;
+      place[o + 4] = g.colDir[0] / g.rowSpacing; place[o + 5] = g.colDir[1] / g.rowSpacing; place[o + 6] = g.colDir[2] / g.rowSpacing;
+      place[o + 7] = dot(g.position, g.colDir) / g.rowSpacing;
+      place[o + 8] = f.columns; place[o + 9] = f.rows;
+    });
+    // Per voxel: the frame (in stack order, -1: none) and its pixel.
+    const n = nx * ny * nz;
+    const frameOf = new Int32Array(n).fill(-1);
+    const pixelOf = new Int32Array(n);
+    // Along a row of the grid (x increasing), the distance along the normal and each frame's
+    // in-plane coordinates change by constant steps: the nearest frame is walked to, not searched.
+    const dS = normal[0] * sp;
+    const last = s.length - 1;
+    for (let z = 0; z < nz; z++) {
+      const pz = origin[2] + z * sp;
+      for (let y = 0; y < ny; y++) {
+        const py = origin[1] + y * sp;
+        const rowAt = (z * ny + y) * nx;
+        let sv = normal[0] * origin[0] + normal[1] * py + normal[2] * pz;
+        // The nearest frame to the row's first voxel (binary search once per row).
+        let a = 0;
+        let b = last;
+        while (b - a > 1) {
+          const m = (a + b) >> 1;
+          if (s[m]! <= sv) a = m; else b = m;
+        }
+        let k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
+        for (let x = 0; x < nx; x++, sv += dS) {
+          while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
+          while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
+          if (Math.abs(s[k]! - sv) > tol) continue;
+          const o = k * K;
+          const px = origin[0] + x * sp;
+          const cf = px * place[o]! + py * place[o + 1]! + pz * place[o + 2]! - place[o + 3]!;
+          const rf = px * place[o + 4]! + py * place[o + 5]! + pz * place[o + 6]! - place[o + 7]!;
+          const columns = place[o + 8]!;
+          const rows = place[o + 9]!;
+          // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
+          if (cf < -0.75 || rf < -0.75 || cf > columns - 0.25 || rf > rows - 0.25) continue;
+          // Nearest pixel (cf, rf > -0.75: adding 0.5 and truncating rounds, clamped to the frame).
+          let c = (cf + 0.5) | 0;
+          let r = (rf + 0.5) | 0;
+          if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
+          if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
+          frameOf[rowAt + x] = order[k]!;
+          pixelOf[rowAt + x] = r * columns + c;
+        }
       }
     }
+    // Grouped by frame (a counting sort): each frame's voxels and pixels side by side.
+    const start = new Int32Array(places.length + 1);
+    for (let v = 0; v < n; v++) if (frameOf[v]! >= 0) start[frameOf[v]! + 1]!++;
+    for (let i = 0; i < places.length; i++) start[i + 1]! += start[i]!;
+    const fillAt = start.slice(0, places.length);
+    const voxel = new Int32Array(start[places.length]!);
+    const pixel = new Int32Array(voxel.length);
+    for (let v = 0; v < n; v++) {
+      const f = frameOf[v]!;
+      if (f < 0) continue;
+      const at = fillAt[f]!++;
+      voxel[at] = v;
+      pixel[at] = pixelOf[v]!;
+    }
+    const volume: Volume = { nx, ny, nz, origin, spacing: sp, data: new Float32Array(n).fill(Number.NaN) };
+    return new VolumeBuilder(volume, start, voxel, pixel, places.map((p) => p.rows * p.columns));
   }
-  return { nx, ny, nz, origin, spacing: sp, data };
+
+  /** The reduced pixels of frame i (in the order planned): its voxels take them. */
+  put(i: number, data: Float32Array): void {
+    if (data.length !== this.sizes[i]) throw new RangeError(`frame ${i} has ${data.length} reduced pixels, ${this.sizes[i]} were planned`);
+    const out = this.volume.data;
+    const { voxel, pixel } = this;
+    for (let k = this.start[i]!, end = this.start[i + 1]!; k < end; k++) out[voxel[k]!] = data[pixel[k]!]!;
+  }
 }

@@ -248,7 +248,9 @@ describe('pseudonym store: health and refusals', () => {
   });
 
   test('a read-only state directory → STATE_UNAVAILABLE (as an unprivileged user)', () => {
-    // root ignores permission bits, so as root the check runs in a child as nobody (65534).
+    // root ignores permission bits (CAP_DAC_OVERRIDE), so as root the check runs in a child that
+    // is still root, and so reads the checkout wherever it is (a mode-700 folder too), but has
+    // lost the capabilities that override permission bits.
     const asRoot = process.getuid?.() === 0;
     const dirs = { empty: freshDir(), existing: freshDir() };
     const w = open(dirs.existing);
@@ -265,7 +267,7 @@ describe('pseudonym store: health and refusals', () => {
         const { openSqliteStore } = await import(${JSON.stringify(STORE_URL.href)});
         try { openSqliteStore(${JSON.stringify(dir)}); console.log('OPENED'); }
         catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`;
-      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+      const r = spawnSync('setpriv', ['--bounding-set=-dac_override,-dac_read_search,-fowner', '--inh-caps=-all', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
       assert.equal(r.status, 0, `child ran (${r.stderr.slice(0, 500)})`);
       const line = r.stdout.trim().split('\n').pop() ?? '';
       assert.notEqual(line, 'OPENED', `${name}: a read-only directory was accepted`);
@@ -276,16 +278,32 @@ describe('pseudonym store: health and refusals', () => {
     }
   });
 
-  test('healthy() is false when the database file becomes read-only (unprivileged user)', { skip: process.getuid?.() === 0 ? 'root ignores permission bits' : false }, () => {
+  test('healthy() is false when the database file becomes read-only (unprivileged user)', () => {
     const dir = freshDir();
-    const s = open(dir);
-    chmodSync(join(dir, STORE_FILE), 0o400);
-    try {
-      assert.equal(s.healthy(), false);
-    } finally {
-      chmodSync(join(dir, STORE_FILE), 0o600);
-      s.close();
+    if (process.getuid?.() !== 0) {
+      const s = open(dir);
+      chmodSync(join(dir, STORE_FILE), 0o400);
+      try {
+        assert.equal(s.healthy(), false);
+      } finally {
+        chmodSync(join(dir, STORE_FILE), 0o600);
+        s.close();
+      }
+      return;
     }
+    // As root: in a child without the capabilities that override permission bits (see above).
+    const script = `
+      const { chmodSync } = await import('node:fs');
+      const { openSqliteStore } = await import(${JSON.stringify(STORE_URL.href)});
+      const s = openSqliteStore(${JSON.stringify(dir)});
+      const before = s.healthy();
+      chmodSync(${JSON.stringify(join(dir, STORE_FILE))}, 0o400);
+      console.log(JSON.stringify({ before, after: s.healthy() }));
+      chmodSync(${JSON.stringify(join(dir, STORE_FILE))}, 0o600);
+      s.close();`;
+    const r = spawnSync('setpriv', ['--bounding-set=-dac_override,-dac_read_search,-fowner', '--inh-caps=-all', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 0, `child ran (${r.stderr.slice(0, 500)})`);
+    assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop() ?? ''), { before: true, after: false });
   });
 });
 

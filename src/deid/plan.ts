@@ -100,6 +100,12 @@ const CODE_MACRO_TAGS: ReadonlySet<number> = new Set([
 export const FREE_TEXT_VRS: ReadonlySet<VR> = new Set<VR>(['LO', 'SH', 'ST', 'LT', 'UT', 'UC', 'PN']);
 
 /** UI attributes outside Table E.1-1 that name kinds (classes, syntaxes, schemes), not instances. */
+/** Issuer-of-identifier attributes the table does not list (gap rules). */
+const ISSUER_GAP_KEYWORDS: ReadonlySet<string> = new Set([
+  'LocalNamespaceEntityID', 'UniversalEntityID', 'IssuerOfAccessionNumberSequence', 'IssuerOfPatientIDQualifiersSequence',
+  'AssigningFacilitySequence', 'AssigningJurisdictionCodeSequence', 'AssigningAgencyOrDepartmentCodeSequence',
+  'ItineraryIDAssigningAuthority', 'RouteIDAssigningAuthority', 'CarrierIDAssigningAuthority',
+]);
 const KIND_UID_KEYWORD = /(ClassUID|ClassesInStudy|ClassesInSeries|ClassesSupported|SOPClassUIDInFile|TransferSyntaxUID|SyntaxUIDInFile|CodingSchemeUID|ContextUID|MappingResourceUID|ContextGroupExtensionCreatorUID|CreatorVersionUID|SegmentationTemplateUID)$/;
 
 const PRODUCT_VERSION = '0.1.0';
@@ -296,6 +302,17 @@ export function compilePlan(spec: ProfileSpec): CompiledPlan {
   // Signatures, MACs and encrypted copies of earlier values (group 0400, MAC Parameters) that
   // the table does not list: de-identification invalidates signatures, and Encrypted
   // Attributes carry the original values (PS3.15 E.1.1 item 5; FIELD-NOTES leak 11).
+  // Issuers of identifiers the table does not list (the HL7 v2 Hierarchic Designator Macro and
+  // the sequences that carry it): they name the institution's identifier namespace (an OID, or
+  // a URL such as http://hospital.example/mrns), so they leave with the institution's identity:
+  // removed, kept under Retain Institution Identity (docs/deid-rules.md, gap rules).
+  const keepInstitution = options.has('retainInstitutionIdentity');
+  for (const d of dict.entries()) {
+    if (!d.keyword || !ISSUER_GAP_KEYWORDS.has(d.keyword) || d.masked || !exact.has(d.tag)) continue;
+    exact.set(d.tag, keepInstitution
+      ? e(d.vr === 'SQ' ? A.seqInherit : A.keep, 'not in E.1-1, issuer of identifiers: kept (retainInstitutionIdentity)', false)
+      : e(A.remove, 'not in E.1-1, issuer of identifiers (names the institution\'s namespace): removed', false));
+  }
   for (const tag of exact.keys()) {
     if ((tag >>> 16) === 0x0400 || tag === 0x4ffe0001) exact.set(tag, e(A.remove, 'signature/encryption/earlier-values attribute not in E.1-1: removed', false));
   }

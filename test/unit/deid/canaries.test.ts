@@ -13,6 +13,7 @@ import { toJsonModel, type JsonModel } from '../../../src/dicom/to-json.js';
 import { deidentifyJson, deidentifyPart10Buffer } from '../../../src/deid/index.js';
 import { Pseudonymizer } from '../../../src/pseudonym/pseudonymizer.js';
 import { dcmjsRead, engine, findCanaries, fixtures, normalizeJson } from '../../helpers/fixtures.js';
+import { encodePart10 } from '../../helpers/dicom-builder.js';
 
 const first = (m: JsonModel, key: string): unknown => m[key]?.Value?.[0];
 const header = (b: Buffer): JsonModel => toJsonModel(readHeaderSync(b, inflateRawSync).elements);
@@ -136,5 +137,34 @@ describe('canaries', async () => {
       leaks.push(...findCanaries(out, manifest).map((l) => `${name}: ${l}`));
     }
     assert.deepEqual(leaks, []);
+  });
+});
+
+describe('gap rules: issuers of identifiers (issue 16)', () => {
+  // The HL7 v2 Hierarchic Designator Macro (Local Namespace / Universal Entity ID) and the issuer
+  // sequences that carry it are not in Table E.1-1; they name the hospital's namespaces.
+  const els = (): Parameters<typeof encodePart10>[0] => [
+    { tag: 0x00080016, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.7' },
+    { tag: 0x00080018, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.77.1' },
+    { tag: 0x00080050, vr: 'SH', value: 'ACC12345' },
+    { tag: 0x00080051, vr: 'SQ', value: [[{ tag: 0x00400031, vr: 'UT', value: 'STMARYS-RIS' }, { tag: 0x00400032, vr: 'UT', value: 'http://stmarys.example/accessions' }, { tag: 0x00400033, vr: 'CS', value: 'URI' }]] },
+    { tag: 0x00100020, vr: 'LO', value: 'MRN0042' },
+    { tag: 0x00100024, vr: 'SQ', value: [[{ tag: 0x00400032, vr: 'UT', value: 'http://test.org/mrns' }, { tag: 0x00400033, vr: 'CS', value: 'URI' }]] },
+    { tag: 0x0020000d, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.77.2' },
+    { tag: 0x0020000e, vr: 'UI', value: '1.2.826.0.1.3680043.9.7433.77.3' },
+    { tag: 0x00400036, vr: 'SQ', value: [[{ tag: 0x00400031, vr: 'UT', value: 'STMARYS-WARD7' }]] },
+  ];
+  const planted = ['STMARYS-RIS', 'http://stmarys.example/accessions', 'http://test.org/mrns', 'STMARYS-WARD7'];
+
+  test('the Basic Profile removes them (no planted namespace in any output byte)', async () => {
+    const out = (await deidentifyPart10Buffer(encodePart10(els(), { ts: 'explicitLE' }), engine([]))).toString('latin1');
+    assert.deepEqual(planted.filter((p) => out.includes(p)), []);
+    const m = header(Buffer.from(out, 'latin1'));
+    for (const k of ['00080051', '00100024', '00400036']) assert.equal(m[k], undefined, k);
+  });
+
+  test('Retain Institution Identity keeps them, as it keeps the institution\'s name', async () => {
+    const out = (await deidentifyPart10Buffer(encodePart10(els(), { ts: 'explicitLE' }), engine(['retainInstitutionIdentity']))).toString('latin1');
+    assert.deepEqual(planted.filter((p) => !out.includes(p)), []);
   });
 });

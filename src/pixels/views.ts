@@ -2,6 +2,7 @@
  * `DatasetView` over the two representations the gateway holds: Part 10 elements (streamed
  * headers, offline files) and DICOM JSON (metadata fetched from the PACS).
  */
+import { GatewayError } from '../core/errors.js';
 import { charsetFor, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
 import type { RawElement } from '../dicom/part10.js';
@@ -15,17 +16,38 @@ function vrOf(e: RawElement): VR {
   return e.vr;
 }
 
-/** A view of Part 10 elements (a header, or an item's elements). */
-export function part10View(elements: readonly RawElement[], charset: Charset = charsetFor(undefined)): DatasetView {
+const DEFAULT_CHARSET = charsetFor(undefined);
+
+/** The Specific Character Set an element list declares, if it declares one. */
+function declaredCharset(elements: readonly RawElement[]): Charset | undefined {
+  const el = elements.find((e) => e.tag === 0x00080005);
+  return el?.value ? charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((x) => x.trim())) : undefined;
+}
+
+/**
+ * A view of Part 10 elements (a header, or an item's elements), read in the character set they
+ * declare (else `inherited`, the enclosing data set's). Bytes beyond ASCII where none is
+ * declared are read as Latin-1, as the engine, DCMTK and pydicom read them.
+ */
+export function part10View(elements: readonly RawElement[], inherited: Charset = DEFAULT_CHARSET): DatasetView {
+  const charset = declaredCharset(elements) ?? inherited;
   let byTag: Map<number, RawElement> | undefined;
   const find = (tag: number): RawElement | undefined => {
     byTag ??= new Map(elements.map((e) => [e.tag, e]));
     return byTag.get(tag);
   };
+  const decode = (value: Buffer, vr: VR): string[] => {
+    try {
+      return decodeStrings(value, vr, charset);
+    } catch (err) {
+      if (charset === DEFAULT_CHARSET && err instanceof GatewayError && err.code === 'DICOM_CHARSET') return decodeStrings(value, vr, charsetFor('ISO_IR 100'));
+      throw err;
+    }
+  };
   const strings = (e: RawElement): string[] | undefined => {
     if (!e.value) return undefined;
     const vr = vrOf(e);
-    if (STRING_VRS.has(vr)) return decodeStrings(e.value, vr, charset).map((s) => s.trim());
+    if (STRING_VRS.has(vr)) return decode(e.value, vr).map((s) => s.trim());
     if (NUMERIC_SIZES[vr] !== undefined) return decodeNumbers(e.value, vr, e.syntax.littleEndian).map(String);
     return undefined;
   };

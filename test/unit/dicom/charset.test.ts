@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { TextDecoder } from 'node:util';
 import { GatewayError } from '../../../src/core/errors.js';
 import { charsetFor, DEFAULT_CHARSET, TEXT_VRS, type Charset } from '../../../src/dicom/charset.js';
+import type { RawElement } from '../../../src/dicom/part10.js';
+import { part10View } from '../../../src/pixels/views.js';
 
 const ESC = 0x1b;
 
@@ -481,5 +483,33 @@ describe('charset: charsetFor', () => {
   test('trailing padding is not stripped; plain Uint8Array input works', () => {
     assert.equal(charsetFor('ISO_IR 100').decode(new Uint8Array([0x41, 0xe9, 0x20]), 'SH'), 'Aé ');
     assert.equal(DEFAULT_CHARSET.decode(new Uint8Array([0x41, 0x20]).subarray(1), 'SH'), ' ');
+  });
+});
+
+describe('views of Part 10 elements read the character set the data set declares (issue 16)', () => {
+  const el = (tag: number, vr: string, value: Buffer): RawElement => ({ tag, vr: vr as RawElement['vr'], value, items: null, syntax: { littleEndian: true, explicit: true } });
+  const name = Buffer.from('Klinik M\xfcnchen', 'latin1');
+
+  test('declared ISO_IR 100: Latin-1 letters are read (a view made without a charset argument)', () => {
+    const v = part10View([el(0x00080005, 'CS', Buffer.from('ISO_IR 100')), el(0x00080080, 'LO', name)]);
+    assert.equal(v.str(0x00080080), 'Klinik München');
+  });
+
+  test('nothing declared: bytes beyond ASCII are read as Latin-1, as the engine reads them', () => {
+    assert.equal(part10View([el(0x00080080, 'LO', name)]).str(0x00080080), 'Klinik München');
+  });
+
+  test('an item that declares its own character set is read in it; others inherit', () => {
+    const utf8 = Buffer.from('Klinik München', 'utf8');
+    const item = { elements: [el(0x00080005, 'CS', Buffer.from('ISO_IR 192')), el(0x00080080, 'LO', utf8)] };
+    const plain = { elements: [el(0x00080080, 'LO', name)] };
+    const seq: RawElement = { tag: 0x00400275, vr: 'SQ', value: null, items: [item, plain], syntax: { littleEndian: true, explicit: true } };
+    const v = part10View([el(0x00080005, 'CS', Buffer.from('ISO_IR 100')), seq]);
+    assert.deepEqual(v.items(0x00400275).map((i) => i.str(0x00080080)), ['Klinik München', 'Klinik München']);
+  });
+
+  test('a declared repertoire that the bytes break is still refused (fail closed)', () => {
+    const v = part10View([el(0x00080005, 'CS', Buffer.from('ISO_IR 192')), el(0x00080080, 'LO', Buffer.from([0x4b, 0xff, 0xfe]))]);
+    assert.throws(() => v.str(0x00080080), (e: unknown) => e instanceof GatewayError && e.code === 'DICOM_CHARSET');
   });
 });

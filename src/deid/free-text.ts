@@ -173,7 +173,8 @@ function clean(text: string, opts: FreeTextOptions): string {
     const w = low[i]!;
     const prev = i > 0 ? stem(low[i - 1]!.replace(/[#:.]$/, '')) : '';
     const next = i + 1 < low.length ? low[i + 1]! : '';
-    const digits = w.replace(/\D/g, '');
+    // Significant digits: a decimal's trailing zeros (3.000000 mm, as scanners print) count for nothing.
+    const digits = w.replace(/([.,]\d*?)0+$/, '$1').replace(/\D/g, '');
     if (ID_BEFORE.has(prev) || /#\s*$/.test(gapBefore(i))) return true;
     if (PARAM_BEFORE.has(prev)) return digits.length > 6;
     // A unit right after it (3 mm, 40 mg), not the start of an abbreviation (2009 s/p).

@@ -119,6 +119,9 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
 
   test('no over-redaction of clinical words and decimals (issue 16): a station named "CT", "3.000000"', () => {
     assert.equal(scrubberFor(['000000', 'CT', 'Doe']).scrub('CT CHEST/PLAN 3.000000 Doe'), `CT CHEST/PLAN 3.000000 ${REDACTED_WORD}`);
+    // A decimal's trailing zeros are not digits of an identifier, beside a unit too; a long number still is.
+    assert.equal(cleanFreeText('slice 3.000000 mm'), 'slice 3.000000 mm');
+    assert.equal(cleanFreeText('slice 12345678.5 mm'), `slice ${REDACTED_WORD} mm`);
   });
 
   test('a run of redacted words is one marker; what separates kept words is kept', () => {

@@ -53,7 +53,11 @@ function looksLikeDicom(path: string): boolean {
     fd = openSync(path, 'r');
     const b = Buffer.alloc(132);
     const n = readSync(fd, b, 0, 132, 0);
-    return (n === 132 && b.toString('latin1', 128, 132) === 'DICM') || (n >= 4 && b.toString('latin1', 0, 4) === 'DICM');
+    if ((n === 132 && b.toString('latin1', 128, 132) === 'DICM') || (n >= 4 && b.toString('latin1', 0, 4) === 'DICM')) return true;
+    // A bare data set (no preamble, no File Meta), as some archives keep them: its first element
+    // is in group 0008 with a small element number, in explicit or implicit VR Little Endian.
+    if (n < 12 || b.readUInt16LE(0) !== 0x0008 || b.readUInt16LE(2) > 0x0018) return false;
+    return VRS.has(b.toString('latin1', 4, 6)) || b.readUInt32LE(4) < 1024;
   } catch {
     return false;
   } finally {

@@ -23,7 +23,7 @@ import type { Vec3 } from '../geometry.js';
 import type { Volume } from './volume.js';
 
 /** Bumped whenever the analysis or the cut changes: stored decisions of older versions are recomputed. */
-export const FACE_ALGORITHM = 'face-cut-1';
+export const FACE_ALGORITHM = 'face-cut-2';
 
 /** A half-space boundary in patient coordinates: a point p is in front of it when n·p < d. */
 export interface CutPlane {
@@ -335,14 +335,23 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     for (let z = cZ; z <= nz0; z++) fold = Math.min(fold, profile(z));
     chinOk = profile(cZ) - fold >= 2 && nAnt - profile(cZ) < 45 * scale;
   }
-  // Without a nasion above the tip the cut has no anchor under the frontal lobes.
-  if (!nasionOk) return { kind: 'uncertain', why: 'no nasion was found above the nose' };
+  // Without a nasion above the tip the cut has no measured anchor under the frontal lobes.
+  // Echo-planar series (diffusion, fMRI) lose it to distortion and signal loss by the frontal
+  // sinus while the nose stands clear: on a clear nose of a head in view, the nasion is placed
+  // where it lies on an adult head in a neutral posture, a 50 mm nasal dorsum leaning 28° from
+  // the vertical (44 mm above the tip and 23 mm behind it), moved 4 mm up so that an error
+  // removes more of the brow rather than leave the eyes. The guards below still refuse a cut
+  // that would reach into the head.
+  const estimated = !nasionOk;
+  if (estimated && !(headInView && best >= 10)) return { kind: 'uncertain', why: 'no nasion was found above the nose' };
+  const nasionAnt = estimated ? nAnt - 23 * scale : profile(sZ);
+  const nasionZ = estimated ? mm(nz0) + 48 * scale : mm(sZ);
   if (vertexInView && (mm(zTop) - mm(nz0) < 80 * scale || mm(zTop) - mm(nz0) > 260 * scale)) {
     return { kind: 'uncertain', why: 'the nose found is not where a nose is on a head of this size' };
   }
   // Pitch: in a neutral posture the line from the nasion to the tip of the nose leans about
   // 28° forward from the vertical; more when the chin is raised, less when it is lowered.
-  const t = Math.atan2(nAnt - profile(sZ), mm(sZ) - mm(nz0));
+  const t = Math.atan2(nAnt - nasionAnt, nasionZ - mm(nz0));
   const phi = Math.max(-0.5, Math.min(0.5, (28 * Math.PI) / 180 - t));
   const sinP = Math.sin(phi);
   const cosP = Math.cos(phi);
@@ -356,10 +365,11 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // Both lines are placed from the nasion (the tip gives only the pitch):
   // line 1 (steep): from 5 mm in front of the nasion and 20 mm above it (the brow), 2 mm back per mm down;
   // line 2 (shallow): through 28 mm behind and 15 mm below the nasion, 0.45 mm back per mm down.
-  const [hS, aS] = toFace(profile(sZ), origin[2] + mm(sZ));
+  const [hS, aS] = toFace(nasionAnt, origin[2] + nasionZ);
   const lines = [
     { h0: hS + 20 * scale, a0: aS - 5 * scale, k: 2.0 },
-    { h0: hS - 15 * scale, a0: aS + 28 * scale, k: 0.45 },
+    // (A nasion placed from the nose may sit too high: the shallow line then keeps 10 mm further forward.)
+    { h0: hS - 15 * scale, a0: aS + (estimated ? 18 : 28) * scale, k: 0.45 },
   ];
   // a < a0 + k (h0 - h)  ⇔  a + k h - (a0 + k h0) < 0, with h and a linear in (y, z):
   // A = -y; h = (A - nAnt) sinP + (z - zN) cosP; a = -(A - nAnt) cosP + (z - zN) sinP.
@@ -372,7 +382,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
     return { n: [0, -cA, cZ2] as Vec3, d: -constant };
   });
   const at = (z: number, antMm: number, x: number): Vec3 => [origin[0] + x * g, -antMm, origin[2] + mm(z)];
-  const landmarks: Record<string, Vec3> = { noseTip: at(nz0, nAnt, nx0), nasion: at(sZ, profile(sZ), nx0), glabella: at(gZ, profile(gZ), nx0) };
+  const landmarks: Record<string, Vec3> = { noseTip: at(nz0, nAnt, nx0), nasion: [origin[0] + nx0 * g, -nasionAnt, origin[2] + nasionZ] };
+  if (!estimated) landmarks.glabella = at(gZ, profile(gZ), nx0);
   if (chinOk) landmarks.chin = at(cZ, profile(cZ), nx0);
   // The cut never reaches deep into the head: no body voxel 35 mm or more above the tip (in the
   // face's frame) and 30 mm or more behind the skin of its column may be removed. Landmarks that
@@ -397,7 +408,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       }
     }
   }
-   if (deep * g ** 3 > 2000) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
-  const confidence = `nose prominence ${best.toFixed(0)} mm, nasion${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
+   // A nasion placed from the nose, not seen, is trusted less: the cut may take no more than a
+  // trace (250 mm³) of what lies deep in the head.
+  if (deep * g ** 3 > (estimated ? 250 : 2000)) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
+  const confidence = `nose prominence ${best.toFixed(0)} mm, nasion${estimated ? ' placed from the nose (not seen)' : ''}${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;
   return { kind: 'deface', planes, landmarks, confidence };
 }

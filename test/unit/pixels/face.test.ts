@@ -69,6 +69,9 @@ const CASES: [string, Partial<PhantomOptions>][] = [
   ['MR sagittal, chin up 15°', { pitchDeg: 15 }],
   ['MR sagittal, chin down 12°', { pitchDeg: -12 }],
   ['MR axial, head off-centre', { orientation: 'axial', slices: 130, rows: 110, columns: 110, center: [20, -15, 40] }],
+  // Diffusion and fMRI (echo-planar): the nasion lost to signal dropout; the cut is placed from the nose.
+  ['MR sagittal, nasion lost to EPI signal dropout', { nasionDropout: true }],
+  ['MR axial 3 mm, nasion lost to EPI signal dropout', { orientation: 'axial', slices: 45, sliceMm: 3, rows: 80, columns: 80, pixelMm: 3, nasionDropout: true }],
 ];
 
 describe('faces on head phantoms', () => {

@@ -56,7 +56,9 @@ function looksLikeDicom(path: string): boolean {
     if ((n === 132 && b.toString('latin1', 128, 132) === 'DICM') || (n >= 4 && b.toString('latin1', 0, 4) === 'DICM')) return true;
     // A bare data set (no preamble, no File Meta), as some archives keep them: its first element
     // is in group 0008 with a small element number, in explicit or implicit VR Little Endian.
-    if (n < 12 || b.readUInt16LE(0) !== 0x0008 || b.readUInt16LE(2) > 0x0018) return false;
+    if (n < 12) return false;
+    if (b.readUInt16BE(0) === 0x0008 && b.readUInt16BE(2) <= 0x0018) return VRS.has(b.toString('latin1', 4, 6)); // explicit VR big endian
+    if (b.readUInt16LE(0) !== 0x0008 || b.readUInt16LE(2) > 0x0018) return false;
     return VRS.has(b.toString('latin1', 4, 6)) || b.readUInt32LE(4) < 1024;
   } catch {
     return false;
@@ -73,7 +75,8 @@ const VRS = new Set(['AE', 'AS', 'AT', 'CS', 'DA', 'DS', 'DT', 'FL', 'FD', 'IS',
  *  - "DICM" at byte 0 (the 128-byte preamble left out): the preamble is put back;
  *  - no File Meta Information at all (a bare data set, as some archives store them): a File
  *    Meta is written for it, with the transfer syntax read off its first element (explicit VR
- *    when bytes 4–5 are a VR, else implicit VR Little Endian, the PS3.5 default) and the SOP
+ *    when bytes 4–5 are a VR, in big endian when its group reads 0008 that way, else implicit VR
+ *    Little Endian, the PS3.5 default) and the SOP
  *    Class and Instance UIDs of the data set.
  */
 function reframe(file: string): Buffer | undefined {
@@ -86,12 +89,14 @@ function reframe(file: string): Buffer | undefined {
   }
   if (head.toString('latin1', 128, 132) === 'DICM') return undefined;
   if (head.toString('latin1', 0, 4) === 'DICM') return Buffer.concat([Buffer.alloc(128), readFileSync(file)]);
-  // A bare data set starts with a group 0008 (or 0002) element in little endian.
+  // A bare data set starts with a group 0008 (or 0002) element: in little endian, explicit or
+  // implicit VR, or in explicit VR big endian (a retired syntax some archives still hold).
   const group = head.readUInt16LE(0);
-  if (group !== 0x0008 && group !== 0x0002) return undefined;
+  const bigEndian = head.readUInt16BE(0) === 0x0008 && VRS.has(head.toString('latin1', 4, 6));
+  if (group !== 0x0008 && group !== 0x0002 && !bigEndian) return undefined;
   const body = readFileSync(file);
   const explicit = VRS.has(body.toString('latin1', 4, 6));
-  const tsUid = explicit ? '1.2.840.10008.1.2.1' : '1.2.840.10008.1.2';
+  const tsUid = bigEndian ? '1.2.840.10008.1.2.2' : explicit ? '1.2.840.10008.1.2.1' : '1.2.840.10008.1.2';
   let view: DatasetView;
   try {
     const probe = Buffer.concat([encodeFileMeta([textElement(0x00020010, 'UI', tsUid)]), body]);
@@ -306,7 +311,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
           // offsets into itself: it is not an image to de-identify, and it is regenerated from
           // the exported files, not copied.
           const head = headerOf(file); // read once for the checks below
-          if (isDicomdir(head)) throw new GatewayError('DICOM_DIRECTORY', 'a DICOMDIR (media storage directory) is not exported: its records list patients and point into the original files; build a new one from the exported files', { auditReason: 'dicomdir' });
+          if (isDicomdir(head, file)) throw new GatewayError('DICOM_DIRECTORY', 'a DICOMDIR (media storage directory) is not exported: its records list patients and point into the original files; build a new one from the exported files', { auditReason: 'dicomdir' });
           // Detected text is masked in native pixels: a compressed file (RLE, JPEG baseline) is
           // decoded in-process first; one that cannot be is refused by the engine.
           const decoded = await detectText(file, head, pixels, text);
@@ -409,9 +414,36 @@ async function detectText(file: string, head: ReturnType<typeof headerOf>, pixel
 }
 
 /** True when the file is a media storage directory (Media Storage SOP Class 1.2.840.10008.1.3.10). */
-function isDicomdir(head: ReturnType<typeof headerOf>): boolean {
-  const cls = head ? part10View(head.meta).str(0x00020002) ?? part10View(head.elements).str(0x00080016) : undefined;
+function isDicomdir(head: ReturnType<typeof headerOf>, file: string): boolean {
+  const cls = head ? part10View(head.meta).str(0x00020002) ?? part10View(head.elements).str(0x00080016) : metaClass(file);
   return cls === '1.2.840.10008.1.3.10';
+}
+
+/** The Media Storage SOP Class UID of a file whose header cannot be read whole (its File Meta may be). */
+function metaClass(file: string): string | undefined {
+  try {
+    const fd = openSync(file, 'r');
+    const b = Buffer.alloc(4096);
+    let n: number;
+    try { n = readSync(fd, b, 0, b.length, 0); } finally { closeSync(fd); }
+    if (n < 144 || b.toString('latin1', 128, 132) !== 'DICM') return undefined;
+    // Up to the end of group 0002 (explicit VR little endian, PS3.10 7.1).
+    const meta = readHeaderSync(b.subarray(0, metaEnd(b, n)), (x) => inflateRawSync(x));
+    return part10View(meta.meta).str(0x00020002);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where group 0002 ends in the first n bytes (its elements' lengths added up). */
+function metaEnd(b: Buffer, n: number): number {
+  let at = 132;
+  while (at + 8 <= n && b.readUInt16LE(at) === 0x0002) {
+    const vr = b.toString('latin1', at + 4, at + 6);
+    const long = ['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 'OL', 'OV'].includes(vr);
+    at += long ? 12 + b.readUInt32LE(at + 8) : 8 + b.readUInt16LE(at + 6);
+  }
+  return Math.min(at, n);
 }
 
 /** The --diff lines of the text regions masked in the pixel data. */

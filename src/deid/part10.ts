@@ -352,7 +352,16 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
         if (at + total > span.length) break;
         if (h.tag <= lastTag) throw new GatewayError('DICOM_MALFORMED', `${tagString(h.tag)} out of ascending tag order at byte ${dq.position + at}`);
         if (total > maxHeader - held) throw tooLarge(maxHeader, h.tag);
-        header.push(p.element(at, at + total, ts, h).element);
+        // The element fits the span whole, so running out inside it (an item that claims more than
+        // its sequence holds) is not a wait for more bytes: the element reader below refuses it.
+        let el: RawElement;
+        try {
+          el = p.element(at, at + total, ts, h).element;
+        } catch (e) {
+          if (e instanceof NeedMoreData) break;
+          throw e;
+        }
+        header.push(el);
         lastTag = h.tag;
         held += total;
         at += total;

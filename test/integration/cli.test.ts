@@ -376,19 +376,24 @@ describe('deid-gateway command line', async () => {
     writeFileSync(join(inDir, 'b.dcm'), ct('1.2.826.0.1.3680043.9.7433.16.3', 'second'));
     writeFileSync(join(inDir, 'c.dcm'), ct(undefined, 'third'));
     writeFileSync(join(inDir, 'd.dcm'), ct(undefined, 'fourth'));
-    writeFileSync(join(inDir, 'DICOMDIR'), encodePart10([{ tag: 0x00041130, vr: 'CS', value: 'FILESET' }], { ts: 'explicitLE', meta: { sopClassUid: '1.2.840.10008.1.3.10', sopInstanceUid: '1.2.826.0.1.3680043.9.7433.16.98' } }));
+    const dicomdir = encodePart10([{ tag: 0x00041130, vr: 'CS', value: 'FILESET' }], { ts: 'explicitLE', meta: { sopClassUid: '1.2.840.10008.1.3.10', sopInstanceUid: '1.2.826.0.1.3680043.9.7433.16.98' } });
+    writeFileSync(join(inDir, 'DICOMDIR'), dicomdir);
+    // A DICOMDIR whose records cannot be read (cut short, as pydicom's DICOMDIR-nooffset) is still known by its File Meta.
+    const records = Buffer.from([0x04, 0x00, 0x20, 0x12, 0x53, 0x51, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff, 0x04, 0x00, 0x30, 0x14, 0x43, 0x53, 0x06, 0x00]);
+    writeFileSync(join(inDir, 'DICOMDIR-cut'), Buffer.concat([dicomdir, records, Buffer.from('IMA')]));
     const r = run(['deid', '--config', config(dir), '--client', 'vendor-a', inDir, '--out', join(dir, 'out')]);
-    assert.equal(r.status, 1, 'the DICOMDIR and the duplicate are refused');
+    assert.equal(r.status, 1, 'the DICOMDIRs and the duplicate are refused');
     assert.match(r.stderr, /refused: .*DICOMDIR: DICOM_DIRECTORY: a DICOMDIR \(media storage directory\) is not exported/);
+    assert.match(r.stderr, /refused: .*DICOMDIR-cut: DICOM_DIRECTORY: /);
     assert.match(r.stderr, /refused: .*b\.dcm: DICOM_DUPLICATE: an earlier input \(.*a\.dcm\) has the same SOP Instance UID/);
-    assert.match(r.stderr, /3 de-identified, 2 refused/);
+    assert.match(r.stderr, /3 de-identified, 3 refused/);
     const out = files(join(dir, 'out'));
     assert.equal(out.length, 3, `a.dcm and both inputs without a SOP Instance UID written: ${out.join(', ')}`);
     assert.ok(out.some((f) => /unknown-2\.dcm$/.test(f)), 'the second input without a SOP Instance UID is numbered');
     for (const f of out) assert.ok(readInstanceSync(readFileSync(f), inflateRawSync).elements.length > 0, `${f} is a readable instance`);
   });
 
-  test('deid reads the real-world framings DCMTK and pydicom read: no preamble, no File Meta, zero padding after the data set, a JPEG 2000 icon', () => {
+  test('deid reads the real-world framings DCMTK and pydicom read: no preamble, no File Meta (little or big endian), zero padding after the data set, a JPEG 2000 icon', () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-cli-framing-'));
     const inDir = join(dir, 'in');
     mkdirSync(inDir);
@@ -402,6 +407,7 @@ describe('deid-gateway command line', async () => {
     writeFileSync(join(inDir, 'nopreamble.dcm'), whole.subarray(128));
     writeFileSync(join(inDir, 'bare-implicit.dcm'), encodeDataset(els(1), 'implicitLE'));
     writeFileSync(join(inDir, 'bare-explicit.dcm'), encodeDataset(els(2), 'explicitLE'));
+    writeFileSync(join(inDir, 'bare-big-endian'), encodeDataset(els(5), 'explicitBE')); // no .dcm: found by its first element
     writeFileSync(join(inDir, 'padded.dcm'), Buffer.concat([encodePart10(els(3), { ts: 'explicitLE', meta: { sopInstanceUid: uid(3) } }), Buffer.alloc(20)]));
     const icon: El = { tag: 0x00880200, vr: 'SQ', value: [[
       { tag: 0x00280002, vr: 'US', value: [1] }, { tag: 0x00280004, vr: 'CS', value: 'MONOCHROME2' }, { tag: 0x00280010, vr: 'US', value: [2] }, { tag: 0x00280011, vr: 'US', value: [2] },
@@ -411,7 +417,7 @@ describe('deid-gateway command line', async () => {
     const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: allow}\n' });
     const r = run(['deid', '--config', cfg, '--client', 'vendor-a', inDir, '--out', join(dir, 'out')]);
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stderr, /5 de-identified, 0 refused, 0 skipped/);
+    assert.match(r.stderr, /6 de-identified, 0 refused, 0 skipped/);
     for (const f of files(join(dir, 'out'))) {
       const inst = readInstanceSync(readFileSync(f), inflateRawSync);
       const v = new Map(inst.elements.map((e) => [e.tag, e]));

@@ -274,6 +274,17 @@ describe('part10 driver: malformed input is refused, with no byte out before the
       input: () => part10With(headerEls(), rawEl(0x00321060, null, 200, Buffer.from(`${CANARY.comment} and more`)), 'implicitLE'),
     },
     {
+      // pydicom's DICOMDIR-nooffset: the records' items are not delimited, and the defined-length
+      // sequence ends first (once an internal "need more data" that was refused as unexpected).
+      name: 'an undelimited item ends with its defined-length sequence',
+      code: 'DICOM_TRUNCATED',
+      input: () => {
+        const inner = rawEl(0x00041430, 'CS', 6, Buffer.from('IMAGE '));
+        const item = Buffer.concat([rawEl(ITEM, null, 0xffffffff), inner]);
+        return part10With(headerEls(), rawEl(0x00400275, 'SQ', item.length, item));
+      },
+    },
+    {
       name: 'file ends inside an element header',
       code: 'DICOM_TRUNCATED',
       input: () => part10With(headerEls(), Buffer.from([0x20, 0x00, 0x00, 0x40, 0x4c])),

@@ -11,7 +11,8 @@
  *  - counts files in, written, skipped (not DICOM) and refused, by code;
  *  - reads every output with DCMTK's `dcmdump` (file format only): outputs it cannot read;
  *  - runs `dciodvfy` (dicom3tools) on N sampled input/output pairs: errors in the output that
- *    its input does not have (new errors, values left out of the comparison);
+ *    its input does not have (new errors, values left out of the comparison; inputs of no known
+ *    IOD, where dciodvfy stops early, are not compared);
  *  - scans every output for the input's values that the client's profile does not keep
  *    (names, identifiers, UIDs, dates, private text: every element whose action is not keep or
  *    clean, 6 characters or more, and not also a kept value of the same file): leaks;
@@ -137,11 +138,14 @@ async function main(): Promise<number> {
         const outputs = run.pairs.map(([, o]) => o);
         const unreadable = tools.dcmdump ? dcmdumpFailures(outputs) : [];
         let newErrors = 0;
-        const newKinds = new Map<string, number>();
+        const newKinds = new Map<string, { n: number; input: string }>();
         const checked = tools.dciodvfy ? sample(run.pairs, args.dciodvfy) : [];
+        let incomparable = 0;
         for (const [input, output] of checked) {
           const before = dciodvfyErrors(input);
-          for (const e of dciodvfyErrors(output)) if (!before.has(e)) { newErrors++; newKinds.set(e, (newKinds.get(e) ?? 0) + 1); }
+          // An input of no known IOD stops dciodvfy early: its output's errors cannot be compared.
+          if ([...before].some((e) => /Information Object Not found/i.test(e))) { incomparable++; continue; }
+          for (const e of dciodvfyErrors(output)) if (!before.has(e)) { newErrors++; const k = newKinds.get(e); if (k) k.n++; else newKinds.set(e, { n: 1, input }); }
         }
         // Leak scan: the client's own plan (the generated configuration's profiles).
         const options = profiles[client];
@@ -149,15 +153,15 @@ async function main(): Promise<number> {
         const row = {
           folder: basename(dir), client, filesIn: run.filesIn, written: run.written, skipped: run.skipped,
           refused: Object.values(run.refused).reduce((a, b) => a + b, 0), refusedByCode: run.refused,
-          unreadable: tools.dcmdump ? unreadable.length : null, dciodvfyChecked: checked.length, newDciodvfyErrors: tools.dciodvfy ? newErrors : null,
-          newErrorKinds: [...newKinds].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([e, c]) => `${c}x ${e}`),
+          unreadable: tools.dcmdump ? unreadable.length : null, dciodvfyChecked: checked.length - incomparable, dciodvfyIncomparable: incomparable, newDciodvfyErrors: tools.dciodvfy ? newErrors : null,
+          newErrorKinds: [...newKinds].sort((a, b) => b[1].n - a[1].n).slice(0, 10).map(([e, k]) => `${k.n}x ${e} (e.g. ${k.input})`),
           needles: leak?.needles ?? null, leaks: leak?.leaks.length ?? null, leakExamples: leak?.leaks.slice(0, 5) ?? [],
           mb: Math.round(run.inputBytes / 1e4) / 100, seconds: Math.round(run.seconds * 100) / 100, mbPerSecond: Math.round((run.inputBytes / 1e6 / run.seconds) * 100) / 100,
         };
         rows.push(row);
         if (unreadable.length || newErrors || leak?.leaks.length) failed = true;
         const codes = Object.entries(run.refused).sort((a, b) => b[1] - a[1]).map(([c, n]) => `${c} ${n}`).join(', ');
-        process.stdout.write(`${row.folder} / ${client}: ${row.filesIn} in, ${row.written} written, ${row.refused} refused${codes ? ` (${codes})` : ''}, ${row.skipped} skipped; dcmdump unreadable ${row.unreadable ?? 'n/a'}; dciodvfy new errors ${row.newDciodvfyErrors ?? 'n/a'} in ${checked.length} pairs; leaks ${row.leaks ?? 'n/a'} of ${row.needles ?? 'n/a'} values; ${row.mb} MB in ${row.seconds} s (${row.mbPerSecond} MB/s)\n`);
+        process.stdout.write(`${row.folder} / ${client}: ${row.filesIn} in, ${row.written} written, ${row.refused} refused${codes ? ` (${codes})` : ''}, ${row.skipped} skipped; dcmdump unreadable ${row.unreadable ?? 'n/a'}; dciodvfy new errors ${row.newDciodvfyErrors ?? 'n/a'} in ${row.dciodvfyChecked} pairs${incomparable ? ` (${incomparable} more of no known IOD)` : ''}; leaks ${row.leaks ?? 'n/a'} of ${row.needles ?? 'n/a'} values; ${row.mb} MB in ${row.seconds} s (${row.mbPerSecond} MB/s)\n`);
         for (const k of row.newErrorKinds) process.stdout.write(`    new: ${k}\n`);
         for (const l of row.leakExamples) process.stdout.write(`    leak: ${l.input}: ${l.value}\n`);
       }

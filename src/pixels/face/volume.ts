@@ -207,63 +207,64 @@ export class VolumeBuilder {
       place[o + 7] = dot(g.position, g.colDir) / g.rowSpacing;
       place[o + 8] = f.columns; place[o + 9] = f.rows;
     });
-    // Per voxel: the frame (in stack order, -1: none) and its pixel.
+    // Which pixel of which frame each voxel takes, walked twice: once to count each frame's
+    // voxels, once to write them in their place (a counting sort without a per-voxel array).
     const n = nx * ny * nz;
-    const frameOf = new Int32Array(n).fill(-1);
-    const pixelOf = new Int32Array(n);
-    // Along a row of the grid (x increasing), the distance along the normal and each frame's
-    // in-plane coordinates change by constant steps: the nearest frame is walked to, not searched.
-    const dS = normal[0] * sp;
-    const last = s.length - 1;
-    for (let z = 0; z < nz; z++) {
-      const pz = origin[2] + z * sp;
-      for (let y = 0; y < ny; y++) {
-        const py = origin[1] + y * sp;
-        const rowAt = (z * ny + y) * nx;
-        let sv = normal[0] * origin[0] + normal[1] * py + normal[2] * pz;
-        // The nearest frame to the row's first voxel (binary search once per row).
-        let a = 0;
-        let b = last;
-        while (b - a > 1) {
-          const m = (a + b) >> 1;
-          if (s[m]! <= sv) a = m; else b = m;
-        }
-        let k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
-        for (let x = 0; x < nx; x++, sv += dS) {
-          while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
-          while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
-          if (Math.abs(s[k]! - sv) > tol) continue;
-          const o = k * K;
-          const px = origin[0] + x * sp;
-          const cf = px * place[o]! + py * place[o + 1]! + pz * place[o + 2]! - place[o + 3]!;
-          const rf = px * place[o + 4]! + py * place[o + 5]! + pz * place[o + 6]! - place[o + 7]!;
-          const columns = place[o + 8]!;
-          const rows = place[o + 9]!;
-          // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
-          if (cf < -0.75 || rf < -0.75 || cf > columns - 0.25 || rf > rows - 0.25) continue;
-          // Nearest pixel (cf, rf > -0.75: adding 0.5 and truncating rounds, clamped to the frame).
-          let c = (cf + 0.5) | 0;
-          let r = (rf + 0.5) | 0;
-          if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
-          if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
-          frameOf[rowAt + x] = order[k]!;
-          pixelOf[rowAt + x] = r * columns + c;
+    const start = new Int32Array(places.length + 1);
+    let voxel = new Int32Array(0);
+    let pixel = new Int32Array(0);
+    let fillAt = new Int32Array(0);
+    for (let pass = 0; pass < 2; pass++) {
+      const counting = pass === 0;
+      // Along a row of the grid (x increasing), the distance along the normal and each frame's
+      // in-plane coordinates change by constant steps: the nearest frame is walked to, not searched.
+      const dS = normal[0] * sp;
+      const last = s.length - 1;
+      for (let z = 0; z < nz; z++) {
+        const pz = origin[2] + z * sp;
+        for (let y = 0; y < ny; y++) {
+          const py = origin[1] + y * sp;
+          const rowAt = (z * ny + y) * nx;
+          let sv = normal[0] * origin[0] + normal[1] * py + normal[2] * pz;
+          // The nearest frame to the row's first voxel (binary search once per row).
+          let a = 0;
+          let b = last;
+          while (b - a > 1) {
+            const m = (a + b) >> 1;
+            if (s[m]! <= sv) a = m; else b = m;
+          }
+          let k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
+          for (let x = 0; x < nx; x++, sv += dS) {
+            while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
+            while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
+            if (Math.abs(s[k]! - sv) > tol) continue;
+            const o = k * K;
+            const px = origin[0] + x * sp;
+            const cf = px * place[o]! + py * place[o + 1]! + pz * place[o + 2]! - place[o + 3]!;
+            const rf = px * place[o + 4]! + py * place[o + 5]! + pz * place[o + 6]! - place[o + 7]!;
+            const columns = place[o + 8]!;
+            const rows = place[o + 9]!;
+            // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
+            if (cf < -0.75 || rf < -0.75 || cf > columns - 0.25 || rf > rows - 0.25) continue;
+            const f = order[k]!;
+            if (counting) { start[f + 1]!++; continue; }
+            // Nearest pixel (cf, rf > -0.75: adding 0.5 and truncating rounds, clamped to the frame).
+            let c = (cf + 0.5) | 0;
+            let r = (rf + 0.5) | 0;
+            if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
+            if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
+            const at = fillAt[f]!++;
+            voxel[at] = rowAt + x;
+            pixel[at] = r * columns + c;
+          }
         }
       }
-    }
-    // Grouped by frame (a counting sort): each frame's voxels and pixels side by side.
-    const start = new Int32Array(places.length + 1);
-    for (let v = 0; v < n; v++) if (frameOf[v]! >= 0) start[frameOf[v]! + 1]!++;
-    for (let i = 0; i < places.length; i++) start[i + 1]! += start[i]!;
-    const fillAt = start.slice(0, places.length);
-    const voxel = new Int32Array(start[places.length]!);
-    const pixel = new Int32Array(voxel.length);
-    for (let v = 0; v < n; v++) {
-      const f = frameOf[v]!;
-      if (f < 0) continue;
-      const at = fillAt[f]!++;
-      voxel[at] = v;
-      pixel[at] = pixelOf[v]!;
+      if (counting) {
+        for (let i = 0; i < places.length; i++) start[i + 1]! += start[i]!;
+        fillAt = start.slice(0, places.length);
+        voxel = new Int32Array(start[places.length]!);
+        pixel = new Int32Array(voxel.length);
+      }
     }
     const volume: Volume = { nx, ny, nz, origin, spacing: sp, data: new Float32Array(n).fill(Number.NaN) };
     return new VolumeBuilder(volume, start, voxel, pixel, places.map((p) => p.rows * p.columns));

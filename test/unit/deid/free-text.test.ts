@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { inflateRawSync } from 'node:zlib';
 import { cleanFreeText, freeTextVersion, REDACTED_WORD } from '../../../src/deid/free-text.js';
-import { scrubberFor } from '../../../src/deid/scrub.js';
+import { identifierPieces, scrubberFor } from '../../../src/deid/scrub.js';
 import { deidentifyPart10Buffer } from '../../../src/deid/part10.js';
 import { readInstanceSync } from '../../../src/dicom/part10.js';
 import { part10View } from '../../../src/pixels/views.js';
@@ -105,6 +105,17 @@ describe('free text: keep what is known to be safe, remove the rest', () => {
       const out = scrub.scrub(text);
       for (const g of gone) assert.ok(!new RegExp(`(?<![\\p{L}])${g.replace('.', '\\.')}(?![\\p{L}])`, 'u').test(out), `"${g}" left in ${JSON.stringify(out)}`);
       for (const k of kept) assert.ok(out.includes(k), `"${k}" lost from ${JSON.stringify(out)}`);
+    }
+  });
+
+  test('real forms (issue 16): a name hidden in the Patient ID that reappears in a descriptor; UIDs in SR text go whole', () => {
+    const scrub = scrubberFor(identifierPieces(['12343@hucheng']));
+    assert.equal(scrub.scrub('Cheng test'), `${REDACTED_WORD} test`);
+    assert.equal(scrub.scrub('hucheng 12343'), REDACTED_WORD);
+    const uid = '1.3.12.2.1107.5.2.43.66044.2019120314422358624730876.0.0.0';
+    for (const t of [`Series UID: ${uid}`, `(${uid})`, `UID=${uid}.`, `Source: ${uid}, done`]) {
+      const out = cleanFreeText(t);
+      assert.ok(!/\d{3,}/.test(out), `a piece of the UID (the scanner's serial 66044) left in ${JSON.stringify(out)}`);
     }
   });
 

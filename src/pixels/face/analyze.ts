@@ -342,7 +342,11 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // the vertical (44 mm above the tip and 23 mm behind it), moved 4 mm up so that an error
   // removes more of the brow rather than leave the eyes. The guards below still refuse a cut
   // that would reach into the head.
-  const estimated = !nasionOk;
+  // Nor is a nasion whose pitch lies beyond what the cut can follow (±0.5 rad from the neutral
+  // lean, the clamp below): such a profile is distorted (echo-planar) rather than a head that
+  // far tipped, and a clamped pitch would put the cut where neither landmark says.
+  const measuredLean = nasionOk ? Math.atan2(nAnt - profile(sZ), mm(sZ) - mm(nz0)) : 0;
+  const estimated = !nasionOk || Math.abs((28 * Math.PI) / 180 - measuredLean) > 0.5;
   if (estimated && !(headInView && best >= 10)) return { kind: 'uncertain', why: 'no nasion was found above the nose' };
   const nasionAnt = estimated ? nAnt - 23 * scale : profile(sZ);
   const nasionZ = estimated ? mm(nz0) + 48 * scale : mm(sZ);

@@ -68,6 +68,8 @@ const CASES: [string, Partial<PhantomOptions>][] = [
   ['CT enhanced multi-frame, coronal', { modality: 'CT', orientation: 'coronal', multiFrame: true, slices: 100, rows: 130, columns: 90 }],
   ['MR sagittal, chin up 15°', { pitchDeg: 15 }],
   ['MR sagittal, chin down 12°', { pitchDeg: -12 }],
+  ['CT axial, chin down 25°', { modality: 'CT', orientation: 'axial', slices: 100, sliceMm: 2.5, rows: 110, columns: 100, pitchDeg: -25 }],
+  ['MR sagittal, chin up 25°', { pitchDeg: 25 }],
   ['MR axial, head off-centre', { orientation: 'axial', slices: 130, rows: 110, columns: 110, center: [20, -15, 40] }],
   // Diffusion and fMRI (echo-planar): the nasion lost to signal dropout; the cut is placed from the nose.
   ['MR sagittal, nasion lost to EPI signal dropout', { nasionDropout: true }],

@@ -164,8 +164,11 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       // counts are rewritten to the visible part above).
       for (const t of HIDDEN_AGGREGATES) delete o[t];
       if (partial && level === 'study') delete o['00080062'];
-      for (const t of strip) delete o[t];
+      // The scope attributes the client did not ask for are dropped from what it receives, not
+      // from what is de-identified: the Issuer of Patient ID is part of the patient's key, so a
+      // row's pseudonymous Patient ID and date shift are the ones metadata and retrieve give.
       const out = qidoRow(rc, o, level);
+      for (const t of strip) delete out[t];
       if (!passesDateFilters(q.dateFilters, out)) continue;
       if (skipped < q.offset) { skipped++; continue; }
       noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));

@@ -391,6 +391,36 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.equal((bad.json() as { code: string }).code, 'BAD_QUERY');
   });
 
+  test('one pseudonymous Patient ID and one shifted date per patient and client on every route (QIDO at each level, metadata, retrieve)', async () => {
+    // The cohort's patients have an Issuer of Patient ID, which is part of the patient's key.
+    const studies = await rows('/dicom-web/studies?includefield=00100020', 'cohort-b');
+    assert.ok(studies.length >= 4);
+    const pids = new Set<string>();
+    for (const st of studies) {
+      const uid = String(val(st, '0020000D'));
+      const pid = String(val(st, '00100020'));
+      const date = String(val(st, '00080020'));
+      pids.add(pid);
+      const meta = (await get(`/dicom-web/studies/${uid}/metadata`, 'cohort-b')).json() as Row[];
+      assert.ok(meta.length > 0);
+      for (const m of meta) {
+        assert.equal(String(val(m, '00100020')), pid, `metadata of ${uid}: the Patient ID of the study row`);
+        assert.equal(String(val(m, '00080020')), date, `metadata of ${uid}: the shifted Study Date of the study row`);
+      }
+      for (const se of await rows(`/dicom-web/studies/${uid}/series`, 'cohort-b')) {
+        const seriesUid = String(val(se, '0020000E'));
+        for (const i of await rows(`/dicom-web/studies/${uid}/series/${seriesUid}/instances`, 'cohort-b')) {
+          if (val(i, '00100020') !== undefined) assert.equal(String(val(i, '00100020')), pid, 'instance row');
+        }
+      }
+      const r = await get(`/dicom-web/studies/${uid}`, 'cohort-b', 'multipart/related; type="application/dicom"');
+      assert.equal(r.status, 200);
+      const part10 = Buffer.from(r.text, 'latin1');
+      assert.ok(part10.includes(Buffer.from(pid, 'latin1')), `the retrieve of ${uid} carries the Patient ID of the study row`);
+    }
+    assert.ok(pids.size >= 1);
+  });
+
   test('allowed match keys per client; identifying keys refused with a stable code', async () => {
     const r = await get('/dicom-web/studies?ModalitiesInStudy=CT', 'cohort-b');
     assert.equal(r.status, 400);

@@ -220,6 +220,11 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     s.once('error', reject);
   });
   server.keepAliveTimeout = 5000;
+  // Connection hygiene (issue 15): a request is its headers (the gateway serves GET), so they
+  // must come promptly; a client cannot hold connections open by trickling, nor open unboundedly many.
+  server.headersTimeout = 20_000;
+  server.requestTimeout = 30_000;
+  server.maxConnections = cfg.server.maxConnections;
   // Responses not yet closed: shutdown waits for their audit records before closing the trail.
   const inflight = new Set<ServerResponse>();
   server.on('request', (_req: IncomingMessage, res: ServerResponse) => { inflight.add(res); res.once('close', () => inflight.delete(res)); });

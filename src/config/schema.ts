@@ -111,6 +111,7 @@ export const configSchema = z.strictObject({
     publicBaseUrl: z.url({ error: 'must be an absolute URL such as https://gateway.example.org' }).optional(),
     maxQueryResults: z.number().int().min(1).max(MAX_QUERY_RESULTS, QUERY_RESULTS_CAP).default(1000),
     maxQueryScan: z.number().int().min(1).max(10_000_000).default(10_000),
+    maxConnections: z.number().int().min(1).max(1_000_000).default(1024),
     /** SIGTERM: how long in-flight requests may finish before their connections are closed. */
     drainSeconds: z.number().min(0).max(3600, 'must be at most 3600 (an hour); keep it below the orchestrator\'s grace period').default(25),
     tls: z.strictObject({

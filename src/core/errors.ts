@@ -31,6 +31,7 @@ export const ErrorCodes = {
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed: this gateway is read-only' },
   NOT_ACCEPTABLE: { status: 406, title: 'Not acceptable' },
   BAD_QUERY: { status: 400, title: 'Malformed query parameter' },
+  BAD_REQUEST: { status: 400, title: 'Malformed request' },
   QUERY_KEY_REFUSED: { status: 400, title: 'Query parameter not allowed' },
   ACCESS_WINDOW_CLOSED: { status: 403, title: 'Outside this client\'s access window' },
   RATE_LIMITED: { status: 429, title: 'Request rate limit reached' },

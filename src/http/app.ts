@@ -203,6 +203,15 @@ async function send(res: Response, reply: Reply): Promise<void> {
   await pipeline(Readable.from(rest(), { objectMode: false }), res);
 }
 
+/**
+ * A refusal whose request body is not read: the connection closes once the answer is out, so a
+ * client that sends (or trickles) a body after it holds nothing.
+ */
+function closeAfter(req: Request, res: Response): void {
+  res.setHeader('connection', 'close');
+  res.once('finish', () => { if (!req.complete) req.socket.destroy(); });
+}
+
 export function createApp(deps: AppDeps): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -240,6 +249,16 @@ export function createApp(deps: AppDeps): express.Express {
       deps.log.info('request', { requestId: l.requestId, client: l.client?.id, route: l.route, status: res.statusCode, ms: Math.round(performance.now() - l.started), bytes: l.bytes, ...(l.code ? { code: l.code } : {}) });
     });
     next();
+  });
+
+  // Protocol edges: only HTTP/1.x, with one Host (two are how requests are smuggled past a proxy
+  // that reads the other). Refused, and the connection closed.
+  app.use((req, res, next) => {
+    let hosts = 0;
+    for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+    if (req.httpVersionMajor === 1 && hosts <= 1) { next(); return; }
+    closeAfter(req, res);
+    sendProblem(res, new GatewayError('BAD_REQUEST', hosts > 1 ? 'a request carries one Host header' : 'only HTTP/1.0 and HTTP/1.1 are served'));
   });
 
   app.get('/healthz', (_req, res) => {
@@ -299,10 +318,12 @@ export function createApp(deps: AppDeps): express.Express {
     const client = clientOf(req);
     if (client) locals(res).client = client;
     locals(res).route = 'write';
+    closeAfter(req, res); // its body, sent or trickling, is not read
     sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', `${req.method} is not served: the gateway is read-only (no STOW-RS, PUT or DELETE)`));
   });
-  app.all(['/wado', '/dicom-web/wado'], (_req, res) => {
+  app.all(['/wado', '/dicom-web/wado'], (req, res) => {
     locals(res).route = 'wado-uri';
+    closeAfter(req, res);
     sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', 'WADO-URI is not served; use WADO-RS'));
   });
 

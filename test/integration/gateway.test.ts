@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { connect } from 'node:net';
 import { inflateRawSync } from 'node:zlib';
 import winston from 'winston';
 import { validateConfig } from '../../src/config/schema.js';
@@ -173,6 +174,35 @@ describe('gateway against a real Orthanc', () => {
       assert.match(r.headers, /content-type: application\/problem\+json/);
       assert.match(r.headers, /allow: GET/);
     }
+  });
+
+  test('protocol edges (issue 15): HTTP/2.0 and a line with no version, or two Host headers, are 400 and closed; a refused request\'s trickled body holds nothing', async () => {
+    const { port } = new URL(gw.url);
+    /** Writes `head`, then optionally trickles, and resolves with what came back and whether the server closed. */
+    const raw = (head: string, trickle = false): Promise<{ text: string; closedMs: number }> => new Promise((resolve, reject) => {
+      const t0 = performance.now();
+      const sock = connect(Number(port), '127.0.0.1');
+      let text = '';
+      let timer: NodeJS.Timeout | undefined;
+      sock.setEncoding('latin1');
+      sock.on('data', (c: string) => { text += c; });
+      sock.on('error', () => undefined);
+      sock.on('close', () => { clearInterval(timer); resolve({ text, closedMs: performance.now() - t0 }); });
+      sock.write(head);
+      if (trickle) timer = setInterval(() => { if (!sock.destroyed) sock.write('x'); }, 100);
+      setTimeout(() => { clearInterval(timer); sock.destroy(); reject(new Error(`still open after 10 s: ${text.slice(0, 200)}`)); }, 10_000).unref();
+    });
+    for (const line of ['GET /healthz HTTP/2.0', 'GET /healthz']) {
+      const r = await raw(`${line}\r\nHost: a\r\n\r\n`);
+      assert.match(r.text, /^HTTP\/1\.1 400 /, `${line}: ${r.text.slice(0, 80)}`);
+    }
+    const two = await raw('GET /dicom-web/studies HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n');
+    assert.match(two.text, /^HTTP\/1\.1 400 /);
+    assert.match(two.text, /"code":"BAD_REQUEST"/);
+    // STOW-RS with a body that trickles in: the 405 comes at once and the connection closes.
+    const slow = await raw(`POST /dicom-web/studies HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${TOKENS.strict}\r\nContent-Type: application/dicom\r\nContent-Length: 1000000\r\n\r\n`, true);
+    assert.match(slow.text, /^HTTP\/1\.1 405 /);
+    assert.ok(slow.closedMs < 5000, `closed after ${Math.round(slow.closedMs)} ms`);
   });
 
   test('rendered and thumbnail are made by the gateway; /bulk of a removed attribute is 404', async () => {

@@ -239,6 +239,11 @@ export function createApp(deps: AppDeps): express.Express {
       },
     };
     res.locals = l as unknown as typeof res.locals;
+    // A response has a fixed set of 'close' listeners, not a growing one: the audit, the limiter,
+    // the abort of the upstream request, shutdown's in-flight set, express, and the stream
+    // pipeline's own (eos) take eleven; Node warns at ten, once per response (a flood of
+    // MaxListenersExceededWarning lines that is no leak).
+    res.setMaxListeners(32);
     res.setHeader('x-request-id', l.requestId);
     res.on('close', () => {
       try {
@@ -377,9 +382,16 @@ export function createApp(deps: AppDeps): express.Express {
       try {
         await send(res, await fn(rc, req));
       } catch (e) {
+        // A client that went away is not an error: said once, at info (the audit record says
+        // "aborted"), whatever the stream threw on its way down.
+        if (abort.signal.aborted) {
+          deps.log.info('request aborted by the client', { requestId: l.requestId, route });
+          if (!res.headersSent) return;
+          res.destroy();
+          return;
+        }
         // Only the error's class: messages of errors the gateway did not raise may quote data.
         if (!isGatewayError(e)) deps.log.error('unexpected error', { requestId: l.requestId, error: (e as Error)?.name ?? typeof e });
-        if (abort.signal.aborted && !res.headersSent) return;
         sendProblem(res, e);
       }
     };

@@ -609,6 +609,9 @@ describe('faults between the gateway and its upstream', () => {
       assert.ok(rec.closedAt! - t0 < 2000, `closed ${Math.round(rec.closedAt! - t0)} ms after the abort`);
       const a = await auditOf(h, r.headers.get('x-request-id'));
       assert.equal(a.outcome, 'aborted');
+      await sleep(100);
+      const lines = h.logs.filter((l) => l.includes(a.requestId));
+      assert.ok(!lines.some((l) => /"level":"error"/.test(l)), `a client abort is not an error: ${lines.join(' | ')}`);
     });
 
     test('before headers: aborting while the upstream is silent closes the upstream request', async () => {
@@ -637,6 +640,9 @@ describe('faults between the gateway and its upstream', () => {
       }
       assert.ok(a, 'the aborted retrieve is audited');
       assert.equal(a.outcome, 'aborted');
+      await sleep(100);
+      const lines = h.logs.filter((l) => l.includes(a.requestId));
+      assert.ok(!lines.some((l) => /"level":"error"/.test(l)), `a client abort is not an error: ${lines.join(' | ')}`);
     });
   });
 

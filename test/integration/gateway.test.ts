@@ -176,6 +176,22 @@ describe('gateway against a real Orthanc', () => {
     }
   });
 
+  test('no MaxListenersExceededWarning under 200 concurrent connections (issue 15)', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => { if (w.name === 'MaxListenersExceededWarning') warnings.push(w.message); };
+    process.on('warning', onWarning);
+    try {
+      const st = json(await get('/dicom-web/studies?ModalitiesInStudy=CT'))[0]!;
+      const study = first(st, '0020000D')!;
+      const answers = await Promise.all(Array.from({ length: 200 }, (_, i) => get(i % 2 ? `/dicom-web/studies/${study}` : `/dicom-web/studies/${study}/metadata`, i % 2 ? { accept: 'multipart/related; type="application/dicom"' } : {})));
+      assert.ok(answers.filter((a) => a.status === 200).length >= 100, 'most were served');
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.off('warning', onWarning);
+    }
+    assert.deepEqual(warnings, []);
+  });
+
   test('protocol edges (issue 15): HTTP/2.0 and a line with no version, or two Host headers, are 400 and closed; a refused request\'s trickled body holds nothing', async () => {
     const { port } = new URL(gw.url);
     /** Writes `head`, then optionally trickles, and resolves with what came back and whether the server closed. */

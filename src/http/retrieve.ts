@@ -120,7 +120,17 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   }
   const keptBytes = sop !== undefined ? kept?.get(sop) : undefined;
   if (!keptBytes) retrieving ??= ok(rc, path, acceptFor(inScope.some((f) => { const d = decide(rc, f); return d.allow && !!d.face; }) ? undefined : upTs));
-  const up = keptBytes ? undefined : await retrieving!;
+  let up: Awaited<typeof retrieving>;
+  try {
+    up = keptBytes ? undefined : await retrieving!;
+  } catch (e) {
+    // A syntax the PACS cannot transcode to (JPEG baseline of 16-bit data, a codec it lacks) is
+    // the client's to change: 406 with what the gateway always serves, not a PACS failure.
+    if (upTs !== undefined && upTs !== '*' && upTs !== EXPLICIT_LE_UID && e instanceof GatewayError && (e.code === 'UPSTREAM_ERROR' || e.code === 'UPSTREAM_REJECTED')) {
+      throw new GatewayError('NOT_ACCEPTABLE', `transfer syntax ${upTs} cannot be provided for these instances; ask for ${EXPLICIT_LE_UID} (Explicit VR Little Endian) or * (as stored)`);
+    }
+    throw e;
+  }
   if (up) expectType(up, 'multipart/related');
   const boundary = newBoundary();
   const source = (): AsyncIterable<Part> => (up

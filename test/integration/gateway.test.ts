@@ -192,6 +192,22 @@ describe('gateway against a real Orthanc', () => {
     assert.deepEqual(warnings, []);
   });
 
+  test('a transfer syntax the PACS cannot provide is 406 with what the gateway serves, never 502 (issue 15)', async () => {
+    const st = json(await get('/dicom-web/studies?ModalitiesInStudy=CT'))[0]!;
+    const study = first(st, '0020000D')!;
+    for (const ts of ['1.2.840.10008.1.2.4.50', '1.2.840.10008.1.2.4.90']) {
+      const r = await get(`/dicom-web/studies/${study}`, { accept: `multipart/related; type="application/dicom"; transfer-syntax=${ts}` });
+      assert.ok(r.status === 200 || r.status === 406, `${ts}: ${r.status} ${r.body.toString().slice(0, 200)}`);
+      if (r.status === 406) {
+        const p = JSON.parse(r.body.toString()) as { code: string; detail: string };
+        assert.equal(p.code, 'NOT_ACCEPTABLE');
+        assert.match(p.detail, /1\.2\.840\.10008\.1\.2\.1/);
+      } else {
+        assert.match(r.body.subarray(0, 4096).toString('latin1'), new RegExp(`transfer-syntax=${ts.replace(/\./g, '\\.')}`), 'served in the syntax asked for');
+      }
+    }
+  });
+
   test('protocol edges (issue 15): HTTP/2.0 and a line with no version, or two Host headers, are 400 and closed; a refused request\'s trickled body holds nothing', async () => {
     const { port } = new URL(gw.url);
     /** Writes `head`, then optionally trickles, and resolves with what came back and whether the server closed. */

@@ -106,7 +106,7 @@ function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore,
   // once, by the logger the gateway runs with (startGateway may be given another one).
   const scopeEvents = new EventEmitter();
   const { clients, scopes } = buildClients(cfg, master, store, scopeEvents);
-  const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs };
+  const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs, connections: cfg.upstream.connections };
   const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
     : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const trail = new AuditTrail({ dir: cfg.state.dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
@@ -205,6 +205,8 @@ export async function startGateway(cfg: Config, given?: GatewayParts): Promise<G
     faces,
     text,
     faceWaitMs: cfg.engine.faceWaitSeconds * 1000,
+    clientIdleMs: cfg.server.clientIdleSeconds * 1000,
+    streamsPerClient: cfg.server.streamsPerClient,
   });
   const server = await new Promise<Server>((resolve, reject) => {
     // HTTPS when server.tls is set; client certificates are requested (and, with `require`,

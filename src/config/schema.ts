@@ -112,6 +112,10 @@ export const configSchema = z.strictObject({
     maxQueryResults: z.number().int().min(1).max(MAX_QUERY_RESULTS, QUERY_RESULTS_CAP).default(1000),
     maxQueryScan: z.number().int().min(1).max(10_000_000).default(10_000),
     maxConnections: z.number().int().min(1).max(1_000_000).default(1024),
+    /** A response whose client reads nothing for this long is closed (a slow reader holds no PACS connection). */
+    clientIdleSeconds: z.number().min(1).max(3600).default(30),
+    /** Retrieves (and frames, bulk data, rendered images) one client may stream at once; more wait their turn. */
+    streamsPerClient: z.number().int().min(1).max(10_000).default(8),
     /** SIGTERM: how long in-flight requests may finish before their connections are closed. */
     drainSeconds: z.number().min(0).max(3600, 'must be at most 3600 (an hour); keep it below the orchestrator\'s grace period').default(25),
     tls: z.strictObject({
@@ -126,6 +130,8 @@ export const configSchema = z.strictObject({
     connectTimeoutMs: z.number().int().min(1).default(5000),
     responseTimeoutMs: z.number().int().min(1).default(60000),
     transport: z.enum(['node', 'undici', 'http-proxy'], { error: () => 'use node (default), undici or http-proxy' }).default('node'),
+    /** Connections to the PACS (kept alive, shared by every client). */
+    connections: z.number().int().min(1).max(10_000).default(32),
   }),
   state: z.strictObject({
     dir: z.string().min(1, 'must name a directory for secrets, pseudonyms and the audit log'),

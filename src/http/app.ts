@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'winston';
+import { StreamShares } from './shares.js';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { AuditSink } from '../audit/sink.js';
 import type { Upstream } from '../upstream/client.js';
@@ -53,6 +54,10 @@ export interface AppDeps {
   readonly faces: FaceProvider;
   readonly text: TextProvider;
   readonly faceWaitMs: number;
+  /** A streamed response whose client reads nothing for this long is closed (default 30 s). */
+  readonly clientIdleMs?: number;
+  /** Retrieves, frames, bulk data and rendered images one client may stream at once (default 8). */
+  readonly streamsPerClient?: number;
 }
 
 interface Locals {
@@ -144,7 +149,7 @@ function baseUrl(req: Request, deps: AppDeps): string {
  */
 const WHOLE_BODY_BYTES = 256 * 1024;
 
-async function send(res: Response, reply: Reply): Promise<void> {
+async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void> {
   const it = reply.body[Symbol.asyncIterator]();
   const l = locals(res);
   const head = (): void => {
@@ -199,7 +204,10 @@ async function send(res: Response, reply: Reply): Promise<void> {
     if (held) yield held;
   }
   // pipeline destroys both sides when the client goes away; the handler's abort controller
-  // (res 'close') cancels the upstream request.
+  // (res 'close') cancels the upstream request. A client that stops reading is gone too: once
+  // nothing has moved on its connection for idleMs, the response is closed, and with it the
+  // upstream request and the client's share of the PACS (issue 15).
+  res.setTimeout(idleMs, () => res.destroy());
   await pipeline(Readable.from(rest(), { objectMode: false }), res);
 }
 
@@ -360,6 +368,9 @@ export function createApp(deps: AppDeps): express.Express {
     next();
   });
 
+  const shares = new StreamShares(deps.streamsPerClient ?? 8);
+  const STREAMS = new Set(['retrieve', 'frames', 'bulk', 'rendered', 'thumbnail']);
+
   function handle(route: string, fn: (rc: RequestContext, req: Request) => Promise<Reply>) {
     return async (req: Request, res: Response): Promise<void> => {
       const l = locals(res);
@@ -367,6 +378,15 @@ export function createApp(deps: AppDeps): express.Express {
       const abort = new AbortController();
       res.on('close', () => { if (!res.writableFinished) abort.abort(); });
       const client = l.client!;
+      if (STREAMS.has(route)) {
+        // The client's share of the PACS: beyond it, a stream waits its turn (issue 15).
+        try {
+          const give = await shares.take(client.id, abort.signal);
+          res.once('close', give);
+        } catch {
+          return; // the client went away while waiting
+        }
+      }
       let resolver: QueryResolver;
       try {
         // Every pseudonym the request names (path and query), resolved in one batch.
@@ -380,7 +400,7 @@ export function createApp(deps: AppDeps): express.Express {
         signal: abort.signal, note: l.note, observeDeid: deps.metrics && ((kind, seconds) => deps.metrics!.observeDeid(kind, seconds, client.id)), maxQueryLimit: deps.maxQueryLimit, maxQueryScan: deps.maxQueryScan, maxHeaderBytes: deps.maxHeaderBytes, maxRenderBytes: deps.maxRenderBytes, flush: deps.flush, facts: deps.facts, faces: deps.faces, text: deps.text, faceWaitMs: deps.faceWaitMs,
       };
       try {
-        await send(res, await fn(rc, req));
+        await send(res, await fn(rc, req), deps.clientIdleMs);
       } catch (e) {
         // A client that went away is not an error: said once, at info (the audit record says
         // "aborted"), whatever the stream threw on its way down.

@@ -23,6 +23,7 @@ import { buildParts, startGateway, tokenHash, type Gateway } from '../../src/mai
 import type { RequestAudit as AuditRecord } from '../../src/audit/sink.js';
 import { findCanaries, fixtures, type FixtureSet } from '../helpers/fixtures.js';
 import { makeHeadPhantom } from '../fixtures/head-phantom.js';
+import { connect } from 'node:net';
 import { deadPort, route, script, startFakeUpstream, type FakeUpstream, type Handler, type RecordedRequest, type Step } from '../helpers/fake-upstream.js';
 
 const TOKEN = 'faults-test-token-7f3a9c';
@@ -44,17 +45,19 @@ interface Harness {
   readonly dir: string;
 }
 
-async function startHarness(upstreamUrl: string, responseTimeoutMs: number, faces: 'allow' | 'deface' = 'allow'): Promise<Harness> {
+const OTHER_TOKEN = 'faults-other-token-2b8e41';
+
+async function startHarness(upstreamUrl: string, responseTimeoutMs: number, faces: 'allow' | 'deface' = 'allow', share?: { connections: number; streamsPerClient: number; clientIdleSeconds: number }): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'deid-faults-'));
   const cfg = validateConfig({
-    server: { host: '127.0.0.1', port: 0, maxQueryResults: 10_000 }, // the most the schema allows (one audit record itemizes that many studies)
-    upstream: { url: upstreamUrl, connectTimeoutMs: 1000, responseTimeoutMs },
+    server: { host: '127.0.0.1', port: 0, maxQueryResults: 10_000, ...(share ? { streamsPerClient: share.streamsPerClient, clientIdleSeconds: share.clientIdleSeconds } : {}) }, // the most the schema allows (one audit record itemizes that many studies)
+    upstream: { url: upstreamUrl, connectTimeoutMs: 1000, responseTimeoutMs, ...(share ? { connections: share.connections } : {}) },
     state: { dir },
     engine: { faceWaitSeconds: 1 },
     // Transport faults: the scripted PACS answers only what each test scripts, so faces are
     // allowed (the face stage runs against Orthanc in faces.test.ts), except in the harness that
     // tests a slow face analysis.
-    clients: [{ id: 'faults', apiKeySha256: tokenHash(TOKEN), pixels: { faces } }],
+    clients: [{ id: 'faults', apiKeySha256: tokenHash(TOKEN), pixels: { faces } }, ...(share ? [{ id: 'other', apiKeySha256: tokenHash(OTHER_TOKEN), pixels: { faces } }] : [])],
   }, join(dir, 'config.yaml'));
   const base = buildParts(cfg);
   await base.audit.close(); // replaced by the in-memory sink below
@@ -643,6 +646,75 @@ describe('faults between the gateway and its upstream', () => {
       await sleep(100);
       const lines = h.logs.filter((l) => l.includes(a.requestId));
       assert.ok(!lines.some((l) => /"level":"error"/.test(l)), `a client abort is not an error: ${lines.join(' | ')}`);
+    });
+  });
+
+  // 10b ----------------------------------------------------------------------------------------
+  describe('10b. no client can starve another (issue 15)', () => {
+    const closedWithin = async (rec: RecordedRequest, ms: number): Promise<boolean> => {
+      const t = sleep(ms).then(() => false);
+      return Promise.race([rec.closed.then(() => true), t]);
+    };
+
+    test('a client holding six retrieves the PACS never answers uses its two streams; another client is served at once', async () => {
+      const hs = await startHarness(up.dicomWebUrl, 30_000, 'allow', { connections: 4, streamsPerClient: 2, clientIdleSeconds: 2 });
+      const acs: AbortController[] = [];
+      try {
+        const original = '1.2.826.0.1.3680043.9.7433.99.20';
+        const pseudo = await showStudy(hs, original);
+        up.reset();
+        up.handle(route([
+          [(p) => p === `/dicom-web/studies/${original}/instances`, jsonReply([])],
+          [(p) => p === `/dicom-web/studies/${original}`, script({ silent: true })],
+          [(p) => p === '/dicom-web/studies', jsonReply([])],
+        ]));
+        const pending = Array.from({ length: 6 }, () => {
+          const ac = new AbortController();
+          acs.push(ac);
+          return get(hs, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT }, ac.signal).catch(() => undefined);
+        });
+        await sleep(500);
+        const held = up.requests.filter((x) => x.url === `/dicom-web/studies/${original}`).length;
+        assert.equal(held, 2, `the client's retrieves at the PACS: ${held}`);
+        const t0 = performance.now();
+        const r = await fetch(`${hs.gw.url}/dicom-web/studies`, { headers: { authorization: `Bearer ${OTHER_TOKEN}`, accept: DICOM_JSON } });
+        await r.text();
+        const ms = performance.now() - t0;
+        assert.equal(r.status, 200);
+        assert.ok(ms < 1500, `the other client waited ${Math.round(ms)} ms`);
+        for (const ac of acs) ac.abort();
+        await Promise.all(pending);
+      } finally {
+        for (const ac of acs) ac.abort();
+        await stopHarness(hs);
+      }
+    });
+
+    test('a client that stops reading is cut off after server.clientIdleSeconds, and its PACS request closed', async () => {
+      const hs = await startHarness(up.dicomWebUrl, 30_000, 'allow', { connections: 4, streamsPerClient: 2, clientIdleSeconds: 2 });
+      try {
+        const ct = fixture('ct-s1-i2.dcm');
+        const pseudo = await showStudy(hs, ct.meta.study);
+        up.reset();
+        // 8 000 copies of the instance (about 87 MB): far more than the sockets between hold.
+        const body: (string | Buffer)[] = [];
+        for (let i = 0; i < 8000; i++) body.push(partHead(i === 0), ct.bytes);
+        body.push(closeDelimiter);
+        up.handle(retrieveRoutes(ct.meta.study, script({ status: 200, headers: { 'content-type': MULTIPART_CT }, body })));
+        // A raw connection that reads the status line and then nothing (paused).
+        const { port } = new URL(hs.gw.url);
+        const sock = connect(Number(port), '127.0.0.1');
+        sock.write(`GET /dicom-web/studies/${pseudo} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ${TOKEN}\r\nAccept: ${MULTIPART_ACCEPT}\r\n\r\n`);
+        const status = await new Promise<string>((resolve) => sock.once('data', (c: Buffer) => { sock.pause(); resolve(c.toString('latin1').split('\r\n')[0] ?? ''); }));
+        assert.match(status, /^HTTP\/1\.1 200/);
+        const rec = up.requests.find((x) => x.url === `/dicom-web/studies/${ct.meta.study}`);
+        assert.ok(rec, 'the PACS saw the retrieve');
+        assert.ok(await closedWithin(rec, 8000), 'the PACS request was closed once the client had read nothing for 2 s');
+        assert.ok(rec.closedEarly, 'closed before the PACS had sent its whole body (the gateway holds no more than its buffers)');
+        sock.destroy();
+      } finally {
+        await stopHarness(hs);
+      }
     });
   });
 

@@ -13,13 +13,13 @@ import { createHash } from 'node:crypto';
 import { PassThrough, Readable, pipeline } from 'node:stream';
 import { createDeflateRaw, createInflateRaw } from 'node:zlib';
 import { GatewayError, tagString } from '../core/errors.js';
-import { charsetFor, DEFAULT_CHARSET, type Charset } from '../dicom/charset.js';
+import { DEFAULT_CHARSET, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag, ITEM, SEQUENCE_DELIMITATION } from '../dicom/dictionary.js';
 import {
   ByteQueue, ElementParser, encodeElements, encodeFileMeta, encodeToBuffer, rawToOut, textElement, NeedMoreData, PIXEL_DATA_TAGS, transferSyntax, UNDEFINED_LENGTH,
   EXPLICIT_LE, type OutElement, type RawElement, type Syntax, type TransferSyntax,
 } from '../dicom/part10.js';
-import { decodeStrings, encodeStrings } from '../dicom/values.js';
+import { declaredCharset, decodeStringsAsRead, encodeStrings } from '../dicom/values.js';
 import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import { deidentify, type Adapter, type EngineContext } from './engine.js';
 import { checkGeometry, frameBytes, pixelMasker, regionsCover, type PixelGeometry, type Region } from './pixel-mask.js';
@@ -40,15 +40,6 @@ export interface BinaryDataset {
   readonly charset: Charset;
 }
 
-const SPECIFIC_CHARACTER_SET = 0x00080005;
-
-function charsetOf(elements: readonly RawElement[]): Charset | undefined {
-  const el = elements.find((e) => e.tag === SPECIFIC_CHARACTER_SET);
-  if (!el?.value) return undefined;
-  return charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((s) => s.trim()));
-}
-
-
 /** The Part 10 side of the engine's adapter. */
 export const binaryAdapter: Adapter<RawElement, BinaryDataset, OutElement> = {
   elements: (ds) => ds.elements,
@@ -62,18 +53,13 @@ export const binaryAdapter: Adapter<RawElement, BinaryDataset, OutElement> = {
     if (!e.value) return null;
     const vr = binaryAdapter.vr(e, ds);
     if (!STRING_VRS.has(vr)) return null;
-    try {
-      return decodeStrings(e.value, vr, ds.charset);
-    } catch (err) {
-      // No Specific Character Set declared, yet bytes beyond ASCII: read them as Latin-1, as
-      // DCMTK and pydicom do, so that the value can be cleaned. A cleaned value that still holds
-      // such letters cannot be written in the default repertoire, and is emptied.
-      if (ds.charset === DEFAULT_CHARSET && err instanceof GatewayError && err.code === 'DICOM_CHARSET') return decodeStrings(e.value, vr, charsetFor('ISO_IR 100'));
-      throw err;
-    }
+    // Undeclared bytes beyond ASCII are read as Latin-1 so that the value can be cleaned; a
+    // cleaned value that still holds such letters cannot be written in the default repertoire,
+    // and is emptied.
+    return decodeStringsAsRead(e.value, vr, ds.charset);
   },
   items(e, ds) {
-    return (e.items ?? []).map((it) => ({ elements: it.elements, charset: charsetOf(it.elements) ?? ds.charset }));
+    return (e.items ?? []).map((it) => ({ elements: it.elements, charset: declaredCharset(it.elements) ?? ds.charset }));
   },
   keep: (e) => rawToOut(e),
   setStrings(tag, vr, values, ds) {
@@ -388,7 +374,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     held += dq.position - before;
   }
 
-  const charset = charsetOf(header) ?? charsetFor(undefined);
+  const charset = declaredCharset(header) ?? DEFAULT_CHARSET;
   const ds: BinaryDataset = { elements: header, charset };
   // One reader of the header's values (src/pixels/views.ts) for the admission, the overlays and
   // the face cut; the SOP Class UID falls back to the File Meta's when the data set has none.

@@ -5,19 +5,14 @@
 import { charsetFor, type Charset } from './charset.js';
 import { dictionary, isPrivateTag } from './dictionary.js';
 import type { RawElement } from './part10.js';
-import { decodeNumbers, decodeStrings } from './values.js';
+import { declaredCharset, decodeNumbers, decodeStrings } from './values.js';
 import { STRING_VRS, type VR } from './vr.js';
 
 export type JsonModel = Record<string, { vr: string; Value?: unknown[]; InlineBinary?: string }>;
 
-function charsetOf(elements: readonly RawElement[]): Charset | undefined {
-  const el = elements.find((e) => e.tag === 0x00080005);
-  return el?.value ? charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\')) : undefined;
-}
-
 /** Converts elements (and nested items) to the JSON model; throws on undecodable text. */
 export function toJsonModel(elements: readonly RawElement[], inherited?: Charset): JsonModel {
-  const charset = charsetOf(elements) ?? inherited ?? charsetFor(undefined);
+  const charset = declaredCharset(elements) ?? inherited ?? charsetFor(undefined);
   const out: JsonModel = {};
   for (const e of elements) {
     const key = e.tag.toString(16).toUpperCase().padStart(8, '0');

@@ -1,8 +1,30 @@
 /**
  * Reading and writing element values in their VR, byte order and character set.
  */
-import type { Charset } from './charset.js';
+import { GatewayError } from '../core/errors.js';
+import { charsetFor, DEFAULT_CHARSET, type Charset } from './charset.js';
+import type { RawElement } from './part10.js';
 import { CHARSET_VRS, padByte, SINGLE_VALUE_TEXT_VRS, type VR } from './vr.js';
+
+/** The Specific Character Set (0008,0005) a data set or an item declares, if it declares one. */
+export function declaredCharset(elements: readonly RawElement[]): Charset | undefined {
+  const el = elements.find((e) => e.tag === 0x00080005);
+  return el?.value ? charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((t) => t.trim())) : undefined;
+}
+
+/**
+ * decodeStrings as real files are read: where no Specific Character Set is declared, bytes
+ * beyond ASCII are read as Latin-1, as DCMTK and pydicom read them. A declared set that the
+ * bytes break is still refused (DICOM_CHARSET).
+ */
+export function decodeStringsAsRead(value: Buffer, vr: VR, charset: Charset): string[] {
+  try {
+    return decodeStrings(value, vr, charset);
+  } catch (err) {
+    if (charset === DEFAULT_CHARSET && err instanceof GatewayError && err.code === 'DICOM_CHARSET') return decodeStrings(value, vr, charsetFor('ISO_IR 100'));
+    throw err;
+  }
+}
 
 /** Values of a string VR: padding removed, split at backslashes (not for LT, ST, UT, UR). */
 export function decodeStrings(value: Buffer, vr: VR, charset: Charset): string[] {

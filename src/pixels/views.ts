@@ -2,11 +2,10 @@
  * `DatasetView` over the two representations the gateway holds: Part 10 elements (streamed
  * headers, offline files) and DICOM JSON (metadata fetched from the PACS).
  */
-import { GatewayError } from '../core/errors.js';
-import { charsetFor, type Charset } from '../dicom/charset.js';
+import { DEFAULT_CHARSET, type Charset } from '../dicom/charset.js';
 import { dictionary, isPrivateTag } from '../dicom/dictionary.js';
 import type { RawElement } from '../dicom/part10.js';
-import { decodeNumbers, decodeStrings } from '../dicom/values.js';
+import { declaredCharset, decodeNumbers, decodeStringsAsRead } from '../dicom/values.js';
 import { NUMERIC_SIZES, STRING_VRS, type VR } from '../dicom/vr.js';
 import type { DatasetView } from './geometry.js';
 
@@ -14,14 +13,6 @@ function vrOf(e: RawElement): VR {
   if (e.items) return 'SQ';
   if (e.vr === 'UN' && !isPrivateTag(e.tag)) return dictionary().lookup(e.tag)?.vr ?? 'UN';
   return e.vr;
-}
-
-const DEFAULT_CHARSET = charsetFor(undefined);
-
-/** The Specific Character Set an element list declares, if it declares one. */
-function declaredCharset(elements: readonly RawElement[]): Charset | undefined {
-  const el = elements.find((e) => e.tag === 0x00080005);
-  return el?.value ? charsetFor(el.value.toString('latin1').replace(/[\0 ]+$/, '').split('\\').map((x) => x.trim())) : undefined;
 }
 
 /**
@@ -36,18 +27,10 @@ export function part10View(elements: readonly RawElement[], inherited: Charset =
     byTag ??= new Map(elements.map((e) => [e.tag, e]));
     return byTag.get(tag);
   };
-  const decode = (value: Buffer, vr: VR): string[] => {
-    try {
-      return decodeStrings(value, vr, charset);
-    } catch (err) {
-      if (charset === DEFAULT_CHARSET && err instanceof GatewayError && err.code === 'DICOM_CHARSET') return decodeStrings(value, vr, charsetFor('ISO_IR 100'));
-      throw err;
-    }
-  };
   const strings = (e: RawElement): string[] | undefined => {
     if (!e.value) return undefined;
     const vr = vrOf(e);
-    if (STRING_VRS.has(vr)) return decode(e.value, vr).map((s) => s.trim());
+    if (STRING_VRS.has(vr)) return decodeStringsAsRead(e.value, vr, charset).map((s) => s.trim());
     if (NUMERIC_SIZES[vr] !== undefined) return decodeNumbers(e.value, vr, e.syntax.littleEndian).map(String);
     return undefined;
   };

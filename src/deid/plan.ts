@@ -99,13 +99,18 @@ const CODE_MACRO_TAGS: ReadonlySet<number> = new Set([
 /** Free-text VRs that a dummied/cleaned sequence dummies/cleans even when not listed. */
 export const FREE_TEXT_VRS: ReadonlySet<VR> = new Set<VR>(['LO', 'SH', 'ST', 'LT', 'UT', 'UC', 'PN']);
 
-/** UI attributes outside Table E.1-1 that name kinds (classes, syntaxes, schemes), not instances. */
-/** Issuer-of-identifier attributes the table does not list (gap rules). */
+/**
+ * Issuers of identifiers the table does not list (the HL7 v2 Hierarchic Designator Macro and
+ * the sequences that carry it): they name the institution's identifier namespace (an OID, or a
+ * URL such as http://hospital.example/mrns), so they leave with the institution's identity.
+ */
 const ISSUER_GAP_KEYWORDS: ReadonlySet<string> = new Set([
   'LocalNamespaceEntityID', 'UniversalEntityID', 'IssuerOfAccessionNumberSequence', 'IssuerOfPatientIDQualifiersSequence',
   'AssigningFacilitySequence', 'AssigningJurisdictionCodeSequence', 'AssigningAgencyOrDepartmentCodeSequence',
   'ItineraryIDAssigningAuthority', 'RouteIDAssigningAuthority', 'CarrierIDAssigningAuthority',
 ]);
+
+/** UI attributes outside Table E.1-1 that name kinds (classes, syntaxes, schemes), not instances. */
 const KIND_UID_KEYWORD = /(ClassUID|ClassesInStudy|ClassesInSeries|ClassesSupported|SOPClassUIDInFile|TransferSyntaxUID|SyntaxUIDInFile|CodingSchemeUID|ContextUID|MappingResourceUID|ContextGroupExtensionCreatorUID|CreatorVersionUID|SegmentationTemplateUID)$/;
 
 const PRODUCT_VERSION = '0.1.0';
@@ -214,8 +219,13 @@ function resolveRow(row: TableRow, vr: VR | null, options: ReadonlySet<OptionNam
 }
 
 /** Attributes in the dictionary but not in Table E.1-1 (docs/deid-rules.md "gap rules"). */
-function gapEntry(d: DictEntry, dateMode: CompiledPlan['dateMode']): PlanEntry {
+function gapEntry(d: DictEntry, dateMode: CompiledPlan['dateMode'], keepInstitution: boolean): PlanEntry {
   const vr = d.vr;
+  if (d.keyword && ISSUER_GAP_KEYWORDS.has(d.keyword)) {
+    return keepInstitution
+      ? e(vr === 'SQ' ? A.seqInherit : A.keep, 'not in E.1-1, issuer of identifiers: kept (retainInstitutionIdentity)', false)
+      : e(A.remove, 'not in E.1-1, issuer of identifiers (names the institution\'s namespace): removed', false);
+  }
   switch (vr) {
     case 'PN':
       return e(A.remove, 'not in E.1-1, person name: removed', false);
@@ -292,27 +302,17 @@ export function compilePlan(spec: ProfileSpec): CompiledPlan {
   }
   const dateMode: CompiledPlan['dateMode'] = options.has('retainLongitudinalFullDates') ? 'full'
     : options.has('retainLongitudinalModifiedDates') ? 'shift' : 'remove';
+  const keepInstitution = options.has('retainInstitutionIdentity');
   const dict = dictionary();
   const exact = new Map<number, PlanEntry>();
 
   for (const d of dict.entries()) {
     if (d.masked || isPrivateTag(d.tag)) continue;
-    exact.set(d.tag, gapEntry(d, dateMode));
+    exact.set(d.tag, gapEntry(d, dateMode, keepInstitution));
   }
   // Signatures, MACs and encrypted copies of earlier values (group 0400, MAC Parameters) that
   // the table does not list: de-identification invalidates signatures, and Encrypted
   // Attributes carry the original values (PS3.15 E.1.1 item 5; FIELD-NOTES leak 11).
-  // Issuers of identifiers the table does not list (the HL7 v2 Hierarchic Designator Macro and
-  // the sequences that carry it): they name the institution's identifier namespace (an OID, or
-  // a URL such as http://hospital.example/mrns), so they leave with the institution's identity:
-  // removed, kept under Retain Institution Identity (docs/deid-rules.md, gap rules).
-  const keepInstitution = options.has('retainInstitutionIdentity');
-  for (const d of dict.entries()) {
-    if (!d.keyword || !ISSUER_GAP_KEYWORDS.has(d.keyword) || d.masked || !exact.has(d.tag)) continue;
-    exact.set(d.tag, keepInstitution
-      ? e(d.vr === 'SQ' ? A.seqInherit : A.keep, 'not in E.1-1, issuer of identifiers: kept (retainInstitutionIdentity)', false)
-      : e(A.remove, 'not in E.1-1, issuer of identifiers (names the institution\'s namespace): removed', false));
-  }
   for (const tag of exact.keys()) {
     if ((tag >>> 16) === 0x0400 || tag === 0x4ffe0001) exact.set(tag, e(A.remove, 'signature/encryption/earlier-values attribute not in E.1-1: removed', false));
   }
@@ -373,7 +373,7 @@ export function compilePlan(spec: ProfileSpec): CompiledPlan {
       const cached = maskedCache.get(tag);
       if (cached) return cached;
       const d = dict.lookup(tag);
-      const entry = d ? gapEntry(d, dateMode) : REMOVE_UNKNOWN;
+      const entry = d ? gapEntry(d, dateMode, keepInstitution) : REMOVE_UNKNOWN;
       if (maskedCache.size < 65536) maskedCache.set(tag, entry);
       return entry;
     },

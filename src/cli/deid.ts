@@ -23,6 +23,7 @@ import { inflateRawSync } from 'node:zlib';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { Config } from '../config/schema.js';
 import { encodeFileMeta, readHeaderSync, readInstanceSync, textElement } from '../dicom/part10.js';
+import { isVR, LONG_LENGTH_VRS } from '../dicom/vr.js';
 import { diffHeaders, formatDiff } from '../deid/diff.js';
 import { createEngineContext, deidentifyPart10, type InstanceInfo } from '../deid/index.js';
 import { loadOrCreateMasterSecret } from '../pseudonym/secret.js';
@@ -57,9 +58,9 @@ function looksLikeDicom(path: string): boolean {
     // A bare data set (no preamble, no File Meta), as some archives keep them: its first element
     // is in group 0008 with a small element number, in explicit or implicit VR Little Endian.
     if (n < 12) return false;
-    if (b.readUInt16BE(0) === 0x0008 && b.readUInt16BE(2) <= 0x0018) return VRS.has(b.toString('latin1', 4, 6)); // explicit VR big endian
+    if (b.readUInt16BE(0) === 0x0008 && b.readUInt16BE(2) <= 0x0018) return isVR(b.toString('latin1', 4, 6)); // explicit VR big endian
     if (b.readUInt16LE(0) !== 0x0008 || b.readUInt16LE(2) > 0x0018) return false;
-    return VRS.has(b.toString('latin1', 4, 6)) || b.readUInt32LE(4) < 1024;
+    return isVR(b.toString('latin1', 4, 6)) || b.readUInt32LE(4) < 1024;
   } catch {
     return false;
   } finally {
@@ -67,7 +68,6 @@ function looksLikeDicom(path: string): boolean {
   }
 }
 
-const VRS = new Set(['AE', 'AS', 'AT', 'CS', 'DA', 'DS', 'DT', 'FL', 'FD', 'IS', 'LO', 'LT', 'OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'PN', 'SH', 'SL', 'SQ', 'SS', 'ST', 'SV', 'TM', 'UC', 'UI', 'UL', 'UN', 'UR', 'US', 'UT', 'UV']);
 
 /**
  * A file that is a Part 10 object but for its framing, made whole (real files: issue 16), or
@@ -92,10 +92,10 @@ function reframe(file: string): Buffer | undefined {
   // A bare data set starts with a group 0008 (or 0002) element: in little endian, explicit or
   // implicit VR, or in explicit VR big endian (a retired syntax some archives still hold).
   const group = head.readUInt16LE(0);
-  const bigEndian = head.readUInt16BE(0) === 0x0008 && VRS.has(head.toString('latin1', 4, 6));
+  const bigEndian = head.readUInt16BE(0) === 0x0008 && isVR(head.toString('latin1', 4, 6));
   if (group !== 0x0008 && group !== 0x0002 && !bigEndian) return undefined;
   const body = readFileSync(file);
-  const explicit = VRS.has(body.toString('latin1', 4, 6));
+  const explicit = isVR(body.toString('latin1', 4, 6));
   const tsUid = bigEndian ? '1.2.840.10008.1.2.2' : explicit ? '1.2.840.10008.1.2.1' : '1.2.840.10008.1.2';
   let view: DatasetView;
   try {
@@ -440,8 +440,7 @@ function metaEnd(b: Buffer, n: number): number {
   let at = 132;
   while (at + 8 <= n && b.readUInt16LE(at) === 0x0002) {
     const vr = b.toString('latin1', at + 4, at + 6);
-    const long = ['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 'OL', 'OV'].includes(vr);
-    at += long ? 12 + b.readUInt32LE(at + 8) : 8 + b.readUInt16LE(at + 6);
+    at += isVR(vr) && LONG_LENGTH_VRS.has(vr) ? 12 + b.readUInt32LE(at + 8) : 8 + b.readUInt16LE(at + 6);
   }
   return Math.min(at, n);
 }

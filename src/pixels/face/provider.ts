@@ -121,6 +121,7 @@ export class FaceProvider {
     const step = Math.max(1, Math.floor(SAMPLE_MM / (span / (stack.length - 1))));
     // The sampled frames, in order; per instance, which of them it holds.
     const sampled = stack.filter((_, i) => i % step === 0);
+    const places = sampled.map((f) => reducedPlace(f.geometry, f.rows, f.columns, GRID_MM));
     const wanted = new Map<string, Map<number, number>>();
     sampled.forEach((s, i) => (wanted.get(s.sop) ?? wanted.set(s.sop, new Map()).get(s.sop)!).set(s.frame, i));
     const reduced: (ReducedFrame | undefined)[] = new Array(sampled.length);
@@ -130,8 +131,7 @@ export class FaceProvider {
     let planHolds = true;
     const put = (i: number): void => {
       const r = reduced[i];
-      const want = sampled[i]!;
-      const place = reducedPlace(want.geometry, want.rows, want.columns, GRID_MM);
+      const place = places[i]!;
       if (!r || r.rows !== place.rows || r.columns !== place.columns || Math.hypot(r.geometry.position[0] - place.geometry.position[0], r.geometry.position[1] - place.geometry.position[1], r.geometry.position[2] - place.geometry.position[2]) > 0.01) planHolds = false;
       else builder?.put(i, r.data);
     };
@@ -166,7 +166,7 @@ export class FaceProvider {
     // The first requests are on their way: the volume is planned while the PACS answers them.
     await new Promise<void>((resolve) => setImmediate(resolve));
     let t0 = performance.now();
-    builder = VolumeBuilder.plan(sampled.map((f) => reducedPlace(f.geometry, f.rows, f.columns, GRID_MM)), GRID_MM);
+    builder = VolumeBuilder.plan(places, GRID_MM);
     reduced.forEach((_, i) => put(i));
     seconds += (performance.now() - t0) / 1000;
     await fetching;

@@ -406,8 +406,7 @@ export function createApp(deps: AppDeps): express.Express {
         // "aborted"), whatever the stream threw on its way down.
         if (abort.signal.aborted) {
           deps.log.info('request aborted by the client', { requestId: l.requestId, route });
-          if (!res.headersSent) return;
-          res.destroy();
+          if (res.headersSent) res.destroy();
           return;
         }
         // Only the error's class: messages of errors the gateway did not raise may quote data.

@@ -57,7 +57,7 @@ import { Pool } from 'undici';
 import { generateCtSeries } from '../test/fixtures/generate.js';
 import { makeHeadPhantom } from '../test/fixtures/head-phantom.js';
 import { DICOMWEB_PLUGIN, freePort, startOrthanc, type OrthancHandle } from '../test/helpers/orthanc.js';
-import { projectRoot } from './common.js';
+import { projectRoot, summarizeProfile } from './common.js';
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -456,30 +456,6 @@ async function load(t: Target, path: string, concurrency: number, seconds: numbe
 type Row = { '0020000D'?: { Value?: unknown[] }; '00201208'?: { Value?: unknown[] } };
 const uidOf = (r: Row): string => String(r['0020000D']?.Value?.[0] ?? '');
 const countOf = (r: Row): number => Number(r['00201208']?.Value?.[0] ?? NaN);
-
-// ---------------------------------------------------------------------------
-// CPU profile summary
-
-interface ProfileNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; hitCount?: number }
-
-function summarizeProfile(file: string, top = 20): { fn: string; where: string; selfMs: number; pct: number }[] {
-  const p = JSON.parse(readFileSync(file, 'utf8')) as { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number };
-  const totalUs = p.endTime - p.startTime;
-  const perSampleUs = totalUs / Math.max(1, p.samples.length);
-  const self = new Map<string, { fn: string; where: string; us: number }>();
-  for (const n of p.nodes) {
-    const hits = n.hitCount ?? 0;
-    if (!hits) continue;
-    const url = n.callFrame.url.replace(/^file:\/\/.*?\/(node_modules|dist|src)\//, '$1/');
-    const key = `${n.callFrame.functionName}|${url}|${n.callFrame.lineNumber}`;
-    const e = self.get(key) ?? { fn: n.callFrame.functionName || '(anonymous)', where: url ? `${url}:${n.callFrame.lineNumber + 1}` : '', us: 0 };
-    e.us += hits * perSampleUs;
-    self.set(key, e);
-  }
-  const busyUs = [...self.values()].filter((e) => e.fn !== '(idle)').reduce((a, e) => a + e.us, 0);
-  return [...self.values()].filter((e) => e.fn !== '(idle)').sort((a, b) => b.us - a.us).slice(0, top)
-    .map((e) => ({ fn: e.fn, where: e.where, selfMs: round(e.us / 1000, 1), pct: round((100 * e.us) / busyUs, 1) }));
-}
 
 // ---------------------------------------------------------------------------
 

@@ -11,10 +11,12 @@
  *    later retrieves (stored decision); directly from Orthanc too. Medians of BENCH_RUNS;
  *    ratios to the allow retrieve (target <= 1.5x).
  *
- * Prints a table and writes bench/out/text.json. Knobs: BENCH_RUNS (5), BENCH_CINE_FRAMES (100).
+ * Prints a table and writes bench/out/text.json. Knobs: BENCH_RUNS (5), BENCH_CINE_FRAMES (100),
+ * BENCH_CPU_PROF (0; 1: the gateway child serves the first detect alone under --cpu-prof, and
+ * its hottest functions, workers included, are listed instead of the table).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,10 +25,11 @@ import { Pool } from 'undici';
 import { analyzeInstance } from '../src/pixels/text/analyze.js';
 import { makeTextPhantom, type TextPhantomOptions } from '../test/fixtures/text-phantom.js';
 import { freePort, startOrthanc } from '../test/helpers/orthanc.js';
-import { projectRoot } from './common.js';
+import { projectRoot, summarizeProfile } from './common.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? '5') || 5;
 const CINE_FRAMES = Number(process.env.BENCH_CINE_FRAMES ?? '100') || 100;
+const CPU_PROF = process.env.BENCH_CPU_PROF === '1';
 const TARGET_MS_PER_FRAME = 30;
 const TARGET_RATIO = 1.5;
 const TOKEN = 'bench-text-token';
@@ -54,6 +57,15 @@ function gatewayCommand(root: string): string[] {
   return ['--import', 'tsx', join(root, 'src/cli/main.ts')];
 }
 
+/** Part 10 bytes with every occurrence of one UID replaced by another of the same length. */
+function withSop(bytes: Buffer, from: string, to: string): { bytes: Buffer; sop: string } {
+  if (from.length !== to.length) throw new Error('the UIDs must have one length');
+  const out = Buffer.from(bytes);
+  const a = Buffer.from(from, 'latin1'), b = Buffer.from(to, 'latin1');
+  for (let i = out.indexOf(a); i >= 0; i = out.indexOf(a, i + a.length)) b.copy(out, i);
+  return { bytes: out, sop: to };
+}
+
 async function main(): Promise<void> {
   const root = projectRoot(import.meta.url);
   const result: Record<string, unknown> = { date: new Date().toISOString() };
@@ -76,7 +88,10 @@ async function main(): Promise<void> {
   const orthanc = await startOrthanc();
   const dir = mkdtempSync(join(tmpdir(), 'bench-text-'));
   try {
-    await orthanc.upload([cine.bytes]);
+    // One copy per run for the first retrieves (the same pixels under SOP Instance UIDs that end
+    // in .4, .5, ...: each is decided for the first time), so that the first retrieve is a median too.
+    const copies = Array.from({ length: Math.min(RUNS, 6) }, (_, i) => withSop(cine.bytes, cine.sop, `${cine.sop.slice(0, -1)}${4 + i}`));
+    await orthanc.upload([cine.bytes, ...copies.map((c) => c.bytes)]);
     const port = await freePort();
     const hash = (t: string): string => createHash('sha256').update(t).digest('hex');
     writeFileSync(join(dir, 'gateway.yaml'), [
@@ -89,7 +104,8 @@ async function main(): Promise<void> {
       '',
     ].join('\n'));
     const log = openSync(join(dir, 'gateway.log'), 'a');
-    const proc = spawn(process.execPath, [...gatewayCommand(root), 'serve', '--config', join(dir, 'gateway.yaml')], { cwd: dir, stdio: ['ignore', log, log] });
+    const profDir = join(dir, 'prof');
+    const proc = spawn(process.execPath, [...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...gatewayCommand(root), 'serve', '--config', join(dir, 'gateway.yaml')], { cwd: dir, stdio: ['ignore', log, log] });
     closeSync(log);
     process.once('exit', () => { try { proc.kill('SIGKILL'); } catch { /* gone */ } });
     const gwUrl = `http://127.0.0.1:${port}`;
@@ -100,7 +116,8 @@ async function main(): Promise<void> {
     const gw = new Pool(gwUrl, { connections: 4 });
     const pacs = new Pool(new URL(orthanc.dicomWebUrl).origin, { connections: 4 });
     const pacsBase = new URL(orthanc.dicomWebUrl).pathname;
-    const path = `/studies/${cine.study}/series/${cine.series}/instances/${cine.sop}`;
+    const pathOf = (sop: string): string => `/studies/${cine.study}/series/${cine.series}/instances/${sop}`;
+    const path = pathOf(cine.sop);
     const get = async (pool: Pool, p: string, token?: string): Promise<{ ms: number; bytes: number; cpuMs: number }> => {
       const c0 = cpuMs(proc.pid!);
       const t0 = now();
@@ -110,17 +127,37 @@ async function main(): Promise<void> {
       if (r.statusCode !== 200) throw new Error(`${p}: HTTP ${r.statusCode}`);
       return { ms: now() - t0, bytes, cpuMs: cpuMs(proc.pid!) - c0 };
     };
-    const direct = (): ReturnType<typeof get> => get(pacs, `${pacsBase}${path}`);
-    const allow = (): ReturnType<typeof get> => get(gw, `/dicom-web${path}`, `${TOKEN}-allow`);
-    const detect = (): ReturnType<typeof get> => get(gw, `/dicom-web${path}`, `${TOKEN}-detect`);
-    await direct(); await allow(); // warm-up: Orthanc's cache, the gateway's facts
-    const runs = { direct: [] as number[], allow: [] as number[], allowCpu: [] as number[], later: [] as number[], laterCpu: [] as number[] };
-    for (let i = 0; i < RUNS; i++) {
-      runs.direct.push((await direct()).ms);
-      const a = await allow();
-      runs.allow.push(a.ms); runs.allowCpu.push(a.cpuMs);
+    const direct = (p = path): ReturnType<typeof get> => get(pacs, `${pacsBase}${p}`);
+    const allow = (p = path): ReturnType<typeof get> => get(gw, `/dicom-web${p}`, `${TOKEN}-allow`);
+    const detect = (p = path): ReturnType<typeof get> => get(gw, `/dicom-web${p}`, `${TOKEN}-detect`);
+    if (CPU_PROF) {
+      await direct(); // Orthanc's cache
+      const first = await detect();
+      console.log(`(2) first detect under --cpu-prof: ${Math.round(first.ms)} ms, gateway CPU ${first.cpuMs} ms`);
+      await gw.close();
+      await pacs.close();
+      proc.kill('SIGTERM');
+      await new Promise((r) => proc.once('exit', r));
+      for (const f of readdirSync(profDir).filter((n) => n.endsWith('.cpuprofile'))) {
+        console.log(`\n${f}:`);
+        for (const e of summarizeProfile(join(profDir, f), 15)) console.log(`  ${String(e.selfMs).padStart(8)} ms ${String(e.pct).padStart(5)} %  ${e.fn}  ${e.where}`);
+      }
+      return;
     }
-    const first = await detect();
+    await direct(); await allow(); // warm-up: Orthanc's cache, the gateway's facts
+    const runs = { direct: [] as number[], allow: [] as number[], allowCpu: [] as number[], first: [] as number[], firstCpu: [] as number[], later: [] as number[], laterCpu: [] as number[] };
+    // Alternating, on one copy per run: direct, allow (which also caches the instance's facts, as
+    // any earlier request would), then its first retrieve under detect.
+    for (let i = 0; i < RUNS; i++) {
+      const p = pathOf(copies[i % copies.length]!.sop);
+      runs.direct.push((await direct(p)).ms);
+      const a = await allow(p);
+      runs.allow.push(a.ms); runs.allowCpu.push(a.cpuMs);
+      if (i >= copies.length) continue;
+      const f = await detect(p);
+      runs.first.push(f.ms); runs.firstCpu.push(f.cpuMs);
+    }
+    const first = { ms: med(runs.first), cpuMs: med(runs.firstCpu), bytes: (await detect()).bytes };
     for (let i = 0; i < RUNS; i++) { const l = await detect(); runs.later.push(l.ms); runs.laterCpu.push(l.cpuMs); }
     const logged = readFileSync(join(dir, 'gateway.log'), 'utf8').split('\n').filter((l) => l.includes('text decision made')).map((l) => JSON.parse(l) as { analysisMs: number; framesRead: number; regions: number });
     const ref = med(runs.allow);
@@ -129,11 +166,13 @@ async function main(): Promise<void> {
       directMs: Math.round(med(runs.direct)), allowMs: Math.round(ref), allowCpuMs: Math.round(med(runs.allowCpu)),
       firstMs: Math.round(first.ms), firstCpuMs: Math.round(first.cpuMs), firstRatio: Number((first.ms / ref).toFixed(2)),
       laterMs: Math.round(med(runs.later)), laterCpuMs: Math.round(med(runs.laterCpu)), laterRatio: Number((med(runs.later) / ref).toFixed(2)),
-      analysisMs: logged[0]?.analysisMs, framesRead: logged[0]?.framesRead, regions: logged[0]?.regions,
+      firstRuns: runs.first.map(Math.round), allowRuns: runs.allow.map(Math.round),
+      analysisMs: med(logged.slice(0, runs.first.length).map((l) => l.analysisMs)), framesRead: logged[0]?.framesRead, regions: logged[0]?.regions,
     };
     result.cine = row;
     console.log(`(2) ${CINE_FRAMES}-frame 640 x 480 RGB cine (${row.mb} MB): direct ${row.directMs} ms; allow ${row.allowMs} ms (gateway CPU ${row.allowCpuMs} ms)`);
-    console.log(`    first detect ${row.firstMs} ms (${row.firstRatio}x allow; CPU ${row.firstCpuMs} ms; fetching and reading the instance (overlapped) ${row.analysisMs} ms over ${row.framesRead} frames, ${row.regions} regions)`);
+    console.log(`    first detect ${row.firstMs} ms (${row.firstRatio}x allow, median of ${runs.first.length} instances decided for the first time: ${row.firstRuns.join(', ')} ms against allow ${row.allowRuns.join(', ')} ms;`);
+    console.log(`      CPU ${row.firstCpuMs} ms; fetching and reading the instance (overlapped) ${Math.round(row.analysisMs ?? 0)} ms over ${row.framesRead} frames, ${row.regions} regions)`);
     console.log(`    later detect ${row.laterMs} ms (${row.laterRatio}x allow; CPU ${row.laterCpuMs} ms)`);
     console.log();
     console.log('| measure | figure | target | |');

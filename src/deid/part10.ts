@@ -85,6 +85,12 @@ export interface InstanceInfo {
 export interface Part10Options {
   /** Cap on the bytes held for the header (everything before pixel data). Default 64 MiB. */
   readonly maxHeaderBytes?: number;
+  /**
+   * The source's buffers are the caller's to change, and it does not read them again: pixel
+   * masks are written into them instead of into copies (a 92 MB cine held in memory is not
+   * copied to be masked).
+   */
+  readonly ownsInput?: boolean;
   /** Called once the header is de-identified, before any output. */
   readonly onInstance?: (info: InstanceInfo) => void;
   /**
@@ -411,7 +417,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
       if (mask?.length && !admitted?.detected && !regionsCover(g, mask)) throw new GatewayError('PIXELS_WITHHELD', 'the mask rule\'s regions fall outside this image and cover nothing', { auditReason: 'pixels-withheld:mask-covers-nothing' });
       const want = frameBytes(g) * g.frames;
       if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so regions cannot be located', { auditReason: 'pixels-withheld:cannot-clean' });
-      masker = pixelMasker(g, { regions: mask ?? [], overlayBits });
+      masker = pixelMasker(g, { regions: mask ?? [], overlayBits }, opts.ownsInput);
     }
   }
   let defaced = false;

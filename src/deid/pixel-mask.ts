@@ -120,7 +120,8 @@ export function maskRanges(g: PixelGeometry, regions: readonly Region[]): MaskRa
  * A transformer of the pixel data's bytes (offset 0 = the first byte of the value), applied
  * chunk by chunk as they stream.
  */
-export function pixelMasker(g: PixelGeometry, plan: MaskPlan): (chunk: Buffer) => Buffer {
+/** `inPlace`: the chunks are the caller's to change (it owns them): masks are written into them, not into copies. */
+export function pixelMasker(g: PixelGeometry, plan: MaskPlan, inPlace = false): (chunk: Buffer) => Buffer {
   checkGeometry(g);
   const ranges = maskRanges(g, plan.regions);
   const bpp = g.bitsAllocated / 8;
@@ -143,7 +144,7 @@ export function pixelMasker(g: PixelGeometry, plan: MaskPlan): (chunk: Buffer) =
     while (ri < ranges.length && ranges[ri]!.end <= start) ri++;
     const touches = ri < ranges.length && ranges[ri]!.start < end;
     if (!touches && clears.length === 0) return chunk;
-    const out = Buffer.from(chunk); // never write into the input's buffers
+    const out = inPlace ? chunk : Buffer.from(chunk); // else never write into the input's buffers
     for (let k = ri; k < ranges.length && ranges[k]!.start < end; k++) {
       const r = ranges[k]!;
       const a = Math.max(r.start, start) - start;

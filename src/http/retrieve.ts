@@ -179,6 +179,8 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     maskedPart = false;
     return deidentifyPart10(part.body, ctx, {
       maxHeaderBytes,
+      // The bytes fetched for the text decision are this request's alone: masked where they are.
+      ownsInput: !up,
       onInstance: (i) => { noteStudy(note, i.original.study, i.pseudonymous.study, patientOfPart, 1); rc.observeDeid?.('part10', i.deidSeconds); },
       admit: (attr) => {
         patientOfPart = attr(TAG.patientId);

@@ -55,15 +55,16 @@ const DARK = 2;
  * stroke when it is at least STROKE_CONTRAST brighter (darker) than both its neighbours r away
  * to the left and right, or than both above and below, for r in RADII. A stroke narrower than
  * twice the radius passes; the inside of a wide structure (the imaging sector, a colour bar, a
- * panel) and its edges do not. Outside the image is not ground.
+ * panel) and its edges do not. Outside the image is not ground. `out` is cleared by the caller;
+ * the stroke pixels' indices in the map are listed in `seeds`, in row order, and counted.
  */
-function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array, only?: Tiles): number {
+function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array, seeds: Int32Array, only?: Tiles): number {
   const W = w + 2;
+  let found = 0;
   const [r1, r2] = RADII;
   const c = STROKE_CONTRAST;
   const size = only?.size ?? w;
   const across = only ? Math.ceil(w / size) : 1;
-  let any = 0;
   for (let y = 0; y < h; y++) {
     const row = y * w;
     const orow = (y + 1) * W + 1;
@@ -86,12 +87,12 @@ function strokes(p: Uint8Array, w: number, h: number, out: Uint8Array, only?: Ti
         bits = borderBits(p, w, h, x, y, r1) | borderBits(p, w, h, x, y, r2);
         if (bits === (LIGHT | DARK)) bits = LIGHT;
       }
-      out[orow + x] = bits;
-      any |= bits;
+      // The map is cleared by the caller: only stroke pixels are written.
+      if (bits) { out[orow + x] = bits; seeds[found++] = orow + x; }
     }
     }
   }
-  return any;
+  return found;
 }
 
 /** Square tiles of `size` pixels, row by row; `dirty` marks the ones to read. */
@@ -113,13 +114,18 @@ function borderBits(p: Uint8Array, w: number, h: number, x: number, y: number, r
   return bits;
 }
 
-/** Working buffers, kept between calls (the detector runs frame after frame on one thread). */
-let work: { stroke: Uint8Array; label: Int32Array; stack: Int32Array; members: Int32Array } | undefined;
+/**
+ * Working buffers, kept between calls (the detector runs frame after frame on one thread).
+ * Component labels are not cleared between planes: each plane's labels start above the last
+ * plane's (`epoch`), so a label at or under it means "not labelled in this plane".
+ */
+let work: { stroke: Uint8Array; label: Int32Array; stack: Int32Array; members: Int32Array; seeds: Int32Array; epoch: number } | undefined;
 function scratch(n: number): NonNullable<typeof work> {
-  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n), members: new Int32Array(n) };
+  if (!work || work.stroke.length < n) work = { stroke: new Uint8Array(n), label: new Int32Array(n), stack: new Int32Array(n), members: new Int32Array(n), seeds: new Int32Array(n), epoch: 0 };
+  // Far from overflow: labels restart from zero.
+  if (work.epoch > 0x40000000) { work.label.fill(0); work.epoch = 0; }
   return work;
 }
-const W_OF = (w: number, h: number): number => (w + 2) * (h + 2);
 
 interface Glyph {
   x0: number; y0: number; x1: number; y1: number; // inclusive, image coordinates
@@ -142,14 +148,15 @@ export function detectPlane(plane: Uint8Array, w: number, h: number, tint?: Uint
   const tintSpread = lossy ? LOSSY_TINT_SPREAD : TINT_SPREAD;
   const W = w + 2;
   const n = W * (h + 2);
-  const { stroke, label, stack } = scratch(n);
-  stroke.fill(0, 0, n);
-  const any = strokes(plane, w, h, stroke, only);
-  const out: PlaneText[] = [];
-  for (const bit of [LIGHT, DARK]) {
-    if (any & bit) out.push(polarityLines(plane, tint, tintSpread, w, h, bit, stroke, label, stack));
-  }
-  return { lines: mergeBoxes(out.flatMap((o) => o.lines)), textPixels: out.reduce((s, o) => s + o.textPixels, 0), orphans: out.reduce((s, o) => s + o.orphans, 0) };
+  const s = scratch(n);
+  s.stroke.fill(0, 0, n);
+  const found = strokes(plane, w, h, s.stroke, s.seeds, only);
+  if (!found) return { lines: [], textPixels: 0, orphans: 0 };
+  const base = s.epoch;
+  const { light, dark, top } = glyphsOf(plane, tint, tintSpread, w, h, s, found, base);
+  s.epoch = top;
+  const out = [linesOf(light, tintSpread, w, h, LIGHT, s.stroke, s.label), linesOf(dark, tintSpread, w, h, DARK, s.stroke, s.label)];
+  return { lines: mergeBoxes(out.flatMap((o) => o.lines)), textPixels: out.reduce((a, o) => a + o.textPixels, 0), orphans: out.reduce((a, o) => a + o.orphans, 0) };
 }
 
 /** The 8-neighbourhood in the padded map. */
@@ -157,29 +164,33 @@ function neighbours(W: number): Int32Array {
   return Int32Array.from([-W - 1, -W, -W + 1, -1, 1, W - 1, W, W + 1]);
 }
 
-function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, tintSpread: number, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array, stack: Int32Array): PlaneText {
-  const pixelsOf = scratch(W_OF(w, h)).members;
+/**
+ * The glyph-like components of both polarities: 8-connected components of stroke pixels of one
+ * polarity (a pixel has one), walked from the stroke pass's seeds in row order, with labels
+ * above `base`. Answers each polarity's glyphs and the last label given.
+ */
+function glyphsOf(plane: Uint8Array, tint: Uint8Array | undefined, tintSpread: number, w: number, h: number, s: NonNullable<typeof work>, found: number, base: number): { light: Glyph[]; dark: Glyph[]; top: number } {
+  const { stroke, label, stack, members: pixelsOf, seeds } = s;
   const W = w + 2;
-  const n = W * (h + 2);
-  label.fill(0, 0, n);
   const nb = neighbours(W);
-  const light = bit === LIGHT;
-  // Connected components (8-neighbourhood) of this polarity's strokes, by a stack walk.
-  const glyphs: Glyph[] = [];
-  let next = 0;
-  for (let s = W; s < n - W; s++) {
-    if (!(stroke[s]! & bit) || label[s]) continue;
+  const light: Glyph[] = [], dark: Glyph[] = [];
+  let next = base;
+  for (let si = 0; si < found; si++) {
+    const seed = seeds[si]!;
+    if (label[seed]! > base) continue;
+    const bit = stroke[seed]!;
+    const isLight = bit === LIGHT;
     next++;
     let sp = 0;
-    stack[sp++] = s;
-    label[s] = next;
+    stack[sp++] = seed;
+    label[seed] = next;
     let x0 = W, y0 = h + 2, x1 = -1, y1 = -1, count = 0, tone = 0, peak = 0;
     while (sp > 0) {
       const q = stack[--sp]!;
       const y = (q / W) | 0;
       const x = q - y * W;
       const v = plane[(y - 1) * w + (x - 1)]!;
-      const level = light ? v : 255 - v;
+      const level = isLight ? v : 255 - v;
       pixelsOf[count] = (y - 1) * w + (x - 1);
       count++;
       tone += level;
@@ -187,7 +198,7 @@ function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, tintSpre
       if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
       for (let k = 0; k < 8; k++) {
         const r = q + nb[k]!;
-        if ((stroke[r]! & bit) && !label[r]) { label[r] = next; stack[sp++] = r; }
+        if ((stroke[r]! & bit) && label[r]! <= base) { label[r] = next; stack[sp++] = r; }
       }
     }
     const gw = x1 - x0 + 1;
@@ -200,7 +211,7 @@ function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, tintSpre
       for (let m = 0; m < count; m++) {
         const i = pixelsOf[m]!;
         const v = plane[i]!;
-        if ((light ? v : 255 - v) < peak - PEAK_SPREAD) continue;
+        if ((isLight ? v : 255 - v) < peak - PEAK_SPREAD) continue;
         const t = tint[i]!;
         if (t < tintLo) tintLo = t; if (t > tintHi) tintHi = t;
       }
@@ -209,14 +220,22 @@ function polarityLines(plane: Uint8Array, tint: Uint8Array | undefined, tintSpre
     // Glyphs that touch (bold or smoothed fonts) are one wide component: cut it where few
     // stroke pixels join the letters, and judge each piece as a glyph.
     const pieces = gw > gh * 3 + 2 ? splitTouching(label, W, next, x0, y0, x1, y1) : [{ x0, y0, x1, y1, count }];
+    const into = isLight ? light : dark;
     for (const p of pieces) {
       const pw = p.x1 - p.x0 + 1, ph = p.y1 - p.y0 + 1;
       if (ph < MIN_HEIGHT || ph > MAX_HEIGHT || pw > ph * 3 + 2 || p.count < 8) continue;
       const fill = p.count / (pw * ph);
       if (fill < 0.08 || (fill > 0.9 && pw > ph / 3)) continue;
-      glyphs.push({ x0: p.x0 - 1, y0: p.y0 - 1, x1: p.x1 - 1, y1: p.y1 - 1, count: p.count, tone: tone / count, peak, clean: 0, label: next, tint: (tintLo + tintHi) >> 1 });
+      into.push({ x0: p.x0 - 1, y0: p.y0 - 1, x1: p.x1 - 1, y1: p.y1 - 1, count: p.count, tone: tone / count, peak, clean: 0, label: next, tint: (tintLo + tintHi) >> 1 });
     }
   }
+  return { light, dark, top: next };
+}
+
+/** The text lines of one polarity's glyphs. */
+function linesOf(glyphs: Glyph[], tintSpread: number, w: number, h: number, bit: number, stroke: Uint8Array, label: Int32Array): PlaneText {
+  if (!glyphs.length) return { lines: [], textPixels: 0, orphans: 0 };
+  const W = w + 2;
   // Ground: other strokes of this polarity in a margin around the glyph (speckle and tissue are textured).
   for (const g of glyphs) {
     const m = Math.max(2, Math.round((g.y1 - g.y0 + 1) * 0.25));

@@ -38,8 +38,8 @@ function reference(g: PixelGeometry, input: Buffer, regions: Region[]): Buffer {
   return out;
 }
 
-function run(g: PixelGeometry, input: Buffer, regions: Region[], overlayBits: number[], chunkSizes: () => number): Buffer {
-  const m = pixelMasker(g, { regions, overlayBits });
+function run(g: PixelGeometry, input: Buffer, regions: Region[], overlayBits: number[], chunkSizes: () => number, inPlace = false): Buffer {
+  const m = pixelMasker(g, { regions, overlayBits }, inPlace);
   const parts: Buffer[] = [];
   for (let at = 0; at < input.length;) {
     const n = Math.min(input.length - at, Math.max(1, chunkSizes()));
@@ -75,6 +75,10 @@ describe('pixel masking', () => {
       }
       assert.ok(input.equals(copy), 'the input buffers are never written');
       assert.ok(!want.equals(input), 'the regions changed something');
+      // In place (the caller owns the chunks): the same bytes out, written into the input itself.
+      const owned = Buffer.from(input);
+      assert.ok(run(g, owned, REGIONS, [], () => 1 + Math.floor(rnd() * 17), true).equals(want), 'in place');
+      assert.ok(owned.equals(want), 'the owned input holds the masked bytes');
     });
   }
 
@@ -137,10 +141,15 @@ describe('the Part 10 engine with a mask', () => {
 
   test('the band is gone in every frame, the rest is bit-exact; Burned In Annotation NO and 113101', async () => {
     const { file, pixels } = usFile();
+    const before = Buffer.from(file);
     const out = await deidentifyPart10Buffer(file, engine(), { admit: () => ({ mask: band }) });
     const inst = readInstanceSync(out, inflateRawSync);
     const g: PixelGeometry = { rows: 16, columns: 24, samplesPerPixel: 3, bitsAllocated: 8, planarConfiguration: 0, frames: 3, photometric: 'RGB', littleEndian: true };
     assert.ok(inst.pixel!.equals(reference(g, pixels, band)), 'exactly the band, in every frame');
+    assert.ok(file.equals(before), 'the input is not written');
+    // ownsInput: the same output, masked in the caller's own buffer.
+    const owned = await deidentifyPart10Buffer(Buffer.from(file), engine(), { admit: () => ({ mask: band }), ownsInput: true });
+    assert.ok(readInstanceSync(owned, inflateRawSync).pixel!.equals(inst.pixel!), 'masked in place, the same pixels');
     const text = out.toString('latin1');
     const bia = inst.elements.find((e) => e.tag === 0x00280301)!;
     assert.equal(bia.value!.toString('latin1').trim(), 'NO');

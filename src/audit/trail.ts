@@ -20,7 +20,7 @@
  * Records hold UIDs, codes, counts, and keyed references to patients (`patientRef`, see
  * patientRef()): no name, ID, date or other value of a data set.
  */
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, writeSync, existsSync } from 'node:fs';
 import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import { GatewayError } from '../core/errors.js';
@@ -361,6 +361,26 @@ export class AuditTrail {
       const previousStart = this.start;
       this.start = present;
       this.write([retentionRecord(new Date(t).toISOString(), previousStart, present)]);
+    }
+  }
+
+  /**
+   * Makes every record written so far durable now (fdatasync), for a writer that must know it is
+   * before it acts on them (the offline export renames its files into place after this); throws
+   * AUDIT_UNAVAILABLE, and marks the trail unhealthy, when it cannot.
+   */
+  async syncNow(): Promise<void> {
+    if (this.fd < 0) throw this.unavailable();
+    if (!this.dirty) return;
+    // Off the event loop (the thread pool), so that other work goes on meanwhile; a record
+    // written during it is synced by the next call.
+    this.dirty = false;
+    try {
+      await new Promise<void>((resolve, reject) => fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      this.dirty = true;
+      this.problem = `the audit log cannot be synced to disk (${(e as NodeJS.ErrnoException).code ?? 'error'}); check state.dir`;
+      throw this.unavailable();
     }
   }
 

@@ -426,6 +426,28 @@ describe('deid-gateway command line', async () => {
     }
   });
 
+  test('deid --jobs: files processed at once give the same files and the same lines, in input order; a bad --jobs is a usage error', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: allow}\n' });
+    const one = run(['deid', '--config', cfg, '--client', 'vendor-a', '--jobs', '1', fx.dir, '--out', join(dir, 'one')]);
+    const many = run(['deid', '--config', cfg, '--client', 'vendor-a', '--jobs', '8', fx.dir, '--out', join(dir, 'many')]);
+    assert.equal(one.status, many.status, one.stderr + many.stderr);
+    const lines = (s: string, out: string): string[] => s.split('\n').filter(Boolean).map((l) => l.replace(out, 'OUT'));
+    assert.ok(lines(one.stdout, 'one').length > 3, 'files were written');
+    assert.deepEqual(lines(many.stdout, 'many'), lines(one.stdout, 'one'), 'the same lines in the same (input) order');
+    assert.deepEqual(lines(many.stderr, 'many').slice(0, -1), lines(one.stderr, 'one').slice(0, -1), 'the same refusals in the same order');
+    const a = files(join(dir, 'one')).map((p) => p.slice(join(dir, 'one').length)).sort();
+    const b = files(join(dir, 'many')).map((p) => p.slice(join(dir, 'many').length)).sort();
+    assert.deepEqual(b, a, 'the same files');
+    for (const p of a) assert.ok(readFileSync(join(dir, 'one', p)).equals(readFileSync(join(dir, 'many', p))), `${p}: the same bytes`);
+    assert.ok(!files(join(dir, 'many')).some((p) => p.endsWith('.part')), 'no temporary file left');
+    for (const bad of ['0', '65', '2.5', 'x']) {
+      const r = run(['deid', '--config', cfg, '--client', 'vendor-a', '--jobs', bad, fx.dir, '--out', join(dir, 'bad')]);
+      assert.equal(r.status, 2, `--jobs ${bad}`);
+      assert.match(r.stderr, /--jobs N takes a whole number from 1 to 64/);
+    }
+  });
+
   test('two clients get different pseudonyms for the same study', () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
     const cfg = config(dir, ['vendor-a', 'vendor-b']);

@@ -11,14 +11,17 @@
  *  - starts the gateway as a child process (`node dist/src/cli/main.js serve --config …`), so its
  *    memory can be read from /proc/<pid>/status (VmRSS sampled every 100 ms, VmHWM);
  *  - starts a pass-through HTTP proxy in Node (another child: no auth, no de-identification, no
- *    pre-flight query) as a reference for what any Node hop costs on the same machine;
+ *    pre-flight query) as a reference for what any Node hop costs on the same machine, and
+ *    nginx (Debian nginx-light, bench/nginx.ts: proxy_pass, 256 KiB buffers, keep-alive) as the
+ *    reference for what a C hop costs, when it is installed;
  *  - (a) WADO-RS retrieve of the whole 300-instance study, body consumed as it arrives (never
- *    buffered), directly from Orthanc, through the reference proxy and through the gateway:
+ *    buffered), directly from Orthanc, through nginx, the reference proxy and the gateway:
  *    warm-up, then timed runs, interleaved; median, best, first byte; ratio gateway / direct;
+ *    CPU per retrieve of each hop, and the gateway's over nginx's;
  *    plus the time Orthanc takes to answer the gateway's pre-flight query on its own;
  *  - (b) QIDO-RS `/studies?includefield=all` and `/studies/{uid}/series` at concurrency 16 for a
- *    few seconds each (and at concurrency 1 for 2 s), the three paths: median, p95, p99
- *    latency, throughput, the gateway's CPU per request, overhead;
+ *    few seconds each (and at concurrency 1 for 2 s), every path: median, p95, p99
+ *    latency, throughput, each hop's CPU per request, overhead (and over nginx's);
  *  - (c) peak RSS of the gateway process while it streams the ~1 GB study (VmHWM reset first,
  *    RSS trace by tenths of the run). Run first, before (a) and (b), so the figure is the
  *    streaming's; the VmHWM over the whole run is reported too;
@@ -58,6 +61,7 @@ import { generateCtSeries } from '../test/fixtures/generate.js';
 import { makeHeadPhantom } from '../test/fixtures/head-phantom.js';
 import { DICOMWEB_PLUGIN, freePort, startOrthanc, type OrthancHandle } from '../test/helpers/orthanc.js';
 import { projectRoot, summarizeProfile } from './common.js';
+import { nginxBinary, startNginx, type NginxHandle } from './nginx.js';
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -91,7 +95,12 @@ const ACCEPT_DICOM = 'multipart/related; type="application/dicom"';
 
 const TARGET_RATIO = 1.15;
 const TARGET_OVERHEAD_MS = 3;
-const TARGET_RSS_MB = 200;
+const TARGET_RSS_MB = 150;
+/** Issue 14: QIDO at concurrency 1 adds at most this to the median; at concurrency 16, at most nginx's addition plus TARGET_OVER_NGINX_MS. */
+const TARGET_C1_MS = 1;
+const TARGET_OVER_NGINX_MS = 2;
+/** Issue 14: the gateway's CPU per retrieve at most this many times nginx's. */
+const TARGET_HOP_CPU_OVER_NGINX = 3;
 
 function intEnv(name: string, dflt: number, zeroOk = false): number {
   const v = process.env[name];
@@ -407,7 +416,7 @@ async function startProxyChild(upstreamOrigin: string): Promise<{ url: string; p
 // ---------------------------------------------------------------------------
 // HTTP measurements
 
-interface Target { readonly name: 'direct' | 'proxy' | 'gateway'; readonly pool: Pool; readonly base: string; readonly headers: Record<string, string> }
+interface Target { readonly name: 'direct' | 'nginx' | 'proxy' | 'gateway'; readonly pool: Pool; readonly base: string; readonly headers: Record<string, string> }
 
 /** GET, body consumed chunk by chunk and counted (never buffered). */
 async function getCounted(t: Target, path: string, accept: string): Promise<{ ms: number; ttfbMs: number; bytes: number; status: number }> {
@@ -475,6 +484,7 @@ async function main(): Promise<void> {
   let orthancPid: number | undefined;
   let gw: GatewayChild | undefined;
   let proxy: Awaited<ReturnType<typeof startProxyChild>> | undefined;
+  let nginx: NginxHandle | undefined;
   const pools: Pool[] = [];
   const result: Record<string, unknown> = {};
   try {
@@ -534,6 +544,13 @@ async function main(): Promise<void> {
     console.log(`setup done in ${fmt((now() - tSetup) / 1000, 1)} s\n`);
 
     proxy = await startProxyChild(orthanc.httpUrl);
+    // nginx, the C reference hop (Debian nginx-light): in the same run when it is installed.
+    const nginxBin = nginxBinary();
+    if (nginxBin) {
+      const u = new URL(orthanc.httpUrl);
+      nginx = await startNginx(nginxBin, join(work, 'nginx'), await freePort(), `${u.hostname}:${u.port}`);
+      console.log(`nginx: ${nginxBin}, proxy_pass with 256 KiB buffers and keep-alive (bench/nginx.ts)`);
+    } else console.log('nginx: not installed (apt-get install nginx-light): its reference column stays empty');
     // Orthanc answers `Keep-Alive: timeout=1`; undici's default keepAliveTimeoutThreshold (2 s)
     // would then open a new connection per request. The measuring client keeps its
     // connections (threshold 200 ms) so the direct baseline is what a good client gets.
@@ -541,8 +558,11 @@ async function main(): Promise<void> {
     const direct: Target = { name: 'direct', pool: new Pool(new URL(orthanc.httpUrl).origin, poolOpts), base: '/dicom-web', headers: {} };
     const passThrough: Target = { name: 'proxy', pool: new Pool(proxy.url, poolOpts), base: '/dicom-web', headers: {} };
     const gateway: Target = { name: 'gateway', pool: new Pool(gw.url, poolOpts), base: '/dicom-web', headers: { authorization: `Bearer ${TOKEN}` } };
-    pools.push(direct.pool, passThrough.pool, gateway.pool);
-    const all = [direct, passThrough, gateway];
+    const viaNginx: Target | undefined = nginx ? { name: 'nginx', pool: new Pool(nginx.url, poolOpts), base: '/dicom-web', headers: {} } : undefined;
+    pools.push(direct.pool, passThrough.pool, gateway.pool, ...(viaNginx ? [viaNginx.pool] : []));
+    const all = [direct, ...(viaNginx ? [viaNginx] : []), passThrough, gateway];
+    // CPU of a path's hop: the gateway's or the proxy's process, nginx's master and worker.
+    const hopCpu = (t: Target): number => (t.name === 'gateway' ? cpuMs(gw!.pid) : t.name === 'proxy' ? (proxy ? cpuMs(proxy.pid) : 0) : t.name === 'nginx' ? (nginx?.pids() ?? []).reduce((s, p) => s + cpuMs(p), 0) : 0);
 
     // UIDs: the originals from Orthanc, the pseudonyms from the gateway (found by instance count).
     const dRows = await getJson<Row[]>(direct, '/studies');
@@ -686,18 +706,17 @@ async function main(): Promise<void> {
 
     if (PHASES.has('a')) {
       console.log(`(a) WADO-RS retrieve of the ${INSTANCES}-instance study: ${WARMUPS} warm-up + ${RUNS} timed runs per path, interleaved (proxy = pass-through reference)`);
-      const runs: Record<Target['name'], { ms: number; ttfbMs: number; bytes: number }[]> = { direct: [], proxy: [], gateway: [] };
+      const runs: Record<Target['name'], { ms: number; ttfbMs: number; bytes: number }[]> = { direct: [], nginx: [], proxy: [], gateway: [] };
       // CPU of every process per timed retrieve, by path: what the two cores have to do.
-      const cpuOf: Record<Target['name'], { orthanc: number; client: number; hop: number }[]> = { direct: [], proxy: [], gateway: [] };
+      const cpuOf: Record<Target['name'], { orthanc: number; client: number; hop: number }[]> = { direct: [], nginx: [], proxy: [], gateway: [] };
       const cpu0 = cpuMs(gw.pid);
       rssSampler.start();
       for (let i = 0; i < WARMUPS + RUNS; i++) {
         for (let j = 0; j < all.length; j++) {
           const t = all[(i + j) % all.length]!;
-          const hopPid = t.name === 'gateway' ? gw.pid : t.name === 'proxy' ? proxy?.pid : undefined;
-          const c0 = { orthanc: orthancPid ? cpuMs(orthancPid) : NaN, client: selfCpuMs(), hop: hopPid ? cpuMs(hopPid) : 0 };
+          const c0 = { orthanc: orthancPid ? cpuMs(orthancPid) : NaN, client: selfCpuMs(), hop: hopCpu(t) };
           const r = await getCounted(t, `/studies/${ctUid(t)}`, ACCEPT_DICOM);
-          if (i >= WARMUPS) cpuOf[t.name].push({ orthanc: (orthancPid ? cpuMs(orthancPid) : NaN) - c0.orthanc, client: selfCpuMs() - c0.client, hop: (hopPid ? cpuMs(hopPid) : 0) - c0.hop });
+          if (i >= WARMUPS) cpuOf[t.name].push({ orthanc: (orthancPid ? cpuMs(orthancPid) : NaN) - c0.orthanc, client: selfCpuMs() - c0.client, hop: hopCpu(t) - c0.hop });
           if (r.status !== 200) throw new Error(`${t.name} retrieve: HTTP ${r.status}`);
           const warm = i < WARMUPS;
           console.log(`    ${warm ? 'warm-up' : `run ${i - WARMUPS + 1}  `} ${t.name.padEnd(7)} ${fmt(r.ms, 0).padStart(6)} ms  (first byte ${fmt(r.ttfbMs, 0)} ms, ${fmt(r.bytes / MB, 1)} MB, ${fmt(r.bytes / MB / (r.ms / 1000), 0)} MB/s)`);
@@ -718,9 +737,9 @@ async function main(): Promise<void> {
         runsMs: rs.map((r) => round(r.ms, 1)), medianMs: round(median(rs.map((r) => r.ms)), 1), bestMs: round(Math.min(...rs.map((r) => r.ms)), 1),
         medianTtfbMs: round(median(rs.map((r) => r.ttfbMs)), 1), bytes: rs[0]?.bytes ?? 0, medianMBps: round((rs[0]?.bytes ?? 0) / MB / (median(rs.map((r) => r.ms)) / 1000), 1),
       });
-      const d = summary(runs.direct), x = summary(runs.proxy), g = summary(runs.gateway);
+      const d = summary(runs.direct), x = summary(runs.proxy), g = summary(runs.gateway), n = runs.nginx.length ? summary(runs.nginx) : undefined;
       result.retrieve = {
-        study: { instances: INSTANCES, rows: ROWS, cols: COLS }, direct: d, proxy: x, gateway: g,
+        study: { instances: INSTANCES, rows: ROWS, cols: COLS }, direct: d, proxy: x, gateway: g, ...(n ? { nginx: n, nginxRatioMedian: round(n.medianMs / d.medianMs, 3) } : {}),
         ratioMedian: round(g.medianMs / d.medianMs, 3), ratioBest: round(g.bestMs / d.bestMs, 3), proxyRatioMedian: round(x.medianMs / d.medianMs, 3),
         preflightQidoMs: { runs: preflight.map((v) => round(v, 1)), median: round(median(preflight), 1) },
         gatewayCpuMsPerRetrieve: round(gwCpu / (WARMUPS + RUNS), 0), gatewayPeakRssMiB: round(rssSampler.maxKiB / 1024, 1),
@@ -731,7 +750,8 @@ async function main(): Promise<void> {
       // the hop 2 x 1.15 x direct wall - (Orthanc + client CPU).
       const med = (k: Target['name'], f: 'orthanc' | 'client' | 'hop'): number => median(cpuOf[k].map((c) => c[f]));
       const budget: Record<string, unknown> = {};
-      for (const k of ['direct', 'proxy', 'gateway'] as const) {
+      for (const k of ['direct', 'nginx', 'proxy', 'gateway'] as const) {
+        if (!cpuOf[k].length) continue;
         const o = med(k, 'orthanc'), cl = med(k, 'client'), hop = med(k, 'hop');
         budget[k] = { orthancCpuMs: round(o, 0), clientCpuMs: round(cl, 0), hopCpuMs: round(hop, 0), floorMs: round((o + cl + hop) / 2, 0) };
         console.log(`    CPU per retrieve, ${k.padEnd(7)}: Orthanc ${fmt(o, 0)} ms + client ${fmt(cl, 0)} ms${k === 'direct' ? '' : ` + ${k} ${fmt(hop, 0)} ms`} = ${fmt(o + cl + hop, 0)} ms on 2 cores, so at least ${fmt((o + cl + hop) / 2, 0)} ms of wall time`);
@@ -739,7 +759,12 @@ async function main(): Promise<void> {
       const allowed = 2 * TARGET_RATIO * d.medianMs - (med('direct', 'orthanc') + med('direct', 'client'));
       budget.gatewayCpuAllowedMs = round(allowed, 0);
       (result.retrieve as Record<string, unknown>).cpuBudget = budget;
-      console.log(`    ${TARGET_RATIO}x direct (${fmt(TARGET_RATIO * d.medianMs, 0)} ms) leaves a hop at most ${fmt(allowed, 0)} ms of CPU per retrieve on this machine; the reference proxy uses ${fmt(med('proxy', 'hop'), 0)} ms, the gateway ${fmt(med('gateway', 'hop'), 0)} ms\n`);
+      console.log(`    ${TARGET_RATIO}x direct (${fmt(TARGET_RATIO * d.medianMs, 0)} ms) leaves a hop at most ${fmt(allowed, 0)} ms of CPU per retrieve on this machine; the reference proxy uses ${fmt(med('proxy', 'hop'), 0)} ms, the gateway ${fmt(med('gateway', 'hop'), 0)} ms${cpuOf.nginx.length ? `, nginx ${fmt(med('nginx', 'hop'), 0)} ms` : ''}\n`);
+      if (cpuOf.nginx.length) {
+        const ratio = med('gateway', 'hop') / med('nginx', 'hop');
+        budget.gatewayHopCpuOverNginx = round(ratio, 2);
+        console.log(`    hop CPU per retrieve, gateway / nginx: ${fmt(ratio, 1)}x (target <= ${TARGET_HOP_CPU_OVER_NGINX}x); retrieve time, nginx / direct: ${fmt(n!.medianMs / d.medianMs, 2)}x\n`);
+      }
     }
 
     // ---- (b) QIDO latency under concurrency
@@ -754,11 +779,10 @@ async function main(): Promise<void> {
         const per: Partial<Record<Target['name'], LoadResult>> = {};
         for (const t of all) {
           await load(t, q.path(t), QIDO_CONCURRENCY, 1);
-          const hopPid = t.name === 'gateway' ? gw.pid : t.name === 'proxy' ? proxy?.pid : undefined;
-          const c0 = { orthanc: orthancPid ? cpuMs(orthancPid) : NaN, client: selfCpuMs(), hop: hopPid ? cpuMs(hopPid) : 0 };
+          const c0 = { orthanc: orthancPid ? cpuMs(orthancPid) : NaN, client: selfCpuMs(), hop: hopCpu(t) };
           const r = per[t.name] = await load(t, q.path(t), QIDO_CONCURRENCY, QIDO_SECONDS);
           // CPU per request of every process: at concurrency 16 on 2 cores, p50 ~ 16 x (their sum) / 2.
-          const perReq = { orthanc: ((orthancPid ? cpuMs(orthancPid) : NaN) - c0.orthanc) / r.requests, client: (selfCpuMs() - c0.client) / r.requests, hop: ((hopPid ? cpuMs(hopPid) : 0) - c0.hop) / r.requests };
+          const perReq = { orthanc: ((orthancPid ? cpuMs(orthancPid) : NaN) - c0.orthanc) / r.requests, client: (selfCpuMs() - c0.client) / r.requests, hop: (hopCpu(t) - c0.hop) / r.requests };
           Object.assign(r, { cpuPerRequestMs: { orthanc: round(perReq.orthanc, 3), client: round(perReq.client, 3), hop: round(perReq.hop, 3) } });
           const cpu = `, CPU/request: Orthanc ${fmt(perReq.orthanc, 2)} + client ${fmt(perReq.client, 2)}${t === direct ? '' : ` + ${t.name} ${fmt(perReq.hop, 2)}`} ms`;
           console.log(`    ${q.label.padEnd(26)} ${t.name.padEnd(7)} ${String(r.requests).padStart(6)} requests, ${fmt(r.rps, 0).padStart(5)} req/s, p50 ${fmt(r.p50, 2)} ms, p95 ${fmt(r.p95, 2)} ms, p99 ${fmt(r.p99, 2)} ms${r.errors ? `, ${r.errors} errors` : ''}${cpu}`);
@@ -766,16 +790,16 @@ async function main(): Promise<void> {
         // One client at a time: the overhead without queueing, for reference.
         const solo: Partial<Record<Target['name'], LoadResult>> = {};
         for (const t of all) solo[t.name] = await load(t, q.path(t), 1, 2);
-        console.log(`    ${q.label.padEnd(26)} concurrency 1: p50 direct ${fmt(solo.direct!.p50, 2)} ms, proxy ${fmt(solo.proxy!.p50, 2)} ms, gateway ${fmt(solo.gateway!.p50, 2)} ms`);
+        console.log(`    ${q.label.padEnd(26)} concurrency 1: p50 direct ${fmt(solo.direct!.p50, 2)} ms,${solo.nginx ? ` nginx ${fmt(solo.nginx.p50, 2)} ms,` : ''} proxy ${fmt(solo.proxy!.p50, 2)} ms, gateway ${fmt(solo.gateway!.p50, 2)} ms`);
         // With every core busy, 16 requests in flight wait for each other's CPU (Little's law):
         // +3 ms of median leaves a hop about 3 x 2 cores / 16 of CPU per request.
         const hopOf = (r: LoadResult | undefined): number => (r as { cpuPerRequestMs?: { hop: number } } | undefined)?.cpuPerRequestMs?.hop ?? NaN;
         console.log(`    ${q.label.padEnd(26)} +${TARGET_OVERHEAD_MS} ms at concurrency ${QIDO_CONCURRENCY} on ${cpus().length} cores leaves a hop ~${fmt((TARGET_OVERHEAD_MS * cpus().length) / QIDO_CONCURRENCY, 2)} ms of CPU per request; the reference proxy uses ${fmt(hopOf(per.proxy), 2)} ms, the gateway ${fmt(hopOf(per.gateway), 2)} ms`);
         qido[q.key] = {
-          path: q.label, concurrency: QIDO_CONCURRENCY, direct: per.direct, proxy: per.proxy, gateway: per.gateway,
+          path: q.label, concurrency: QIDO_CONCURRENCY, direct: per.direct, proxy: per.proxy, gateway: per.gateway, ...(per.nginx ? { nginx: per.nginx, nginxOverheadP50Ms: round(per.nginx.p50 - per.direct!.p50, 2) } : {}),
           overheadP50Ms: round(per.gateway!.p50 - per.direct!.p50, 2), overheadP95Ms: round(per.gateway!.p95 - per.direct!.p95, 2),
           proxyOverheadP50Ms: round(per.proxy!.p50 - per.direct!.p50, 2),
-          concurrency1: { direct: solo.direct, proxy: solo.proxy, gateway: solo.gateway, overheadP50Ms: round(solo.gateway!.p50 - solo.direct!.p50, 2), proxyOverheadP50Ms: round(solo.proxy!.p50 - solo.direct!.p50, 2) },
+          concurrency1: { direct: solo.direct, nginx: solo.nginx, proxy: solo.proxy, gateway: solo.gateway, overheadP50Ms: round(solo.gateway!.p50 - solo.direct!.p50, 2), proxyOverheadP50Ms: round(solo.proxy!.p50 - solo.direct!.p50, 2) },
         };
       }
       result.qido = qido;
@@ -791,6 +815,7 @@ async function main(): Promise<void> {
   } finally {
     for (const p of pools) await p.close();
     await proxy?.stop();
+    await nginx?.stop();
     const code = await gw?.stop();
     if (gw && code !== 0) console.log(`note: the gateway exited with ${code}`);
     if (gw && process.env.BENCH_KEEP_LOG === '1') writeFileSync(join(outDir, 'gateway.log'), readFileSync(gw.logFile));
@@ -801,47 +826,58 @@ async function main(): Promise<void> {
   // ---- report
   const loadEnd = loadavg().map((x) => round(x, 2));
   type Timing = { medianMs: number; bestMs: number; medianTtfbMs: number };
-  const a = result.retrieve as { ratioMedian: number; direct: Timing; proxy: Timing; gateway: Timing; preflightQidoMs: { median: number } } | undefined;
-  const b = result.qido as Record<string, { direct: LoadResult; proxy: LoadResult; gateway: LoadResult; overheadP50Ms: number; path: string; concurrency1: { direct: LoadResult; proxy: LoadResult; gateway: LoadResult } }> | undefined;
+  const a = result.retrieve as { ratioMedian: number; direct: Timing; nginx?: Timing; proxy: Timing; gateway: Timing; preflightQidoMs: { median: number }; cpuBudget?: Record<string, { hopCpuMs?: number }> & { gatewayHopCpuOverNginx?: number } } | undefined;
+  const b = result.qido as Record<string, { direct: LoadResult; nginx?: LoadResult; proxy: LoadResult; gateway: LoadResult; overheadP50Ms: number; nginxOverheadP50Ms?: number; path: string; concurrency1: { direct: LoadResult; nginx?: LoadResult; proxy: LoadResult; gateway: LoadResult } }> | undefined;
   const c = result.rss as { peakMB: number; peakMiB: number; study: { uploadedBytes: number } } | undefined;
   const targets: Record<string, { value: number; target: string; met: boolean }> = {};
-  const lines: string[][] = [['measurement', 'direct', 'proxy (ref.)', 'gateway', 'figure', 'target', 'verdict']];
+  const lines: string[][] = [['measurement', 'direct', 'nginx (ref.)', 'proxy (ref.)', 'gateway', 'figure', 'target', 'verdict']];
+  const nx = (f: (x: NonNullable<typeof a>['direct']) => string, t?: Timing): string => (t ? f(t) : '');
   const ms0 = (x: number): string => `${fmt(x, 0)} ms`;
   const ms2 = (x: number): string => `${fmt(x, 2)} ms`;
   const plus = (x: number): string => `${x >= 0 ? '+' : ''}${fmt(x, 2)} ms`;
   if (a) {
     targets.retrieveRatio = { value: a.ratioMedian, target: `<= ${TARGET_RATIO}`, met: a.ratioMedian <= TARGET_RATIO };
-    lines.push([`(a) WADO-RS study, ${INSTANCES} inst., median`, ms0(a.direct.medianMs), ms0(a.proxy.medianMs), ms0(a.gateway.medianMs), `${fmt(a.ratioMedian, 2)}x`, `<= ${TARGET_RATIO}x`, a.ratioMedian <= TARGET_RATIO ? 'MET' : 'MISSED']);
-    lines.push(['    best', ms0(a.direct.bestMs), ms0(a.proxy.bestMs), ms0(a.gateway.bestMs), `${fmt(a.gateway.bestMs / a.direct.bestMs, 2)}x`, '', '']);
-    lines.push(['    first byte (median)', ms0(a.direct.medianTtfbMs), ms0(a.proxy.medianTtfbMs), ms0(a.gateway.medianTtfbMs), '', '', '']);
-    lines.push(['    pre-flight QIDO at Orthanc (median)', ms0(a.preflightQidoMs.median), '', '', '', '', '']);
+    lines.push([`(a) WADO-RS study, ${INSTANCES} inst., median`, ms0(a.direct.medianMs), a.nginx ? `${ms0(a.nginx.medianMs)} (${fmt(a.nginx.medianMs / a.direct.medianMs, 2)}x)` : '', ms0(a.proxy.medianMs), ms0(a.gateway.medianMs), `${fmt(a.ratioMedian, 2)}x`, `<= ${TARGET_RATIO}x`, a.ratioMedian <= TARGET_RATIO ? 'MET' : 'MISSED']);
+    lines.push(['    best', ms0(a.direct.bestMs), nx((t) => ms0(t.bestMs), a.nginx), ms0(a.proxy.bestMs), ms0(a.gateway.bestMs), `${fmt(a.gateway.bestMs / a.direct.bestMs, 2)}x`, '', '']);
+    lines.push(['    first byte (median)', ms0(a.direct.medianTtfbMs), nx((t) => ms0(t.medianTtfbMs), a.nginx), ms0(a.proxy.medianTtfbMs), ms0(a.gateway.medianTtfbMs), '', '', '']);
+    lines.push(['    pre-flight QIDO at Orthanc (median)', ms0(a.preflightQidoMs.median), '', '', '', '', '', '']);
+    const cb = a.cpuBudget;
+    if (cb?.gatewayHopCpuOverNginx !== undefined) {
+      const over = cb.gatewayHopCpuOverNginx;
+      targets.hopCpuOverNginx = { value: over, target: `<= ${TARGET_HOP_CPU_OVER_NGINX}`, met: over <= TARGET_HOP_CPU_OVER_NGINX };
+      lines.push(['    hop CPU per retrieve (median)', '', ms0(cb.nginx?.hopCpuMs ?? NaN), ms0(cb.proxy?.hopCpuMs ?? NaN), ms0(cb.gateway?.hopCpuMs ?? NaN), `${fmt(over, 1)}x nginx`, `<= ${TARGET_HOP_CPU_OVER_NGINX}x`, over <= TARGET_HOP_CPU_OVER_NGINX ? 'MET' : 'MISSED']);
+    }
   }
   if (b) {
     for (const [k, q] of Object.entries(b)) {
       targets[`qidoOverhead_${k}`] = { value: q.overheadP50Ms, target: `<= ${TARGET_OVERHEAD_MS} ms`, met: q.overheadP50Ms <= TARGET_OVERHEAD_MS };
-      lines.push([`(b) QIDO ${q.path} c=${QIDO_CONCURRENCY} p50`, ms2(q.direct.p50), ms2(q.proxy.p50), ms2(q.gateway.p50), plus(q.overheadP50Ms), `<= ${TARGET_OVERHEAD_MS} ms`, q.overheadP50Ms <= TARGET_OVERHEAD_MS ? 'MET' : 'MISSED']);
-      lines.push(['    p95', ms2(q.direct.p95), ms2(q.proxy.p95), ms2(q.gateway.p95), plus(q.gateway.p95 - q.direct.p95), '', '']);
-      lines.push(['    throughput', `${fmt(q.direct.rps, 0)} req/s`, `${fmt(q.proxy.rps, 0)} req/s`, `${fmt(q.gateway.rps, 0)} req/s`, '', '', '']);
-      lines.push(['    c=1 p50', ms2(q.concurrency1.direct.p50), ms2(q.concurrency1.proxy.p50), ms2(q.concurrency1.gateway.p50), plus(q.concurrency1.gateway.p50 - q.concurrency1.direct.p50), '', '']);
+      if (q.nginxOverheadP50Ms !== undefined) targets[`qidoOverheadOverNginx_${k}`] = { value: round(q.overheadP50Ms - q.nginxOverheadP50Ms, 2), target: `<= nginx's + ${TARGET_OVER_NGINX_MS} ms`, met: q.overheadP50Ms <= q.nginxOverheadP50Ms + TARGET_OVER_NGINX_MS };
+      lines.push([`(b) QIDO ${q.path} c=${QIDO_CONCURRENCY} p50`, ms2(q.direct.p50), q.nginx ? ms2(q.nginx.p50) : '', ms2(q.proxy.p50), ms2(q.gateway.p50), plus(q.overheadP50Ms), `<= ${TARGET_OVERHEAD_MS} ms`, q.overheadP50Ms <= TARGET_OVERHEAD_MS ? 'MET' : 'MISSED']);
+      lines.push(['    p95', ms2(q.direct.p95), q.nginx ? ms2(q.nginx.p95) : '', ms2(q.proxy.p95), ms2(q.gateway.p95), plus(q.gateway.p95 - q.direct.p95), '', '']);
+      lines.push(['    throughput', `${fmt(q.direct.rps, 0)} req/s`, q.nginx ? `${fmt(q.nginx.rps, 0)} req/s` : '', `${fmt(q.proxy.rps, 0)} req/s`, `${fmt(q.gateway.rps, 0)} req/s`, '', '', '']);
+      const c1 = q.concurrency1.gateway.p50 - q.concurrency1.direct.p50;
+      targets[`qidoC1_${k}`] = { value: round(c1, 2), target: `<= +${TARGET_C1_MS} ms`, met: c1 <= TARGET_C1_MS };
+      lines.push(['    c=1 p50', ms2(q.concurrency1.direct.p50), q.concurrency1.nginx ? ms2(q.concurrency1.nginx.p50) : '', ms2(q.concurrency1.proxy.p50), ms2(q.concurrency1.gateway.p50), plus(c1), `<= +${TARGET_C1_MS} ms`, c1 <= TARGET_C1_MS ? 'MET' : 'MISSED']);
+      if (q.nginxOverheadP50Ms !== undefined) lines.push([`    c=${QIDO_CONCURRENCY} added over nginx's added`, '', plus(q.nginxOverheadP50Ms), '', '', plus(q.overheadP50Ms - q.nginxOverheadP50Ms), `<= +${TARGET_OVER_NGINX_MS} ms`, q.overheadP50Ms <= q.nginxOverheadP50Ms + TARGET_OVER_NGINX_MS ? 'MET' : 'MISSED']);
     }
   }
   if (c) {
     targets.peakRss = { value: c.peakMB, target: `< ${TARGET_RSS_MB} MB`, met: c.peakMB < TARGET_RSS_MB };
-    lines.push([`(c) gateway peak RSS, ${fmt(c.study.uploadedBytes / MB, 0)} MB study`, '', '', `${fmt(c.peakMB, 0)} MB`, `${fmt(c.peakMiB, 0)} MiB`, `< ${TARGET_RSS_MB} MB`, c.peakMB < TARGET_RSS_MB ? 'MET' : 'MISSED']);
+    lines.push([`(c) gateway peak RSS, ${fmt(c.study.uploadedBytes / MB, 0)} MB study`, '', '', '', `${fmt(c.peakMB, 0)} MB`, `${fmt(c.peakMiB, 0)} MiB`, `< ${TARGET_RSS_MB} MB`, c.peakMB < TARGET_RSS_MB ? 'MET' : 'MISSED']);
   }
   for (const f of (result.faces as { series: string; firstRatio: number; laterRatio: number; peakRssMB: number; analysisMs: number }[] | undefined) ?? []) {
-    lines.push([`(d) ${f.series}: first defacing / allow`, '', '', `${fmt(f.firstRatio, 2)}x`, `analysis ${fmt(f.analysisMs, 0)} ms`, `<= ${TARGET_FACE_FIRST}x`, f.firstRatio <= TARGET_FACE_FIRST ? 'MET' : 'MISSED']);
+    lines.push([`(d) ${f.series}: first defacing / allow`, '', '', '', `${fmt(f.firstRatio, 2)}x`, `analysis ${fmt(f.analysisMs, 0)} ms`, `<= ${TARGET_FACE_FIRST}x`, f.firstRatio <= TARGET_FACE_FIRST ? 'MET' : 'MISSED']);
     const ff = f as unknown as { floorRatio: number; coldFirstRatio: number; firstRatios: number[] };
-    lines.push([`    each copy's first / allow (the first: cold)`, '', '', ff.firstRatios.map((x) => `${fmt(x, 2)}`).join(' '), '', '', '']);
-    lines.push(['    floor: allow + direct fetch of the sampled instances', '', '', `${fmt(ff.floorRatio, 2)}x`, '', '', '']);
-    lines.push(['    later (stored decision) / allow', '', '', `${fmt(f.laterRatio, 2)}x`, '', `<= ${TARGET_FACE_LATER}x`, f.laterRatio <= TARGET_FACE_LATER ? 'MET' : 'MISSED']);
-    lines.push(['    peak RSS while defacing', '', '', `${fmt(f.peakRssMB, 0)} MB`, '', `< ${TARGET_FACE_RSS_MB} MB`, f.peakRssMB < TARGET_FACE_RSS_MB ? 'MET' : 'MISSED']);
+    lines.push([`    each copy's first / allow (the first: cold)`, '', '', '', ff.firstRatios.map((x) => `${fmt(x, 2)}`).join(' '), '', '', '']);
+    lines.push(['    floor: allow + direct fetch of the sampled instances', '', '', '', `${fmt(ff.floorRatio, 2)}x`, '', '', '']);
+    lines.push(['    later (stored decision) / allow', '', '', '', `${fmt(f.laterRatio, 2)}x`, '', `<= ${TARGET_FACE_LATER}x`, f.laterRatio <= TARGET_FACE_LATER ? 'MET' : 'MISSED']);
+    lines.push(['    peak RSS while defacing', '', '', '', `${fmt(f.peakRssMB, 0)} MB`, '', `< ${TARGET_FACE_RSS_MB} MB`, f.peakRssMB < TARGET_FACE_RSS_MB ? 'MET' : 'MISSED']);
     targets[`facesFirst ${f.series}`] = { value: f.firstRatio, target: `<= ${TARGET_FACE_FIRST}x`, met: f.firstRatio <= TARGET_FACE_FIRST };
     targets[`facesLater ${f.series}`] = { value: f.laterRatio, target: `<= ${TARGET_FACE_LATER}x`, met: f.laterRatio <= TARGET_FACE_LATER };
     targets[`facesPeakRss ${f.series}`] = { value: f.peakRssMB, target: `< ${TARGET_FACE_RSS_MB} MB`, met: f.peakRssMB < TARGET_FACE_RSS_MB };
   }
   const hwm = result.gatewayVmHwmWholeRunMiB as number | undefined;
-  if (hwm !== undefined) lines.push(['    gateway VmHWM over the whole run', '', '', `${fmt((hwm * MiB) / MB, 0)} MB`, `${fmt(hwm, 0)} MiB`, '', '']);
+  if (hwm !== undefined) lines.push(['    gateway VmHWM over the whole run', '', '', '', `${fmt((hwm * MiB) / MB, 0)} MB`, `${fmt(hwm, 0)} MiB`, '', '']);
   const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
   const row = (l: string[]): string => `| ${l.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(' | ')} |`;
   console.log(row(lines[0]!));

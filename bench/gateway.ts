@@ -48,6 +48,7 @@
  *   BENCH_TRANSPORT            the gateway's upstream.transport (default: the gateway's own default)
  *   BENCH_GATEWAY_NODE_FLAGS   extra node flags for the gateway child (e.g. "--trace-gc")
  *   BENCH_KEEP_LOG (0)         1: copy the gateway's log (stderr) to bench/out/gateway.log
+ *   BENCH_GATEWAY_ENTRY        run another build's dist/src/cli/main.js as the gateway (a before/after)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -135,6 +136,8 @@ const median = (xs: readonly number[]): number => {
 
 /** The command that runs the gateway CLI: the compiled one next to this file, or the source through tsx. */
 function gatewayCommand(root: string): string[] {
+  // Another build's entry (an earlier commit's dist/src/cli/main.js), for a before/after.
+  if (process.env.BENCH_GATEWAY_ENTRY) return [process.env.BENCH_GATEWAY_ENTRY];
   const compiled = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
   if (import.meta.url.endsWith('.js') && existsSync(compiled)) return [compiled];
   return ['--import', 'tsx', join(root, 'src/cli/main.ts')];

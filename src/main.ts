@@ -34,7 +34,6 @@ import type { QueryResolver } from './http/query.js';
 import { loadOrCreateMasterSecret } from './pseudonym/secret.js';
 import { openSqliteStore } from './pseudonym/store.js';
 import { fromSqlite, type GatewayPseudonymStore } from './pseudonym/shared.js';
-import { openPostgresState } from './state/postgres.js';
 import { createUndiciUpstream, type Upstream } from './upstream/client.js';
 import { createHttpProxyUpstream } from './upstream/http-proxy.js';
 import { createNodeHttpUpstream } from './upstream/node-http.js';
@@ -95,6 +94,8 @@ export function buildParts(cfg: Config): GatewayParts {
 export async function buildPartsAsync(cfg: Config): Promise<GatewayParts> {
   if (!cfg.state.store) return buildParts(cfg);
   loadOrCreateMasterSecret(cfg.state.dir);
+  // Loaded only for a PostgreSQL state store (pg and its parsers: about 8 MB resident).
+  const { openPostgresState } = await import('./state/postgres.js');
   const pg = await openPostgresState(cfg.state.store, { passwordFile: cfg.state.storePasswordFile });
   return { ...assemble(cfg, pg.pseudonyms, pg.limits, pg.spool), closeState: () => pg.close(), faceStore: pg.faces, textStore: pg.text };
 }

@@ -3,7 +3,8 @@
  * node:http (default, node-http.ts), undici Pool (here) and http-proxy (http-proxy.ts).
  * Keep-alive, connect and response timeouts, and a client abort cancels the upstream request.
  */
-import { Pool } from 'undici';
+import { createRequire } from 'node:module';
+import type { Pool as UndiciPool } from 'undici';
 import { GatewayError } from '../core/errors.js';
 import { upstreamHeaders } from './headers.js';
 
@@ -65,6 +66,9 @@ export function mapUpstreamStatus(status: number): GatewayError {
 
 /** An undici Pool to the PACS origin. */
 export function createUndiciUpstream(opts: UpstreamOptions): Upstream {
+  // Loaded only when this transport is chosen: a gateway on the default one does not carry it
+  // (about 10 MB of resident memory).
+  const { Pool } = createRequire(import.meta.url)('undici') as { Pool: typeof UndiciPool };
   const root = new URL(opts.url);
   const base = root.pathname.replace(/\/+$/, '');
   const pool = new Pool(root.origin, {

@@ -6,7 +6,8 @@
  */
 import http from 'node:http';
 import { PassThrough } from 'node:stream';
-import httpProxy from 'http-proxy';
+import { createRequire } from 'node:module';
+import type HttpProxy from 'http-proxy';
 import { GatewayError } from '../core/errors.js';
 import { mapUpstreamFailure, type Upstream, type UpstreamOptions } from './client.js';
 import { upstreamHeaders } from './headers.js';
@@ -18,6 +19,8 @@ interface Pending {
 }
 
 export function createHttpProxyUpstream(opts: UpstreamOptions): Upstream {
+  // Loaded only when this transport is chosen (see createUndiciUpstream).
+  const httpProxy = createRequire(import.meta.url)('http-proxy') as typeof HttpProxy;
   const root = new URL(opts.url);
   const base = root.pathname.replace(/\/+$/, '');
   const agent = new http.Agent({ keepAlive: true, maxSockets: opts.connections ?? 32 });

@@ -8,10 +8,11 @@
  * body (fastify reply.js).
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'winston';
 import { StreamShares } from './shares.js';
-import { writeBody } from './write-body.js';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { AuditSink } from '../audit/sink.js';
 import type { Upstream } from '../upstream/client.js';
@@ -202,14 +203,13 @@ async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void>
     await l.audit();
     if (held) yield held;
   }
-  // writeBody ends the body when the client goes away; the handler's abort controller
+  // pipeline destroys both sides when the client goes away; the handler's abort controller
   // (res 'close') cancels the upstream request. A client that stops reading is gone too: once
   // nothing has moved on its connection for idleMs, the response is closed, and with it the
   // upstream request and the client's share of the PACS (issue 15).
   res.setTimeout(idleMs, () => res.destroy());
-  await writeBody(res, rest());
+  await pipeline(Readable.from(rest(), { objectMode: false }), res);
 }
-
 
 /**
  * A refusal whose request body is not read: the connection closes once the answer is out, so a

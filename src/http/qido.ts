@@ -92,11 +92,15 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   const modalitiesAsked = level === 'study' && partial && q.matchKeys.has('00080061') ? up.get('00080061') ?? '' : undefined;
   const push = (tag: string, value: string): void => { if (!q.matchKeys.has(tag)) up.set(tag, value); };
   // Push the scope down where the PACS matches it exactly (comma lists work for UIDs, codes and
-  // accession numbers on Orthanc); each row is checked again below either way.
-  if (level === 'study' && !path.startsWith('/studies/')) {
+  // accession numbers on Orthanc); each row is checked again below either way. The allow-list
+  // goes down at every level (a series or instance query names study-level keys too), so that
+  // the PACS never returns, and the gateway never examines, the rows of studies the client may
+  // not see: how long a query takes, and whether it is cut by server.maxQueryScan, then do not
+  // depend on them (issue 15).
+  if (!path.startsWith('/studies/')) {
     if (rules.studies && rules.accessions?.size === 0 && rules.studies.size > 0 && rules.studies.size <= 200) push('0020000D', [...rules.studies].join(','));
     if (rules.accessions && rules.studies?.size === 0 && rules.accessions.size > 0 && rules.accessions.size <= 200) push('00080050', [...rules.accessions].join(','));
-    if (rules.modalities?.size === 1) push('00080061', [...rules.modalities][0]!);
+    if (level === 'study' && rules.modalities?.size === 1) push('00080061', [...rules.modalities][0]!);
   }
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
     return emptyJsonReply(q.warnings);

@@ -147,7 +147,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     return r.text.split(`--${m[2]}`).length - 2;
   }
 
-  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial'];
+  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial'];
 
   function config(extra: { maxQueryScan?: number } = {}): Config {
     return validateConfig({
@@ -167,6 +167,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
         if (id === 'cohort-d') c.scope = { studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
         // An allow-list of accession numbers only: pushed down to the PACS as one comma list.
         if (id === 'by-accession') c.scope = { accessionNumbers: [S[0]!.accession, S[3]!.accession, S[5]!.accession] };
+        if (id === 'by-uid') c.scope = { studies: [S[0]!.uid, S[5]!.uid] };
         if (id === 'sr-only') c.scope = { sopClasses: [SOP_SR] };
         if (id === 'expired') c.scope = { validUntil: '2020-01-01' };
         if (id === 'future') c.scope = { validFrom: '2099-01-01T00:00:00Z' };
@@ -524,6 +525,32 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.equal((await get(`/dicom-web/studies/${S[5]!.uid}/metadata`, 'by-accession')).status, 200);
     assert.equal((await get(`/dicom-web/studies/${S[1]!.uid}/metadata`, 'by-accession')).status, 404);
     assert.equal((await get(`/dicom-web/studies/${S[3]!.uid}/metadata`, 'by-accession')).status, 404);
+  });
+
+  test('below study level the allow-list is pushed down too: hidden studies are neither fetched nor examined, so no Warning counts them', async () => {
+    // 30 instances in the PACS, 4 of them in the client's two studies; a budget of 6 records.
+    const total = S.reduce((n, s) => n + s.series.reduce((m, x) => m + x.instances.length, 0), 0);
+    assert.ok(total > 12, `the PACS holds ${total} instances`);
+    const other = await start(config({ maxQueryScan: 6 }));
+    try {
+      for (const [client, key, listed] of [['by-uid', '0020000D', [S[0]!.uid, S[5]!.uid]], ['by-accession', '00080050', [S[0]!.accession, S[3]!.accession, S[5]!.accession]]] as const) {
+        for (const level of ['instances', 'series'] as const) {
+          const mark = proxy.seen.length;
+          const r = await get(`/dicom-web/${level}?limit=100`, client, undefined, other.gw.url);
+          assert.equal(r.status, 200, r.text);
+          assert.equal(r.headers.get('warning'), null, `${client} /${level}: nothing hidden was examined, so no truncation`);
+          const want = level === 'instances'
+            ? [S[0]!, S[5]!].flatMap((s) => s.series.flatMap((x) => x.instances)).sort()
+            : [S[0]!, S[5]!].flatMap((s) => s.series.map((x) => x.uid)).sort();
+          assert.deepEqual((r.json() as Row[]).map((x) => val(x, level === 'instances' ? '00080018' : '0020000E')).sort(), want);
+          const up = proxy.seen.slice(mark).filter((u) => u.startsWith(`/dicom-web/${level}?`));
+          assert.ok(up.length >= 1, 'the PACS was asked');
+          for (const u of up) assert.deepEqual(new URL(u, 'http://x').searchParams.get(key)?.split(',').sort(), [...listed].sort(), `${client} /${level}: the allow-list reaches the PACS`);
+        }
+      }
+    } finally {
+      await other.gw.close();
+    }
   });
 
   test('the records the scope checks read count against server.maxQueryScan', async () => {

@@ -97,11 +97,21 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // the PACS never returns, and the gateway never examines, the rows of studies the client may
   // not see: how long a query takes, and whether it is cut by server.maxQueryScan, then do not
   // depend on them (issue 15).
+  // Whether the rows the PACS returns are bounded by the client's own studies (one study in the
+  // path, or its allow-list pushed down).
+  let ownStudies = path.startsWith('/studies/');
   if (!path.startsWith('/studies/')) {
-    if (rules.studies && rules.accessions?.size === 0 && rules.studies.size > 0 && rules.studies.size <= 200) push('0020000D', [...rules.studies].join(','));
-    if (rules.accessions && rules.studies?.size === 0 && rules.accessions.size > 0 && rules.accessions.size <= 200) push('00080050', [...rules.accessions].join(','));
+    if (rules.studies && rules.accessions?.size === 0 && rules.studies.size > 0 && rules.studies.size <= 200 && !q.matchKeys.has('0020000D')) { push('0020000D', [...rules.studies].join(',')); ownStudies = true; }
+    if (rules.accessions && rules.studies?.size === 0 && rules.accessions.size > 0 && rules.accessions.size <= 200 && !q.matchKeys.has('00080050')) { push('00080050', [...rules.accessions].join(',')); ownStudies = true; }
     if (level === 'study' && rules.modalities?.size === 1) push('00080061', [...rules.modalities][0]!);
   }
+  // Shifted dates (issue 15): a window widened from the client's value ([x + min, x + max]) would
+  // make the PACS return, and the gateway examine, the studies whose original date falls in it,
+  // hidden ones included, and the time taken would tell a client where its studies' original
+  // dates (and so their offsets) lie. Where the rows are bounded by the client's own studies,
+  // the PACS is asked for all of them whatever the date asked, and the dates are matched here
+  // on the shifted values only: the work no longer depends on the date.
+  if (ownStudies) for (const f of q.dateFilters) up.delete(f.tag);
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
     return emptyJsonReply(q.warnings);
   }
@@ -116,7 +126,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     const from = [gFrom, rules.studyDate.from].filter((x): x is string => !!x).sort().at(-1);
     const until = [gUntil, rules.studyDate.until].filter((x): x is string => !!x).sort()[0];
     if (from && until && from > until) return emptyJsonReply(q.warnings);
-    if (!q.matchKeys.has('00080020') || given) up.set('00080020', `${from ?? ''}-${until ?? ''}`);
+    if (!up.has('00080020') || given) up.set('00080020', `${from ?? ''}-${until ?? ''}`);
   }
   if (level !== 'study' && rules.modalities) push('00080060', [...rules.modalities].join(','));
   if (level !== 'study' && rules.bodyParts?.size === 1) push('00180015', [...rules.bodyParts][0]!);

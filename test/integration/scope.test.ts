@@ -147,7 +147,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     return r.text.split(`--${m[2]}`).length - 2;
   }
 
-  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial'];
+  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'shifted-list', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial'];
 
   function config(extra: { maxQueryScan?: number } = {}): Config {
     return validateConfig({
@@ -168,6 +168,11 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
         // An allow-list of accession numbers only: pushed down to the PACS as one comma list.
         if (id === 'by-accession') c.scope = { accessionNumbers: [S[0]!.accession, S[3]!.accession, S[5]!.accession] };
         if (id === 'by-uid') c.scope = { studies: [S[0]!.uid, S[5]!.uid] };
+        // Shifted dates and an allow-list that names the opted-out patient's study (S3).
+        if (id === 'shifted-list') {
+          c.profile = { options: ['retainLongitudinalModifiedDates'], dateShift: { minDays: 10, maxDays: 400 } };
+          c.scope = { studies: [S[0]!.uid, S[2]!.uid, S[3]!.uid, S[5]!.uid] };
+        }
         if (id === 'sr-only') c.scope = { sopClasses: [SOP_SR] };
         if (id === 'expired') c.scope = { validUntil: '2020-01-01' };
         if (id === 'future') c.scope = { validFrom: '2099-01-01T00:00:00Z' };
@@ -420,6 +425,35 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       assert.ok(part10.includes(Buffer.from(pid, 'latin1')), `the retrieve of ${uid} carries the Patient ID of the study row`);
     }
     assert.ok(pids.size >= 1);
+  });
+
+  test('shifted dates of an allow-listed client: the PACS is asked the same whatever the date, so timing cannot locate original dates', async () => {
+    const mine = (await rows('/dicom-web/studies', 'shifted-list')).map((r) => ({ pseudo: String(val(r, '0020000D')), shifted: String(val(r, '00080020')) }));
+    assert.equal(mine.length, 3, 'S0, S2 and S5 (S3 is opted out)');
+    const asked: string[][] = [];
+    for (const x of mine) {
+      const mark = proxy.seen.length;
+      const got = (await rows(`/dicom-web/studies?StudyDate=${x.shifted}`, 'shifted-list')).map((r) => String(val(r, '0020000D')));
+      assert.deepEqual(got, mine.filter((m) => m.shifted === x.shifted).map((m) => m.pseudo), `StudyDate=${x.shifted}: exactly the studies of that shifted date`);
+      asked.push(proxy.seen.slice(mark).filter((u) => u.startsWith('/dicom-web/studies?')));
+    }
+    // Dates with no study of the client's, before, between and after: the same PACS query again.
+    for (const x of ['19900101', '20200615-20200620', '-20000101', '20300101-']) {
+      const mark = proxy.seen.length;
+      assert.deepEqual(await rows(`/dicom-web/studies?StudyDate=${x}`, 'shifted-list'), []);
+      asked.push(proxy.seen.slice(mark).filter((u) => u.startsWith('/dicom-web/studies?')));
+    }
+    const first = JSON.stringify(asked[0]);
+    for (const a of asked) assert.equal(JSON.stringify(a), first, 'one and the same upstream query for every date asked');
+    assert.ok(!new URL(asked[0]![0]!, 'http://x').searchParams.has('00080020'), 'no date window derived from the client\'s value reaches the PACS');
+    // The series level too (the attack's /series?Modality=…&StudyDate=x).
+    const s1 = proxy.seen.length;
+    await rows(`/dicom-web/series?Modality=CT&StudyDate=${mine[0]!.shifted}`, 'shifted-list');
+    const s2 = proxy.seen.length;
+    await rows('/dicom-web/series?Modality=CT&StudyDate=19900101', 'shifted-list');
+    const q1 = proxy.seen.slice(s1, s2).filter((u) => u.startsWith('/dicom-web/series?'));
+    const q2 = proxy.seen.slice(s2).filter((u) => u.startsWith('/dicom-web/series?'));
+    assert.deepEqual(q2, q1, 'series queries ask the PACS the same whatever the date');
   });
 
   test('allowed match keys per client; identifying keys refused with a stable code', async () => {

@@ -1,0 +1,124 @@
+/**
+ * Timing side channel of shifted-date queries (issue 15), measured as the attack measures it:
+ * a client with Retain Longitudinal Modified Dates queries `StudyDate=x` on its shifted time
+ * line, and compares how long answers take. A window that holds the original date of one of its
+ * own studies (which does not match x), or the date of an opted-out patient's study on its
+ * allow-list, must not answer more slowly than an empty one.
+ *
+ *   npm run bench:timing            (BENCH_TIMING_N requests per case, default 40)
+ *
+ * Two clients with the same shift range and the same studies (the cohort fixture in a real
+ * Orthanc, an opted-out patient's study on the list): `listed` is scoped by an allow-list of
+ * study UIDs (the gateway then asks the PACS the same whatever x is), `filtered` by a study
+ * date range (the gateway asks for the widened window [x + minDays, x + maxDays]). The cases are
+ * interleaved (rotated each round); the table shows each case's median and its gap to the empty window's (target:
+ * at most 0.5 ms, about the noise of a loopback request). Writes bench/out/timing.json.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import winston from 'winston';
+import { validateConfig } from '../src/config/schema.js';
+import { buildParts, startGateway } from '../src/main.js';
+import { generateCohort } from '../test/fixtures/cohort.js';
+import { startOrthanc } from '../test/helpers/orthanc.js';
+import { projectRoot } from './common.js';
+
+const N = Number(process.env.BENCH_TIMING_N ?? '40') || 40;
+const TARGET_MS = 0.5;
+const MIN_DAYS = 10, MAX_DAYS = 400;
+
+const sha = (t: string): string => createHash('sha256').update(t).digest('hex');
+const med = (xs: readonly number[]): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; };
+const addDays = (d: string, n: number): string => {
+  const t = new Date(Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8)) + n * 86_400_000);
+  return t.toISOString().slice(0, 10).replace(/-/g, '');
+};
+
+async function main(): Promise<void> {
+  const root = projectRoot(import.meta.url);
+  const cohort = generateCohort();
+  const S = cohort.studies;
+  const optedOut = S[3]!; // MRN-70003 of HOSP-B, opted out below
+  const own = S[0]!;
+  const orthanc = await startOrthanc();
+  const dir = mkdtempSync(join(tmpdir(), 'bench-timing-'));
+  try {
+    await orthanc.upload([...cohort.files]);
+    const studies = [S[0]!.uid, S[2]!.uid, optedOut.uid, S[5]!.uid];
+    const cfg = validateConfig({
+      server: { host: '127.0.0.1', port: 0 },
+      upstream: { url: orthanc.dicomWebUrl },
+      state: { dir },
+      optOut: { patients: [{ id: optedOut.patientId, issuer: optedOut.issuer }] },
+      clients: ['listed', 'filtered'].map((id) => ({
+        id, apiKeySha256: sha(`${id}-token-0123456789`),
+        profile: { options: ['retainLongitudinalModifiedDates'], dateShift: { minDays: MIN_DAYS, maxDays: MAX_DAYS } },
+        scope: id === 'listed' ? { studies } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } },
+      })),
+    }, join(dir, 'gateway.yaml'));
+    const gw = await startGateway(cfg, { ...buildParts(cfg), log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
+    const get = async (client: string, x: string): Promise<{ ms: number; rows: number }> => {
+      const t0 = performance.now();
+      const r = await fetch(`${gw.url}/dicom-web/studies?StudyDate=${x}`, { headers: { authorization: `Bearer ${client}-token-0123456789` } });
+      const body = await r.json() as unknown[];
+      if (r.status !== 200) throw new Error(`${client} StudyDate=${x}: HTTP ${r.status}`);
+      return { ms: performance.now() - t0, rows: body.length };
+    };
+    // The own study's shifted date, to choose an x whose window holds its original date but
+    // which does not match it: x = original - 200 days (offset != 200 for this study, checked).
+    const shiftedOwn = async (client: string): Promise<string> => {
+      const r = await fetch(`${gw.url}/dicom-web/studies?includefield=00080020`, { headers: { authorization: `Bearer ${client}-token-0123456789` } });
+      const rows = await r.json() as Record<string, { Value?: unknown[] }>[];
+      // The study whose shifted date lies 10–400 days before its original: the own study S0.
+      const dates = rows.map((o) => String(o['00080020']?.Value?.[0] ?? ''));
+      const d = dates.find((s) => s <= addDays(own.date, -MIN_DAYS) && s >= addDays(own.date, -MAX_DAYS));
+      if (!d) throw new Error('the own study was not found');
+      return d;
+    };
+    const result: Record<string, unknown> = { date: new Date().toISOString(), n: N };
+    const lines: string[] = [];
+    for (const client of ['listed', 'filtered']) {
+      const shifted = await shiftedOwn(client);
+      let xOwn = addDays(own.date, -200);
+      if (xOwn === shifted) xOwn = addDays(own.date, -201);
+      const cases: [string, string][] = [
+        ['empty window', '19000101'],
+        ['window holds an own study\'s original date', xOwn],
+        ['window holds an opted-out study\'s date', addDays(optedOut.date, -200)],
+      ];
+      for (const [, x] of cases) for (let i = 0; i < 5; i++) await get(client, x); // warm-up
+      const times = cases.map(() => [] as number[]);
+      const rowsSeen = cases.map(() => 0);
+      for (let i = 0; i < N; i++) {
+        // Rotated each round, so that no case always comes first.
+        for (let j = 0; j < cases.length; j++) {
+          const k = (i + j) % cases.length;
+          const r = await get(client, cases[k]![1]);
+          times[k]!.push(r.ms);
+          rowsSeen[k] = r.rows;
+        }
+      }
+      const base = med(times[0]!);
+      const out: Record<string, unknown> = {};
+      cases.forEach(([label], k) => {
+        const m = med(times[k]!);
+        out[label] = { medianMs: Number(m.toFixed(3)), gapMs: Number((m - base).toFixed(3)), rows: rowsSeen[k] };
+        lines.push(`| ${client} | ${label} | ${rowsSeen[k]} | ${m.toFixed(2)} ms | ${k === 0 ? '—' : `${(m - base) >= 0 ? '+' : ''}${(m - base).toFixed(2)} ms`} | ${k === 0 ? '' : Math.abs(m - base) <= TARGET_MS ? 'MET' : 'MISSED'} |`);
+      });
+      result[client] = out;
+    }
+    console.log(`shifted-date QIDO timing, ${N} requests per case, interleaved (medians)\n`);
+    console.log('| client | StudyDate=x, where the window [x+min, x+max] | rows | median | gap to empty | <= 0.5 ms |');
+    console.log('|---|---|---|---|---|---|');
+    for (const l of lines) console.log(l);
+    await gw.close();
+    mkdirSync(join(root, 'bench/out'), { recursive: true });
+    writeFileSync(join(root, 'bench/out/timing.json'), `${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    await orthanc.stop();
+  }
+}
+
+main().catch((e: unknown) => { console.error(e); process.exit(1); });

@@ -16,8 +16,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { stat, unlink } from 'node:fs/promises';
-import { close as fsClose, open as fsOpen, writev as fsWritev } from 'node:fs';
-import { closeSync, openSync, readSync, createReadStream, createWriteStream, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { close as fsClose, closeSync, createReadStream, createWriteStream, mkdirSync, open as fsOpen, openSync, readFileSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync, writev as fsWritev } from 'node:fs';
 import { join, relative } from 'node:path';
 import { userInfo } from 'node:os';
 import { pipeline } from 'node:stream/promises';

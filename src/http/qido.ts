@@ -78,7 +78,7 @@ const QIDO_PAGE_MAX = 1000;
  * records the checks of those rows read), with a Warning when results may be incomplete.
  * The page (at most `limit` rows) is held, then sent, so the Warning can lead the response.
  */
-async function filteredQido(rc: RequestContext, level: Level, path: string, q: ReturnType<typeof mapQuery>): Promise<Reply> {
+async function filteredQido(rc: RequestContext, level: Level, path: string, q: ReturnType<typeof mapQuery>, collect?: (o: JsonDataset, out: JsonDataset) => void): Promise<Reply> {
   const rules = rc.client.scope.rules();
   const up = new URLSearchParams(q.upstream);
   // Study-level keys that aggregate over series (PS3.4 C.6.1.1.5 "…in Study") are matched by the
@@ -112,6 +112,22 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // the PACS is asked for all of them whatever the date asked, and the dates are matched here
   // on the shifted values only: the work no longer depends on the date.
   if (ownStudies) for (const f of q.dateFilters) up.delete(f.tag);
+  // Other clients (scoped by filters, or unrestricted) match StudyDate on the client's date index:
+  // the shifted dates of every study it may see, read from the PACS at most once a minute
+  // whatever is asked. The PACS is then asked for the matching studies by UID (no date window),
+  // so that neither the rows it returns nor the gateway's work depend on hidden studies.
+  const extraWarnings: string[] = [];
+  const studyDate = q.dateFilters.find((f) => f.tag === '00080020');
+  if (!ownStudies && studyDate && !collect) {
+    const idx = await dateIndex(rc);
+    if (idx.truncated) extraWarnings.push(`299 deid-gateway "Dates were matched on the first ${idx.dates.size} studies in scope only (server.maxQueryScan); results may be incomplete. Narrow the scope."`);
+    let uids = [...idx.dates].filter(([, d]) => passesDateFilters([studyDate], { '00080020': { Value: [d] } })).map(([u]) => u);
+    if (q.matchKeys.has('0020000D')) { const asked = new Set((up.get('0020000D') ?? '').split(',')); uids = uids.filter((u) => asked.has(u)); }
+    if (!uids.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
+    up.delete('00080020');
+    // More than a list can carry: the PACS returns the scope's rows for any date, matched here.
+    if (uids.length <= 200) up.set('0020000D', uids.join(','));
+  }
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
     return emptyJsonReply(q.warnings);
   }
@@ -153,7 +169,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   const examined = (): number => scanned + examinedRecords(rc) - examinedBefore;
   // The first page asks for what the client's page would need if nothing were filtered out
   // (offset + limit); each further page asks for twice as many, up to QIDO_PAGE_MAX.
-  let want = Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
+  let want = collect ? QIDO_PAGE_MAX : Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
   pages: for (;;) {
     // Never more than one row past what the budget has left, so that stopping at the budget knows
     // whether more exist (and never 0, which the PACS reads as "unlimited").
@@ -183,6 +199,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
       // row's pseudonymous Patient ID and date shift are the ones metadata and retrieve give.
       const out = qidoRow(rc, o, level);
       for (const t of strip) delete out[t];
+      if (collect) { collect(o, out); continue; }
       if (!passesDateFilters(q.dateFilters, out)) continue;
       if (skipped < q.offset) { skipped++; continue; }
       noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
@@ -194,11 +211,50 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     upOffset += pageSize;
     want = Math.min(QIDO_PAGE_MAX, want * 2);
   }
-  const warnings = [...q.warnings];
+  const warnings = [...q.warnings, ...extraWarnings];
   if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${examined()} records; results may be incomplete. Narrow the query."`);
   const headers: Record<string, string> = { 'content-type': DICOM_JSON };
   if (warnings.length) headers.warning = warnings.join(', ');
   return { status: 200, headers, body: withFlush(rc, (async function* () { yield Buffer.from(`[${rows.join(',')}]`); })()) };
+}
+
+/** How long a client's date index is reused, ms: a study added to the PACS is matched by date after at most this. */
+const DATE_INDEX_TTL_MS = 60_000;
+
+interface DateIndex { readonly at: number; readonly dates: ReadonlyMap<string, string>; readonly truncated: boolean }
+
+/** Per client's scope rules (a reloaded list file makes new rules, and so a new index). */
+const dateIndexes = new WeakMap<object, { building: Promise<DateIndex>; done?: DateIndex }>();
+
+/**
+ * A client's date index: original Study Instance UID → the StudyDate the client sees (shifted),
+ * for every study in its scope, read from the PACS with the scope pushed down and every row
+ * checked as a query's would be. Built in a context of its own (its records do not count
+ * against the request's maxQueryScan, its rows are not the request's results), shared by
+ * concurrent requests, reused for DATE_INDEX_TTL_MS.
+ */
+async function dateIndex(rc: RequestContext): Promise<DateIndex> {
+  const key = rc.client.scope.rules();
+  const entry = dateIndexes.get(key);
+  if (entry && (!entry.done || Date.now() - entry.done.at < DATE_INDEX_TTL_MS)) return entry.building;
+  const own: RequestContext = { ...rc, note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() } };
+  const slot: { building: Promise<DateIndex>; done?: DateIndex } = { building: Promise.resolve({ at: 0, dates: new Map(), truncated: false }) };
+  slot.building = (async (): Promise<DateIndex> => {
+    const dates = new Map<string, string>();
+    const q = mapQuery(new URLSearchParams([['includefield', '00080020']]), rc.client.ctx.plan, rc.resolver, { maxLimit: Number.MAX_SAFE_INTEGER });
+    const reply = await filteredQido(own, 'study', '/studies', q, (o, out) => {
+      const uid = o['0020000D']?.Value?.[0];
+      const d = out['00080020']?.Value?.[0];
+      if (typeof uid === 'string' && typeof d === 'string') dates.set(uid, d);
+    });
+    for await (const _ of reply.body) { /* an empty array */ }
+    const index = { at: Date.now(), dates, truncated: /stopped after examining/.test(reply.headers.warning ?? '') };
+    slot.done = index;
+    return index;
+  })();
+  dateIndexes.set(key, slot);
+  slot.building.catch(() => { if (dateIndexes.get(key) === slot) dateIndexes.delete(key); });
+  return slot.building;
 }
 
 /**

@@ -456,6 +456,35 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     assert.deepEqual(q2, q1, 'series queries ask the PACS the same whatever the date');
   });
 
+  test('shifted dates of a client scoped by filters are matched on its date index: no window from the asked date reaches the PACS', async () => {
+    const all: { pseudo: string; shifted: string }[] = [];
+    for (let offset = 0; offset < 6; offset += 4) {
+      for (const r of await rows(`/dicom-web/studies?offset=${offset}`, 'cohort-b')) all.push({ pseudo: String(val(r, '0020000D')), shifted: String(val(r, '00080020')) });
+    }
+    const asked: { x: string; up: string[]; found: number }[] = [];
+    for (const x of [all[0]!.shifted, all[2]!.shifted, '19900101', '20200615-20200620', `-${all[1]!.shifted}`]) {
+      const m = proxy.seen.length;
+      const got = (await rows(`/dicom-web/studies?StudyDate=${x}`, 'cohort-b')).map((r) => String(val(r, '00080020'))).sort();
+      const [from, until] = x.includes('-') ? x.split('-') : [x, x];
+      assert.deepEqual(got, all.map((a) => a.shifted).filter((d) => (!from || d >= from) && (!until || d <= until)).sort(), `StudyDate=${x}`);
+      asked.push({ x, found: got.length, up: proxy.seen.slice(m).filter((u) => /^\/dicom-web\/studies\?/.test(u)) });
+    }
+    assert.ok(asked.some((a) => a.found > 0) && asked.some((a) => a.found === 0), 'dates with and without studies were asked');
+    // Each date query asks for its matching studies by UID; a request without a UID list is the
+    // date index's scan of the scope, made at most once here (it is reused for a minute).
+    let scans = 0;
+    for (const a of asked) {
+      for (const u of a.up) {
+        const sp = new URL(u, 'http://x').searchParams;
+        assert.equal(sp.get('00080020'), '20200101-20201231', `StudyDate=${a.x}: only the scope's own range reaches the PACS, never a window from the asked date`);
+        if (!sp.has('0020000D')) scans++;
+      }
+      // Matching studies are asked for by UID; a date no visible study has is answered from the index alone.
+      assert.equal(a.up.some((u) => new URL(u, 'http://x').searchParams.has('0020000D')), a.found > 0, `StudyDate=${a.x}`);
+    }
+    assert.ok(scans <= 1, `the scope was scanned ${scans} times for the index`);
+  });
+
   test('allowed match keys per client; identifying keys refused with a stable code', async () => {
     const r = await get('/dicom-web/studies?ModalitiesInStudy=CT', 'cohort-b');
     assert.equal(r.status, 400);

@@ -230,14 +230,16 @@ const dateIndexes = new WeakMap<object, { building: Promise<DateIndex>; done?: D
  * A client's date index: original Study Instance UID → the StudyDate the client sees (shifted),
  * for every study in its scope, read from the PACS with the scope pushed down and every row
  * checked as a query's would be. Built in a context of its own (its records do not count
- * against the request's maxQueryScan, its rows are not the request's results), shared by
- * concurrent requests, reused for DATE_INDEX_TTL_MS.
+ * against the request's maxQueryScan, its rows are not the request's results, a client that
+ * goes away does not cancel it), shared by concurrent requests, reused for DATE_INDEX_TTL_MS.
+ * The PACS's answers bound it (server.maxQueryScan records, then `truncated`).
  */
 async function dateIndex(rc: RequestContext): Promise<DateIndex> {
   const key = rc.client.scope.rules();
   const entry = dateIndexes.get(key);
   if (entry && (!entry.done || Date.now() - entry.done.at < DATE_INDEX_TTL_MS)) return entry.building;
-  const own: RequestContext = { ...rc, note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() } };
+  // Not tied to the request that starts it (others may be waiting for it), nor to its counters.
+  const own: RequestContext = { ...rc, signal: new AbortController().signal, note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() } };
   const slot: { building: Promise<DateIndex>; done?: DateIndex } = { building: Promise.resolve({ at: 0, dates: new Map(), truncated: false }) };
   slot.building = (async (): Promise<DateIndex> => {
     const dates = new Map<string, string>();

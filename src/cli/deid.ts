@@ -16,7 +16,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { stat, unlink } from 'node:fs/promises';
-import { close as fsClose, closeSync, createReadStream, createWriteStream, mkdirSync, open as fsOpen, openSync, readFileSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync, writev as fsWritev } from 'node:fs';
+import { close as fsClose, closeSync, createReadStream, fstatSync, createWriteStream, mkdirSync, open as fsOpen, openSync, readFileSync, readSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync, writev as fsWritev } from 'node:fs';
 import { join, relative } from 'node:path';
 import { userInfo } from 'node:os';
 import { pipeline } from 'node:stream/promises';
@@ -155,24 +155,26 @@ function safeName(uid: string): string {
  * every input of a large export. Undefined when it cannot be read.
  */
 function headerOf(file: string): ReturnType<typeof readHeaderSync> | undefined {
-  // A file without its preamble or File Meta is read as it will be exported (reframe).
-  const framed = reframe(file);
-  if (framed) {
-    try { return readHeaderSync(framed, (b) => inflateRawSync(b)); } catch { return undefined; }
-  }
   let fd: number | undefined;
   try {
-    fd = openSync(file, 'r');
-    const size = statSync(file).size;
+    fd = openSync(file, 'r'); // one open for the framing check and the header
+    const size = fstatSync(fd).size;
     for (let want = 64 * 1024; ; want *= 4) {
-      const n = Math.min(size, want);
-      const buf = Buffer.alloc(n);
-      readSync(fd, buf, 0, n, 0);
+      const buf = Buffer.allocUnsafe(Math.min(size, want));
+      const n = readSync(fd, buf, 0, buf.length, 0);
+      const head = buf.subarray(0, n);
+      // A file without its preamble or File Meta is read as it will be exported (reframe).
+      if (want === 64 * 1024 && needsReframe(head.subarray(0, 132))) {
+        const framed = reframeBytes(n >= size ? head : readFileSync(file));
+        if (framed) {
+          try { return readHeaderSync(framed, (b) => inflateRawSync(b)); } catch { return undefined; }
+        }
+      }
       try {
-        const head = readHeaderSync(buf, (b) => inflateRawSync(b));
+        const h = readHeaderSync(head, (b) => inflateRawSync(b));
         // A prefix may end between two elements: only a header read up to the pixel data, or
         // the whole file, is whole.
-        if (head.reachedPixelData || n >= size) return head;
+        if (h.reachedPixelData || n >= size) return h;
       } catch (e) {
         if (n >= size) throw e; // the whole file and still unreadable
       }

@@ -23,7 +23,7 @@ import type { Vec3 } from '../geometry.js';
 import type { Volume } from './volume.js';
 
 /** Bumped whenever the analysis or the cut changes: stored decisions of older versions are recomputed. */
-export const FACE_ALGORITHM = 'face-cut-2';
+export const FACE_ALGORITHM = 'face-cut-3';
 
 /** A half-space boundary in patient coordinates: a point p is in front of it when n·p < d. */
 export interface CutPlane {
@@ -249,6 +249,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   let bx = -1;
   const zFrom = zBottom;
   const zTo = vertexInView ? Math.min(nz - 1, zTop - Math.round((90 * scale) / g)) : nz - 1;
+  // Per height, the most prominent candidate and its column.
+  const zBest = new Float64Array(nz);
+  const zX = new Int32Array(nz).fill(-1);
   for (let z = zFrom; z <= zTo; z++) {
     for (let x = Math.round(xMid) - xr; x <= Math.round(xMid) + xr; x++) {
       const c = A(z, x);
@@ -276,21 +279,42 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       for (let d = Math.round((15 * scale) / g); d <= Math.round((45 * scale) / g); d++) { const u = A(z + d, x); if (!Number.isNaN(u) && u < deepest) deepest = u; }
       if (deepest === Infinity || c - deepest < 6) continue;
       const p = Math.min(c - side, 1.5 * (c - deepest));
-      if (p > best) { best = p; bz = z; bx = x; }
+      if (p > zBest[z]!) { zBest[z] = p; zX[z] = x; }
     }
   }
-  const noseFound = best >= 8;
+  // The nose is the highest ridge that stands out nearly as well as the best one: a chin
+  // thrust forward (a raised chin) can stand out more than the nose above it, never the other
+  // way round (nothing below the eyes and above the nose passes for a nose). A ridge counts
+  // where its prominence peaks within 8 mm up and down.
+  for (let z = zFrom; z <= zTo; z++) if (zBest[z]! > best) best = zBest[z]!;
+  const peakR = Math.max(1, Math.round(8 / g));
+  for (let z = zTo; z >= zFrom && best >= 8; z--) {
+    const p = zBest[z]!;
+    if (p < Math.max(8, 0.5 * best)) continue;
+    let peak = true;
+    for (let d = -peakR; d <= peakR && peak; d++) if (d !== 0 && z + d >= zFrom && z + d <= zTo && zBest[z + d]! > p) peak = false;
+    if (!peak) continue;
+    bz = z;
+    bx = zX[z]!;
+    best = p;
+    break;
+  }
+  const noseFound = best >= 8 && bz >= 0;
   if (!noseFound && !headInView) return { kind: 'no-face', why: 'no head in view' };
   if (!noseFound) {
     // No nose. A head whose lowest slice is well above where the eyes would be has no face in view.
     if (vertexInView && (zTop - zBottom) * g < 100 * scale) return { kind: 'no-face', why: 'the head ends above the eyes' };
     return { kind: 'uncertain', why: 'a head is in view but its face landmarks were not found' };
   }
-  // Refine the tip: the most anterior point within 8 mm.
+  // Refine the tip: the most anterior point within 8 mm, at a height where the ridge still
+  // stands out as a nose (a lip or a chin thrust forward under it is not the tip).
   const r8 = Math.round(8 / g);
   let nz0 = bz;
   let nx0 = bx;
-  for (let z = bz - r8; z <= bz + r8; z++) for (let x = bx - r8; x <= bx + r8; x++) if (A(z, x) > A(nz0, nx0)) { nz0 = z; nx0 = x; }
+  for (let z = Math.max(zFrom, bz - r8); z <= Math.min(zTo, bz + r8); z++) {
+    if (!(zBest[z]! > 0)) continue;
+    for (let x = bx - r8; x <= bx + r8; x++) if (A(z, x) > A(nz0, nx0)) { nz0 = z; nx0 = x; }
+  }
   // The midline profile: the most forward point within 2 voxels of the tip's column (robust to a
   // hole in the thin skin of the nasal bridge).
   const profile = (z: number): number => {

@@ -207,55 +207,105 @@ export class VolumeBuilder {
       place[o + 7] = dot(g.position, g.colDir) / g.rowSpacing;
       place[o + 8] = f.columns; place[o + 9] = f.rows;
     });
-    // Which pixel of which frame each voxel takes, walked twice: once to count each frame's
-    // voxels, once to write them in their place (a counting sort without a per-voxel array).
+    // Which pixel of which frame each voxel takes. The grid is walked in lines along the axis
+    // most nearly in the frames' plane (x for axial and coronal stacks, y for sagittal ones). A
+    // line crosses the frames' slabs in runs (one run for a stack square to an axis): within a
+    // run the nearest frame is one frame k, and the pixel's column and row in it are linear
+    // along the line. Each run's voxels that lie within tolerance of the frame and inside it are
+    // an interval found by arithmetic, so no voxel is tested one by one.
+    const dims: readonly number[] = [nx, ny, nz];
+    const strides: readonly number[] = [1, nx, nx * ny];
+    const axis = [0, 1, 2].sort((p, q) => Math.abs(normal[p]!) - Math.abs(normal[q]!))[0]!;
+    const [u, v] = [0, 1, 2].filter((i) => i !== axis) as [number, number];
+    const len = dims[axis]!;
+    const stride = strides[axis]!;
+    const dS = normal[axis]! * sp;
+    const last = s.length - 1;
+    // Nearest frame to a distance along the normal, starting from a guess.
+    const nearest = (sv: number, k: number): number => {
+      while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
+      while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
+      return k;
+    };
+    // Narrows [range.lo, range.hi] to the integers t where min <= v0 + t * slope <= max (empty: lo > hi).
+    const EPS = 1e-9;
+    const range = { lo: 0, hi: 0 };
+    const narrow = (v0: number, slope: number, min: number, max: number): void => {
+      if (Math.abs(slope) < 1e-12) {
+        if (v0 < min - EPS || v0 > max + EPS) range.hi = range.lo - 1;
+        return;
+      }
+      let a = (min - v0) / slope;
+      let b = (max - v0) / slope;
+      if (a > b) { const t = a; a = b; b = t; }
+      range.lo = Math.max(range.lo, Math.ceil(a - EPS));
+      range.hi = Math.min(range.hi, Math.floor(b + EPS));
+    };
     const n = nx * ny * nz;
     const start = new Int32Array(places.length + 1);
     let voxel = new Int32Array(0);
     let pixel = new Int32Array(0);
     let fillAt = new Int32Array(0);
+    const p = [0, 0, 0];
+    // Walked twice: once to count each frame's voxels, once to write them in their place (a
+    // counting sort without a per-voxel array).
     for (let pass = 0; pass < 2; pass++) {
       const counting = pass === 0;
-      // Along a row of the grid (x increasing), the distance along the normal and each frame's
-      // in-plane coordinates change by constant steps: the nearest frame is walked to, not searched.
-      const dS = normal[0] * sp;
-      const last = s.length - 1;
-      for (let z = 0; z < nz; z++) {
-        const pz = origin[2] + z * sp;
-        for (let y = 0; y < ny; y++) {
-          const py = origin[1] + y * sp;
-          const rowAt = (z * ny + y) * nx;
-          let sv = normal[0] * origin[0] + normal[1] * py + normal[2] * pz;
-          // The nearest frame to the row's first voxel (binary search once per row).
+      for (let j = 0; j < dims[v]!; j++) {
+        for (let i = 0; i < dims[u]!; i++) {
+          // The line's first voxel.
+          p[axis] = origin[axis]!;
+          p[u] = origin[u]! + i * sp;
+          p[v] = origin[v]! + j * sp;
+          const lineAt = i * strides[u]! + j * strides[v]!;
+          const sv0 = normal[0] * p[0]! + normal[1] * p[1]! + normal[2] * p[2]!;
+          // The nearest frame to it (binary search once per line).
           let a = 0;
           let b = last;
           while (b - a > 1) {
             const m = (a + b) >> 1;
-            if (s[m]! <= sv) a = m; else b = m;
+            if (s[m]! <= sv0) a = m; else b = m;
           }
-          let k = Math.abs(s[a]! - sv) <= Math.abs(s[b]! - sv) ? a : b;
-          for (let x = 0; x < nx; x++, sv += dS) {
-            while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
-            while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
-            if (Math.abs(s[k]! - sv) > tol) continue;
+          let k = Math.abs(s[a]! - sv0) <= Math.abs(s[b]! - sv0) ? a : b;
+          for (let t = 0; t < len;) {
+            // The run of frame k ends before the first voxel nearer to its neighbour (a tie stays).
+            let end = len - 1;
+            if (dS > 0 && k < last) end = Math.min(end, Math.floor(((s[k]! + s[k + 1]!) / 2 - sv0) / dS));
+            else if (dS < 0 && k > 0) end = Math.min(end, Math.floor(((s[k - 1]! + s[k]!) / 2 - sv0) / dS));
+            if (end < t) end = t; // rounding at a boundary: one voxel, then the walk moves on
             const o = k * K;
-            const px = origin[0] + x * sp;
-            const cf = px * place[o]! + py * place[o + 1]! + pz * place[o + 2]! - place[o + 3]!;
-            const rf = px * place[o + 4]! + py * place[o + 5]! + pz * place[o + 6]! - place[o + 7]!;
             const columns = place[o + 8]!;
             const rows = place[o + 9]!;
+            const cf0 = p[0]! * place[o]! + p[1]! * place[o + 1]! + p[2]! * place[o + 2]! - place[o + 3]!;
+            const rf0 = p[0]! * place[o + 4]! + p[1]! * place[o + 5]! + p[2]! * place[o + 6]! - place[o + 7]!;
+            const dc = place[o + axis]! * sp;
+            const dr = place[o + 4 + axis]! * sp;
+            range.lo = t;
+            range.hi = end;
+            narrow(sv0 - s[k]!, dS, -tol, tol);
             // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
-            if (cf < -0.75 || rf < -0.75 || cf > columns - 0.25 || rf > rows - 0.25) continue;
+            narrow(cf0, dc, -0.75, columns - 0.25);
+            narrow(rf0, dr, -0.75, rows - 0.25);
             const f = order[k]!;
-            if (counting) { start[f + 1]!++; continue; }
-            // Nearest pixel (cf, rf > -0.75: adding 0.5 and truncating rounds, clamped to the frame).
-            let c = (cf + 0.5) | 0;
-            let r = (rf + 0.5) | 0;
-            if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
-            if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
-            const at = fillAt[f]!++;
-            voxel[at] = rowAt + x;
-            pixel[at] = r * columns + c;
+            if (range.hi >= range.lo) {
+              if (counting) start[f + 1]! += range.hi - range.lo + 1;
+              else {
+                let at = fillAt[f]!;
+                for (let q = range.lo; q <= range.hi; q++) {
+                  // Nearest pixel (adding 0.5 and truncating rounds; clamped to the frame).
+                  let c = (cf0 + q * dc + 0.5) | 0;
+                  let r = (rf0 + q * dr + 0.5) | 0;
+                  if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
+                  if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
+                  voxel[at] = lineAt + q * stride;
+                  pixel[at] = r * columns + c;
+                  at++;
+                }
+                fillAt[f] = at;
+              }
+            }
+            t = end + 1;
+            if (t < len) k = nearest(sv0 + t * dS, k);
           }
         }
       }

@@ -17,7 +17,8 @@ import { GatewayError } from '../../../src/core/errors.js';
 import { FaceProvider, type SeriesSource } from '../../../src/pixels/face/provider.js';
 import { openFaceStore } from '../../../src/pixels/store-sqlite.js';
 import { rowSpans, faceCutTransformer } from '../../../src/pixels/face/cut.js';
-import { readPixelFacts } from '../../../src/pixels/geometry.js';
+import { cross, dot, readPixelFacts, type FrameGeometry, type Vec3 } from '../../../src/pixels/geometry.js';
+import { buildVolume, type ReducedFrame } from '../../../src/pixels/face/volume.js';
 import { part10View, jsonView } from '../../../src/pixels/views.js';
 import { admitPixels, DEFAULT_PIXEL_POLICY, pixelDecision, type FaceVerdict } from '../../../src/policy/pixels.js';
 import { checkDefaced, makeHeadPhantom, type Phantom, type PhantomOptions } from '../../fixtures/head-phantom.js';
@@ -70,6 +71,12 @@ const CASES: [string, Partial<PhantomOptions>][] = [
   ['MR sagittal, chin down 12°', { pitchDeg: -12 }],
   ['CT axial, chin down 25°', { modality: 'CT', orientation: 'axial', slices: 100, sliceMm: 2.5, rows: 110, columns: 100, pitchDeg: -25 }],
   ['MR sagittal, chin up 25°', { pitchDeg: 25 }],
+  // A raised chin stands out more than the nose above it: the nose is the highest ridge that
+  // stands out nearly as well, and the tip is not refined down onto the lip.
+  ['MR axial, chin up 25°', { orientation: 'axial', slices: 130, rows: 110, columns: 100, pitchDeg: 25 }],
+  ['CT axial in HU, chin up 25°', { modality: 'CT', orientation: 'axial', slices: 100, sliceMm: 2.5, rows: 110, columns: 100, pitchDeg: 25 }],
+  ['MR sagittal 1.7 mm, chin up 25°', { sliceMm: 1.7, pitchDeg: 25 }],
+  ['MR sagittal 2.2 mm, chin up 25°', { sliceMm: 2.2, slices: 75, pitchDeg: 25 }],
   ['MR axial, head off-centre', { orientation: 'axial', slices: 130, rows: 110, columns: 110, center: [20, -15, 40] }],
   // Diffusion and fMRI (echo-planar): the nasion lost to signal dropout; the cut is placed from the nose.
   ['MR sagittal, nasion lost to EPI signal dropout', { nasionDropout: true }],
@@ -168,6 +175,93 @@ describe('faces on head phantoms', () => {
     assert.equal(v.kind, 'deface');
     assert.ok(src.fetched <= 45 && src.fetched >= 35, `fetched ${src.fetched} of ${ph.files.length} (about every 4 mm)`);
   });
+});
+
+describe('the reduced volume', () => {
+  /**
+   * The builder walks lines of the grid in runs and finds each run's voxels by arithmetic. The
+   * reference here tests every voxel against every frame: the nearest frame along the normal,
+   * within half the largest gap plus half a voxel, inside it or within half a pixel of its edge,
+   * and the nearest pixel. Voxels where the reference sits on a tie (two frames, a bound or a
+   * pixel's half-way line within 1e-6) may go either way; every other voxel must agree.
+   */
+  function reference(stack: readonly ReducedFrame[], spacing: number, vol: { nx: number; ny: number; nz: number; origin: Vec3; spacing: number }): { data: Float64Array; ambiguous: Uint8Array } {
+    const normal = cross(stack[0]!.geometry.rowDir, stack[0]!.geometry.colDir);
+    const s = stack.map((f) => dot(normal, f.geometry.position));
+    const sorted = [...s].sort((a, b) => a - b);
+    let gap = 0;
+    for (let i = 1; i < sorted.length; i++) gap = Math.max(gap, sorted[i]! - sorted[i - 1]!);
+    const tol = gap / 2 + vol.spacing / 2;
+    const n = vol.nx * vol.ny * vol.nz;
+    const data = new Float64Array(n).fill(Number.NaN);
+    const ambiguous = new Uint8Array(n);
+    const E = 1e-6;
+    const near = (a: number, b: number): boolean => Math.abs(a - b) < E;
+    for (let z = 0; z < vol.nz; z++) for (let y = 0; y < vol.ny; y++) for (let x = 0; x < vol.nx; x++) {
+      const i = (z * vol.ny + y) * vol.nx + x;
+      const p: Vec3 = [vol.origin[0] + x * vol.spacing, vol.origin[1] + y * vol.spacing, vol.origin[2] + z * vol.spacing];
+      const sv = dot(normal, p);
+      const d = s.map((si) => Math.abs(si - sv));
+      const best = Math.min(...d);
+      const k = d.indexOf(best);
+      if (d.some((di, j) => j !== k && near(di, best)) || near(best, tol)) ambiguous[i] = 1;
+      if (best > tol) continue;
+      const f = stack[k]!;
+      const g: FrameGeometry = f.geometry;
+      const rel: Vec3 = [p[0] - g.position[0], p[1] - g.position[1], p[2] - g.position[2]];
+      const cf = dot(rel, g.rowDir) / g.colSpacing;
+      const rf = dot(rel, g.colDir) / g.rowSpacing;
+      if ([cf, rf].some((v) => near(v, -0.75) || near(v - Math.floor(v), 0.5)) || near(cf, f.columns - 0.25) || near(rf, f.rows - 0.25)) ambiguous[i] = 1;
+      if (cf < -0.75 || rf < -0.75 || cf > f.columns - 0.25 || rf > f.rows - 0.25) continue;
+      const c = Math.min(f.columns - 1, Math.max(0, Math.round(cf)));
+      const r = Math.min(f.rows - 1, Math.max(0, Math.round(rf)));
+      data[i] = f.data[r * f.columns + c]!;
+    }
+    void spacing;
+    return { data, ambiguous };
+  }
+
+  const unit = (v: Vec3): Vec3 => { const l = Math.hypot(...v); return [v[0] / l, v[1] / l, v[2] / l]; };
+  const rot = (v: Vec3, ax: number, ay: number): Vec3 => {
+    const a: Vec3 = [v[0], v[1] * Math.cos(ax) - v[2] * Math.sin(ax), v[1] * Math.sin(ax) + v[2] * Math.cos(ax)];
+    return [a[0] * Math.cos(ay) + a[2] * Math.sin(ay), a[1], -a[0] * Math.sin(ay) + a[2] * Math.cos(ay)];
+  };
+  const STACKS: [string, Vec3, Vec3, (k: number) => Vec3][] = [
+    ['axial', [1, 0, 0], [0, 1, 0], (k) => [-30.3, -40.1, 2.9 * k - 20.2]],
+    ['sagittal', [0, 1, 0], [0, 0, -1], (k) => [3.1 * k - 25.7, -50.2, 40.4]],
+    ['coronal', [1, 0, 0], [0, 0, -1], (k) => [-40.6, 2.7 * k - 20.1, 45.3]],
+    ['oblique', unit(rot([1, 0, 0], 0.31, 0.22)), unit(rot([0, 1, 0], 0.31, 0.22)), (k) => { const n = cross(unit(rot([1, 0, 0], 0.31, 0.22)), unit(rot([0, 1, 0], 0.31, 0.22))); return [-30 + 3.3 * k * n[0], -35 + 3.3 * k * n[1], -10 + 3.3 * k * n[2]]; }],
+    // Gantry tilt: the planes lean (row direction x, column direction tilted), positions advance along z.
+    ['axial with 17° gantry tilt', [1, 0, 0], unit([0, Math.cos(0.3), Math.sin(0.3)]), (k) => [-30.3, -40.1, 2.6 * k - 20.2]],
+    ['sagittal, uneven gaps', [0, 1, 0], [0, 0, -1], (k) => [2.4 * k + (k > 9 ? 5.3 : 0) - 25.7, -50.2, 40.4]],
+  ];
+  for (const [name, rowDir, colDir, pos] of STACKS) {
+    test(`${name}: every voxel takes the pixel a voxel-by-voxel search finds`, () => {
+      const rows = 23;
+      const columns = 29;
+      const stack: ReducedFrame[] = Array.from({ length: 17 }, (_, k) => ({
+        geometry: { position: pos(k), rowDir, colDir, rowSpacing: 2.3, colSpacing: 2.1 },
+        rows,
+        columns,
+        data: Float32Array.from({ length: rows * columns }, (_, i) => k * 10000 + i),
+      }));
+      // Frames in another order than along the normal: the builder sorts them.
+      const shuffled = [...stack.slice(9), ...stack.slice(0, 9)];
+      const vol = buildVolume(shuffled, 2.5)!;
+      const ref = reference(stack, 2.5, vol);
+      let filled = 0;
+      let differ = 0;
+      for (let i = 0; i < ref.data.length; i++) {
+        const a = vol.data[i]!;
+        const b = ref.data[i]!;
+        if (b === b) filled++;
+        const same = (a !== a && b !== b) || a === b;
+        if (!same && !ref.ambiguous[i]) differ++;
+      }
+      assert.ok(filled > ref.data.length / 4, `${filled} of ${ref.data.length} voxels filled`);
+      assert.equal(differ, 0, `${differ} voxels differ from the reference`);
+    });
+  }
 });
 
 describe('face policy and markers', () => {

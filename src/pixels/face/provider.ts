@@ -6,7 +6,8 @@
  * version. It is computed on a reduced volume: the provider asks its source for the series'
  * instances (geometry only), picks frames about every 4 mm along the largest stack, fetches
  * only the instances that hold them (uncompressed, four at a time), reduces each frame to
- * about 2.5 mm as it arrives and drops the full-resolution bytes. Concurrent requests for one series share one analysis.
+ * about 2.5 mm as it arrives, drops the full-resolution bytes, and resamples the reduced
+ * frames onto the grid once all are in. Concurrent requests for one series share one analysis.
  */
 import { createHash } from 'node:crypto';
 import { inflateRawSync } from 'node:zlib';
@@ -17,7 +18,7 @@ import { Decisions } from '../decisions.js';
 import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
 import { part10View } from '../views.js';
 import { analyzeFace, FACE_ALGORITHM } from './analyze.js';
-import { buildVolume, largestStack, reducedPlace, reduceFrame, VolumeBuilder, type ReducedFrame } from './volume.js';
+import { buildVolume, largestStack, reduceFrame, type ReducedFrame } from './volume.js';
 
 /** Where a series comes from: the PACS (gateway) or files (offline command). */
 export interface SeriesSource {
@@ -121,24 +122,14 @@ export class FaceProvider {
     const step = Math.max(1, Math.floor(SAMPLE_MM / (span / (stack.length - 1))));
     // The sampled frames, in order; per instance, which of them it holds.
     const sampled = stack.filter((_, i) => i % step === 0);
-    const places = sampled.map((f) => reducedPlace(f.geometry, f.rows, f.columns, GRID_MM));
     const wanted = new Map<string, Map<number, number>>();
     sampled.forEach((s, i) => (wanted.get(s.sop) ?? wanted.set(s.sop, new Map()).get(s.sop)!).set(s.frame, i));
     const reduced: (ReducedFrame | undefined)[] = new Array(sampled.length);
-    let builder: VolumeBuilder | undefined = undefined; // planned once the first requests are out
-    // The volume is planned from the metadata; a frame whose own header places it otherwise
-    // (or not at all) sends the analysis back to resampling what was read.
-    let planHolds = true;
-    const put = (i: number): void => {
-      const r = reduced[i];
-      const place = places[i]!;
-      if (!r || r.rows !== place.rows || r.columns !== place.columns || Math.hypot(r.geometry.position[0] - place.geometry.position[0], r.geometry.position[1] - place.geometry.position[1], r.geometry.position[2] - place.geometry.position[2]) > 0.01) planHolds = false;
-      else builder?.put(i, r.data);
-    };
     let seconds = 0;
     let fetched = 0;
     // A few instances fetched at once (the PACS's latency per request dominates for slices);
-    // each is reduced as it arrives, its full-resolution bytes dropped, and its voxels filled.
+    // each is reduced as it arrives (about 2.5 mm: a few kB per frame) and its full-resolution
+    // bytes dropped. The frames' own headers place them (the metadata only chose them).
     const queue = [...wanted];
     const worker = async (): Promise<void> => {
       for (let next = queue.shift(); next; next = queue.shift()) await reduceOne(next[0], next[1]);
@@ -155,24 +146,16 @@ export class FaceProvider {
       const facts = readPixelFacts(part10View(inst.elements));
       const per = facts.rows * facts.columns * (facts.bitsAllocated / 8);
       for (const [frame, i] of want) {
-        if ((frame + 1) * per > inst.pixel.length) { planHolds = false; continue; }
+        if ((frame + 1) * per > inst.pixel.length) continue;
         reduced[i] = reduceFrame(inst.pixel.subarray(frame * per, (frame + 1) * per), facts, frame, inst.transferSyntax.littleEndian, GRID_MM);
-        if (builder) put(i);
       }
       seconds += (performance.now() - t0) / 1000;
     };
-    const fetching = Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
-    fetching.catch(() => undefined);
-    // The first requests are on their way: the volume is planned while the PACS answers them.
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    let t0 = performance.now();
-    builder = VolumeBuilder.plan(places, GRID_MM);
-    reduced.forEach((_, i) => put(i));
-    seconds += (performance.now() - t0) / 1000;
-    await fetching;
-    t0 = performance.now();
+    await Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
+    const t0 = performance.now();
     const got = reduced.filter((r): r is ReducedFrame => r !== undefined);
-    const vol = builder && planHolds ? builder.volume : buildVolume(got, GRID_MM);
+    // Resampled onto the grid once every frame is in (a single pass over the voxels).
+    const vol = buildVolume(got, GRID_MM);
     const result = vol ? analyzeFace(vol, modality) : { kind: 'no-face' as const, why: 'no volume' };
     seconds += (performance.now() - t0) / 1000;
     this.stats.analyses++;

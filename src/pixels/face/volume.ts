@@ -140,191 +140,137 @@ export function largestStack<T extends { readonly geometry: FrameGeometry }>(fra
 
 const MAX_DIM = 160;
 
-/** Resamples a stack of reduced frames (one orientation) onto an LPS grid of about `spacing` mm. */
-export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume | undefined {
-  const b = VolumeBuilder.plan(stack, spacing);
-  if (!b) return undefined;
-  stack.forEach((f, i) => b.put(i, f.data));
-  return b.volume;
-}
-
 /**
- * A volume planned from the places of its frames before their pixels are read: which voxel
- * takes which pixel of which frame (the nearest frame along the stack, the nearest pixel in
- * it) is worked out once, and each frame's pixels are put in as soon as it is reduced, so
- * that the resampling is done while the other frames are still being fetched.
+ * Resamples a stack of reduced frames (one orientation) onto an LPS grid of about `spacing` mm:
+ * each voxel takes the nearest pixel of the nearest frame along the stack, when that frame is
+ * within half the largest gap between frames and the pixel within half a pixel of the frame.
+ * Undefined when the frames do not make a volume (fewer than two, or all at one position).
  */
-export class VolumeBuilder {
-  private constructor(
-    readonly volume: Volume,
-    /** Per frame (in the order given), the voxels it fills: voxel[start[i]..start[i+1]) and their pixels. */
-    private readonly start: Int32Array,
-    private readonly voxel: Int32Array,
-    private readonly pixel: Int32Array,
-    private readonly sizes: readonly number[],
-  ) {}
-
-  /** Undefined when the frames do not make a volume (fewer than two, or all at one position). */
-  static plan(places: readonly FramePlace[], spacing = 2): VolumeBuilder | undefined {
-    if (places.length < 2) return undefined;
-    const normal = cross(places[0]!.geometry.rowDir, places[0]!.geometry.colDir);
-    const order = places.map((_, i) => i).sort((a, b) => dot(normal, places[a]!.geometry.position) - dot(normal, places[b]!.geometry.position));
-    const frames = order.map((i) => places[i]!);
-    const s = frames.map((f) => dot(normal, f.geometry.position));
-    // Largest gap between neighbouring frames: a voxel further than half of it from any frame is outside.
-    let gap = 0;
-    for (let i = 1; i < s.length; i++) gap = Math.max(gap, s[i]! - s[i - 1]!);
-    if (!(gap > 0)) return undefined;
-    const lo = [Infinity, Infinity, Infinity];
-    const hi = [-Infinity, -Infinity, -Infinity];
-    for (const f of frames) {
-      const g = f.geometry;
-      for (const [r, c] of [[0, 0], [f.rows - 1, 0], [0, f.columns - 1], [f.rows - 1, f.columns - 1]] as const) {
-        for (let k = 0; k < 3; k++) {
-          const v = g.position[k]! + g.rowDir[k]! * c * g.colSpacing + g.colDir[k]! * r * g.rowSpacing;
-          lo[k] = Math.min(lo[k]!, v);
-          hi[k] = Math.max(hi[k]!, v);
-        }
+export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume | undefined {
+  if (stack.length < 2) return undefined;
+  const normal = cross(stack[0]!.geometry.rowDir, stack[0]!.geometry.colDir);
+  const frames = [...stack].sort((a, b) => dot(normal, a.geometry.position) - dot(normal, b.geometry.position));
+  const s = frames.map((f) => dot(normal, f.geometry.position));
+  // Largest gap between neighbouring frames: a voxel further than half of it from any frame is outside.
+  let gap = 0;
+  for (let i = 1; i < s.length; i++) gap = Math.max(gap, s[i]! - s[i - 1]!);
+  if (!(gap > 0)) return undefined;
+  const lo = [Infinity, Infinity, Infinity];
+  const hi = [-Infinity, -Infinity, -Infinity];
+  for (const f of frames) {
+    const g = f.geometry;
+    for (const [r, c] of [[0, 0], [f.rows - 1, 0], [0, f.columns - 1], [f.rows - 1, f.columns - 1]] as const) {
+      for (let k = 0; k < 3; k++) {
+        const v = g.position[k]! + g.rowDir[k]! * c * g.colSpacing + g.colDir[k]! * r * g.rowSpacing;
+        lo[k] = Math.min(lo[k]!, v);
+        hi[k] = Math.max(hi[k]!, v);
       }
     }
-    const extent = Math.max(hi[0]! - lo[0]!, hi[1]! - lo[1]!, hi[2]! - lo[2]!);
-    const sp = Math.max(spacing, extent / (MAX_DIM - 1));
-    const nx = Math.floor((hi[0]! - lo[0]!) / sp) + 1;
-    const ny = Math.floor((hi[1]! - lo[1]!) / sp) + 1;
-    const nz = Math.floor((hi[2]! - lo[2]!) / sp) + 1;
-    const origin: Vec3 = [lo[0]!, lo[1]!, lo[2]!];
-    const tol = gap / 2 + sp / 2;
-    // Each frame's placement, flat: for a point p, its column is (p·rowDir - position·rowDir) /
-    // colSpacing and its row (p·colDir - position·colDir) / rowSpacing.
-    const K = 10;
-    const place = new Float64Array(frames.length * K);
-    frames.forEach((f, i) => {
-      const g = f.geometry;
-      const o = i * K;
-      place[o] = g.rowDir[0] / g.colSpacing; place[o + 1] = g.rowDir[1] / g.colSpacing; place[o + 2] = g.rowDir[2] / g.colSpacing;
-      place[o + 3] = dot(g.position, g.rowDir) / g.colSpacing;
-      place[o + 4] = g.colDir[0] / g.rowSpacing; place[o + 5] = g.colDir[1] / g.rowSpacing; place[o + 6] = g.colDir[2] / g.rowSpacing;
-      place[o + 7] = dot(g.position, g.colDir) / g.rowSpacing;
-      place[o + 8] = f.columns; place[o + 9] = f.rows;
-    });
-    // Which pixel of which frame each voxel takes. The grid is walked in lines along the axis
-    // most nearly in the frames' plane (x for axial and coronal stacks, y for sagittal ones). A
-    // line crosses the frames' slabs in runs (one run for a stack square to an axis): within a
-    // run the nearest frame is one frame k, and the pixel's column and row in it are linear
-    // along the line. Each run's voxels that lie within tolerance of the frame and inside it are
-    // an interval found by arithmetic, so no voxel is tested one by one.
-    const dims: readonly number[] = [nx, ny, nz];
-    const strides: readonly number[] = [1, nx, nx * ny];
-    const axis = [0, 1, 2].sort((p, q) => Math.abs(normal[p]!) - Math.abs(normal[q]!))[0]!;
-    const [u, v] = [0, 1, 2].filter((i) => i !== axis) as [number, number];
-    const len = dims[axis]!;
-    const stride = strides[axis]!;
-    const dS = normal[axis]! * sp;
-    const last = s.length - 1;
-    // Nearest frame to a distance along the normal, starting from a guess.
-    const nearest = (sv: number, k: number): number => {
-      while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
-      while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
-      return k;
-    };
-    // Narrows [range.lo, range.hi] to the integers t where min <= v0 + t * slope <= max (empty: lo > hi).
-    const EPS = 1e-9;
-    const range = { lo: 0, hi: 0 };
-    const narrow = (v0: number, slope: number, min: number, max: number): void => {
-      if (Math.abs(slope) < 1e-12) {
-        if (v0 < min - EPS || v0 > max + EPS) range.hi = range.lo - 1;
-        return;
+  }
+  const extent = Math.max(hi[0]! - lo[0]!, hi[1]! - lo[1]!, hi[2]! - lo[2]!);
+  const sp = Math.max(spacing, extent / (MAX_DIM - 1));
+  const nx = Math.floor((hi[0]! - lo[0]!) / sp) + 1;
+  const ny = Math.floor((hi[1]! - lo[1]!) / sp) + 1;
+  const nz = Math.floor((hi[2]! - lo[2]!) / sp) + 1;
+  const origin: Vec3 = [lo[0]!, lo[1]!, lo[2]!];
+  const tol = gap / 2 + sp / 2;
+  // Each frame's placement, flat: for a point p, its column is (p·rowDir - position·rowDir) /
+  // colSpacing and its row (p·colDir - position·colDir) / rowSpacing.
+  const K = 10;
+  const place = new Float64Array(frames.length * K);
+  frames.forEach((f, i) => {
+    const g = f.geometry;
+    const o = i * K;
+    place[o] = g.rowDir[0] / g.colSpacing; place[o + 1] = g.rowDir[1] / g.colSpacing; place[o + 2] = g.rowDir[2] / g.colSpacing;
+    place[o + 3] = dot(g.position, g.rowDir) / g.colSpacing;
+    place[o + 4] = g.colDir[0] / g.rowSpacing; place[o + 5] = g.colDir[1] / g.rowSpacing; place[o + 6] = g.colDir[2] / g.rowSpacing;
+    place[o + 7] = dot(g.position, g.colDir) / g.rowSpacing;
+    place[o + 8] = f.columns; place[o + 9] = f.rows;
+  });
+  // Which pixel of which frame each voxel takes. The grid is walked in lines along the axis
+  // most nearly in the frames' plane (x for axial and coronal stacks, y for sagittal ones). A
+  // line crosses the frames' slabs in runs (one run for a stack square to an axis): within a
+  // run the nearest frame is one frame k, and the pixel's column and row in it are linear
+  // along the line. Each run's voxels that lie within tolerance of the frame and inside it are
+  // an interval found by arithmetic, so no voxel is tested one by one.
+  const dims: readonly number[] = [nx, ny, nz];
+  const strides: readonly number[] = [1, nx, nx * ny];
+  const axis = [0, 1, 2].sort((p, q) => Math.abs(normal[p]!) - Math.abs(normal[q]!))[0]!;
+  const [u, v] = [0, 1, 2].filter((i) => i !== axis) as [number, number];
+  const len = dims[axis]!;
+  const stride = strides[axis]!;
+  const dS = normal[axis]! * sp;
+  const last = s.length - 1;
+  // Nearest frame to a distance along the normal, starting from a guess.
+  const nearest = (sv: number, k: number): number => {
+    while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
+    while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
+    return k;
+  };
+  // Narrows [range.lo, range.hi] to the integers t where min <= v0 + t * slope <= max (empty: lo > hi).
+  const EPS = 1e-9;
+  const range = { lo: 0, hi: 0 };
+  const narrow = (v0: number, slope: number, min: number, max: number): void => {
+    if (Math.abs(slope) < 1e-12) {
+      if (v0 < min - EPS || v0 > max + EPS) range.hi = range.lo - 1;
+      return;
+    }
+    let a = (min - v0) / slope;
+    let b = (max - v0) / slope;
+    if (a > b) { const t = a; a = b; b = t; }
+    range.lo = Math.max(range.lo, Math.ceil(a - EPS));
+    range.hi = Math.min(range.hi, Math.floor(b + EPS));
+  };
+  const out = new Float32Array(nx * ny * nz).fill(Number.NaN);
+  const p = [0, 0, 0];
+  for (let j = 0; j < dims[v]!; j++) {
+    for (let i = 0; i < dims[u]!; i++) {
+      // The line's first voxel.
+      p[axis] = origin[axis]!;
+      p[u] = origin[u]! + i * sp;
+      p[v] = origin[v]! + j * sp;
+      const lineAt = i * strides[u]! + j * strides[v]!;
+      const sv0 = normal[0] * p[0]! + normal[1] * p[1]! + normal[2] * p[2]!;
+      // The nearest frame to it (binary search once per line).
+      let a = 0;
+      let b = last;
+      while (b - a > 1) {
+        const m = (a + b) >> 1;
+        if (s[m]! <= sv0) a = m; else b = m;
       }
-      let a = (min - v0) / slope;
-      let b = (max - v0) / slope;
-      if (a > b) { const t = a; a = b; b = t; }
-      range.lo = Math.max(range.lo, Math.ceil(a - EPS));
-      range.hi = Math.min(range.hi, Math.floor(b + EPS));
-    };
-    const n = nx * ny * nz;
-    const start = new Int32Array(places.length + 1);
-    let voxel = new Int32Array(0);
-    let pixel = new Int32Array(0);
-    let fillAt = new Int32Array(0);
-    const p = [0, 0, 0];
-    // Walked twice: once to count each frame's voxels, once to write them in their place (a
-    // counting sort without a per-voxel array).
-    for (let pass = 0; pass < 2; pass++) {
-      const counting = pass === 0;
-      for (let j = 0; j < dims[v]!; j++) {
-        for (let i = 0; i < dims[u]!; i++) {
-          // The line's first voxel.
-          p[axis] = origin[axis]!;
-          p[u] = origin[u]! + i * sp;
-          p[v] = origin[v]! + j * sp;
-          const lineAt = i * strides[u]! + j * strides[v]!;
-          const sv0 = normal[0] * p[0]! + normal[1] * p[1]! + normal[2] * p[2]!;
-          // The nearest frame to it (binary search once per line).
-          let a = 0;
-          let b = last;
-          while (b - a > 1) {
-            const m = (a + b) >> 1;
-            if (s[m]! <= sv0) a = m; else b = m;
-          }
-          let k = Math.abs(s[a]! - sv0) <= Math.abs(s[b]! - sv0) ? a : b;
-          for (let t = 0; t < len;) {
-            // The run of frame k ends before the first voxel nearer to its neighbour (a tie stays).
-            let end = len - 1;
-            if (dS > 0 && k < last) end = Math.min(end, Math.floor(((s[k]! + s[k + 1]!) / 2 - sv0) / dS));
-            else if (dS < 0 && k > 0) end = Math.min(end, Math.floor(((s[k - 1]! + s[k]!) / 2 - sv0) / dS));
-            if (end < t) end = t; // rounding at a boundary: one voxel, then the walk moves on
-            const o = k * K;
-            const columns = place[o + 8]!;
-            const rows = place[o + 9]!;
-            const cf0 = p[0]! * place[o]! + p[1]! * place[o + 1]! + p[2]! * place[o + 2]! - place[o + 3]!;
-            const rf0 = p[0]! * place[o + 4]! + p[1]! * place[o + 5]! + p[2]! * place[o + 6]! - place[o + 7]!;
-            const dc = place[o + axis]! * sp;
-            const dr = place[o + 4 + axis]! * sp;
-            range.lo = t;
-            range.hi = end;
-            narrow(sv0 - s[k]!, dS, -tol, tol);
-            // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
-            narrow(cf0, dc, -0.75, columns - 0.25);
-            narrow(rf0, dr, -0.75, rows - 0.25);
-            const f = order[k]!;
-            if (range.hi >= range.lo) {
-              if (counting) start[f + 1]! += range.hi - range.lo + 1;
-              else {
-                let at = fillAt[f]!;
-                for (let q = range.lo; q <= range.hi; q++) {
-                  // Nearest pixel (adding 0.5 and truncating rounds; clamped to the frame).
-                  let c = (cf0 + q * dc + 0.5) | 0;
-                  let r = (rf0 + q * dr + 0.5) | 0;
-                  if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
-                  if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
-                  voxel[at] = lineAt + q * stride;
-                  pixel[at] = r * columns + c;
-                  at++;
-                }
-                fillAt[f] = at;
-              }
-            }
-            t = end + 1;
-            if (t < len) k = nearest(sv0 + t * dS, k);
-          }
+      let k = Math.abs(s[a]! - sv0) <= Math.abs(s[b]! - sv0) ? a : b;
+      for (let t = 0; t < len;) {
+        // The run of frame k ends before the first voxel nearer to its neighbour (a tie stays).
+        let end = len - 1;
+        if (dS > 0 && k < last) end = Math.min(end, Math.floor(((s[k]! + s[k + 1]!) / 2 - sv0) / dS));
+        else if (dS < 0 && k > 0) end = Math.min(end, Math.floor(((s[k - 1]! + s[k]!) / 2 - sv0) / dS));
+        if (end < t) end = t; // rounding at a boundary: one voxel, then the walk moves on
+        const o = k * K;
+        const columns = place[o + 8]!;
+        const rows = place[o + 9]!;
+        const cf0 = p[0]! * place[o]! + p[1]! * place[o + 1]! + p[2]! * place[o + 2]! - place[o + 3]!;
+        const rf0 = p[0]! * place[o + 4]! + p[1]! * place[o + 5]! + p[2]! * place[o + 6]! - place[o + 7]!;
+        const dc = place[o + axis]! * sp;
+        const dr = place[o + 4 + axis]! * sp;
+        range.lo = t;
+        range.hi = end;
+        narrow(sv0 - s[k]!, dS, -tol, tol);
+        // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
+        narrow(cf0, dc, -0.75, columns - 0.25);
+        narrow(rf0, dr, -0.75, rows - 0.25);
+        const data = frames[k]!.data;
+        for (let q = range.lo; q <= range.hi; q++) {
+          // Nearest pixel (adding 0.5 and truncating rounds; clamped to the frame).
+          let c = (cf0 + q * dc + 0.5) | 0;
+          let r = (rf0 + q * dr + 0.5) | 0;
+          if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
+          if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
+          out[lineAt + q * stride] = data[r * columns + c]!;
         }
-      }
-      if (counting) {
-        for (let i = 0; i < places.length; i++) start[i + 1]! += start[i]!;
-        fillAt = start.slice(0, places.length);
-        voxel = new Int32Array(start[places.length]!);
-        pixel = new Int32Array(voxel.length);
+        t = end + 1;
+        if (t < len) k = nearest(sv0 + t * dS, k);
       }
     }
-    const volume: Volume = { nx, ny, nz, origin, spacing: sp, data: new Float32Array(n).fill(Number.NaN) };
-    return new VolumeBuilder(volume, start, voxel, pixel, places.map((p) => p.rows * p.columns));
   }
-
-  /** The reduced pixels of frame i (in the order planned): its voxels take them. */
-  put(i: number, data: Float32Array): void {
-    if (data.length !== this.sizes[i]) throw new RangeError(`frame ${i} has ${data.length} reduced pixels, ${this.sizes[i]} were planned`);
-    const out = this.volume.data;
-    const { voxel, pixel } = this;
-    for (let k = this.start[i]!, end = this.start[i + 1]!; k < end; k++) out[voxel[k]!] = data[pixel[k]!]!;
-  }
+  return { nx, ny, nz, origin, spacing: sp, data: out };
 }

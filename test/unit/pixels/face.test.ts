@@ -179,7 +179,7 @@ describe('faces on head phantoms', () => {
 
 describe('the reduced volume', () => {
   /**
-   * The builder walks lines of the grid in runs and finds each run's voxels by arithmetic. The
+   * buildVolume walks lines of the grid in runs and finds each run's voxels by arithmetic. The
    * reference here tests every voxel against every frame: the nearest frame along the normal,
    * within half the largest gap plus half a voxel, inside it or within half a pixel of its edge,
    * and the nearest pixel. Voxels where the reference sits on a tie (two frames, a bound or a

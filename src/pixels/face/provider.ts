@@ -4,7 +4,7 @@
  * A decision is keyed by the original Series Instance UID, a digest of the series' SOP
  * Instance UIDs (a series that gains or loses instances is decided again) and the algorithm
  * version. It is computed on a reduced volume: the provider asks its source for the series'
- * instances (geometry only), picks frames about every 4 mm along the largest stack, fetches
+ * instances (geometry only), picks frames at most 4.5 mm apart along the largest stack, fetches
  * only the instances that hold them (uncompressed, four at a time), reduces each frame to
  * about 2.5 mm as it arrives, drops the full-resolution bytes, and resamples the reduced
  * frames onto the grid once all are in. Concurrent requests for one series share one analysis.
@@ -40,8 +40,12 @@ export interface FaceStats {
 
 /** Grid spacing of the reduced volume, mm. */
 const GRID_MM = 2.5;
-/** Frames are sampled about this far apart along the stack (the grid fills between them). */
-const SAMPLE_MM = 4;
+/**
+ * Frames are sampled at most this far apart along the stack (every k-th frame, the largest k
+ * that keeps them so; the grid fills between them). Each sampled instance is one request to the
+ * PACS, whose cost per request dominates: 40 of 160 instances at 1.1 mm instead of 54 at 4 mm.
+ */
+const SAMPLE_MM = 4.5;
 /** Instances fetched at once for an analysis. */
 const FETCH_CONCURRENCY = 4;
 
@@ -114,7 +118,7 @@ export class FaceProvider {
       // series of many unplaced frames is withheld, a few slices cannot show a face's surface.
       return unplaced >= 8 ? { kind: 'uncertain', why: 'its frames have no position in the patient' } : { kind: 'no-face' };
     }
-    // Every k-th frame along the stack so that samples are about SAMPLE_MM apart.
+    // Every k-th frame along the stack so that samples are at most SAMPLE_MM apart.
     const n = frameNormal(stack[0]!.geometry);
     stack.sort((a, b) => dot(n, a.geometry.position) - dot(n, b.geometry.position));
     const span = dot(n, stack.at(-1)!.geometry.position) - dot(n, stack[0]!.geometry.position);

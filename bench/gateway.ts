@@ -651,8 +651,21 @@ async function main(): Promise<void> {
         // of each pair is taken, so that the machine's drift between pairs cancels.
         const firsts: { ms: number; cpuMs: number; ratio: number; allowMs: number }[] = [];
         let peakKiB = 0;
+        // The same peak around the allow retrieves and the later defacing ones: what the
+        // analysis adds, and what streaming alone takes.
+        let allowPeakKiB = 0;
+        let laterPeakKiB = 0;
+        const peakOf = async <T>(run: () => Promise<T>): Promise<{ r: T; kiB: number }> => {
+          const reset = resetPeak(gw!.pid);
+          rssSampler.start();
+          const r = await run();
+          rssSampler.stop();
+          return { r, kiB: Math.max(rssSampler.maxKiB, reset ? readMem(gw!.pid)!.hwmKiB : 0) };
+        };
         for (let c = 0; c < HEAD_COPIES; c++) {
-          const a = await timed(allow, allowPaths[c % allowPaths.length]!);
+          const pa = await peakOf(() => timed(allow, allowPaths[c % allowPaths.length]!));
+          const a = pa.r;
+          allowPeakKiB = Math.max(allowPeakKiB, pa.kiB);
           const reset = resetPeak(gw.pid);
           rssSampler.start();
           const f = await timed(gateway, defacePaths[c]!);
@@ -663,7 +676,9 @@ async function main(): Promise<void> {
         const laters: { ms: number; cpuMs: number; ratio: number; allowMs: number; allowCpuMs: number }[] = [];
         for (let i = 0; i < RUNS; i++) {
           const a = await timed(allow, allowPaths[i % allowPaths.length]!);
-          const l = await timed(gateway, defacePaths[i % defacePaths.length]!);
+          const pl = await peakOf(() => timed(gateway, defacePaths[i % defacePaths.length]!));
+          const l = pl.r;
+          laterPeakKiB = Math.max(laterPeakKiB, pl.kiB);
           laters.push({ ms: l.ms, cpuMs: l.cpuMs, ratio: l.ms / a.ms, allowMs: a.ms, allowCpuMs: a.cpuMs });
         }
         const logged = readFileSync(gw.logFile, 'utf8').slice(logBefore).split('\n').filter((l) => l.includes('face decision made')).map((l) => JSON.parse(l) as { kind: string; analysisMs: number; fetchedInstances: number; totalMs: number });
@@ -698,9 +713,10 @@ async function main(): Promise<void> {
           totalDecisionMs: round(med(logged.map((l) => l.totalMs)), 0),
           directSampleFetchMs: round(sampleFetchMs, 0), floorRatio: round((ref + sampleFetchMs) / ref, 2),
           peakRssMiB: round(peakKiB / 1024, 1), peakRssMB: round((peakKiB * 1024) / MB, 1),
+          allowPeakRssMB: round((allowPeakKiB * 1024) / MB, 1), laterPeakRssMB: round((laterPeakKiB * 1024) / MB, 1),
         };
         rows.push(row);
-        console.log(`    ${h.name}: allow ${fmt(row.allowMs, 0)} ms (CPU ${fmt(row.allowCpuMs, 0)} ms; its first: ${fmt(row.allowFirstMs, 0)} ms); first defacing ${fmt(row.firstMs, 0)} ms (${fmt(row.firstRatio, 2)}x, median after the first of ${row.firstRatios.join(', ')}; CPU ${fmt(row.firstCpuMs, 0)} ms; ${row.decisions} decisions (${row.decision}) in ${fmt(row.totalDecisionMs, 0)} ms, of which reading and analysis ${fmt(row.analysisMs, 0)} ms, over ${row.fetchedInstances} fetched instances); later ${fmt(row.laterMs, 0)} ms (${fmt(row.laterRatio, 2)}x, CPU ${fmt(row.laterCpuMs, 0)} ms); peak RSS ${fmt(row.peakRssMB, 0)} MB`);
+        console.log(`    ${h.name}: allow ${fmt(row.allowMs, 0)} ms (CPU ${fmt(row.allowCpuMs, 0)} ms; its first: ${fmt(row.allowFirstMs, 0)} ms); first defacing ${fmt(row.firstMs, 0)} ms (${fmt(row.firstRatio, 2)}x, median after the first of ${row.firstRatios.join(', ')}; CPU ${fmt(row.firstCpuMs, 0)} ms; ${row.decisions} decisions (${row.decision}) in ${fmt(row.totalDecisionMs, 0)} ms, of which reading and analysis ${fmt(row.analysisMs, 0)} ms, over ${row.fetchedInstances} fetched instances); later ${fmt(row.laterMs, 0)} ms (${fmt(row.laterRatio, 2)}x, CPU ${fmt(row.laterCpuMs, 0)} ms); peak RSS ${fmt(row.peakRssMB, 0)} MB (allow retrieves ${fmt(row.allowPeakRssMB, 0)} MB, later defacing ${fmt(row.laterPeakRssMB, 0)} MB)`);
         console.log(`    ${h.name}: the same ${sample.length} instances fetched directly from Orthanc take ${fmt(sampleFetchMs, 0)} ms: any analysis that reads them is at least ${fmt(row.floorRatio, 2)}x the allow retrieve on this machine`);
       }
       result.faces = rows;

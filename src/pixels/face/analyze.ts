@@ -252,6 +252,8 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // Per height, the most prominent candidate and its column.
   const zBest = new Float64Array(nz);
   const zX = new Int32Array(nz).fill(-1);
+  // Whether that candidate's lip (10 mm below it) is in view rather than beyond the field of view.
+  const zLip = new Uint8Array(nz);
   for (let z = zFrom; z <= zTo; z++) {
     for (let x = Math.round(xMid) - xr; x <= Math.round(xMid) + xr; x++) {
       const c = A(z, x);
@@ -279,25 +281,31 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       for (let d = Math.round((15 * scale) / g); d <= Math.round((45 * scale) / g); d++) { const u = A(z + d, x); if (!Number.isNaN(u) && u < deepest) deepest = u; }
       if (deepest === Infinity || c - deepest < 6) continue;
       const p = Math.min(c - side, 1.5 * (c - deepest));
-      if (p > zBest[z]!) { zBest[z] = p; zX[z] = x; }
+      if (p > zBest[z]!) { zBest[z] = p; zX[z] = x; zLip[z] = below >= zBottom ? 1 : 0; }
+      if (p > best) { best = p; bz = z; bx = x; }
     }
   }
-  // The nose is the highest ridge that stands out nearly as well as the best one: a chin
-  // thrust forward (a raised chin) can stand out more than the nose above it, never the other
-  // way round (nothing below the eyes and above the nose passes for a nose). A ridge counts
-  // where its prominence peaks within 8 mm up and down.
-  for (let z = zFrom; z <= zTo; z++) if (zBest[z]! > best) best = zBest[z]!;
-  const peakR = Math.max(1, Math.round(8 / g));
-  for (let z = zTo; z >= zFrom && best >= 8; z--) {
-    const p = zBest[z]!;
-    if (p < Math.max(8, 0.5 * best)) continue;
-    let peak = true;
-    for (let d = -peakR; d <= peakR && peak; d++) if (d !== 0 && z + d >= zFrom && z + d <= zTo && zBest[z + d]! > p) peak = false;
-    if (!peak) continue;
-    bz = z;
-    bx = zX[z]!;
-    best = p;
-    break;
+  // The ridge that stands out most is the nose, unless it is a chin: a raised chin can stand out
+  // more than the nose above it. When the face is in view from below that ridge (30 mm of body
+  // under it) and a ridge 15–90 mm above it stands out at least half as well, with its lip in
+  // view, the highest such ridge is the nose (nothing between the eyes and the nose passes for
+  // one). A field of view that ends under the ridge (a slab above the mouth, a head CT cut at
+  // the nose) keeps the ridge that stands out most: no chin is in view to be taken for a nose.
+  // A ridge counts where its prominence peaks within 8 mm up and down.
+  if (best >= 8 && bz - Math.round((30 * scale) / g) >= zBottom) {
+    const peakR = Math.max(1, Math.round(8 / g));
+    const lowest = bz + Math.round((15 * scale) / g);
+    for (let z = Math.min(zTo, bz + Math.round((90 * scale) / g)); z >= lowest; z--) {
+      const p = zBest[z]!;
+      if (p < Math.max(8, 0.5 * best) || !zLip[z]) continue;
+      let peak = true;
+      for (let d = -peakR; d <= peakR && peak; d++) if (d !== 0 && z + d >= zFrom && z + d <= zTo && zBest[z + d]! > p) peak = false;
+      if (!peak) continue;
+      bz = z;
+      bx = zX[z]!;
+      best = p;
+      break;
+    }
   }
   const noseFound = best >= 8 && bz >= 0;
   if (!noseFound && !headInView) return { kind: 'no-face', why: 'no head in view' };

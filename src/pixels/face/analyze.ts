@@ -181,11 +181,25 @@ function sections(mask: Uint8Array, nx: number, ny: number, nz: number, front: n
       rowCount[y] = inRow;
       s.count += inRow;
     }
-    for (let x = 0; x < nx; x++) if (colCount[x]! >= core) { if (x < s.x0) s.x0 = x; s.x1 = x; }
-    for (let y = 0; y < ny; y++) if (rowCount[y]! >= core) { if (y < s.y0) s.y0 = y; s.y1 = y; }
+    // The extents are the longest unbroken run of such columns (rows): the side plates of a head
+    // holder, tall and apart from the head, do not widen it.
+    [s.x0, s.x1] = longestRun(colCount, nx, core);
+    [s.y0, s.y1] = longestRun(rowCount, ny, core);
     slices.push(s);
   }
   return { slices, ant };
+}
+
+/** [first, last] of the longest run of counts[i] >= min over i < n; [n, -1] when there is none. */
+function longestRun(counts: Int32Array, n: number, min: number): [number, number] {
+  let best: [number, number] = [n, -1];
+  let from = -1;
+  for (let i = 0; i <= n; i++) {
+    if (i < n && counts[i]! >= min) { if (from < 0) from = i; continue; }
+    if (from >= 0 && i - 1 - from > best[1] - best[0]) best = [from, i - 1];
+    from = -1;
+  }
+  return best;
 }
 
 const median = (a: number[]): number => { const s = [...a].sort((p, q) => p - q); return s[Math.floor(s.length / 2)] ?? Number.NaN; };

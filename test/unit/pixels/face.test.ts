@@ -114,6 +114,23 @@ describe('faces on head phantoms', () => {
     assert.equal(verdict.kind, 'no-face', JSON.stringify(verdict));
   });
 
+  test('a head held between the side plates of a holder is still a head: no face found is withheld, not released as no head', async () => {
+    // The plates, tall and apart from the head, made its cross-sections as wide as they are deep
+    // (not a head's) when a cross-section's width ran from plate to plate: a real tilted head CT
+    // (GE HiSpeed) was released as "no head in view".
+    const o = { modality: 'CT' as const, orientation: 'axial' as const, slices: 110, sliceMm: 2.5, rows: 110, columns: 120, pixelMm: 2, noFace: true, holder: true };
+    const ph = makeHeadPhantom(base({ ...o, uidRoot: '1.2.826.0.1.3680043.9.7433.11.47' }));
+    const verdict = await decide(ph);
+    assert.equal(verdict.kind, 'uncertain', JSON.stringify(verdict));
+    // With its face, the same head in the same holder is defaced.
+    const withFace = makeHeadPhantom(base({ ...o, noFace: false, uidRoot: '1.2.826.0.1.3680043.9.7433.11.48' }));
+    const v2 = await decide(withFace);
+    assert.equal(v2.kind, 'deface', JSON.stringify(v2));
+    const c = checkDefaced(withFace, await deliver(withFace, v2));
+    assert.equal(c.removedBad, 0, `${c.removedBad} face voxels left: ${JSON.stringify(c.left)}`);
+    assert.equal(c.brainBad, 0, `${c.brainBad} brain voxels changed`);
+  });
+
   test('a whole head whose face cannot be found (no nose, no nasion) is withheld, never cut', async () => {
     // The vault and the skull base in view down to the neck, but no face: landmarks cannot be trusted.
     const ph = makeHeadPhantom(base({ modality: 'MR', orientation: 'axial', slices: 110, sliceMm: 2.5, rows: 100, columns: 100, noFace: true, uidRoot: '1.2.826.0.1.3680043.9.7433.11.46' }));

@@ -68,19 +68,14 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // Both requests go out at once: the retrieve streams while the facts are computed (the PACS
   // reads every file of the study for them), and only the status line waits for the facts.
   const path = `/studies/${study}${series === undefined ? '' : `/series/${series}`}${sop === undefined ? '' : `/instances/${sop}`}`;
-  // When the facts are known already and a text decision is pending, the retrieve waits for
-  // it: the detector reads whole instances, so the PACS serves it alone, and a single instance's
-  // bytes are fetched once. A pending face decision does not hold the request back when the
-  // retrieve asks for native pixels anyway: the PACS starts on it while the face is analysed
-  // (what it sends waits in the socket buffers, a few MB, and nothing is read or sent to the
-  // client before the decision), so its time to first byte is not added to the analysis.
+  // When the facts are known already and a face or text decision is pending, the retrieve waits
+  // for it too: the PACS then serves the analysis alone, and the stream does not stall half-sent.
   // Under risky: detect with the facts unknown, it waits as well (risky instances are likely).
   const known = sop === undefined ? rc.facts.scope(study, series) : undefined;
-  const native = upTs === undefined || upTs === EXPLICIT_LE_UID;
   const pending = known === undefined ? rc.client.pixels.risky === 'detect' : [...known].some(([uid, f]) => {
     const s = f.scope?.[TAG.seriesUid];
     if (f.rows === undefined) return false;
-    return (!native && s !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined)
+    return (s !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined)
       || (needsTextDecision(f, rc.client.pixels) && rc.text.decision(uid) === undefined);
   });
   let retrieving = afterFaces || pending ? undefined : ok(rc, path, acceptFor(upTs));

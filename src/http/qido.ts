@@ -118,6 +118,11 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // so that neither the rows it returns nor the gateway's work depend on hidden studies.
   const extraWarnings: string[] = [];
   const studyDate = q.dateFilters.find((f) => f.tag === '00080020');
+  // Other shifted date keys (SeriesDate, ContentDate, AcquisitionDate, …) have no index: no
+  // window from the client's value reaches the PACS either. The rows are fetched whatever the
+  // date (bounded by the other keys and the scope, and by server.maxQueryScan) and matched
+  // here on the shifted values, so which rows the PACS returns never depends on the date asked.
+  if (!ownStudies) for (const f of q.dateFilters) if (f.tag !== '00080020') up.delete(f.tag);
   if (!ownStudies && studyDate && !collect) {
     const idx = await dateIndex(rc);
     if (idx.truncated) extraWarnings.push(`299 deid-gateway "Dates were matched on the first ${idx.dates.size} studies in scope only (server.maxQueryScan); results may be incomplete. Narrow the scope."`);

@@ -161,7 +161,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
         if (id === 'cohort-b') {
           c.profile = { options: ['retainLongitudinalModifiedDates'], dateShift: { minDays: 10, maxDays: 40 } };
           c.scope = { studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
-          c.query = { allowedKeys: ['StudyDate', 'StudyInstanceUID'], maxResults: 4 };
+          c.query = { allowedKeys: ['StudyDate', 'StudyInstanceUID', 'SeriesDate'], maxResults: 4 };
         }
         // cohort-b's scope with original UIDs, so that out-of-scope studies can be named in paths.
         if (id === 'cohort-d') c.scope = { studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
@@ -483,6 +483,36 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       assert.equal(a.up.some((u) => new URL(u, 'http://x').searchParams.has('0020000D')), a.found > 0, `StudyDate=${a.x}`);
     }
     assert.ok(scans <= 1, `the scope was scanned ${scans} times for the index`);
+  });
+
+  test('other shifted date keys (SeriesDate) of a client scoped by filters: no window from the asked date reaches the PACS', async () => {
+    const all: string[] = [];
+    for (let offset = 0; offset < 40; offset += 4) {
+      const page = await rows(`/dicom-web/series?includefield=SeriesDate&offset=${offset}`, 'cohort-b');
+      for (const r of page) all.push(String(val(r, '00080021')));
+      if (page.length < 4) break;
+    }
+    assert.ok(all.length >= 2 && all.every((d) => /^\d{8}$/.test(d)), `series with shifted dates: ${all.join(' ')}`);
+    const asked: { x: string; up: string[]; found: number }[] = [];
+    for (const x of [all[0]!, '19900101', '20200615-20200620', `-${all[0]!}`]) {
+      const got: string[] = [];
+      const m = proxy.seen.length;
+      for (let offset = 0; offset < 40; offset += 4) {
+        const page = await rows(`/dicom-web/series?SeriesDate=${x}&offset=${offset}`, 'cohort-b');
+        for (const r of page) got.push(String(val(r, '00080021')));
+        if (page.length < 4) break;
+      }
+      const [from, until] = x.includes('-') ? x.split('-') : [x, x];
+      assert.deepEqual(got.sort(), all.filter((d) => (!from || d >= from) && (!until || d <= until)).sort(), `SeriesDate=${x}: exactly the series of those shifted dates`);
+      asked.push({ x, found: got.length, up: proxy.seen.slice(m).filter((u) => u.startsWith('/dicom-web/series?')) });
+    }
+    assert.ok(asked.some((a) => a.found > 0) && asked.some((a) => a.found === 0), 'dates with and without series were asked');
+    for (const a of asked) {
+      for (const u of a.up) assert.ok(!new URL(u, 'http://x').searchParams.has('00080021'), `SeriesDate=${a.x}: ${u} carries a date window`);
+    }
+    // The first page's upstream query is the same whatever the date asked.
+    const firsts = asked.map((a) => a.up[0]);
+    for (const f of firsts) assert.equal(f, firsts[0], 'one and the same upstream query for every date asked');
   });
 
   test('allowed match keys per client; identifying keys refused with a stable code', async () => {

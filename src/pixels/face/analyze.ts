@@ -162,6 +162,7 @@ function sections(mask: Uint8Array, nx: number, ny: number, nz: number, front: n
   const ant = new Float32Array(nz * nx).fill(Number.NaN);
   const colCount = new Int32Array(nx);
   const rowCount = new Int32Array(ny);
+  const thin = Math.max(2, Math.ceil(12 / g));
   for (let z = 0; z < nz; z++) {
     const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
     colCount.fill(0);
@@ -181,25 +182,30 @@ function sections(mask: Uint8Array, nx: number, ny: number, nz: number, front: n
       rowCount[y] = inRow;
       s.count += inRow;
     }
-    // The extents are the longest unbroken run of such columns (rows): the side plates of a head
-    // holder, tall and apart from the head, do not widen it.
-    [s.x0, s.x1] = longestRun(colCount, nx, core);
-    [s.y0, s.y1] = longestRun(rowCount, ny, core);
+    // Runs of such columns thinner than 12 mm do not count: the side plates of a head holder,
+    // tall and apart from the head, do not widen it.
+    [s.x0, s.x1] = extentOfRuns(colCount, nx, core, thin);
+    for (let y = 0; y < ny; y++) if (rowCount[y]! >= core) { if (y < s.y0) s.y0 = y; s.y1 = y; }
     slices.push(s);
   }
   return { slices, ant };
 }
 
-/** [first, last] of the longest run of counts[i] >= min over i < n; [n, -1] when there is none. */
-function longestRun(counts: Int32Array, n: number, min: number): [number, number] {
-  let best: [number, number] = [n, -1];
+/**
+ * [first, last] of the columns with counts[i] >= min, over the runs of them at least
+ * `minRun` long: a thin run apart from the rest (the side plate of a head holder) does not
+ * count, while gaps inside the body (a hollow phantom) do not split it. [n, -1] when there is none.
+ */
+function extentOfRuns(counts: Int32Array, n: number, min: number, minRun: number): [number, number] {
+  let first = n;
+  let last = -1;
   let from = -1;
   for (let i = 0; i <= n; i++) {
     if (i < n && counts[i]! >= min) { if (from < 0) from = i; continue; }
-    if (from >= 0 && i - 1 - from > best[1] - best[0]) best = [from, i - 1];
+    if (from >= 0 && i - from >= minRun) { if (from < first) first = from; last = i - 1; }
     from = -1;
   }
-  return best;
+  return [first, last];
 }
 
 const median = (a: number[]): number => { const s = [...a].sort((p, q) => p - q); return s[Math.floor(s.length / 2)] ?? Number.NaN; };

@@ -444,6 +444,11 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // The cut never reaches deep into the head: no body voxel 35 mm or more above the tip (in the
   // face's frame) and 30 mm or more behind the skin of its column may be removed. Landmarks that
   // put the cut there are wrong; the series is withheld rather than cut through the brain.
+  // A ridge at the lowest slices with no lip in view may be the bridge of a nose whose tip lies
+  // below the field of view (a slab above the mouth): the frontal lobes can then lie less than
+  // 35 mm above it, so everything in view above it is guarded.
+  const tipAtEdge = !zLip[bz] && (nz0 - zBottom) * g <= 10;
+  const guardFrom = tipAtEdge ? 0 : 35 * scale;
   // The planes do not depend on x: a voxel is removed when, for every plane, n1·y + n2·z < d.
   let deep = 0;
   for (let z = 0; z < nz; z++) {
@@ -452,7 +457,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       const py = origin[1] + y * g;
       const antY = -py;
       // h = (A - nAnt) sinP + (z - zN) cosP with A = -y
-      if ((antY - nAnt) * sinP + (pz - zN) * cosP < 35 * scale) continue;
+      if ((antY - nAnt) * sinP + (pz - zN) * cosP < guardFrom) continue;
       let cut = true;
       for (const pl of planes) if (!(pl.n[1] * py + pl.n[2] * pz < pl.d)) { cut = false; break; }
       if (!cut) continue;

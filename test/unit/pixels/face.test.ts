@@ -131,6 +131,20 @@ describe('faces on head phantoms', () => {
     assert.equal(c.brainBad, 0, `${c.brainBad} brain voxels changed`);
   });
 
+  test('a slab above the nose (ASL, fMRI: the eyes or the brow at its lowest slice) is never cut into the brain', async () => {
+    // A real XA30 ASL slab whose lowest slice lay 32 mm above the nose had its brow taken for a
+    // nose by a version that preferred the highest ridge, and 78 cm³ of frontal lobe cut.
+    for (const [i, fromZ] of [0, 5, 10, 15, 20].entries()) {
+      for (const modality of ['MR', 'CT'] as const) {
+        const ph = makeHeadPhantom(base({ modality, orientation: 'axial', slices: 13, sliceMm: 7.5, rows: 64, columns: 64, pixelMm: 3.5, fromZ, fovCenter: [0, 0, fromZ + 45], uidRoot: `1.2.826.0.1.3680043.9.7433.11.6${i}${modality === 'MR' ? 1 : 2}` }));
+        const verdict = await decide(ph);
+        if (verdict.kind !== 'deface') continue;
+        const c = checkDefaced(ph, await deliver(ph, verdict));
+        assert.equal(c.brainBad, 0, `slab from ${fromZ} mm (${modality}): ${c.brainBad} brain voxels changed by ${JSON.stringify(verdict)}`);
+      }
+    }
+  });
+
   test('a whole head whose face cannot be found (no nose, no nasion) is withheld, never cut', async () => {
     // The vault and the skull base in view down to the neck, but no face: landmarks cannot be trusted.
     const ph = makeHeadPhantom(base({ modality: 'MR', orientation: 'axial', slices: 110, sliceMm: 2.5, rows: 100, columns: 100, noFace: true, uidRoot: '1.2.826.0.1.3680043.9.7433.11.46' }));

@@ -446,9 +446,10 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // put the cut there are wrong; the series is withheld rather than cut through the brain.
   // A ridge at the lowest slices with no lip in view may be the bridge of a nose whose tip lies
   // below the field of view (a slab above the mouth): the frontal lobes can then lie less than
-  // 35 mm above it, so everything in view above it is guarded.
+  // 35 mm above it, so the guard starts 20 mm above it. (From the tip itself, it withheld a
+  // real diffusion series cut cleanly under its nose: the cut's legitimate depth at the nose.)
   const tipAtEdge = !zLip[bz] && (nz0 - zBottom) * g <= 10;
-  const guardFrom = tipAtEdge ? 0 : 35 * scale;
+  const guardFrom = tipAtEdge ? 20 * scale : 35 * scale;
   // The planes do not depend on x: a voxel is removed when, for every plane, n1·y + n2·z < d.
   let deep = 0;
   for (let z = 0; z < nz; z++) {

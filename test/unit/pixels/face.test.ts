@@ -136,11 +136,14 @@ describe('faces on head phantoms', () => {
     // nose by a version that preferred the highest ridge, and 78 cm³ of frontal lobe cut.
     for (const [i, fromZ] of [0, 5, 10, 15, 20].entries()) {
       for (const modality of ['MR', 'CT'] as const) {
-        const ph = makeHeadPhantom(base({ modality, orientation: 'axial', slices: 13, sliceMm: 7.5, rows: 64, columns: 64, pixelMm: 3.5, fromZ, fovCenter: [0, 0, fromZ + 45], uidRoot: `1.2.826.0.1.3680043.9.7433.11.6${i}${modality === 'MR' ? 1 : 2}` }));
-        const verdict = await decide(ph);
-        if (verdict.kind !== 'deface') continue;
-        const c = checkDefaced(ph, await deliver(ph, verdict));
-        assert.equal(c.brainBad, 0, `slab from ${fromZ} mm (${modality}): ${c.brainBad} brain voxels changed by ${JSON.stringify(verdict)}`);
+        for (const sliceMm of [7.5, 3]) {
+          const slices = Math.round(95 / sliceMm);
+          const ph = makeHeadPhantom(base({ modality, orientation: 'axial', slices, sliceMm, rows: 64, columns: 64, pixelMm: 3.5, fromZ, fovCenter: [0, 0, fromZ + 45], uidRoot: `1.2.826.0.1.3680043.9.7433.11.6${i}${modality === 'MR' ? 1 : 2}${sliceMm === 3 ? 3 : 7}` }));
+          const verdict = await decide(ph);
+          if (verdict.kind !== 'deface') continue;
+          const c = checkDefaced(ph, await deliver(ph, verdict));
+          assert.equal(c.brainBad, 0, `slab from ${fromZ} mm (${modality}, ${sliceMm} mm): ${c.brainBad} brain voxels changed by ${JSON.stringify(verdict)}`);
+        }
       }
     }
   });

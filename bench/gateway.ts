@@ -651,8 +651,9 @@ async function main(): Promise<void> {
         // of each pair is taken, so that the machine's drift between pairs cancels.
         const firsts: { ms: number; cpuMs: number; ratio: number; allowMs: number }[] = [];
         let peakKiB = 0;
-        // The same peak around the allow retrieves and the later defacing ones: what the
-        // analysis adds, and what streaming alone takes.
+        // Peak RSS around each retrieve (VmHWM reset before it, and sampled): the first defacing
+        // ones, and for comparison the allow retrieves and the later defacing ones (what the
+        // analysis adds, and what streaming alone takes).
         let allowPeakKiB = 0;
         let laterPeakKiB = 0;
         const peakOf = async <T>(run: () => Promise<T>): Promise<{ r: T; kiB: number }> => {
@@ -666,11 +667,9 @@ async function main(): Promise<void> {
           const pa = await peakOf(() => timed(allow, allowPaths[c % allowPaths.length]!));
           const a = pa.r;
           allowPeakKiB = Math.max(allowPeakKiB, pa.kiB);
-          const reset = resetPeak(gw.pid);
-          rssSampler.start();
-          const f = await timed(gateway, defacePaths[c]!);
-          rssSampler.stop();
-          peakKiB = Math.max(peakKiB, rssSampler.maxKiB, reset ? readMem(gw.pid)!.hwmKiB : 0);
+          const pf = await peakOf(() => timed(gateway, defacePaths[c]!));
+          const f = pf.r;
+          peakKiB = Math.max(peakKiB, pf.kiB);
           firsts.push({ ms: f.ms, cpuMs: f.cpuMs, ratio: f.ms / a.ms, allowMs: a.ms });
         }
         const laters: { ms: number; cpuMs: number; ratio: number; allowMs: number; allowCpuMs: number }[] = [];

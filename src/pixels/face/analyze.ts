@@ -302,9 +302,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
       if (deepest === Infinity || c - deepest < 6) continue;
       const p = Math.min(c - side, 1.5 * (c - deepest));
       if (p > zBest[z]!) { zBest[z] = p; zX[z] = x; zLip[z] = below >= zBottom ? 1 : 0; }
-      if (p > best) { best = p; bz = z; bx = x; }
     }
   }
+  for (let z = zFrom; z <= zTo; z++) if (zBest[z]! > best) { best = zBest[z]!; bz = z; bx = zX[z]!; }
   // The ridge that stands out most is the nose, unless it is a chin: a raised chin can stand out
   // more than the nose above it. When the face is in view from below that ridge (30 mm of body
   // under it) and a ridge 15–90 mm above it stands out at least half as well, with its lip in

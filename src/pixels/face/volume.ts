@@ -104,15 +104,15 @@ function factors(g: FrameGeometry, targetMm: number): { fr: number; fc: number }
   return { fr: Math.max(1, Math.floor(targetMm / g.rowSpacing)), fc: Math.max(1, Math.floor(targetMm / g.colSpacing)) };
 }
 
-/** Where a frame's reduced pixels lie: known from its geometry before its pixels are read. */
-export interface FramePlace {
+/** Where a frame's reduced pixels lie. */
+interface FramePlace {
   readonly geometry: FrameGeometry;
   readonly rows: number;
   readonly columns: number;
 }
 
 /** The place of a frame of rows x columns once reduced by reduceFrame to about `targetMm`. */
-export function reducedPlace(g: FrameGeometry, rows: number, columns: number, targetMm: number): FramePlace {
+function reducedPlace(g: FrameGeometry, rows: number, columns: number, targetMm: number): FramePlace {
   const { fr, fc } = factors(g, targetMm);
   // The reduced pixel (0,0) is the centre of the first block.
   const oc = ((fc - 1) / 2) * g.colSpacing;

@@ -438,7 +438,9 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       asked.push(proxy.seen.slice(mark).filter((u) => u.startsWith('/dicom-web/studies?')));
     }
     // Dates with no study of the client's, before, between and after: the same PACS query again.
-    for (const x of ['19900101', '20200615-20200620', '-20000101', '20300101-']) {
+    // (The shifts come from this run's key, so a window that happens to hold a shifted date is skipped.)
+    const holds = (x: string): boolean => { const [from, until] = x.includes('-') ? x.split('-') : [x, x]; return mine.some((m) => (!from || m.shifted >= from) && (!until || m.shifted <= until)); };
+    for (const x of ['19900101', '20200615-20200620', '20190301-20190305', '-20000101', '20300101-'].filter((d) => !holds(d))) {
       const mark = proxy.seen.length;
       assert.deepEqual(await rows(`/dicom-web/studies?StudyDate=${x}`, 'shifted-list'), []);
       asked.push(proxy.seen.slice(mark).filter((u) => u.startsWith('/dicom-web/studies?')));

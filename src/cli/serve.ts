@@ -11,7 +11,7 @@ import { createOpsLogger } from '../audit/log.js';
 import { startGateway } from '../main.js';
 
 export async function serve(cfg: Config): Promise<number> {
-  const gw = await startGateway(cfg);
+  const gw = await startGateway(cfg, undefined, { warm: true });
   const log = createOpsLogger();
   const onHup = (): void => {
     try {

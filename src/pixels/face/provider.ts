@@ -8,17 +8,17 @@
  * only the instances that hold them (uncompressed, four at a time), reduces each frame to
  * about 2.5 mm as it arrives, drops the full-resolution bytes, and resamples the reduced
  * frames onto the grid once all are in. Concurrent requests for one series share one analysis.
+ * The resampling and analysis run on a FaceRunner: a worker thread in the gateway and the
+ * deid command (workers.ts), off the event loop.
  */
 import { createHash } from 'node:crypto';
-import { inflateRawSync } from 'node:zlib';
 import { GatewayError } from '../../core/errors.js';
-import { readInstanceSync } from '../../dicom/part10.js';
 import type { DecisionStore, FaceVerdict } from '../../pixels/types.js';
 import { Decisions } from '../decisions.js';
 import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
-import { part10View } from '../views.js';
-import { analyzeFace, FACE_ALGORITHM } from './analyze.js';
-import { buildVolume, largestStack, reduceFrame, type ReducedFrame } from './volume.js';
+import { FACE_ALGORITHM } from './analyze.js';
+import { inThreadRunner, reduceInstance, timed, type FaceRunner } from './runner.js';
+import { largestStack, type ReducedFrame } from './volume.js';
 
 /** Where a series comes from: the PACS (gateway) or files (offline command). */
 export interface SeriesSource {
@@ -33,13 +33,11 @@ export type FaceStore = DecisionStore<FaceVerdict>;
 
 export interface FaceStats {
   analyses: number;
-  /** CPU-ish wall time of the analyses (fetch excluded), seconds. */
+  /** Time the runner spent reading and analysing (fetching and queueing excluded), seconds. */
   analysisSeconds: number;
   fetchedInstances: number;
 }
 
-/** Grid spacing of the reduced volume, mm. */
-const GRID_MM = 2.5;
 /**
  * Frames are sampled at most this far apart along the stack (every k-th frame, the largest k
  * that keeps them so; the grid fills between them). Each sampled instance is one request to the
@@ -64,7 +62,11 @@ export class FaceProvider {
    * `onAnalysis` hears of each analysis made (never of stored ones): its kind, the seconds of
    * reading and analysing (fetching excluded) and how many instances were fetched. PHI-free.
    */
-  constructor(store: FaceStore | undefined, private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number; listMs: number; totalMs: number }) => void) {
+  constructor(
+    store: FaceStore | undefined,
+    private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number; listMs: number; fetchMs: number; totalMs: number }) => void,
+    private readonly runner: FaceRunner = inThreadRunner,
+  ) {
     this.decisions = new Decisions(store);
   }
 
@@ -126,8 +128,8 @@ export class FaceProvider {
     const step = Math.max(1, Math.floor(SAMPLE_MM / (span / (stack.length - 1))));
     // The sampled frames, in order; per instance, which of them it holds.
     const sampled = stack.filter((_, i) => i % step === 0);
-    const wanted = new Map<string, Map<number, number>>();
-    sampled.forEach((s, i) => (wanted.get(s.sop) ?? wanted.set(s.sop, new Map()).get(s.sop)!).set(s.frame, i));
+    const wanted = new Map<string, [number, number][]>();
+    sampled.forEach((s, i) => (wanted.get(s.sop) ?? wanted.set(s.sop, []).get(s.sop)!).push([s.frame, i]));
     const reduced: (ReducedFrame | undefined)[] = new Array(sampled.length);
     let seconds = 0;
     let fetched = 0;
@@ -136,35 +138,24 @@ export class FaceProvider {
     // bytes dropped. The frames' own headers place them (the metadata only chose them).
     const queue = [...wanted];
     const worker = async (): Promise<void> => {
-      for (let next = queue.shift(); next; next = queue.shift()) await reduceOne(next[0], next[1]);
-    };
-    const reduceOne = async (sop: string, want: ReadonlyMap<number, number>): Promise<void> => {
-      const bytes = await source.instance(sop);
-      this.stats.fetchedInstances++;
-      fetched++;
-      const t0 = performance.now();
-      const inst = readInstanceSync(bytes, (b) => inflateRawSync(b));
-      if (!inst.pixel) {
-        throw new GatewayError('PIXELS_WITHHELD', 'the pixels of this series cannot be read to decide whether a face is in view', { auditReason: 'pixels-withheld:face-undecodable' });
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        const bytes = await source.instance(next[0]);
+        this.stats.fetchedInstances++;
+        fetched++;
+        const r = timed(() => reduceInstance(bytes, next[1]));
+        for (const x of r.value) reduced[x.index] = x.frame;
+        seconds += r.ms / 1000;
       }
-      const facts = readPixelFacts(part10View(inst.elements));
-      const per = facts.rows * facts.columns * (facts.bitsAllocated / 8);
-      for (const [frame, i] of want) {
-        if ((frame + 1) * per > inst.pixel.length) continue;
-        reduced[i] = reduceFrame(inst.pixel.subarray(frame * per, (frame + 1) * per), facts, frame, inst.transferSyntax.littleEndian, GRID_MM);
-      }
-      seconds += (performance.now() - t0) / 1000;
     };
     await Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
-    const t0 = performance.now();
+    const fetchMs = performance.now() - started - listMs;
     const got = reduced.filter((r): r is ReducedFrame => r !== undefined);
-    // Resampled onto the grid once every frame is in (a single pass over the voxels).
-    const vol = buildVolume(got, GRID_MM);
-    const result = vol ? analyzeFace(vol, modality) : { kind: 'no-face' as const, why: 'no volume' };
-    seconds += (performance.now() - t0) / 1000;
+    // Resampled onto the grid once every frame is in (a single pass over the voxels), and analysed.
+    const { analysis: result, ms } = await this.runner.analyze(got, modality);
+    seconds += ms / 1000;
     this.stats.analyses++;
     this.stats.analysisSeconds += seconds;
-    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: got.length, listMs, totalMs: performance.now() - started });
+    this.onAnalysis?.({ kind: result.kind, seconds, fetched, frames: got.length, listMs, fetchMs, totalMs: performance.now() - started });
     if (result.kind === 'deface') return { kind: 'deface', planes: result.planes.map((p) => ({ n: [p.n[0], p.n[1], p.n[2]] as const, d: p.d })) };
     if (result.kind === 'uncertain') return { kind: 'uncertain', why: result.why };
     return { kind: 'no-face' };

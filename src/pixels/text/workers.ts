@@ -6,8 +6,9 @@
  * Small instances are read on the calling thread: a worker's round trip would cost more.
  */
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { GatewayError } from '../../core/errors.js';
+import { startPixelWorker } from '../worker-start.js';
 import type { Box } from './detect.js';
 import { mergeBoxes } from './detect.js';
 import { detectFrames, frameCount, pixelValueAt, verdictOf, type TextAnalysis } from './analyze.js';
@@ -22,15 +23,9 @@ const MIN_PARALLEL_PIXELS = 6_000_000;
 
 type Reply = { id: number; boxes: Box[]; framesRead: number } | { id: number; error: { code?: string; message: string; auditReason?: string } };
 
-/**
- * One worker. Compiled, it runs worker.js; under tsx (tests, development) worker.ts, after
- * registering tsx's loader in the worker itself (a worker does not inherit --import).
- */
+/** One worker (worker.ts). */
 function startWorker(): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url));
-  const api = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./worker.ts', import.meta.url).href;
-  return new Worker(`(async () => { (await import(${JSON.stringify(api)})).register(); await import(${JSON.stringify(entry)}); })();`, { eval: true });
+  return startPixelWorker(import.meta.url, 'worker');
 }
 
 /** A Buffer of `length` bytes in shared memory, which the workers read without a copy. */

@@ -33,7 +33,6 @@ import { FaceProvider } from '../pixels/face/provider.js';
 import { openFaceStore, openTextStore } from '../pixels/store-sqlite.js';
 import { TextProvider } from '../pixels/text/provider.js';
 import { TextWorkers } from '../pixels/text/workers.js';
-import { FaceWorker } from '../pixels/face/workers.js';
 import { nativeInstance } from '../pixels/codec.js';
 import type { TextBox } from '../pixels/types.js';
 import { encodePng } from '../render/render.js';
@@ -386,8 +385,7 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
   // Faces: inputs grouped by series; each head series is decided once (stored in state.dir,
   // shared with the gateway) before any of its files is written.
   const faceStore = openFaceStore(cfg.state.dir);
-  const faceWorker = new FaceWorker();
-  const faces = new FaceProvider(faceStore, undefined, faceWorker);
+  const faces = new FaceProvider(faceStore);
   // Burned-in text (risky: detect): each risky file is read once, decided, and stored in
   // state.dir/text.sqlite, shared with the gateway.
   const textStore = openTextStore(cfg.state.dir);
@@ -536,7 +534,6 @@ export async function runDeid(cfg: Config, args: { clientId: string; inputs: str
     faceStore.close();
     textStore.close();
     await textWorkers.close();
-    await faceWorker.close();
   }
   process.stderr.write(`${done} de-identified, ${refused} refused, ${skipped} skipped (client ${client.id}, plan sha256:${ctx.plan.hash.slice(0, 16)}; recorded in ${join(cfg.state.dir, EXPORT_TRAIL)})\n`);
   return refused > 0 ? 1 : 0;

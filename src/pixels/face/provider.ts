@@ -8,8 +8,6 @@
  * only the instances that hold them (uncompressed, four at a time), reduces each frame to
  * about 2.5 mm as it arrives, drops the full-resolution bytes, and resamples the reduced
  * frames onto the grid once all are in. Concurrent requests for one series share one analysis.
- * The resampling and analysis run on a FaceRunner: a worker thread in the gateway and the
- * deid command (workers.ts), off the event loop.
  */
 import { createHash } from 'node:crypto';
 import { GatewayError } from '../../core/errors.js';
@@ -17,7 +15,7 @@ import type { DecisionStore, FaceVerdict } from '../../pixels/types.js';
 import { Decisions } from '../decisions.js';
 import { dot, frameNormal, readPixelFacts, type DatasetView, type FrameGeometry } from '../geometry.js';
 import { FACE_ALGORITHM } from './analyze.js';
-import { inThreadRunner, reduceInstance, timed, type FaceRunner } from './runner.js';
+import { analyzeFrames, reduceInstance, timed } from './runner.js';
 import { largestStack, type ReducedFrame } from './volume.js';
 
 /** Where a series comes from: the PACS (gateway) or files (offline command). */
@@ -33,7 +31,7 @@ export type FaceStore = DecisionStore<FaceVerdict>;
 
 export interface FaceStats {
   analyses: number;
-  /** Time the runner spent reading and analysing (fetching and queueing excluded), seconds. */
+  /** Time spent reading and analysing (fetching excluded), seconds. */
   analysisSeconds: number;
   fetchedInstances: number;
 }
@@ -65,7 +63,6 @@ export class FaceProvider {
   constructor(
     store: FaceStore | undefined,
     private readonly onAnalysis?: (a: { kind: FaceVerdict['kind']; seconds: number; fetched: number; frames: number; listMs: number; fetchMs: number; totalMs: number }) => void,
-    private readonly runner: FaceRunner = inThreadRunner,
   ) {
     this.decisions = new Decisions(store);
   }
@@ -151,7 +148,7 @@ export class FaceProvider {
     const fetchMs = performance.now() - started - listMs;
     const got = reduced.filter((r): r is ReducedFrame => r !== undefined);
     // Resampled onto the grid once every frame is in (a single pass over the voxels), and analysed.
-    const { analysis: result, ms } = await this.runner.analyze(got, modality);
+    const { value: result, ms } = timed(() => analyzeFrames(got, modality));
     seconds += ms / 1000;
     this.stats.analyses++;
     this.stats.analysisSeconds += seconds;

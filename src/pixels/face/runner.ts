@@ -1,8 +1,12 @@
 /**
- * The CPU work of a face decision: reading a fetched instance down to its reduced frames (on
- * the calling thread, as each arrives: the full-resolution bytes never cross threads), and
- * analysing the reduced frames once all are in, behind one interface so that it can run on the
- * calling thread or on a worker (workers.ts). A runner holds no state between calls.
+ * The CPU work of a face decision: reading a fetched instance down to its reduced frames (as
+ * each arrives), and analysing the reduced frames once all are in; and a warm-up that runs it
+ * on a synthetic head so that a process's first decision runs compiled code.
+ *
+ * It runs on the event loop. A worker thread was tried (session 9): it kept the loop free for
+ * the 30–60 ms of an analysis, but its isolate cost about 40 MB of resident memory for the
+ * life of the process (a fifth of the gateway's peak while streaming a 1 GB study), against
+ * about 7 MB for the same warm-up here.
  */
 import { inflateRawSync } from 'node:zlib';
 import { GatewayError } from '../../core/errors.js';
@@ -17,11 +21,6 @@ export const GRID_MM = 2.5;
 
 /** Which frames of an instance are wanted: [frame number in the instance, index among the samples]. */
 export type WantedFrames = readonly (readonly [number, number])[];
-
-export interface FaceRunner {
-  /** Resamples the reduced frames onto the grid and analyses the volume; `ms` is its own time. */
-  analyze(frames: readonly ReducedFrame[], modality: string): Promise<{ readonly analysis: FaceAnalysis; readonly ms: number }>;
-}
 
 /**
  * Reads one whole instance (Part 10 bytes, native pixel data) and reduces its wanted frames.
@@ -44,23 +43,18 @@ export function reduceInstance(bytes: Uint8Array, want: WantedFrames): { index: 
   return out;
 }
 
-/** The analysis of reduced frames (see FaceRunner.analyze). */
+/** Resamples reduced frames onto the grid and analyses the volume. */
 export function analyzeFrames(frames: readonly ReducedFrame[], modality: string): FaceAnalysis {
   const vol = buildVolume(frames, GRID_MM);
   return vol ? analyzeFace(vol, modality) : { kind: 'no-face', why: 'no volume' };
 }
 
-/** Calls `f` and measures it (the runner's own time, in ms, queueing excluded). */
+/** Calls `f` and measures it (ms). */
 export function timed<T>(f: () => T): { value: T; ms: number } {
   const t0 = performance.now();
   const value = f();
   return { value, ms: performance.now() - t0 };
 }
-
-/** The runner on the calling thread (tests, and where no worker can start). */
-export const inThreadRunner: FaceRunner = {
-  analyze: async (frames, modality) => { const t = timed(() => analyzeFrames(frames, modality)); return { analysis: t.value, ms: t.ms }; },
-};
 
 /** Inside the ellipsoid of centre c and radii r. */
 const within = (x: number, y: number, z: number, c: readonly number[], r: readonly number[]): boolean =>

@@ -23,7 +23,7 @@ import type { Vec3 } from '../geometry.js';
 import type { Volume } from './volume.js';
 
 /** Bumped whenever the analysis or the cut changes: stored decisions of older versions are recomputed. */
-export const FACE_ALGORITHM = 'face-cut-3';
+export const FACE_ALGORITHM = 'face-cut-4';
 
 /** A half-space boundary in patient coordinates: a point p is in front of it when n·p < d. */
 export interface CutPlane {
@@ -397,9 +397,13 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // Nor is a nasion whose pitch lies beyond what the cut can follow (±0.5 rad from the neutral
   // lean, the clamp below): such a profile is distorted (echo-planar) rather than a head that
   // far tipped, and a clamped pitch would put the cut where neither landmark says.
+  // A nasion is placed only under a clear nose: a ridge standing 20 mm or more proud of the
+  // cheeks. A lower one may be a brow: on a real diffusion series (Canon, the face below the
+  // eyes lost to distortion) a 15 mm bump of the forehead was taken for the nose, and the cut
+  // from a nasion placed above it took the frontal pole (session 9).
   const measuredLean = nasionOk ? Math.atan2(nAnt - profile(sZ), mm(sZ) - mm(nz0)) : 0;
   const estimated = !nasionOk || Math.abs((28 * Math.PI) / 180 - measuredLean) > 0.5;
-  if (estimated && !(headInView && best >= 10)) return { kind: 'uncertain', why: 'no nasion was found above the nose' };
+  if (estimated && !(headInView && best >= 20)) return { kind: 'uncertain', why: 'no nasion was found above the nose' };
   const nasionAnt = estimated ? nAnt - 23 * scale : profile(sZ);
   const nasionZ = estimated ? mm(nz0) + 48 * scale : mm(sZ);
   if (vertexInView && (mm(zTop) - mm(nz0) < 80 * scale || mm(zTop) - mm(nz0) > 260 * scale)) {

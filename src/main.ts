@@ -38,6 +38,7 @@ import { fromSqlite, type GatewayPseudonymStore } from './pseudonym/shared.js';
 import { createUndiciUpstream, type Upstream } from './upstream/client.js';
 import { createHttpProxyUpstream } from './upstream/http-proxy.js';
 import { createNodeHttpUpstream } from './upstream/node-http.js';
+import { createSocketUpstream } from './upstream/socket-http.js';
 
 export interface Gateway {
   readonly url: string;
@@ -109,8 +110,10 @@ function assemble(cfg: Config, store: GatewayPseudonymStore, limits: LimitStore,
   const scopeEvents = new EventEmitter();
   const { clients, scopes } = buildClients(cfg, master, store, scopeEvents);
   const upstreamOpts = { url: cfg.upstream.url, connectTimeoutMs: cfg.upstream.connectTimeoutMs, responseTimeoutMs: cfg.upstream.responseTimeoutMs, connections: cfg.upstream.connections };
-  const upstream = cfg.upstream.transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
-    : cfg.upstream.transport === 'undici' ? createUndiciUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
+  const transport = cfg.upstream.transport ?? (new URL(cfg.upstream.url).protocol === 'http:' ? 'socket' : 'node');
+  const upstream = transport === 'http-proxy' ? createHttpProxyUpstream(upstreamOpts)
+    : transport === 'undici' ? createUndiciUpstream(upstreamOpts)
+      : transport === 'socket' ? createSocketUpstream(upstreamOpts) : createNodeHttpUpstream(upstreamOpts);
   const trail = new AuditTrail({ dir: cfg.state.dir, master, maxBytes: cfg.audit.maxFileBytes, rotateDaily: cfg.audit.rotateDaily });
   const sl = cfg.audit.syslog;
   const syslog = sl === undefined || spool === undefined ? undefined : new SyslogForwarder({

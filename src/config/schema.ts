@@ -129,7 +129,8 @@ export const configSchema = z.strictObject({
     url: z.url({ error: 'must be an absolute URL such as http://127.0.0.1:8042/dicom-web' }),
     connectTimeoutMs: z.number().int().min(1).default(5000),
     responseTimeoutMs: z.number().int().min(1).default(60000),
-    transport: z.enum(['node', 'undici', 'http-proxy'], { error: () => 'use node (default), undici or http-proxy' }).default('node'),
+    /** The PACS client: socket (the gateway's own, for http://; the default there), node (node:http; the default for https://), undici or http-proxy. */
+    transport: z.enum(['socket', 'node', 'undici', 'http-proxy'], { error: () => 'use socket (default for http://), node (default for https://), undici or http-proxy' }).optional(),
     /** Connections to the PACS (kept alive, shared by every client). */
     connections: z.number().int().min(1).max(10_000).default(32),
   }),

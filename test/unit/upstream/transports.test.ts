@@ -1,6 +1,7 @@
 /**
- * The three upstream transports (node:http, the default; undici and http-proxy, loaded only when
- * chosen) answer one interface: a GET with its query and Accept, the body streamed, a 404 as
+ * The four upstream transports (the gateway's own socket client, the default for http://;
+ * node:http, the default for https://; undici and http-proxy, loaded only when chosen) answer
+ * one interface: a GET with its query and Accept, the body streamed, a 404 as
  * its status, readiness, and an unreachable PACS as UPSTREAM_UNAVAILABLE-class errors.
  */
 import { describe, test } from 'node:test';
@@ -10,9 +11,11 @@ import type { AddressInfo } from 'node:net';
 import { createUndiciUpstream, type Upstream, type UpstreamOptions } from '../../../src/upstream/client.js';
 import { createHttpProxyUpstream } from '../../../src/upstream/http-proxy.js';
 import { createNodeHttpUpstream } from '../../../src/upstream/node-http.js';
+import { createSocketUpstream } from '../../../src/upstream/socket-http.js';
 import { GatewayError } from '../../../src/core/errors.js';
 
 const TRANSPORTS: [string, (o: UpstreamOptions) => Upstream][] = [
+  ['socket', createSocketUpstream],
   ['node:http', createNodeHttpUpstream],
   ['undici', createUndiciUpstream],
   ['http-proxy', createHttpProxyUpstream],

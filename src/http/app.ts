@@ -11,6 +11,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'winston';
 import { StreamShares } from './shares.js';
+import { writeGathered } from './write-gathered.js';
 import { GatewayError, isGatewayError } from '../core/errors.js';
 import type { AuditSink } from '../audit/sink.js';
 import type { Upstream } from '../upstream/client.js';
@@ -209,78 +210,6 @@ async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void>
   await writeGathered(res, rest());
 }
 
-/** Bytes a streamed reply may hold in the socket's buffer before it waits for the client. */
-const WRITE_BUFFER_BYTES = 1024 * 1024;
-/** A streamed reply is written in pieces of at least this many bytes (nginx's proxy buffers: 256 KiB). */
-const WRITE_GATHER_BYTES = 256 * 1024;
-/** Bytes gathered but not yet written wait at most this long for more (ms). */
-const WRITE_GATHER_MS = 1;
-
-/**
- * Writes a body's chunks to the response, gathered: chunks are held until WRITE_GATHER_BYTES
- * have come (or WRITE_GATHER_MS has passed, or the body ends), then written with the socket
- * corked, so that they leave in one writev with their chunk framing. On loopback a write costs
- * about as much per call as per 64 KiB moved (it also wakes the reader): one call per 256 KiB
- * instead of one per read from the PACS is most of what a hop spends writing.
- * Back-pressure: once more than WRITE_BUFFER_BYTES wait in the socket's buffer, the body waits
- * for 'drain'. A client that goes away ends the body (the upstream request is released with
- * it); a body that fails destroys the response (the caller reports it).
- */
-async function writeGathered(res: Response, body: AsyncGenerator<Buffer>): Promise<void> {
-  const batch: Buffer[] = [];
-  let batchBytes = 0;
-  let timer: NodeJS.Timeout | undefined;
-  const flush = (): void => {
-    if (timer) { clearTimeout(timer); timer = undefined; }
-    if (!batch.length || res.destroyed) return;
-    res.cork();
-    for (const c of batch) res.write(c);
-    res.uncork();
-    batch.length = 0;
-    batchBytes = 0;
-  };
-  const premature = (): Error => Object.assign(new Error('the client closed the connection'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
-  // Resolves true on `event`, false when the response closes first (the client went away, or
-  // the idle timeout). A fresh promise each time, its listeners removed once it settles.
-  const until = (event: 'drain' | 'finish'): Promise<boolean> => new Promise((resolve) => {
-    const done = (ok: boolean): void => { res.off(event, onEvent); res.off('close', onClose); resolve(ok); };
-    const onEvent = (): void => done(true);
-    const onClose = (): void => done(false);
-    res.on(event, onEvent);
-    res.on('close', onClose);
-  });
-  const onError = (): void => undefined; // a socket error ends in 'close'; it is not thrown here
-  res.on('error', onError);
-  try {
-    // A client that goes away aborts the upstream request (the handler's abort controller), so
-    // a next() waiting on the PACS ends with an error then.
-    for (let n = await body.next(); !n.done; n = await body.next()) {
-      if (res.destroyed) throw premature();
-      if (n.value.length === 0) continue;
-      batch.push(n.value);
-      batchBytes += n.value.length;
-      if (batchBytes < WRITE_GATHER_BYTES) {
-        timer ??= setTimeout(flush, WRITE_GATHER_MS);
-        continue;
-      }
-      flush();
-      if (res.writableLength >= WRITE_BUFFER_BYTES && !(await until('drain'))) throw premature();
-    }
-    flush();
-    if (res.destroyed) throw premature();
-    const finished = until('finish');
-    res.end();
-    if (!(await finished) && !res.writableFinished) throw premature();
-  } catch (e) {
-    if (timer) clearTimeout(timer);
-    // The body's generators are closed (their finally blocks release the upstream request).
-    body.return(undefined).catch(() => undefined);
-    if (!res.destroyed) res.destroy();
-    throw e;
-  } finally {
-    res.off('error', onError);
-  }
-}
 
 /**
  * A refusal whose request body is not read: the connection closes once the answer is out, so a

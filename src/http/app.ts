@@ -210,7 +210,6 @@ async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void>
   await writeGathered(res, rest());
 }
 
-
 /**
  * A refusal whose request body is not read: the connection closes once the answer is out, so a
  * client that sends (or trickles) a body after it holds nothing.

@@ -38,6 +38,36 @@ export interface UpstreamOptions {
   readonly connections?: number;
 }
 
+/** The path and query of a request below the upstream root path `base`. */
+export function requestPath(base: string, req: UpstreamRequest): string {
+  return `${base}${req.path}${req.query && [...req.query.keys()].length ? `?${req.query.toString()}` : ''}`;
+}
+
+/** A timeout as a transport error (mapUpstreamFailure: UPSTREAM_TIMEOUT). */
+export function timeoutError(message: string): Error {
+  return Object.assign(new Error(message), { code: 'ETIMEDOUT' });
+}
+
+/**
+ * How long a kept-alive connection to the PACS may stay idle, from the server's Keep-Alive
+ * header (`timeout=N` seconds; 5 s when it says nothing): a little less than it announces, so
+ * that the gateway never reuses a socket the PACS is closing.
+ */
+export function keptAliveMs(keepAlive: string | undefined): number {
+  const m = /timeout=(\d+)/.exec(keepAlive ?? '');
+  return Math.max(100, Math.min((m ? Number(m[1]) * 1000 : 5000) - 250, 30_000));
+}
+
+/** Runs a request, and once more when it failed with `retryable` (a kept connection the PACS had just closed). */
+export async function retryOnce<T>(attempt: () => Promise<T>): Promise<T> {
+  try {
+    return await attempt();
+  } catch (e) {
+    if ((e as { retryable?: boolean }).retryable) return attempt();
+    throw e;
+  }
+}
+
 /**
  * One table maps transport failures to client-facing errors (ARCHITECTURE rule 6). The
  * messages name no host, port, path or upstream body.
@@ -84,10 +114,9 @@ export function createUndiciUpstream(opts: UpstreamOptions): Upstream {
   });
   return {
     async get(req) {
-      const qs = req.query && [...req.query.keys()].length ? `?${req.query.toString()}` : '';
       try {
         const r = await pool.request({
-          method: 'GET', path: `${base}${req.path}${qs}`, headers: upstreamHeaders(req.accept),
+          method: 'GET', path: requestPath(base, req), headers: upstreamHeaders(req.accept),
           ...(req.signal ? { signal: req.signal } : {}),
         });
         const ct = r.headers['content-type'];

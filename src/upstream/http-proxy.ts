@@ -9,7 +9,7 @@ import { PassThrough } from 'node:stream';
 import { createRequire } from 'node:module';
 import type HttpProxy from 'http-proxy';
 import { GatewayError } from '../core/errors.js';
-import { mapUpstreamFailure, type Upstream, type UpstreamOptions } from './client.js';
+import { mapUpstreamFailure, requestPath, type Upstream, type UpstreamOptions } from './client.js';
 import { upstreamHeaders } from './headers.js';
 import { responseBody } from './node-http.js';
 
@@ -46,8 +46,7 @@ export function createHttpProxyUpstream(opts: UpstreamOptions): Upstream {
 
   return {
     async get(req) {
-      const qs = req.query && [...req.query.keys()].length ? `?${req.query.toString()}` : '';
-      const r = await request(`${base}${req.path}${qs}`, req.accept, req.signal);
+      const r = await request(requestPath(base, req), req.accept, req.signal);
       const abort = (): void => { r.destroy(); };
       req.signal?.addEventListener('abort', abort, { once: true });
       return {

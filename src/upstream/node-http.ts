@@ -8,7 +8,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { GatewayError } from '../core/errors.js';
-import { mapUpstreamFailure, type Upstream, type UpstreamOptions } from './client.js';
+import { keptAliveMs, mapUpstreamFailure, requestPath, retryOnce, timeoutError, type Upstream, type UpstreamOptions } from './client.js';
 import { upstreamHeaders } from './headers.js';
 
 /** The server's Keep-Alive hint of the last response on each socket. */
@@ -27,17 +27,11 @@ function pacsAgent(mod: typeof http | typeof https, maxSockets: number): http.Ag
     override keepSocketAlive(socket: import('node:net').Socket): boolean {
       socket.setKeepAlive(true, 1000);
       socket.unref();
-      const m = /timeout=(\d+)/.exec(hints.get(socket) ?? '');
-      const serverMs = m ? Number(m[1]) * 1000 : 5000;
-      socket.setTimeout(Math.max(100, Math.min(serverMs - 250, 30_000)));
+      socket.setTimeout(keptAliveMs(hints.get(socket)));
       return true;
     }
   }
   return new PacsAgent({ keepAlive: true, maxSockets, scheduling: 'lifo' });
-}
-
-function timeoutError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'ETIMEDOUT' });
 }
 
 /** A response body as chunks; an early close or a failure becomes the mapped GatewayError. */
@@ -58,14 +52,7 @@ export function createNodeHttpUpstream(opts: UpstreamOptions): Upstream {
   const mod = root.protocol === 'https:' ? https : http;
   const agent = pacsAgent(mod, opts.connections ?? 32);
 
-  async function request(path: string, accept: string, signal?: AbortSignal): Promise<{ res: http.IncomingMessage; timedOut: () => boolean }> {
-    try {
-      return await attempt(path, accept, signal);
-    } catch (e) {
-      if ((e as { retryable?: boolean }).retryable) return attempt(path, accept, signal);
-      throw e;
-    }
-  }
+  const request = (path: string, accept: string, signal?: AbortSignal): Promise<{ res: http.IncomingMessage; timedOut: () => boolean }> => retryOnce(() => attempt(path, accept, signal));
 
   function attempt(path: string, accept: string, signal?: AbortSignal): Promise<{ res: http.IncomingMessage; timedOut: () => boolean }> {
     let timedOut = false;
@@ -100,8 +87,7 @@ export function createNodeHttpUpstream(opts: UpstreamOptions): Upstream {
 
   return {
     async get(r) {
-      const qs = r.query && [...r.query.keys()].length ? `?${r.query.toString()}` : '';
-      const { res, timedOut } = await request(`${base}${r.path}${qs}`, r.accept, r.signal);
+      const { res, timedOut } = await request(requestPath(base, r), r.accept, r.signal);
       return {
         status: res.statusCode ?? 502,
         contentType: res.headers['content-type'] ?? '',

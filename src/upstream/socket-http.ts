@@ -24,7 +24,7 @@
  */
 import net from 'node:net';
 import { GatewayError } from '../core/errors.js';
-import { mapUpstreamFailure, type Upstream, type UpstreamOptions, type UpstreamResponse } from './client.js';
+import { keptAliveMs, mapUpstreamFailure, requestPath, retryOnce, timeoutError, type Upstream, type UpstreamOptions, type UpstreamResponse } from './client.js';
 import { upstreamHeaders } from './headers.js';
 
 const SLAB_BYTES = 1024 * 1024;
@@ -42,10 +42,6 @@ const CRLF2 = Buffer.from('\r\n\r\n', 'latin1');
 
 function protocolError(message: string): GatewayError {
   return new GatewayError('UPSTREAM_ERROR', `the PACS answered with ${message}`);
-}
-
-function timeoutError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'ETIMEDOUT' });
 }
 
 /** A body as an async iterable of chunks, filled by the connection, with back-pressure. */
@@ -338,7 +334,7 @@ export function createSocketUpstream(opts: UpstreamOptions): Upstream {
     idle.push(c);
   }
 
-  function exchange(path: string, accept: string, signal: AbortSignal | undefined): Promise<UpstreamResponse & { retryable?: boolean }> {
+  function exchange(path: string, accept: string, signal: AbortSignal | undefined): Promise<UpstreamResponse> {
     return acquire().then(({ conn, reused }) => new Promise<UpstreamResponse>((resolve, reject) => {
       let settled = false;
       let headBytes: Buffer[] = [];
@@ -409,8 +405,7 @@ export function createSocketUpstream(opts: UpstreamOptions): Upstream {
           const rest = all.subarray(at + 4);
           headBytes = [];
           if (head.status >= 100 && head.status < 200) { headLength = rest.length; if (rest.length) conn.onData!(Buffer.from(rest)); return; }
-          const hint = /timeout=(\d+)/.exec(head.headers.get('keep-alive') ?? '');
-          conn.idleMs = Math.max(100, Math.min((hint ? Number(hint[1]) * 1000 : 5000) - 250, 30_000));
+          conn.idleMs = keptAliveMs(head.headers.get('keep-alive'));
           framing = framingOf(head);
           if (framing.kind === 'chunked') dechunker = new Dechunker();
           keep = head.keepAlive && framing.kind !== 'close';
@@ -442,19 +437,11 @@ export function createSocketUpstream(opts: UpstreamOptions): Upstream {
     }), (e: Error) => { throw mapUpstreamFailure(e); });
   }
 
-  async function request(path: string, accept: string, signal?: AbortSignal): Promise<UpstreamResponse> {
-    try {
-      return await exchange(path, accept, signal);
-    } catch (e) {
-      if ((e as { retryable?: boolean }).retryable) return exchange(path, accept, signal);
-      throw e;
-    }
-  }
+  const request = (path: string, accept: string, signal?: AbortSignal): Promise<UpstreamResponse> => retryOnce(() => exchange(path, accept, signal));
 
   return {
     get(r) {
-      const qs = r.query && [...r.query.keys()].length ? `?${r.query.toString()}` : '';
-      return request(`${base}${r.path}${qs}`, r.accept, r.signal);
+      return request(requestPath(base, r), r.accept, r.signal);
     },
     async ping(signal) {
       try {

@@ -26,9 +26,8 @@ export type WantedFrames = readonly (readonly [number, number])[];
  * Reads one whole instance (Part 10 bytes, native pixel data) and reduces its wanted frames.
  * Throws PIXELS_WITHHELD when its pixels cannot be read.
  */
-export function reduceInstance(bytes: Uint8Array, want: WantedFrames): { index: number; frame: ReducedFrame }[] {
-  const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const inst = readInstanceSync(buf, (b) => inflateRawSync(b));
+export function reduceInstance(bytes: Buffer, want: WantedFrames): { index: number; frame: ReducedFrame }[] {
+  const inst = readInstanceSync(bytes, (b) => inflateRawSync(b));
   if (!inst.pixel) {
     throw new GatewayError('PIXELS_WITHHELD', 'the pixels of this series cannot be read to decide whether a face is in view', { auditReason: 'pixels-withheld:face-undecodable' });
   }

@@ -6,9 +6,8 @@
  * Small instances are read on the calling thread: a worker's round trip would cost more.
  */
 import { availableParallelism } from 'node:os';
-import type { Worker } from 'node:worker_threads';
+import { Worker } from 'node:worker_threads';
 import { GatewayError } from '../../core/errors.js';
-import { startPixelWorker } from '../worker-start.js';
 import type { Box } from './detect.js';
 import { mergeBoxes } from './detect.js';
 import { detectFrames, frameCount, pixelValueAt, verdictOf, type TextAnalysis } from './analyze.js';
@@ -23,9 +22,15 @@ const MIN_PARALLEL_PIXELS = 6_000_000;
 
 type Reply = { id: number; boxes: Box[]; framesRead: number } | { id: number; error: { code?: string; message: string; auditReason?: string } };
 
-/** One worker (worker.ts). */
+/**
+ * One worker. Compiled, it runs worker.js; under tsx (tests, development) worker.ts, after
+ * registering tsx's loader in the worker itself (a worker does not inherit --import).
+ */
 function startWorker(): Worker {
-  return startPixelWorker(import.meta.url, 'worker');
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url));
+  const api = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./worker.ts', import.meta.url).href;
+  return new Worker(`(async () => { (await import(${JSON.stringify(api)})).register(); await import(${JSON.stringify(entry)}); })();`, { eval: true });
 }
 
 /** A Buffer of `length` bytes in shared memory, which the workers read without a copy. */

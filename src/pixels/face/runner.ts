@@ -61,7 +61,8 @@ const within = (x: number, y: number, z: number, c: readonly number[], r: readon
 
 /**
  * T1-like value of the warm-up head at a point (LPS, mm, the head's centre at the origin): a
- * vault, a brain, a face with a nose, dark eyes, lips and a chin, and a neck. Enough of a head
+ * vault, a brain, a face with a nose and the nasal cavity and sinuses behind it, dark eyes, lips
+ * and a chin, and a neck. Enough of a head
  * for the analysis to find its landmarks and cut, so that every step of it is exercised.
  */
 function warmHead(x: number, y: number, z: number): number {
@@ -72,6 +73,7 @@ function warmHead(x: number, y: number, z: number): number {
     if (y >= front && y <= -76 && Math.abs(x) <= 0.7 * (y - front) + 0.5) return 650;
   }
   for (const ex of [31, -31]) if ((x - ex) ** 2 + (y + 76) ** 2 + (z - 12) ** 2 <= 144) return 140;
+  if (within(x, y, z, [0, -64, -10], [14, 26, 18]) || within(Math.abs(x), y, z, [24, -60, -5], [11, 16, 15])) return 0;
   if (within(x, y, z, [0, -90, -46], [24, 8, 9]) || within(x, y, z, [0, -82, -76], [22, 12, 14])) return 690;
   if (within(x, y, z, [0, 5, 25], [72, 95, 90]) || within(x, y, z, [0, -84, 24], [40, 8, 8]) || within(x, y, z, [0, -28, -33], [60, 60, 60])) return 720;
   if (z < -60 && (x / 55) ** 2 + ((y - 15) / 60) ** 2 <= 1) return 700;

@@ -149,6 +149,32 @@ describe('faces on head phantoms', () => {
     }
   });
 
+  test('a bump on the forehead is not a nose: with the face in view the nose is still cut; with the face lost (EPI) the brain is never cut', async () => {
+    // A real Canon diffusion series had its face below the eyes lost to distortion and a 15 mm
+    // bump of its forehead taken for the nose: the cut took the frontal pole. On phantoms, bumps
+    // standing 15–18 mm proud took 800–5,000 brain voxels, with or without the face in view.
+    let solid = 0;
+    let n = 0;
+    const cases: [Partial<PhantomOptions>, number, number][] = [];
+    for (const z of [20, 28, 36, 45]) for (const proud of [15, 18]) cases.push([{ orientation: 'axial', slices: 45, sliceMm: 3, rows: 80, columns: 80, pixelMm: 3 }, z, proud]);
+    cases.push([{}, 28, 15], [{}, 20, 18]);
+    for (const [o, z, proud] of cases) {
+      for (const faceLost of [false, true]) {
+        const ph = makeHeadPhantom(base({ ...o, faceLost, foreheadBump: { z, proud }, uidRoot: `1.2.826.0.1.3680043.9.7433.11.8${n++}` }));
+        const verdict = await decide(ph);
+        const what = `bump at ${z} mm, ${proud} mm proud, ${o.orientation ?? 'sagittal'}, face ${faceLost ? 'lost' : 'in view'}: ${JSON.stringify(verdict)}`;
+        if (verdict.kind === 'uncertain' && verdict.why.includes('solid tissue behind')) solid++;
+        if (!faceLost) assert.equal(verdict.kind, 'deface', what);
+        if (verdict.kind !== 'deface') continue;
+        const c = checkDefaced(ph, await deliver(ph, verdict));
+        assert.equal(c.brainBad, 0, `${what}: ${c.brainBad} brain voxels changed`);
+        if (!faceLost) assert.equal(c.removedBad, 0, `${what}: ${c.removedBad} face voxels left`);
+      }
+    }
+    // The guard that stops most of the lost faces: what lies behind the ridge.
+    assert.ok(solid >= 5, `withheld for solid tissue behind the ridge: ${solid}`);
+  });
+
   test('a whole head whose face cannot be found (no nose, no nasion) is withheld, never cut', async () => {
     // The vault and the skull base in view down to the neck, but no face: landmarks cannot be trusted.
     const ph = makeHeadPhantom(base({ modality: 'MR', orientation: 'axial', slices: 110, sliceMm: 2.5, rows: 100, columns: 100, noFace: true, uidRoot: '1.2.826.0.1.3680043.9.7433.11.46' }));

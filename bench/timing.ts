@@ -10,7 +10,7 @@
  * Two clients with the same shift range and the same studies (the cohort fixture in a real
  * Orthanc, an opted-out patient's study on the list): `listed` is scoped by an allow-list of
  * study UIDs (the gateway then asks the PACS the same whatever x is), `filtered` by a study
- * date range (StudyDate matched on the client's date index, src/http/qido.ts). The cases are
+ * date range (StudyDate matched on the client's cohort index, src/http/qido.ts). The cases are
  * interleaved (rotated each round); the table shows each case's median and its gap to the empty window's (target:
  * at most 0.5 ms, about the noise of a loopback request). Writes bench/out/timing.json.
  */

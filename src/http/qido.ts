@@ -6,7 +6,7 @@ import { dictionary } from '../dicom/dictionary.js';
 import { type JsonDataset } from '../deid/index.js';
 import { splitJsonArray } from '../dicomweb/json-array.js';
 import { rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { hasInstanceRules, hasSeriesRules, jsonAttrs, studyDenial, TAG, type Attrs } from '../policy/scope.js';
+import { hasInstanceRules, hasSeriesRules, hasStudyRules, jsonAttrs, studyDenial, TAG, type Attrs } from '../policy/scope.js';
 import { mapQuery, passesDateFilters } from './query.js';
 import { examinedRecords, recordVisible, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts } from './visibility.js';
 import { DICOM_JSON, originalUid, ok, expectType, withFlush, parseObject, jsonReply, emptyJsonReply, noteStudy, firstValue, type RequestContext, type Reply } from './context.js';
@@ -66,6 +66,8 @@ export async function qido(rc: RequestContext, level: Level, scope: { study?: st
   return filteredQido(rc, level, path, q);
 }
 
+/** Study UIDs per PACS request when a query is bounded by the client's cohort index. */
+const UID_LIST_MAX = 200;
 /** Rows per PACS request of a filtered QIDO: the first page at least this many … */
 const QIDO_PAGE_MIN = 10;
 /** … and no page more than this many. */
@@ -112,10 +114,10 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // the PACS is asked for all of them whatever the date asked, and the dates are matched here
   // on the shifted values only: the work no longer depends on the date.
   if (ownStudies) for (const f of q.dateFilters) up.delete(f.tag);
-  // Other clients (scoped by filters, or unrestricted) match StudyDate on the client's date index:
-  // the shifted dates of every study it may see, read from the PACS at most once a minute
-  // whatever is asked. The PACS is then asked for the matching studies by UID (no date window),
-  // so that neither the rows it returns nor the gateway's work depend on hidden studies.
+  // Other clients (scoped by filters, or unrestricted) match StudyDate on the client's cohort
+  // index (below): the shifted dates of every study it may see, read from the PACS at most once a
+  // minute whatever is asked. The PACS is then asked for the matching studies by UID (no date
+  // window), so that neither the rows it returns nor the gateway's work depend on hidden studies.
   const extraWarnings: string[] = [];
   const studyDate = q.dateFilters.find((f) => f.tag === '00080020');
   // Other shifted date keys (SeriesDate, ContentDate, AcquisitionDate, …) have no index: no
@@ -123,15 +125,27 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // date (bounded by the other keys and the scope, and by server.maxQueryScan) and matched
   // here on the shifted values, so which rows the PACS returns never depends on the date asked.
   if (!ownStudies) for (const f of q.dateFilters) if (f.tag !== '00080020') up.delete(f.tag);
-  if (!ownStudies && studyDate && !collect) {
-    const idx = await dateIndex(rc);
-    if (idx.truncated) extraWarnings.push(`299 deid-gateway "Dates were matched on the first ${idx.dates.size} studies in scope only (server.maxQueryScan); results may be incomplete. Narrow the scope."`);
-    let uids = [...idx.dates].filter(([, d]) => passesDateFilters([studyDate], { '00080020': { Value: [d] } })).map(([u]) => u);
-    if (q.matchKeys.has('0020000D')) { const asked = new Set((up.get('0020000D') ?? '').split(',')); uids = uids.filter((u) => asked.has(u)); }
+  // The client's cohort index (issue 15): where the PACS cannot be asked for the client's own
+  // studies exactly (a scope of filters, an allow-list longer than a list can carry, an opt-out
+  // list that hides some of them; or a shifted StudyDate), every query outside one study asks the
+  // PACS only for the studies the index holds (the shifted dates of every study the client may
+  // see, read at most once a minute whatever is asked), 200 UIDs a request. Rows of studies the
+  // client may not see are then neither fetched nor examined in answer to its requests: the time
+  // a query takes, and its truncation Warning, depend on its own studies only. A StudyDate is
+  // matched on the index; a study no longer in the index (opted out) is not asked for.
+  const exactOwn = ownStudies;
+  const scoped = hasStudyRules(rules) || partial;
+  const useIndex = !collect && !path.startsWith('/studies/') && ((scoped && !exactOwn) || (!ownStudies && studyDate !== undefined));
+  let chunks: (string | undefined)[] = [undefined];
+  if (useIndex) {
+    const idx = await cohortIndex(rc);
+    if (idx.truncated) extraWarnings.push(`299 deid-gateway "Only the first ${idx.dates.size} studies in scope were searched (server.maxQueryScan); results may be incomplete. Narrow the scope."`);
+    let uids = [...idx.dates].filter(([, d]) => !studyDate || (d !== '' && passesDateFilters([studyDate], { '00080020': { Value: [d] } }))).map(([u]) => u);
+    if (q.matchKeys.has('0020000D')) { const asked = new Set((up.get('0020000D') ?? '').split(/[,\\]/)); uids = uids.filter((u) => asked.has(u)); }
     if (!uids.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
-    up.delete('00080020');
-    // More than a list can carry: the PACS returns the scope's rows for any date, matched here.
-    if (uids.length <= 200) up.set('0020000D', uids.join(','));
+    if (studyDate) up.delete('00080020');
+    chunks = [];
+    for (let i = 0; i < uids.length; i += UID_LIST_MAX) chunks.push(uids.slice(i, i + UID_LIST_MAX).join(','));
   }
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
     return emptyJsonReply(q.warnings);
@@ -167,54 +181,58 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   const rows: string[] = [];
   let skipped = 0;
   let scanned = 0;
-  let upOffset = 0;
   let truncated = false;
   // Records examined: the rows paged through, and the series and instance records their checks read.
   const examinedBefore = examinedRecords(rc);
   const examined = (): number => scanned + examinedRecords(rc) - examinedBefore;
   // The first page asks for what the client's page would need if nothing were filtered out
   // (offset + limit); each further page asks for twice as many, up to QIDO_PAGE_MAX.
-  let want = collect ? QIDO_PAGE_MAX : Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
-  pages: for (;;) {
-    // Never more than one row past what the budget has left, so that stopping at the budget knows
-    // whether more exist (and never 0, which the PACS reads as "unlimited").
-    const pageSize = Math.max(1, Math.min(want, rc.maxQueryScan - examined() + 1));
-    const page = new URLSearchParams(up);
-    page.set('limit', String(pageSize));
-    if (upOffset) page.set('offset', String(upOffset));
-    const res = await ok(rc, path, DICOM_JSON, page);
-    if (res.status === 204) break;
-    expectType(res, DICOM_JSON, 'application/json');
-    let n = 0;
-    for await (const text of splitJsonArray(res.body)) {
-      if (++n > pageSize) break; // the PACS ignored limit: treat the page as full and move on
-      if (examined() >= rc.maxQueryScan) { truncated = true; break pages; }
-      scanned++;
-      const o = parseObject(text);
-      if (!(await visible(o))) continue;
-      if (modalitiesAsked !== undefined && !matchesAnyValue(modalitiesAsked, o['00080061']?.Value)) continue; // matched only on hidden series
-      // Counts and lists the PACS computes over what the client may not see are not returned:
-      // the patient's studies, series and instances (other studies may be out of scope), and the
-      // SOP classes of a study whose series are partly hidden (ModalitiesInStudy and the study's
-      // counts are rewritten to the visible part above).
-      for (const t of HIDDEN_AGGREGATES) delete o[t];
-      if (partial && level === 'study') delete o['00080062'];
-      // The scope attributes the client did not ask for are dropped from what it receives, not
-      // from what is de-identified: the Issuer of Patient ID is part of the patient's key, so a
-      // row's pseudonymous Patient ID and date shift are the ones metadata and retrieve give.
-      const out = qidoRow(rc, o, level);
-      for (const t of strip) delete out[t];
-      if (collect) { collect(o, out); continue; }
-      if (!passesDateFilters(q.dateFilters, out)) continue;
-      if (skipped < q.offset) { skipped++; continue; }
-      noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
-      rc.note.results++;
-      rows.push(JSON.stringify(out));
-      if (rows.length >= q.limit) break pages;
+  const firstWant = collect ? QIDO_PAGE_MAX : Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
+  scan: for (const chunk of chunks) {
+    if (chunk !== undefined) up.set('0020000D', chunk);
+    let upOffset = 0;
+    let want = firstWant;
+    for (;;) {
+      // Never more than one row past what the budget has left, so that stopping at the budget knows
+      // whether more exist (and never 0, which the PACS reads as "unlimited").
+      const pageSize = Math.max(1, Math.min(want, rc.maxQueryScan - examined() + 1));
+      const page = new URLSearchParams(up);
+      page.set('limit', String(pageSize));
+      if (upOffset) page.set('offset', String(upOffset));
+      const res = await ok(rc, path, DICOM_JSON, page);
+      if (res.status === 204) break;
+      expectType(res, DICOM_JSON, 'application/json');
+      let n = 0;
+      for await (const text of splitJsonArray(res.body)) {
+        if (++n > pageSize) break; // the PACS ignored limit: treat the page as full and move on
+        if (examined() >= rc.maxQueryScan) { truncated = true; break scan; }
+        scanned++;
+        const o = parseObject(text);
+        if (!(await visible(o))) continue;
+        if (modalitiesAsked !== undefined && !matchesAnyValue(modalitiesAsked, o['00080061']?.Value)) continue; // matched only on hidden series
+        // Counts and lists the PACS computes over what the client may not see are not returned:
+        // the patient's studies, series and instances (other studies may be out of scope), and the
+        // SOP classes of a study whose series are partly hidden (ModalitiesInStudy and the study's
+        // counts are rewritten to the visible part above).
+        for (const t of HIDDEN_AGGREGATES) delete o[t];
+        if (partial && level === 'study') delete o['00080062'];
+        // The scope attributes the client did not ask for are dropped from what it receives, not
+        // from what is de-identified: the Issuer of Patient ID is part of the patient's key, so a
+        // row's pseudonymous Patient ID and date shift are the ones metadata and retrieve give.
+        const out = qidoRow(rc, o, level);
+        for (const t of strip) delete out[t];
+        if (collect) { collect(o, out); continue; }
+        if (!passesDateFilters(q.dateFilters, out)) continue;
+        if (skipped < q.offset) { skipped++; continue; }
+        noteStudy(rc.note, firstValue(o, '0020000D'), firstValue(out, '0020000D'), firstValue(o, '00100020'));
+        rc.note.results++;
+        rows.push(JSON.stringify(out));
+        if (rows.length >= q.limit) break scan;
+      }
+      if (n < pageSize) break;
+      upOffset += pageSize;
+      want = Math.min(QIDO_PAGE_MAX, want * 2);
     }
-    if (n < pageSize) break;
-    upOffset += pageSize;
-    want = Math.min(QIDO_PAGE_MAX, want * 2);
   }
   const warnings = [...q.warnings, ...extraWarnings];
   if (truncated) warnings.push(`299 deid-gateway "The query stopped after examining ${examined()} records; results may be incomplete. Narrow the query."`);
@@ -223,44 +241,45 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   return { status: 200, headers, body: withFlush(rc, (async function* () { yield Buffer.from(`[${rows.join(',')}]`); })()) };
 }
 
-/** How long a client's date index is reused, ms: a study added to the PACS is matched by date after at most this. */
-const DATE_INDEX_TTL_MS = 60_000;
+/** How long a client's cohort index is reused, ms: a study added to the PACS reaches its indexed queries after at most this. */
+const COHORT_INDEX_TTL_MS = 60_000;
 
-interface DateIndex { readonly at: number; readonly dates: ReadonlyMap<string, string>; readonly truncated: boolean }
+interface CohortIndex { readonly at: number; readonly dates: ReadonlyMap<string, string>; readonly truncated: boolean }
 
 /** Per client's scope rules (a reloaded list file makes new rules, and so a new index). */
-const dateIndexes = new WeakMap<object, { building: Promise<DateIndex>; done?: DateIndex }>();
+const cohortIndexes = new WeakMap<object, { building: Promise<CohortIndex>; done?: CohortIndex }>();
 
 /**
- * A client's date index: original Study Instance UID → the StudyDate the client sees (shifted),
- * for every study in its scope, read from the PACS with the scope pushed down and every row
+ * A client's cohort index: original Study Instance UID → the StudyDate the client sees (shifted;
+ * empty where its plan removes dates), for every study in its scope, read from the PACS with the scope pushed down and every row
  * checked as a query's would be. Built in a context of its own (its records do not count
  * against the request's maxQueryScan, its rows are not the request's results, a client that
- * goes away does not cancel it), shared by concurrent requests, reused for DATE_INDEX_TTL_MS.
+ * goes away does not cancel it), shared by concurrent requests, reused for COHORT_INDEX_TTL_MS.
  * The PACS's answers bound it (server.maxQueryScan records, then `truncated`).
  */
-async function dateIndex(rc: RequestContext): Promise<DateIndex> {
+async function cohortIndex(rc: RequestContext): Promise<CohortIndex> {
   const key = rc.client.scope.rules();
-  const entry = dateIndexes.get(key);
-  if (entry && (!entry.done || Date.now() - entry.done.at < DATE_INDEX_TTL_MS)) return entry.building;
+  const entry = cohortIndexes.get(key);
+  if (entry && (!entry.done || Date.now() - entry.done.at < COHORT_INDEX_TTL_MS)) return entry.building;
   // Not tied to the request that starts it (others may be waiting for it), nor to its counters.
   const own: RequestContext = { ...rc, signal: new AbortController().signal, note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() } };
-  const slot: { building: Promise<DateIndex>; done?: DateIndex } = { building: Promise.resolve({ at: 0, dates: new Map(), truncated: false }) };
-  slot.building = (async (): Promise<DateIndex> => {
+  const slot: { building: Promise<CohortIndex>; done?: CohortIndex } = { building: Promise.resolve({ at: 0, dates: new Map(), truncated: false }) };
+  slot.building = (async (): Promise<CohortIndex> => {
     const dates = new Map<string, string>();
     const q = mapQuery(new URLSearchParams([['includefield', '00080020']]), rc.client.ctx.plan, rc.resolver, { maxLimit: Number.MAX_SAFE_INTEGER });
     const reply = await filteredQido(own, 'study', '/studies', q, (o, out) => {
       const uid = o['0020000D']?.Value?.[0];
       const d = out['00080020']?.Value?.[0];
-      if (typeof uid === 'string' && typeof d === 'string') dates.set(uid, d);
+      // Every visible study; its date only where the client sees one (a removed date matches no StudyDate).
+      if (typeof uid === 'string') dates.set(uid, typeof d === 'string' ? d : '');
     });
     for await (const _ of reply.body) { /* an empty array */ }
     const index = { at: Date.now(), dates, truncated: /stopped after examining/.test(reply.headers.warning ?? '') };
     slot.done = index;
     return index;
   })();
-  dateIndexes.set(key, slot);
-  slot.building.catch(() => { if (dateIndexes.get(key) === slot) dateIndexes.delete(key); });
+  cohortIndexes.set(key, slot);
+  slot.building.catch(() => { if (cohortIndexes.get(key) === slot) cohortIndexes.delete(key); });
   return slot.building;
 }
 

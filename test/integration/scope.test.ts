@@ -147,7 +147,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     return r.text.split(`--${m[2]}`).length - 2;
   }
 
-  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'shifted-list', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial'];
+  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'shifted-list', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial', 'paged', 'two-parts'];
 
   function config(extra: { maxQueryScan?: number } = {}): Config {
     return validateConfig({
@@ -174,6 +174,11 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
           c.scope = { studies: [S[0]!.uid, S[2]!.uid, S[3]!.uid, S[5]!.uid] };
         }
         if (id === 'sr-only') c.scope = { sopClasses: [SOP_SR] };
+        // cohort-d's view through an allow-list of every study: the PACS returns the listed studies
+        // of 2020 and the gateway filters them by body part after the fact (paging through the PACS).
+        if (id === 'paged') c.scope = { studies: S.map((x) => x.uid), studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
+        // Filters the PACS cannot match exactly (two body parts), and the opted-out patient's study among them.
+        if (id === 'two-parts') c.scope = { bodyParts: ['CHEST', 'ABDOMEN'] };
         if (id === 'expired') c.scope = { validUntil: '2020-01-01' };
         if (id === 'future') c.scope = { validFrom: '2099-01-01T00:00:00Z' };
         if (id === 'limited') c.limits = { requestsPerMinute: 3 };
@@ -538,7 +543,9 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     try {
       const r = await get('/dicom-web/instances?limit=100', 'cohort-a', undefined, other.gw.url);
       assert.equal(r.status, 200);
-      assert.match(r.headers.get('warning') ?? '', /^299 deid-gateway "The query stopped after examining 5 records; results may be incomplete/);
+      // cohort-a's mixed list (UIDs and a file of accession numbers) cannot be pushed down: its
+      // queries are bounded by its cohort index, which the budget cuts.
+      assert.match(r.headers.get('warning') ?? '', /^299 deid-gateway "(The query stopped after examining 5 records|Only the first \d+ studies in scope were searched \(server.maxQueryScan\)); results may be incomplete/);
       assert.ok((r.json() as Row[]).length <= 5, 'no more rows than were examined');
       // Within the budget, no Warning.
       const small = await get(`/dicom-web/studies/${S[0]!.uid}/instances`, 'cohort-a', undefined, other.gw.url);
@@ -581,7 +588,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
   });
 
   test('pagination pages through the PACS: several upstream pages, exactly the right rows', async () => {
-    // What the gateway asks the PACS for cohort-d (the scope's date range), in the PACS's own order; CHEST ones visible.
+    // What the gateway asks the PACS for 'paged' (its list, within the scope's date range), in the PACS's own order; CHEST ones visible.
     const res = await fetch(`${orthanc.dicomWebUrl}/studies?StudyDate=20200101-20201231&limit=100`, { headers: { accept: 'application/dicom+json' } });
     const direct = ((await res.json()) as Row[]).map((r) => String(val(r, '0020000D')));
     assert.equal(direct.length, 12);
@@ -594,7 +601,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     });
     for (const [offset, limit] of [[0, 4], [1, 3], [3, 2], [4, 4], [5, 1], [6, 2], [0, 100]] as const) {
       const mark = proxy.seen.length;
-      const got = (await rows(`/dicom-web/studies?offset=${offset}&limit=${limit}`, 'cohort-d')).map((r) => String(val(r, '0020000D')));
+      const got = (await rows(`/dicom-web/studies?offset=${offset}&limit=${limit}`, 'paged')).map((r) => String(val(r, '0020000D')));
       assert.deepEqual(got, visible.slice(offset, offset + limit), `offset=${offset} limit=${limit}: the visible rows in the PACS's order`);
       const pages = pagesSince(mark);
       for (let n = 1; n < pages.length; n++) assert.equal(pages[n]![1], pages[n - 1]![0] + pages[n - 1]![1], `offset=${offset} limit=${limit}: each page starts where the last ended`);
@@ -604,7 +611,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       }
     }
     const mark = proxy.seen.length;
-    await rows('/dicom-web/studies?offset=4&limit=4', 'cohort-d');
+    await rows('/dicom-web/studies?offset=4&limit=4', 'paged');
     assert.deepEqual(pagesSince(mark), [[10, 0], [20, 10]], 'a first page of 10 rows, then twice as many');
   });
 
@@ -648,8 +655,40 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     }
   });
 
+  test('a client scoped by filters the PACS cannot match asks it only for its own studies at every level (its cohort index): hidden and opted-out studies are never fetched for its queries', async () => {
+    // two-parts: CHEST or ABDOMEN (two body parts: not a key the PACS matches as a list); S3 is the opted-out patient's.
+    const shown = (x: { bodyPart: string }): boolean => x.bodyPart === 'CHEST' || x.bodyPart === 'ABDOMEN';
+    const visible = S.filter((s) => s !== S[3] && s.series.some(shown));
+    const hidden = S.filter((s) => !visible.includes(s));
+    assert.ok(hidden.length >= 5 && hidden.includes(S[3]!) && visible.length >= 5, `${visible.length} visible, ${hidden.length} hidden`);
+    await rows('/dicom-web/studies?limit=1', 'two-parts'); // the index is read (at most once a minute)
+    for (const level of ['studies', 'series', 'instances'] as const) {
+      const mark = proxy.seen.length;
+      const got = (await rows(`/dicom-web/${level}?limit=100`, 'two-parts')).map((r) => String(val(r, level === 'studies' ? '0020000D' : level === 'series' ? '0020000E' : '00080018'))).sort();
+      const want = level === 'studies' ? visible.map((s) => s.uid)
+        : level === 'series' ? visible.flatMap((s) => s.series.filter(shown).map((x) => x.uid))
+          : visible.flatMap((s) => s.series.filter(shown).flatMap((x) => x.instances));
+      assert.deepEqual(got, want.sort(), `/${level}: exactly the client's view`);
+      const up = proxy.seen.slice(mark).filter((u) => u.startsWith(`/dicom-web/${level}?`));
+      assert.ok(up.length >= 1, 'the PACS was asked');
+      for (const u of up) assert.deepEqual(new URL(u, 'http://x').searchParams.get('0020000D')?.split(',').sort(), visible.map((s) => s.uid).sort(), `/${level}: only the client's own studies are asked for`);
+      for (const h of hidden) assert.ok(!proxy.seen.slice(mark).some((u) => u.includes(h.uid)), `/${level}: hidden study ${h.uid} was never asked for`);
+    }
+    // The opted-out patient's study named by UID answers exactly as a UID the PACS does not have,
+    // and neither reaches the PACS: nothing to time.
+    for (const uid of [S[3]!.uid, '1.2.826.0.1.3680043.9.7433.99.1']) {
+      for (const level of ['studies', 'series', 'instances']) {
+        const mark = proxy.seen.length;
+        const r = await get(`/dicom-web/${level}?StudyInstanceUID=${uid}`, 'two-parts');
+        assert.equal(r.status, 200);
+        assert.equal(r.text, '[]', `${level}?StudyInstanceUID=${uid}`);
+        assert.deepEqual(proxy.seen.slice(mark).filter((u) => /^\/dicom-web\/(studies|series|instances)\?/.test(u)), [], `${level}?StudyInstanceUID=${uid}: the PACS is not asked`);
+      }
+    }
+  });
+
   test('the records the scope checks read count against server.maxQueryScan', async () => {
-    // cohort-d: the 12 studies of 2020 reach the gateway; each row's body part check reads the
+    // paged: the 12 listed studies of 2020 reach the gateway; each row's body part check reads the
     // study's series list (one series each). offset=4&limit=4 wants 8 of the 6 visible studies, so
     // every row is examined: 12 rows and 12 series records.
     for (const [budget, warned] of [[15, true], [30, false]] as const) {
@@ -657,7 +696,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       try {
         // The second time, the series lists come from the cache: they count the same.
         for (let n = 0; n < 2; n++) {
-          const r = await get('/dicom-web/studies?offset=4&limit=4', 'cohort-d', undefined, other.gw.url);
+          const r = await get('/dicom-web/studies?offset=4&limit=4', 'paged', undefined, other.gw.url);
           assert.equal(r.status, 200);
           const warning = r.headers.get('warning');
           if (warned) {

@@ -12,7 +12,13 @@
  * study UIDs (the gateway then asks the PACS the same whatever x is), `filtered` by a study
  * date range (StudyDate matched on the client's cohort index, src/http/qido.ts). The cases are
  * interleaved (rotated each round); the table shows each case's median and its gap to the empty window's (target:
- * at most 0.5 ms, about the noise of a loopback request). Writes bench/out/timing.json.
+ * at most 0.5 ms, about the noise of a loopback request).
+ *
+ * A second table (issue 15, hidden records): a client scoped by filters the PACS cannot match
+ * (two body parts) asks for records only hidden studies hold (a head MR study of
+ * BENCH_TIMING_HIDDEN instances, default 300; the opted-out patient's study by UID) and, in
+ * alternation, for records nobody holds: both answer [] and should take as long (≤ 0.5 ms).
+ * Writes bench/out/timing.json.
  */
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -21,11 +27,13 @@ import { join } from 'node:path';
 import winston from 'winston';
 import { validateConfig } from '../src/config/schema.js';
 import { buildParts, startGateway } from '../src/main.js';
-import { generateCohort } from '../test/fixtures/cohort.js';
+import { encodeInstance, generateCohort, SOP_MR } from '../test/fixtures/cohort.js';
 import { startOrthanc } from '../test/helpers/orthanc.js';
 import { projectRoot } from './common.js';
 
 const N = Number(process.env.BENCH_TIMING_N ?? '40') || 40;
+/** Instances of a study no client below may see (MR of the head), for the hidden-records case. */
+const HIDDEN = Number(process.env.BENCH_TIMING_HIDDEN ?? '300') || 300;
 const TARGET_MS = 0.5;
 const MIN_DAYS = 10, MAX_DAYS = 400;
 
@@ -46,16 +54,21 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-timing-'));
   try {
     await orthanc.upload([...cohort.files]);
+    // Hidden records: one head MR study of HIDDEN instances, outside the 'parts' client's scope.
+    const hiddenStudy = `${S[0]!.uid}.77`;
+    const hp = { id: 'MRN-HIDDEN-1', issuer: 'HOSP-A', name: 'HIDDEN^PATIENT' };
+    await orthanc.upload(Array.from({ length: HIDDEN }, (_, i) => encodeInstance({ p: hp, studyUid: hiddenStudy, accession: 'ACC-HIDDEN', date: '20200707', seriesUid: `${hiddenStudy}.1`, seriesNumber: 1, modality: 'MR', bodyPart: 'HEAD', sopClass: SOP_MR, sop: `${hiddenStudy}.1.${i + 1}`, number: i + 1 })));
     const studies = [S[0]!.uid, S[2]!.uid, optedOut.uid, S[5]!.uid];
     const cfg = validateConfig({
       server: { host: '127.0.0.1', port: 0 },
       upstream: { url: orthanc.dicomWebUrl },
       state: { dir },
       optOut: { patients: [{ id: optedOut.patientId, issuer: optedOut.issuer }] },
-      clients: ['listed', 'filtered'].map((id) => ({
+      clients: ['listed', 'filtered', 'parts'].map((id) => ({
         id, apiKeySha256: sha(`${id}-token-0123456789`),
         profile: { options: ['retainLongitudinalModifiedDates'], dateShift: { minDays: MIN_DAYS, maxDays: MAX_DAYS } },
-        scope: id === 'listed' ? { studies } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } },
+        // parts: filters the PACS cannot match (two body parts); the opted-out study is a CHEST one.
+        scope: id === 'listed' ? { studies } : id === 'parts' ? { bodyParts: ['CHEST', 'ABDOMEN'] } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } },
       })),
     }, join(dir, 'gateway.yaml'));
     const gw = await startGateway(cfg, { ...buildParts(cfg), log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
@@ -109,10 +122,47 @@ async function main(): Promise<void> {
       });
       result[client] = out;
     }
+    // Hidden records (issue 15, finding 2): a client scoped by filters asks for records that only
+    // studies it may not see hold (the head MR study of HIDDEN instances, and the opted-out
+    // patient's study by UID), and for records nobody has. Both answer [] and must take as long.
+    const hiddenLines: string[] = [];
+    {
+      const timed = async (path: string): Promise<{ ms: number; rows: number }> => {
+        const t0 = performance.now();
+        const r = await fetch(`${gw.url}/dicom-web/${path}`, { headers: { authorization: 'Bearer parts-token-0123456789' } });
+        const body = await r.json() as unknown[];
+        if (r.status !== 200) throw new Error(`parts ${path}: HTTP ${r.status}`);
+        return { ms: performance.now() - t0, rows: body.length };
+      };
+      const pairs: [string, string, string][] = [
+        [`instances?Modality=MR (${HIDDEN} hidden instances match)`, 'instances?Modality=MR', 'instances?Modality=XA'],
+        ['series?Modality=MR (hidden series match)', 'series?Modality=MR', 'series?Modality=XA'],
+        ['studies?StudyInstanceUID=<opted-out study>', `studies?StudyInstanceUID=${optedOut.uid}`, 'studies?StudyInstanceUID=1.2.826.0.1.3680043.9.7433.99.1'],
+      ];
+      const out: Record<string, unknown> = {};
+      for (const [label, hidden, none] of pairs) {
+        for (let i = 0; i < 5; i++) { await timed(hidden); await timed(none); } // warm-up (and the cohort index)
+        const th: number[] = [];
+        const tn: number[] = [];
+        let rows = 0;
+        for (let i = 0; i < N; i++) {
+          const order = i % 2 ? [hidden, none] : [none, hidden];
+          for (const p of order) { const r = await timed(p); (p === hidden ? th : tn).push(r.ms); rows += r.rows; }
+        }
+        const gap = med(th) - med(tn);
+        out[label] = { hiddenMedianMs: Number(med(th).toFixed(3)), noneMedianMs: Number(med(tn).toFixed(3)), gapMs: Number(gap.toFixed(3)), rows };
+        hiddenLines.push(`| ${label} | ${rows} | ${med(th).toFixed(2)} ms | ${med(tn).toFixed(2)} ms | ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} ms | ${Math.abs(gap) <= TARGET_MS && rows === 0 ? 'MET' : 'MISSED'} |`);
+      }
+      result.hidden = out;
+    }
     console.log(`shifted-date QIDO timing, ${N} requests per case, interleaved (medians)\n`);
     console.log('| client | StudyDate=x, where the window [x+min, x+max] | rows | median | gap to empty | <= 0.5 ms |');
     console.log('|---|---|---|---|---|---|');
     for (const l of lines) console.log(l);
+    console.log(`\nhidden records, client scoped by two body parts, ${N} requests per case, alternated (medians)\n`);
+    console.log('| asked (only hidden records match) | rows | median | same query, nothing matches anywhere | gap | <= 0.5 ms, no rows |');
+    console.log('|---|---|---|---|---|---|');
+    for (const l of hiddenLines) console.log(l);
     await gw.close();
     mkdirSync(join(root, 'bench/out'), { recursive: true });
     writeFileSync(join(root, 'bench/out/timing.json'), `${JSON.stringify(result, null, 2)}\n`);

@@ -126,19 +126,22 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // here on the shifted values, so which rows the PACS returns never depends on the date asked.
   if (!ownStudies) for (const f of q.dateFilters) if (f.tag !== '00080020') up.delete(f.tag);
   // The client's cohort index (issue 15): where the PACS cannot be asked for the client's own
-  // studies exactly (a scope of filters, an allow-list longer than a list can carry, an opt-out
-  // list that hides some of them; or a shifted StudyDate), every query outside one study asks the
+  // studies exactly (a scope of filters, an allow-list longer than a list can carry or mixing
+  // UIDs and accession numbers; or a shifted StudyDate), every query outside one study asks the
   // PACS only for the studies the index holds (the shifted dates of every study the client may
   // see, read at most once a minute whatever is asked), 200 UIDs a request. Rows of studies the
   // client may not see are then neither fetched nor examined in answer to its requests: the time
   // a query takes, and its truncation Warning, depend on its own studies only. A StudyDate is
   // matched on the index; a study no longer in the index (opted out) is not asked for.
-  const exactOwn = ownStudies;
   const scoped = hasStudyRules(rules) || partial;
-  const useIndex = !collect && !path.startsWith('/studies/') && ((scoped && !exactOwn) || (!ownStudies && studyDate !== undefined));
+  const useIndex = !collect && !path.startsWith('/studies/') && ((scoped && !ownStudies) || (!ownStudies && studyDate !== undefined));
   let chunks: (string | undefined)[] = [undefined];
-  if (useIndex) {
-    const idx = await cohortIndex(rc);
+  // An index cut short by server.maxQueryScan does not hold the whole scope: other queries then
+  // page through the PACS as before (their keys narrow what it returns, and a study beyond the
+  // index is still found), and the time they take may depend on hidden rows again. StudyDate is
+  // matched on the index either way (no date window may reach the PACS), with a Warning.
+  const idx = useIndex ? await cohortIndex(rc) : undefined;
+  if (idx && (!idx.truncated || studyDate)) {
     if (idx.truncated) extraWarnings.push(`299 deid-gateway "Only the first ${idx.dates.size} studies in scope were searched (server.maxQueryScan); results may be incomplete. Narrow the scope."`);
     let uids = [...idx.dates].filter(([, d]) => !studyDate || (d !== '' && passesDateFilters([studyDate], { '00080020': { Value: [d] } }))).map(([u]) => u);
     if (q.matchKeys.has('0020000D')) { const asked = new Set((up.get('0020000D') ?? '').split(/[,\\]/)); uids = uids.filter((u) => asked.has(u)); }

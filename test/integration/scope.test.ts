@@ -687,6 +687,21 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     }
   });
 
+  test('a cohort index cut short by server.maxQueryScan is not used to answer other queries: a study beyond it is still found', async () => {
+    const shown = (x: { bodyPart: string }): boolean => x.bodyPart === 'CHEST' || x.bodyPart === 'ABDOMEN';
+    const visible = S.filter((s) => s !== S[3] && s.series.some(shown));
+    const other = await start(config({ maxQueryScan: 4 }));
+    try {
+      for (const s of visible) {
+        const r = await get(`/dicom-web/studies?StudyInstanceUID=${s.uid}`, 'two-parts', undefined, other.gw.url);
+        assert.equal(r.status, 200, r.text);
+        assert.deepEqual((r.json() as Row[]).map((x) => val(x, '0020000D')), [s.uid], `${s.uid} is found by UID although the index holds only the first studies`);
+      }
+    } finally {
+      await other.gw.close();
+    }
+  });
+
   test('the records the scope checks read count against server.maxQueryScan', async () => {
     // paged: the 12 listed studies of 2020 reach the gateway; each row's body part check reads the
     // study's series list (one series each). offset=4&limit=4 wants 8 of the 6 visible studies, so

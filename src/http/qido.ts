@@ -134,7 +134,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // a query takes, and its truncation Warning, depend on its own studies only. A StudyDate is
   // matched on the index; a study no longer in the index (opted out) is not asked for.
   const scoped = hasStudyRules(rules) || partial;
-  const useIndex = !collect && !path.startsWith('/studies/') && ((scoped && !ownStudies) || (!ownStudies && studyDate !== undefined));
+  const useIndex = !collect && !ownStudies && !path.startsWith('/studies/') && (scoped || studyDate !== undefined);
   let chunks: (string | undefined)[] = [undefined];
   // An index cut short by server.maxQueryScan does not hold the whole scope: other queries then
   // page through the PACS as before (their keys narrow what it returns, and a study beyond the
@@ -254,8 +254,8 @@ const cohortIndexes = new WeakMap<object, { building: Promise<CohortIndex>; done
 
 /**
  * A client's cohort index: original Study Instance UID → the StudyDate the client sees (shifted;
- * empty where its plan removes dates), for every study in its scope, read from the PACS with the scope pushed down and every row
- * checked as a query's would be. Built in a context of its own (its records do not count
+ * empty where its plan removes dates), for every study in its scope, read from the PACS with the
+ * scope pushed down and every row checked as a query's would be. Built in a context of its own (its records do not count
  * against the request's maxQueryScan, its rows are not the request's results, a client that
  * goes away does not cancel it), shared by concurrent requests, reused for COHORT_INDEX_TTL_MS.
  * The PACS's answers bound it (server.maxQueryScan records, then `truncated`).

@@ -147,6 +147,10 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     return r.text.split(`--${m[2]}`).length - 2;
   }
 
+  /** What 'two-parts' may see: series of the CHEST or the ABDOMEN, and the studies that have one, but the opted-out patient's (S3). */
+  const shown = (x: { bodyPart: string }): boolean => x.bodyPart === 'CHEST' || x.bodyPart === 'ABDOMEN';
+  const twoPartsStudies = (): CohortStudy[] => S.filter((s) => s !== S[3] && s.series.some(shown));
+
   const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'shifted-list', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial', 'paged', 'two-parts'];
 
   function config(extra: { maxQueryScan?: number } = {}): Config {
@@ -657,8 +661,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
 
   test('a client scoped by filters the PACS cannot match asks it only for its own studies at every level (its cohort index): hidden and opted-out studies are never fetched for its queries', async () => {
     // two-parts: CHEST or ABDOMEN (two body parts: not a key the PACS matches as a list); S3 is the opted-out patient's.
-    const shown = (x: { bodyPart: string }): boolean => x.bodyPart === 'CHEST' || x.bodyPart === 'ABDOMEN';
-    const visible = S.filter((s) => s !== S[3] && s.series.some(shown));
+    const visible = twoPartsStudies();
     const hidden = S.filter((s) => !visible.includes(s));
     assert.ok(hidden.length >= 5 && hidden.includes(S[3]!) && visible.length >= 5, `${visible.length} visible, ${hidden.length} hidden`);
     await rows('/dicom-web/studies?limit=1', 'two-parts'); // the index is read (at most once a minute)
@@ -688,8 +691,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
   });
 
   test('a cohort index cut short by server.maxQueryScan is not used to answer other queries: a study beyond it is still found', async () => {
-    const shown = (x: { bodyPart: string }): boolean => x.bodyPart === 'CHEST' || x.bodyPart === 'ABDOMEN';
-    const visible = S.filter((s) => s !== S[3] && s.series.some(shown));
+    const visible = twoPartsStudies();
     const other = await start(config({ maxQueryScan: 4 }));
     try {
       for (const s of visible) {

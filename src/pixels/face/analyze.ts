@@ -221,6 +221,9 @@ function solidBehind(mask: Uint8Array, vol: Volume, [zMm, antMm]: [number, numbe
   const s = Math.sin(phi);
   let body = 0;
   let all = 0;
+  const half = Math.round((20 * scale) / g);
+  const xFrom = Math.max(0, x0 - half);
+  const xTo = Math.min(nx - 1, x0 + half);
   for (let t = 20 * scale; t <= 70 * scale; t += g / 2) {
     for (let u = -8 * scale; u <= 24 * scale; u += g / 2) {
       // Back along the axis by t, across it (up the face) by u.
@@ -228,7 +231,8 @@ function solidBehind(mask: Uint8Array, vol: Volume, [zMm, antMm]: [number, numbe
       const z = Math.round((zMm + t * s + u * c) / g);
       const y = Math.round((-origin[1] - ant) / g);
       if (z < 0 || z >= nz || y < 0 || y >= ny) continue;
-      for (let x = Math.max(0, x0 - Math.round((20 * scale) / g)); x <= Math.min(nx - 1, x0 + Math.round((20 * scale) / g)); x++) { all++; body += mask[(z * ny + y) * nx + x]!; }
+      const row = (z * ny + y) * nx;
+      for (let x = xFrom; x <= xTo; x++) { all++; body += mask[row + x]!; }
     }
   }
   return all ? body / all : 0;
@@ -407,11 +411,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   }
   // The midline profile: the most forward point within 2 voxels of the tip's column (robust to a
   // hole in the thin skin of the nasal bridge).
-  const profile = (z: number): number => {
-    let m = Number.NaN;
-    for (let x = nx0 - 2; x <= nx0 + 2; x++) { const v = A(z, x); if (!Number.isNaN(v) && !(v <= m)) m = v; }
-    return m;
-  };
+  const profile = (z: number): number => forward(z, nx0);
   const nAnt = A(nz0, nx0);
   const mm = (z: number): number => z * g;
   // Nasion: the deepest point of the profile below the straight line from the tip to the

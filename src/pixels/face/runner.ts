@@ -62,8 +62,8 @@ const within = (x: number, y: number, z: number, c: readonly number[], r: readon
 /**
  * T1-like value of the warm-up head at a point (LPS, mm, the head's centre at the origin): a
  * vault, a brain, a face with a nose and the nasal cavity and sinuses behind it, dark eyes, lips
- * and a chin, and a neck. Enough of a head
- * for the analysis to find its landmarks and cut, so that every step of it is exercised.
+ * and a chin, and a neck. Enough of a head for the analysis to find its landmarks and cut, so
+ * that every step of it is exercised.
  */
 function warmHead(x: number, y: number, z: number): number {
   if (within(x, y, z, [0, 10, 35], [56, 76, 64])) return 480;

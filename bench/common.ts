@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../src/core/node-version.js';
 
 /** The repository root (the folder holding package.json), from src or from dist. */
 export function projectRoot(from: string): string {
@@ -37,3 +38,16 @@ export function summarizeProfile(file: string, top = 20): { fn: string; where: s
     .map((e) => ({ fn: e.fn, where: e.where, selfMs: Math.round(e.us / 100) / 10, pct: Math.round((1000 * e.us) / busyUs) / 10 }));
 }
 
+
+/**
+ * The arguments of `node` that run the gateway's command as it runs in production: the V8 flags
+ * of every way of starting it (NODE_FLAGS), then the compiled entry beside the calling bench
+ * (dist/bench/x.js → dist/src/cli/main.js), or the source through tsx when run from source.
+ * `entry` is another build's dist/src/cli/main.js (a before/after), run with the same flags.
+ */
+export function gatewayCommand(benchUrl: string, entry?: string): string[] {
+  if (entry) return [...NODE_FLAGS, entry];
+  const compiled = fileURLToPath(new URL('../src/cli/main.js', benchUrl));
+  if (benchUrl.endsWith('.js') && existsSync(compiled)) return [...NODE_FLAGS, compiled];
+  return [...NODE_FLAGS, '--import', 'tsx', join(projectRoot(benchUrl), 'src/cli/main.ts')];
+}

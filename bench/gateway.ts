@@ -56,12 +56,11 @@ import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { generateCtSeries } from '../test/fixtures/generate.js';
 import { makeHeadPhantom } from '../test/fixtures/head-phantom.js';
 import { DICOMWEB_PLUGIN, freePort, startOrthanc, type OrthancHandle } from '../test/helpers/orthanc.js';
-import { projectRoot, summarizeProfile } from './common.js';
+import { gatewayCommand, projectRoot, summarizeProfile } from './common.js';
 import { nginxBinary, startNginx, type NginxHandle } from './nginx.js';
 
 // ---------------------------------------------------------------------------
@@ -134,14 +133,6 @@ const median = (xs: readonly number[]): number => {
 };
 
 
-/** The command that runs the gateway CLI: the compiled one next to this file, or the source through tsx. */
-function gatewayCommand(root: string): string[] {
-  // Another build's entry (an earlier commit's dist/src/cli/main.js), for a before/after.
-  if (process.env.BENCH_GATEWAY_ENTRY) return [process.env.BENCH_GATEWAY_ENTRY];
-  const compiled = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-  if (import.meta.url.endsWith('.js') && existsSync(compiled)) return [compiled];
-  return ['--import', 'tsx', join(root, 'src/cli/main.ts')];
-}
 
 // ---------------------------------------------------------------------------
 // /proc readers for the gateway child (and Orthanc, for the CPU budget)
@@ -353,7 +344,7 @@ async function startGatewayChild(root: string, dir: string, upstream: string, pr
   const logFile = join(dir, 'gateway.log');
   const fd = openSync(logFile, 'a');
   const extra = (process.env.BENCH_GATEWAY_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
-  const args = [...extra, ...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...gatewayCommand(root), 'serve', '--config', cfg];
+  const args = [...extra, ...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...gatewayCommand(import.meta.url, process.env.BENCH_GATEWAY_ENTRY), 'serve', '--config', cfg];
   const proc = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', fd, fd] });
   closeSync(fd);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
@@ -543,7 +534,7 @@ async function main(): Promise<void> {
 
     gw = await startGatewayChild(root, work, orthanc.dicomWebUrl, profDir);
     const idle = readMem(gw.pid)!;
-    console.log(`gateway: pid ${gw.pid}, ${gatewayCommand(root).join(' ').replace(root + '/', '')}${profDir ? ' (--cpu-prof)' : ''}, upstream transport ${TRANSPORT ?? '(the default)'}; RSS at start ${fmt(idle.rssKiB / 1024, 1)} MiB`);
+    console.log(`gateway: pid ${gw.pid}, ${gatewayCommand(import.meta.url, process.env.BENCH_GATEWAY_ENTRY).join(' ').replace(root + '/', '')}${profDir ? ' (--cpu-prof)' : ''}, upstream transport ${TRANSPORT ?? '(the default)'}; RSS at start ${fmt(idle.rssKiB / 1024, 1)} MiB`);
     console.log(`setup done in ${fmt((now() - tSetup) / 1000, 1)} s\n`);
 
     proxy = await startProxyChild(orthanc.httpUrl);

@@ -38,18 +38,17 @@
  * Writes bench/out/load.json.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { trailFiles } from '../src/audit/trail.js';
 import { generateCohort } from '../test/fixtures/cohort.js';
 import { generateCtSeries } from '../test/fixtures/generate.js';
 import { freePort, startOrthanc } from '../test/helpers/orthanc.js';
 import { postgresBin, startPostgres } from '../test/helpers/postgres.js';
-import { projectRoot } from './common.js';
+import { gatewayCommand, projectRoot } from './common.js';
 
 const SECONDS = Number(process.env.BENCH_LOAD_SECONDS ?? 60);
 const CONCURRENCY = Number(process.env.BENCH_LOAD_CONCURRENCY ?? 64);
@@ -64,11 +63,6 @@ const AUDIT_FILE_BYTES = process.env.BENCH_LOAD_AUDIT_FILE_BYTES ?? '1 MiB';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const root = projectRoot(import.meta.url);
 
-function command(): string[] {
-  const compiled = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-  if (import.meta.url.endsWith('.js') && existsSync(compiled)) return [compiled];
-  return ['--import', 'tsx', join(root, 'src/cli/main.ts')];
-}
 
 interface Replica {
   name: 'A' | 'B'; url: string; metricsUrl: string; pid: number; dir: string; kill(sig: NodeJS.Signals): void; exited: Promise<number | null>;
@@ -87,7 +81,7 @@ async function replica(name: 'A' | 'B', dir: string, upstream: string, store: st
     'clients:', '  - id: load', `    apiKeySha256: "${sha(TOKEN)}"`,
     ...Array.from({ length: PROBE_CLIENTS }, (_, i) => [`  - id: probe-${i}`, `    apiKeySha256: "${sha(probeToken(i))}"`]).flat(), '',
   ].join('\n'));
-  const proc = spawn(process.execPath, [...command(), 'serve', '--config', join(dir, 'gateway.yaml')], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(process.execPath, [...gatewayCommand(import.meta.url), 'serve', '--config', join(dir, 'gateway.yaml')], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   proc.stderr!.on('data', (d) => { log = (log + String(d)).slice(-4000); });
   const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
@@ -206,7 +200,7 @@ function readTrail(dir: string): { files: number; records: number; ids: Set<stri
 }
 
 function verifyTrail(dir: string): { exit: number | null; output: string } {
-  const r = spawnSync(process.execPath, [...command(), 'audit', 'verify', '--config', join(dir, 'gateway.yaml')], { cwd: root, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...gatewayCommand(import.meta.url), 'audit', 'verify', '--config', join(dir, 'gateway.yaml')], { cwd: root, encoding: 'utf8' });
   return { exit: r.status, output: `${r.stdout}${r.stderr}`.trim().slice(-300) };
 }
 

@@ -16,16 +16,15 @@
  * its hottest functions, workers included, are listed instead of the table).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { analyzeInstance } from '../src/pixels/text/analyze.js';
 import { makeTextPhantom, type TextPhantomOptions } from '../test/fixtures/text-phantom.js';
 import { freePort, startOrthanc } from '../test/helpers/orthanc.js';
-import { projectRoot, summarizeProfile } from './common.js';
+import { gatewayCommand, projectRoot, summarizeProfile } from './common.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? '5') || 5;
 const CINE_FRAMES = Number(process.env.BENCH_CINE_FRAMES ?? '100') || 100;
@@ -51,11 +50,6 @@ const cpuMs = (pid: number): number => {
   return (Number(f[11]) + Number(f[12])) * 10;
 };
 
-function gatewayCommand(root: string): string[] {
-  const compiled = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-  if (import.meta.url.endsWith('.js') && existsSync(compiled)) return [compiled];
-  return ['--import', 'tsx', join(root, 'src/cli/main.ts')];
-}
 
 /** Part 10 bytes with every occurrence of one UID replaced by another of the same length. */
 function withSop(bytes: Buffer, from: string, to: string): { bytes: Buffer; sop: string } {
@@ -105,7 +99,7 @@ async function main(): Promise<void> {
     ].join('\n'));
     const log = openSync(join(dir, 'gateway.log'), 'a');
     const profDir = join(dir, 'prof');
-    const proc = spawn(process.execPath, [...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...gatewayCommand(root), 'serve', '--config', join(dir, 'gateway.yaml')], { cwd: dir, stdio: ['ignore', log, log] });
+    const proc = spawn(process.execPath, [...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...gatewayCommand(import.meta.url), 'serve', '--config', join(dir, 'gateway.yaml')], { cwd: dir, stdio: ['ignore', log, log] });
     closeSync(log);
     process.once('exit', () => { try { proc.kill('SIGKILL'); } catch { /* gone */ } });
     const gwUrl = `http://127.0.0.1:${port}`;

@@ -9,7 +9,8 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { MIN_NODE, nodeSupported } from '../../src/core/node-version.js';
+import { MIN_NODE, NODE_FLAGS, nodeSupported } from '../../src/core/node-version.js';
+import { gatewayCommand } from '../../bench/common.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -77,5 +78,26 @@ describe('the Node.js version', () => {
     assert.equal(old.status, 2, old.stderr);
     assert.match(old.stderr, new RegExp(`Node\\.js ${MIN_NODE.replace(/\./g, '\\.')} or later is needed; this is 20\\.10\\.0`));
     assert.equal(old.stderr.trim().split('\n').length, 1);
+  });
+
+  test('the gateway starts with the same V8 flags every way it is started, and V8 takes them', () => {
+    assert.ok(NODE_FLAGS.length > 0);
+    const flags = NODE_FLAGS.join(' ');
+    // The installed command: the entry's shebang passes them (env -S splits the line).
+    const shebang = readFileSync(join(root, 'src/cli/main.ts'), 'utf8').split('\n')[0];
+    assert.equal(shebang, `#!/usr/bin/env -S node ${flags}`);
+    // npm start.
+    const scripts = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+    assert.match(scripts.start!, new RegExp(` node ${flags.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&')} dist/src/cli/main\\.js serve$`));
+    // The container.
+    const entry = /^ENTRYPOINT (\[.*\])$/m.exec(readFileSync(join(root, 'deploy/Dockerfile'), 'utf8'));
+    assert.deepEqual(JSON.parse(entry![1]!), ['node', ...NODE_FLAGS, 'dist/src/cli/main.js']);
+    // The benchmarks measure the gateway as it runs.
+    assert.deepEqual(gatewayCommand('file:///x/dist/bench/gateway.js', '/y/main.js'), [...NODE_FLAGS, '/y/main.js']);
+    assert.deepEqual(gatewayCommand(new URL('../../bench/gateway.ts', import.meta.url).href).slice(0, NODE_FLAGS.length), [...NODE_FLAGS]);
+    // This Node.js accepts them (an unknown or misspelt flag exits with "bad option").
+    const r = spawnSync(process.execPath, [...NODE_FLAGS, '-e', 'process.stdout.write("ok")'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'ok');
   });
 });

@@ -31,7 +31,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { createEngineContext } from '../src/deid/index.js';
 import { dciodvfyErrors, dcmdumpFailures, leaksOf } from './corpus-scan.js';
-import { projectRoot } from './common.js';
+import { gatewayCommand, projectRoot } from './common.js';
 
 interface Args { dirs: string[]; clients: string[]; config?: string; dciodvfy: number; keep?: string; showValues: boolean; json?: string }
 
@@ -79,7 +79,7 @@ interface Run {
 async function runDeid(root: string, config: string, client: string, dir: string, out: string): Promise<Run> {
   const t0 = performance.now();
   // The command as built (npm run corpus), or from the sources when the runner runs from them (tests).
-  const entry = import.meta.url.endsWith('.ts') ? ['--import', 'tsx', join(root, 'src/cli/main.ts')] : [join(root, 'dist/src/cli/main.js')];
+  const entry = gatewayCommand(import.meta.url);
   const child = spawn(process.execPath, [...entry, 'deid', '--config', config, '--client', client, dir, '--out', out], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';

@@ -19,9 +19,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writ
 import { createHash } from 'node:crypto';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { generateCtSeries } from '../test/fixtures/generate.js';
-import { projectRoot } from './common.js';
+import { gatewayCommand, projectRoot } from './common.js';
 
 const FILES = Number(process.env.BENCH_OFFLINE_FILES ?? '600') || 600;
 const RUNS = Number(process.env.BENCH_RUNS ?? '3') || 3;
@@ -73,8 +72,7 @@ async function main(): Promise<void> {
       `  - {id: basic, apiKeySha256: "${hash}"}`,
       '',
     ].join('\n'));
-    const compiled = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-    const entry = import.meta.url.endsWith('.js') && existsSync(compiled) ? [compiled] : ['--import', 'tsx', join(root, 'src/cli/main.ts')];
+    const entry = gatewayCommand(import.meta.url);
     const gdcm = spawnSync('which', ['gdcmanon']).status === 0 && spawnSync('which', ['openssl']).status === 0;
     if (gdcm) {
       const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(work, 'key.pem'), '-out', join(work, 'cert.pem'), '-days', '1', '-subj', '/CN=bench'], { stdio: 'ignore' });
@@ -84,7 +82,7 @@ async function main(): Promise<void> {
       { name: 'cp -r (floor)', run: (out) => timed('cp', ['-r', input, out], work) },
       { name: 'deid-gateway deid', run: (out) => timed(process.execPath, [...entry, 'deid', '--config', join(work, 'gateway.yaml'), '--client', 'basic', ...(JOBS ? ['--jobs', JOBS] : []), input, '--out', out], work) },
       // Another build of the command (an earlier commit's dist/src/cli/main.js), for a before/after in one run.
-      ...(BASELINE ? [{ name: 'baseline deid', run: (out: string) => timed(process.execPath, [BASELINE, 'deid', '--config', join(work, 'gateway.yaml'), '--client', 'basic', input, '--out', out], work) }] : []),
+      ...(BASELINE ? [{ name: 'baseline deid', run: (out: string) => timed(process.execPath, [...gatewayCommand(import.meta.url, BASELINE), 'deid', '--config', join(work, 'gateway.yaml'), '--client', 'basic', input, '--out', out], work) }] : []),
       ...(gdcm ? [{ name: 'gdcmanon -e', run: (out: string) => timed('gdcmanon', ['-e', '-c', join(work, 'cert.pem'), '--continue', '-r', '-i', input, '-o', out], work) }] : []),
     ];
     const results = new Map<string, { ms: number[]; cpuMs: number[]; files: number }>();

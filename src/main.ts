@@ -5,7 +5,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from 'winston';
-import type { Config } from './config/schema.js';
+import { connectionsPerClient, type Config } from './config/schema.js';
 import { createOpsLogger } from './audit/log.js';
 import { createAuditSink, type AuditSink } from './audit/sink.js';
 import { AuditTrail, auditKey } from './audit/trail.js';
@@ -224,6 +224,7 @@ export async function startGateway(cfg: Config, given?: GatewayParts, options: S
     faceWaitMs: cfg.engine.faceWaitSeconds * 1000,
     clientIdleMs: cfg.server.clientIdleSeconds * 1000,
     streamsPerClient: cfg.server.streamsPerClient,
+    connectionsPerClient: connectionsPerClient(cfg.server),
   });
   const server = await new Promise<Server>((resolve, reject) => {
     // HTTPS when server.tls is set; client certificates are requested (and, with `require`,

@@ -116,6 +116,12 @@ export const configSchema = z.strictObject({
     clientIdleSeconds: z.number().min(1).max(3600).default(30),
     /** Retrieves (and frames, bulk data, rendered images) one client may stream at once; more wait their turn. */
     streamsPerClient: z.number().int().min(1).max(10_000).default(8),
+    /**
+     * Open connections one client may hold (a connection is its client's from its first
+     * authenticated request); a request on one more is 429 CONNECTIONS_LIMITED and that
+     * connection is closed. Default: 64, or half of maxConnections when that is less.
+     */
+    connectionsPerClient: z.number().int().min(1).max(1_000_000).optional(),
     /** SIGTERM: how long in-flight requests may finish before their connections are closed. */
     drainSeconds: z.number().min(0).max(3600, 'must be at most 3600 (an hour); keep it below the orchestrator\'s grace period').default(25),
     tls: z.strictObject({
@@ -193,6 +199,11 @@ export type ClientConfig = Omit<z.infer<typeof clientSchema>, 'scope'> & {
   /** Allowed match keys as tags, when the client has a list. */
   readonly allowedKeys?: ReadonlySet<number> | undefined;
 };
+/** The open connections one client may hold: server.connectionsPerClient, or 64 (half of maxConnections when that is less). */
+export function connectionsPerClient(server: { readonly maxConnections: number; readonly connectionsPerClient?: number | undefined }): number {
+  return server.connectionsPerClient ?? Math.max(1, Math.min(64, Math.floor(server.maxConnections / 2)));
+}
+
 export type Config = Omit<z.infer<typeof configSchema>, 'clients' | 'optOut'> & {
   readonly clients: readonly ClientConfig[];
   /** Opt-out patients given inline, and the absolute path of the opt-out file (reloaded on change). */
@@ -252,6 +263,9 @@ export function validateConfig(raw: unknown, source: string): Config {
       try { readFileSync(f as string); } catch (e) { problems.push(`server.tls.${k}: ${f as string} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); fix the path`); }
     }
     if (t.clientCertificates !== 'none' && !t.caFile) problems.push('server.tls.caFile: client certificates need the CA that issues them; add caFile or set clientCertificates: none');
+  }
+  if (cfg.server.connectionsPerClient !== undefined && cfg.server.connectionsPerClient > cfg.server.maxConnections) {
+    problems.push(`server.connectionsPerClient: ${cfg.server.connectionsPerClient} is more than server.maxConnections (${cfg.server.maxConnections}): one client could hold every connection; lower it or raise maxConnections`);
   }
   if (cfg.metrics && cfg.metrics.port === undefined && cfg.metrics.apiKeySha256 === undefined) problems.push('metrics: give port (a separate listener) and/or apiKeySha256 (/metrics on the main listener behind an admin token)');
   const tls = cfg.audit.syslog?.tls;

@@ -36,6 +36,7 @@ export const ErrorCodes = {
   ACCESS_WINDOW_CLOSED: { status: 403, title: 'Outside this client\'s access window' },
   RATE_LIMITED: { status: 429, title: 'Request rate limit reached' },
   CONCURRENCY_LIMITED: { status: 429, title: 'Too many concurrent requests' },
+  CONNECTIONS_LIMITED: { status: 429, title: 'Too many open connections from this client' },
   QUOTA_EXCEEDED: { status: 429, title: 'Daily transfer quota reached' },
   SCOPE_UNAVAILABLE: { status: 503, title: 'Access scope cannot be evaluated' },
   AUDIT_UNAVAILABLE: { status: 503, title: 'Audit trail cannot be written' },

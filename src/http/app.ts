@@ -57,6 +57,8 @@ export interface AppDeps {
   readonly clientIdleMs?: number;
   /** Retrieves, frames, bulk data and rendered images one client may stream at once (default 8). */
   readonly streamsPerClient?: number;
+  /** Open connections one client may hold (server.connectionsPerClient); unlimited when absent. */
+  readonly connectionsPerClient?: number;
 }
 
 interface Locals {
@@ -339,6 +341,29 @@ export function createApp(deps: AppDeps): express.Express {
     sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', 'WADO-URI is not served; use WADO-RS'));
   });
 
+  // A connection is its client's from its first authenticated request until it closes: one
+  // client may hold at most connectionsPerClient of them (the listener's maxConnections is the
+  // total), so that no client can take every connection (issue 15). A request on one more is
+  // refused, and that connection closed, before any other work.
+  const connectionOwner = new WeakMap<object, string>();
+  const connectionsOf = new Map<string, number>();
+  const holdConnection = (req: Request, res: Response, clientId: string): void => {
+    const cap = deps.connectionsPerClient;
+    const socket = req.socket;
+    if (cap === undefined || connectionOwner.has(socket)) return;
+    const n = connectionsOf.get(clientId) ?? 0;
+    if (n >= cap) {
+      closeAfter(req, res);
+      throw new GatewayError('CONNECTIONS_LIMITED', `this client may hold at most ${cap} open connections; reuse them (keep-alive) or close some`, { auditReason: 'limit:connections', retryAfter: 1 });
+    }
+    connectionOwner.set(socket, clientId);
+    connectionsOf.set(clientId, n + 1);
+    socket.once('close', () => {
+      const left = (connectionsOf.get(clientId) ?? 1) - 1;
+      if (left > 0) connectionsOf.set(clientId, left); else connectionsOf.delete(clientId);
+    });
+  };
+
   app.use('/dicom-web', async (req, res, next) => {
     // Fail closed: nothing is served while the audit trail cannot be written.
     if (!deps.audit.healthy() && !deps.audit.recover()) {
@@ -357,6 +382,7 @@ export function createApp(deps: AppDeps): express.Express {
     // The agreement's window, then the client's limits; each refusal is audited with its reason.
     try {
       checkWindow(client.scope.window);
+      holdConnection(req, res, client.id);
       const release = await deps.limiter.admit(client.id);
       res.on('close', () => release(locals(res).bytes));
     } catch (e) {

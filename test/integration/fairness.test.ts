@@ -28,6 +28,8 @@ const STREAMS = 2;
 const IDLE_SECONDS = 2;
 /** Retrieves the greedy client opens and never reads: more than the gateway has connections. */
 const HELD = 10;
+/** Open connections one client may hold. */
+const PER_CLIENT = 12;
 
 describe('no client can starve another, against a real Orthanc (issue 15)', () => {
   let orthanc: OrthancHandle;
@@ -51,7 +53,7 @@ describe('no client can starve another, against a real Orthanc (issue 15)', () =
     orthanc = await startOrthanc();
     await orthanc.upload(files.map((f) => readFileSync(f)));
     const cfg = validateConfig({
-      server: { host: '127.0.0.1', port: 0, streamsPerClient: STREAMS, clientIdleSeconds: IDLE_SECONDS },
+      server: { host: '127.0.0.1', port: 0, streamsPerClient: STREAMS, clientIdleSeconds: IDLE_SECONDS, connectionsPerClient: PER_CLIENT },
       upstream: { url: orthanc.dicomWebUrl, connections: CONNECTIONS },
       state: { dir: join(dir, 'state') },
       clients: [
@@ -147,5 +149,65 @@ describe('no client can starve another, against a real Orthanc (issue 15)', () =
     // The held retrieves are recorded as aborted, and a client's abort is not an error.
     await new Promise((r) => setTimeout(r, 300));
     assert.ok(!logLines.some((l) => /"level":"error"/.test(l)), `no error-level line: ${logLines.filter((l) => /"level":"error"/.test(l)).slice(0, 3).join(' | ')}`);
+  });
+
+  test(`one client holds at most ${PER_CLIENT} open connections: a request on one more is 429 CONNECTIONS_LIMITED and closed; the other client is served; a connection given back can be used again`, { timeout: 60_000 }, async () => {
+    const port = Number(new URL(gw.url).port);
+    /** A kept-alive connection that sends one query; resolves with its status line and whether the gateway closes it. */
+    const open = async (token: string): Promise<{ socket: Socket; status: number; code: string; closing: boolean; closed: Promise<void> }> => {
+      const socket = connect(port, '127.0.0.1');
+      socket.on('error', () => { /* closed by the gateway */ });
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+      let got = '';
+      const answered = new Promise<string>((resolve) => {
+        socket.on('data', (d: Buffer) => {
+          got += d.toString('latin1');
+          const head = got.indexOf('\r\n\r\n');
+          const len = /content-length: (\d+)/i.exec(got);
+          if (head >= 0 && len && got.length >= head + 4 + Number(len[1])) resolve(got);
+        });
+      });
+      socket.write(`GET /dicom-web/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ${token}\r\nAccept: application/dicom+json\r\n\r\n`);
+      const text = await answered;
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]);
+      const code = /"code":"([A-Z_]+)"/.exec(text)?.[1] ?? '';
+      return { socket, status, code, closing: /\r\nconnection: close\r\n/i.test(text), closed };
+    };
+    const kept: Socket[] = [];
+    try {
+      for (let i = 0; i < PER_CLIENT; i++) {
+        const c = await open(TOKENS.greedy);
+        assert.equal(c.status, 200, `connection ${i + 1}`);
+        assert.equal(c.closing, false);
+        kept.push(c.socket);
+      }
+      // One more: refused with its reason, and closed.
+      const extra = await open(TOKENS.greedy);
+      assert.equal(extra.status, 429);
+      assert.equal(extra.code, 'CONNECTIONS_LIMITED');
+      assert.ok(extra.closing, 'the refused connection is closed');
+      await Promise.race([extra.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the refused connection stays open')), 5_000))]);
+      // The kept ones still serve their client, and another client is not affected.
+      const again = await new Promise<string>((resolve) => {
+        let got = '';
+        kept[0]!.removeAllListeners('data');
+        kept[0]!.on('data', (d: Buffer) => { got += d.toString('latin1'); if (/\r\n\r\n/.test(got)) resolve(got); });
+        kept[0]!.write(`GET /dicom-web/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ${TOKENS.greedy}\r\nAccept: application/dicom+json\r\n\r\n`);
+      });
+      assert.match(again, /^HTTP\/1\.1 200/);
+      const other = await open(TOKENS.other);
+      assert.equal(other.status, 200);
+      other.socket.destroy();
+      // A connection given back makes room for a new one.
+      const gone = kept.pop()!;
+      gone.destroy();
+      await new Promise((r) => setTimeout(r, 200));
+      const room = await open(TOKENS.greedy);
+      assert.equal(room.status, 200);
+      kept.push(room.socket);
+    } finally {
+      for (const k of kept) k.destroy();
+    }
   });
 });

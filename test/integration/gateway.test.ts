@@ -60,7 +60,8 @@ describe('gateway against a real Orthanc', () => {
     await orthanc.upload(fx.files.map((f) => f.bytes));
     stateDir = mkdtempSync(join(tmpdir(), 'deid-gw-'));
     const cfg = validateConfig({
-      server: { host: '127.0.0.1', port: 0, publicBaseUrl: 'https://gw.example.org' },
+      // 200 concurrent connections of one client below (a listener-leak test): above the default share.
+      server: { host: '127.0.0.1', port: 0, publicBaseUrl: 'https://gw.example.org', connectionsPerClient: 256 },
       upstream: { url: orthanc.dicomWebUrl },
       state: { dir: stateDir },
       clients: [

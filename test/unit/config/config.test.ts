@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, MAX_QUERY_RESULTS } from '../../../src/config/schema.js';
+import { connectionsPerClient, loadConfig, MAX_QUERY_RESULTS } from '../../../src/config/schema.js';
 import { MAX_NOTED_STUDIES } from '../../../src/http/dicomweb.js';
 import { GatewayError } from '../../../src/core/errors.js';
 
@@ -139,6 +139,14 @@ optOut:
     assert.equal(loadConfig(file(MINIMAL.replace('port: 8080', 'port: 8080\n  maxQueryResults: 10000'))).server.maxQueryResults, 10_000);
     assert.match(invalid(MINIMAL.replace('port: 8080', 'port: 8080\n  maxQueryResults: 10001')), /server\.maxQueryResults: must be at most 10000 \(every study a request releases is itemized in its audit record\); lower it and let clients page with offset/);
     assert.match(invalid(MINIMAL.replace('options: []', 'options: []\n    query: {maxResults: 1000000}')), /clients\[0\]\.query\.maxResults: must be at most 10000/);
+  });
+
+  test('connections per client: 64 by default, half of maxConnections when that is less, never more than maxConnections', () => {
+    assert.equal(connectionsPerClient(loadConfig(file(MINIMAL)).server), 64);
+    assert.equal(connectionsPerClient(loadConfig(file(MINIMAL.replace('port: 8080', 'port: 8080\n  maxConnections: 50'))).server), 25);
+    assert.equal(connectionsPerClient(loadConfig(file(MINIMAL.replace('port: 8080', 'port: 8080\n  connectionsPerClient: 200'))).server), 200);
+    assert.match(invalid(MINIMAL.replace('port: 8080', 'port: 8080\n  maxConnections: 100\n  connectionsPerClient: 101')), /server\.connectionsPerClient: 101 is more than server\.maxConnections \(100\): one client could hold every connection/);
+    assert.match(invalid(MINIMAL.replace('port: 8080', 'port: 8080\n  connectionsPerClient: 0')), /server\.connectionsPerClient/);
   });
 
   test('an unreadable file is CONFIG_UNREADABLE naming the path', () => {

@@ -428,7 +428,7 @@ export async function* deidentifyPart10(source: AsyncIterable<Uint8Array>, ctx: 
     const facts = readPixelFacts(headerView);
     const want = facts.rows * facts.columns * (facts.bitsAllocated / 8) * facts.frames;
     if (pixel.length !== want && pixel.length !== want + 1) throw new GatewayError('PIXELS_WITHHELD', 'the pixel data length does not match its geometry, so the face cut cannot be placed', { auditReason: 'pixels-withheld:face-geometry' });
-    const cut = faceCutTransformer(facts, face, ts.littleEndian);
+    const cut = faceCutTransformer(facts, face, ts.littleEndian, opts.ownsInput);
     const before = masker;
     masker = before ? (c) => cut(before(c)) : cut;
     defaced = true;

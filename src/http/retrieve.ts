@@ -179,8 +179,11 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
     maskedPart = false;
     return deidentifyPart10(part.body, ctx, {
       maxHeaderBytes,
-      // The bytes fetched for the text decision are this request's alone: masked where they are.
-      ownsInput: !up,
+      // The bytes are this request's alone, whether fetched for the text decision or streamed
+      // from the PACS (every upstream transport hands out each read once, in buffers or slab
+      // regions no one else reads, and the multipart parser never reads back what it has
+      // yielded): masks and the face cut are written where they are, not into copies.
+      ownsInput: true,
       onInstance: (i) => { noteStudy(note, i.original.study, i.pseudonymous.study, patientOfPart, 1); rc.observeDeid?.('part10', i.deidSeconds); },
       admit: (attr) => {
         patientOfPart = attr(TAG.patientId);

@@ -17,16 +17,25 @@ export interface RowSpans {
 /** The columns of each row in front of every plane. */
 export function rowSpans(planes: readonly CutPlane[], g: FrameGeometry, rows: number, columns: number): RowSpans {
   const from = new Int32Array(rows);
-  const to = new Int32Array(rows).fill(0);
+  const to = new Int32Array(rows);
+  // f(c) = n·(P + c·Δc·rowDir + r·Δr·colDir) - d < 0 is linear in c and in r: per plane, its
+  // value at (0, 0), its step down a row and its step along a row, computed once.
+  const k = planes.length;
+  const at0 = new Float64Array(k);
+  const down = new Float64Array(k);
+  const along = new Float64Array(k);
+  for (let i = 0; i < k; i++) {
+    const n = planes[i]!.n;
+    at0[i] = n[0] * g.position[0] + n[1] * g.position[1] + n[2] * g.position[2] - planes[i]!.d;
+    down[i] = (n[0] * g.colDir[0] + n[1] * g.colDir[1] + n[2] * g.colDir[2]) * g.rowSpacing;
+    along[i] = (n[0] * g.rowDir[0] + n[1] * g.rowDir[1] + n[2] * g.rowDir[2]) * g.colSpacing;
+  }
   for (let r = 0; r < rows; r++) {
     let lo = 0;
     let hi = columns; // [lo, hi)
-    for (const p of planes) {
-      // f(c) = n·(P + c·Δc·rowDir + r·Δr·colDir) - d < 0, linear in c.
-      const base = p.n[0] * (g.position[0] + g.colDir[0] * r * g.rowSpacing)
-        + p.n[1] * (g.position[1] + g.colDir[1] * r * g.rowSpacing)
-        + p.n[2] * (g.position[2] + g.colDir[2] * r * g.rowSpacing) - p.d;
-      const slope = (p.n[0] * g.rowDir[0] + p.n[1] * g.rowDir[1] + p.n[2] * g.rowDir[2]) * g.colSpacing;
+    for (let i = 0; i < k; i++) {
+      const base = at0[i]! + r * down[i]!;
+      const slope = along[i]!;
       if (Math.abs(slope) < 1e-12) {
         if (base >= 0) { lo = 0; hi = 0; }
         continue;
@@ -72,10 +81,12 @@ export function cellBytes(value: number, bitsAllocated: number, littleEndian: bo
 /**
  * A transformer of native pixel data bytes (offset 0 = first byte of the value), applied chunk
  * by chunk: the pixels of each frame in front of the cut take the background value. Chunks
- * that touch no removed pixel pass as they are; others are copied before they are changed.
+ * that touch no removed pixel pass as they are; others are copied before they are changed,
+ * unless `inPlace` says the chunks are the caller's to change (written where they are: a
+ * 400-slice CT's retrieve then copies no 256 KiB chunk per slice through the face).
  * Throws PIXELS_WITHHELD (`face-geometry`) when a frame cannot be placed in the patient.
  */
-export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[], littleEndian: boolean): (chunk: Buffer) => Buffer {
+export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[], littleEndian: boolean, inPlace = false): (chunk: Buffer) => Buffer {
   if (f.samplesPerPixel !== 1 || ![8, 16, 32].includes(f.bitsAllocated)) {
     throw new GatewayError('PIXELS_WITHHELD', 'a face cut needs grayscale pixel data of 8, 16 or 32 bits', { auditReason: 'pixels-withheld:face-geometry' });
   }
@@ -89,8 +100,7 @@ export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[
     if (!g) throw new GatewayError('PIXELS_WITHHELD', `frame ${k + 1} of this instance has no position in the patient, so the face cut cannot be placed`, { auditReason: 'pixels-withheld:face-geometry' });
     const spans = rowSpans(planes, g, f.rows, f.columns);
     const cell = cellBytes(backgroundStored(f, k), f.bitsAllocated, littleEndian);
-    const fill = Buffer.alloc(f.columns * bpp);
-    for (let i = 0; i < fill.length; i += bpp) cell.copy(fill, i);
+    const fill = Buffer.alloc(f.columns * bpp, cell); // the cell repeated along a row
     for (let r = 0; r < f.rows; r++) {
       const a = spans.from[r]!;
       const b = spans.to[r]!;
@@ -108,7 +118,7 @@ export function faceCutTransformer(f: PixelFactsFull, planes: readonly CutPlane[
     offset = end;
     while (ri < starts.length && ends[ri]! <= start) ri++;
     if (ri >= starts.length || starts[ri]! >= end) return chunk;
-    const out = Buffer.from(chunk); // never write into the input's buffers
+    const out = inPlace ? chunk : Buffer.from(chunk); // the input's buffers are written only when they are ours
     for (let k = ri; k < starts.length && starts[k]! < end; k++) {
       const a = Math.max(starts[k]!, start);
       const b = Math.min(ends[k]!, end);

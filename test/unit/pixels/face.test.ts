@@ -396,7 +396,7 @@ describe('face policy and markers', () => {
       (e: unknown) => e instanceof GatewayError && e.code === 'PIXELS_WITHHELD' && e.auditReason === 'pixels-withheld:compressed');
   });
 
-  test('the cut streams at any chunk size with the same bytes, and never writes into its input', async () => {
+  test('the cut streams at any chunk size with the same bytes, and writes into its input only when told it may', async () => {
     const verdict = await decide(ph);
     assert.equal(verdict.kind, 'deface');
     if (verdict.kind !== 'deface') return;
@@ -411,6 +411,14 @@ describe('face policy and markers', () => {
       assert.deepEqual(Buffer.concat(parts), whole);
     }
     assert.deepEqual(copy, inst.pixel!, 'input unchanged');
+    // In place (the caller's buffers): the same bytes, written into the chunks it is given.
+    assert.notDeepEqual(whole, copy, 'the slice cuts something');
+    const t = faceCutTransformer(facts, verdict.planes, true, true);
+    for (let i = 0; i < copy.length; i += 4096) {
+      const chunk = copy.subarray(i, i + 4096);
+      assert.equal(t(chunk), chunk, 'the chunk itself is answered');
+    }
+    assert.deepEqual(copy, whole, 'in place, the input holds the cut');
     // The spans agree with a per-pixel test of the planes.
     const g = facts.geometry[0]!;
     const s = rowSpans(verdict.planes, g, facts.rows, facts.columns);

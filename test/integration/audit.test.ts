@@ -81,7 +81,8 @@ describe('audit trail, A.5 messages, reviewer tools and metrics against a real O
 
   function config(): Config {
     return validateConfig({
-      server: { host: '127.0.0.1', port: 0 },
+      // 120 requests at once below, 72 of one client on as many connections: above the default share.
+      server: { host: '127.0.0.1', port: 0, connectionsPerClient: 256 },
       upstream: { url: orthanc.dicomWebUrl },
       state: { dir },
       audit: { syslog: { host: '127.0.0.1', port: syslogPort, appName: 'deid-gw-test' } },

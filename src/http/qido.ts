@@ -136,6 +136,8 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   const scoped = hasStudyRules(rules) || partial;
   const useIndex = !collect && !ownStudies && !path.startsWith('/studies/') && (scoped || studyDate !== undefined);
   let chunks: (string | undefined)[] = [undefined];
+  /** The key each chunk of UIDs is asked under: study UIDs, or (instances of a modality) series UIDs. */
+  let chunkKey = '0020000D';
   // An index cut short by server.maxQueryScan does not hold the whole scope: other queries then
   // page through the PACS as before (their keys narrow what it returns, and a study beyond the
   // index is still found), and the time they take may depend on hidden rows again. StudyDate is
@@ -149,6 +151,24 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     if (studyDate) up.delete('00080020');
     chunks = [];
     for (let i = 0; i < uids.length; i += UID_LIST_MAX) chunks.push(uids.slice(i, i + UID_LIST_MAX).join(','));
+    // An instance query with a Modality: the PACS matches a series-level key on every instance of
+    // every series that has it, hidden ones included, before it looks at the study (Orthanc: 0.4
+    // ms more for 300 hidden MR instances). So the index's studies are asked for their series of
+    // that modality first (the PACS matches series quickly, whoever they belong to), and the
+    // instances are then asked for by series UID, from those series only.
+    if (level === 'instance' && up.has('00080060')) {
+      const series = await ownSeries(rc, chunks, up.get('00080060')!, rc.maxQueryScan);
+      if (series) {
+        const asked = q.matchKeys.has('0020000E') ? new Set((up.get('0020000E') ?? '').split(/[,\\]/)) : undefined;
+        const list = asked ? series.filter((u) => asked.has(u)) : series;
+        if (!list.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
+        up.delete('00080060');
+        up.delete('0020000D');
+        chunkKey = '0020000E';
+        chunks = [];
+        for (let i = 0; i < list.length; i += UID_LIST_MAX) chunks.push(list.slice(i, i + UID_LIST_MAX).join(','));
+      }
+    }
   }
   if ((rules.studies?.size ?? 1) === 0 && (rules.accessions?.size ?? 1) === 0) {
     return emptyJsonReply(q.warnings);
@@ -192,7 +212,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // (offset + limit); each further page asks for twice as many, up to QIDO_PAGE_MAX.
   const firstWant = collect ? QIDO_PAGE_MAX : Math.min(QIDO_PAGE_MAX, Math.max(QIDO_PAGE_MIN, q.offset + q.limit));
   scan: for (const chunk of chunks) {
-    if (chunk !== undefined) up.set('0020000D', chunk);
+    if (chunk !== undefined) up.set(chunkKey, chunk);
     let upOffset = 0;
     let want = firstWant;
     for (;;) {
@@ -250,6 +270,36 @@ const COHORT_INDEX_TTL_MS = 60_000;
 interface CohortIndex { readonly at: number; readonly dates: ReadonlyMap<string, string>; readonly truncated: boolean }
 
 /** Per client's scope rules (a reloaded list file makes new rules, and so a new index). */
+/**
+ * The series of the given studies (chunks of study UIDs) with one of the modalities asked, by
+ * Series Instance UID; undefined when there are more than `max` (the caller then asks for the
+ * instances by study, as before).
+ */
+async function ownSeries(rc: RequestContext, studyChunks: readonly (string | undefined)[], modality: string, max: number): Promise<string[] | undefined> {
+  const out: string[] = [];
+  for (const chunk of studyChunks) {
+    if (chunk === undefined) return undefined;
+    let offset = 0;
+    for (;;) {
+      const page = new URLSearchParams({ '0020000D': chunk, '00080060': modality, limit: String(QIDO_PAGE_MAX) });
+      if (offset) page.set('offset', String(offset));
+      const res = await ok(rc, '/series', DICOM_JSON, page);
+      if (res.status === 204) break;
+      expectType(res, DICOM_JSON, 'application/json');
+      let n = 0;
+      for await (const text of splitJsonArray(res.body)) {
+        n++;
+        const uid = parseObject(text)['0020000E']?.Value?.[0];
+        if (typeof uid === 'string' && uid) out.push(uid);
+        if (out.length > max) return undefined;
+      }
+      if (n < QIDO_PAGE_MAX) break;
+      offset += n;
+    }
+  }
+  return out;
+}
+
 const cohortIndexes = new WeakMap<object, { building: Promise<CohortIndex>; done?: CohortIndex }>();
 
 /**

@@ -682,22 +682,28 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     // has it otherwise, hidden ones included). A modality only hidden series have is [] after
     // the series query alone.
     const modalities = [...new Set(S.flatMap((s) => s.series.map((x) => x.modality)))];
-    for (const modality of [...modalities, 'XA']) {
+    const bodyParts = [...new Set(S.flatMap((s) => s.series.map((x) => x.bodyPart)))];
+    const asks: [string, string, (x: CohortStudy['series'][number]) => boolean][] = [
+      ...[...modalities, 'XA'].map((m): [string, string, (x: CohortStudy['series'][number]) => boolean] => ['Modality', m, (x) => x.modality === m]),
+      ...bodyParts.map((b): [string, string, (x: CohortStudy['series'][number]) => boolean] => ['BodyPartExamined', b, (x) => x.bodyPart === b]),
+    ];
+    for (const [key, value, has] of asks) {
+      const modality = `${value} (${key})`;
       const mark = proxy.seen.length;
-      const got = (await rows(`/dicom-web/instances?Modality=${modality}&limit=100`, 'two-parts')).map((r) => String(val(r, '00080018'))).sort();
-      const ownOfIt = visible.flatMap((s) => s.series.filter((x) => shown(x) && x.modality === modality));
-      assert.deepEqual(got, ownOfIt.flatMap((x) => x.instances).sort(), `instances?Modality=${modality}: exactly the client's view`);
+      const got = (await rows(`/dicom-web/instances?${key}=${value}&limit=100`, 'two-parts')).map((r) => String(val(r, '00080018'))).sort();
+      const ownOfIt = visible.flatMap((s) => s.series.filter((x) => shown(x) && has(x)));
+      assert.deepEqual(got, ownOfIt.flatMap((x) => x.instances).sort(), `instances?${key}=${value}: exactly the client's view`);
       const asked = proxy.seen.slice(mark);
       const seriesQueries = asked.filter((u) => u.startsWith('/dicom-web/series?'));
       assert.ok(seriesQueries.length >= 1, `instances?Modality=${modality}: its series are asked for first`);
       for (const u of seriesQueries) assert.deepEqual(new URL(u, 'http://x').searchParams.get('0020000D')?.split(',').sort(), visible.map((s) => s.uid).sort());
       const instanceQueries = asked.filter((u) => u.startsWith('/dicom-web/instances?'));
-      const mySeries = visible.flatMap((s) => s.series.filter((x) => x.modality === modality).map((x) => x.uid)).sort();
+      const mySeries = visible.flatMap((s) => s.series.filter(has).map((x) => x.uid)).sort();
       if (!mySeries.length) assert.deepEqual(instanceQueries, [], `instances?Modality=${modality}: no own series of it, no instance query`);
       for (const u of instanceQueries) {
         const sp = new URL(u, 'http://x').searchParams;
         assert.deepEqual(sp.get('0020000E')?.split(',').sort(), mySeries, `instances?Modality=${modality}: asked by the client's own series of it`);
-        assert.equal(sp.get('00080060'), null, 'the modality is not matched on instances');
+        assert.equal(sp.get('00080060') ?? sp.get('00180015'), null, 'the series-level key is not matched on instances');
       }
       for (const h of hidden) assert.ok(!asked.some((u) => u.includes(h.uid)), `instances?Modality=${modality}: hidden study ${h.uid} was never asked for`);
     }

@@ -54,6 +54,52 @@ function cells16(bytes: Buffer, f: PixelFactsFull, littleEndian: boolean): Uint1
   return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length >> 1);
 }
 
+/*
+ * The hot loops below are small top-level functions over typed arrays and numbers only. Inside
+ * one large function with closures made per call, V8 optimised them on the stack (OSR) and
+ * threw the code away again at the next call ("wrong map", "wrong call target"): a decision in
+ * the gateway then resampled in the interpreter, boxing every double, at 35–180 ms and a dozen
+ * scavenges, against 8–15 ms compiled. Called thousands of times a decision (once per reduced
+ * row, once per grid line), with the same argument types every time, they are compiled once.
+ */
+
+/** Adds `fr` rows of unsigned 16-bit cells from `base`, `fc` columns to a block, into `sums`. */
+function addBlocksU16(cells: Uint16Array, base: number, width: number, fr: number, fc: number, columns: number, keep: number, sums: Float64Array): void {
+  for (let i = 0; i < fr; i++) {
+    let at = base + i * width;
+    for (let c = 0; c < columns; c++) {
+      let s = 0;
+      for (let j = 0; j < fc; j++, at++) s += cells[at]! & keep;
+      sums[c] = sums[c]! + s;
+    }
+  }
+}
+
+/** addBlocksU16 for signed cells of 32 - shift stored bits (sign-extended). */
+function addBlocksS16(cells: Uint16Array, base: number, width: number, fr: number, fc: number, columns: number, shift: number, sums: Float64Array): void {
+  for (let i = 0; i < fr; i++) {
+    let at = base + i * width;
+    for (let c = 0; c < columns; c++) {
+      let s = 0;
+      for (let j = 0; j < fc; j++, at++) s += (cells[at]! << shift) >> shift;
+      sums[c] = sums[c]! + s;
+    }
+  }
+}
+
+/** addBlocksU16 through a sample reader (8 and 32 bits, big-endian, unaligned buffers). */
+function addBlocksRead(read: (i: number) => number, base: number, width: number, fr: number, fc: number, columns: number, sums: Float64Array): void {
+  for (let i = 0; i < fr; i++) {
+    const row = base + i * width;
+    for (let c = 0; c < columns; c++) for (let j = 0; j < fc; j++) sums[c] = sums[c]! + read(row + c * fc + j);
+  }
+}
+
+/** One reduced row: the mean of each block, in modality values. */
+function meansRow(sums: Float64Array, n: number, slope: number, intercept: number, data: Float32Array, at: number, columns: number): void {
+  for (let c = 0; c < columns; c++) data[at + c] = (sums[c]! / n) * slope + intercept;
+}
+
 /**
  * Box-averages one native grayscale frame to about `targetMm` per pixel, in modality values.
  * Returns undefined when the frame has no geometry.
@@ -66,7 +112,8 @@ export function reduceFrame(bytes: Buffer, f: PixelFactsFull, frame: number, lit
   const { rows, columns, geometry } = reducedPlace(g, f.rows, f.columns, targetMm);
   const data = new Float32Array(rows * columns);
   const n = fr * fc;
-  // Sums of blocks, row by row: one pass over the samples in memory order.
+  // Sums of blocks, row by row: one pass over the samples in memory order. Integer sums of at
+  // most 65535 x n are exact in doubles, so the order of the additions does not matter.
   const sums = new Float64Array(columns);
   const cells = cells16(bytes, f, littleEndian);
   const read = cells ? undefined : sampleReader(bytes, f, littleEndian);
@@ -76,25 +123,11 @@ export function reduceFrame(bytes: Buffer, f: PixelFactsFull, frame: number, lit
   const width = f.columns;
   for (let r = 0; r < rows; r++) {
     sums.fill(0);
-    for (let i = 0; i < fr; i++) {
-      const base = (r * fr + i) * width;
-      if (cells && signed) {
-        for (let c = 0, at = base; c < columns; c++) {
-          let s = 0;
-          for (let j = 0; j < fc; j++, at++) s += (cells[at]! << shift) >> shift;
-          sums[c]! += s;
-        }
-      } else if (cells) {
-        for (let c = 0, at = base; c < columns; c++) {
-          let s = 0;
-          for (let j = 0; j < fc; j++, at++) s += cells[at]! & keep;
-          sums[c]! += s;
-        }
-      } else {
-        for (let c = 0; c < columns; c++) for (let j = 0; j < fc; j++) sums[c]! += read!(base + c * fc + j);
-      }
-    }
-    for (let c = 0; c < columns; c++) data[r * columns + c] = (sums[c]! / n) * slope + intercept;
+    const base = r * fr * width;
+    if (cells && signed) addBlocksS16(cells, base, width, fr, fc, columns, shift, sums);
+    else if (cells) addBlocksU16(cells, base, width, fr, fc, columns, keep, sums);
+    else addBlocksRead(read!, base, width, fr, fc, columns, sums);
+    meansRow(sums, n, slope, intercept, data, r * columns, columns);
   }
   return { geometry, rows, columns, data };
 }
@@ -138,6 +171,107 @@ export function largestStack<T extends { readonly geometry: FrameGeometry }>(fra
   return groups[0]?.members ?? [];
 }
 
+/** What every line of a resampling shares (one shape for every call of fillLine). */
+interface Line {
+  readonly out: Float32Array;
+  /** Each frame's distance along the stack's normal, in order. */
+  readonly s: Float64Array;
+  /** Each frame's placement, K numbers (see buildVolume). */
+  readonly place: Float64Array;
+  readonly data: readonly Float32Array[];
+  /** Voxels along a line, and their stride in out. */
+  readonly len: number;
+  readonly stride: number;
+  /** Distance along the normal from one voxel of a line to the next. */
+  readonly dS: number;
+  /** Furthest a voxel may lie from its frame along the normal. */
+  readonly tol: number;
+  /** Offsets in a frame's placement of the column and row steps along the line's axis. */
+  readonly dcAt: number;
+  readonly drAt: number;
+  readonly sp: number;
+}
+
+const K = 10;
+const EPS = 1e-9;
+
+/** The lowest integer t with v0 + t * slope within [min, max] (slope > 0 or < 0), or at least lo. */
+function firstIn(lo: number, v0: number, slope: number, min: number, max: number): number {
+  const a = (min - v0) / slope;
+  const b = (max - v0) / slope;
+  return Math.max(lo, Math.ceil((a < b ? a : b) - EPS));
+}
+
+/** The highest integer t with v0 + t * slope within [min, max], or at most hi. */
+function lastIn(hi: number, v0: number, slope: number, min: number, max: number): number {
+  const a = (min - v0) / slope;
+  const b = (max - v0) / slope;
+  return Math.min(hi, Math.floor((a < b ? b : a) + EPS));
+}
+
+/** Copies frame pixels into voxels lo..hi of a line (nearest pixel, clamped to the frame). */
+function fillRun(out: Float32Array, at: number, stride: number, data: Float32Array, columns: number, rows: number, cf0: number, dc: number, rf0: number, dr: number, lo: number, hi: number): void {
+  for (let q = lo; q <= hi; q++) {
+    // Nearest pixel (adding 0.5 and truncating rounds; clamped to the frame).
+    let c = (cf0 + q * dc + 0.5) | 0;
+    let r = (rf0 + q * dr + 0.5) | 0;
+    if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
+    if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
+    out[at + q * stride] = data[r * columns + c]!;
+  }
+}
+
+/** Fills one line of the grid, from voxel (px, py, pz) at distance sv0 along the normal. */
+function fillLine(L: Line, lineAt: number, px: number, py: number, pz: number, sv0: number): void {
+  const s = L.s;
+  const place = L.place;
+  const last = s.length - 1;
+  const len = L.len;
+  const dS = L.dS;
+  const tol = L.tol;
+  // The nearest frame to the line's first voxel (binary search).
+  let a = 0;
+  let b = last;
+  while (b - a > 1) {
+    const m = (a + b) >> 1;
+    if (s[m]! <= sv0) a = m; else b = m;
+  }
+  let k = Math.abs(s[a]! - sv0) <= Math.abs(s[b]! - sv0) ? a : b;
+  for (let t = 0; t < len;) {
+    // The run of frame k ends before the first voxel nearer to its neighbour (a tie stays).
+    let end = len - 1;
+    if (dS > 0 && k < last) end = Math.min(end, Math.floor(((s[k]! + s[k + 1]!) / 2 - sv0) / dS));
+    else if (dS < 0 && k > 0) end = Math.min(end, Math.floor(((s[k - 1]! + s[k]!) / 2 - sv0) / dS));
+    if (end < t) end = t; // rounding at a boundary: one voxel, then the walk moves on
+    const o = k * K;
+    const columns = place[o + 8]!;
+    const rows = place[o + 9]!;
+    const cf0 = px * place[o]! + py * place[o + 1]! + pz * place[o + 2]! - place[o + 3]!;
+    const rf0 = px * place[o + 4]! + py * place[o + 5]! + pz * place[o + 6]! - place[o + 7]!;
+    const dc = place[o + L.dcAt]! * L.sp;
+    const dr = place[o + L.drAt]! * L.sp;
+    let lo = t;
+    let hi = end;
+    // Within tolerance of the frame along the normal.
+    const d0 = sv0 - s[k]!;
+    if (Math.abs(dS) < 1e-12) { if (d0 < -tol - EPS || d0 > tol + EPS) hi = lo - 1; }
+    else { lo = firstIn(lo, d0, dS, -tol, tol); hi = lastIn(hi, d0, dS, -tol, tol); }
+    // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
+    if (Math.abs(dc) < 1e-12) { if (cf0 < -0.75 - EPS || cf0 > columns - 0.25 + EPS) hi = lo - 1; }
+    else { lo = firstIn(lo, cf0, dc, -0.75, columns - 0.25); hi = lastIn(hi, cf0, dc, -0.75, columns - 0.25); }
+    if (Math.abs(dr) < 1e-12) { if (rf0 < -0.75 - EPS || rf0 > rows - 0.25 + EPS) hi = lo - 1; }
+    else { lo = firstIn(lo, rf0, dr, -0.75, rows - 0.25); hi = lastIn(hi, rf0, dr, -0.75, rows - 0.25); }
+    if (lo <= hi) fillRun(L.out, lineAt, L.stride, L.data[k]!, columns, rows, cf0, dc, rf0, dr, lo, hi);
+    t = end + 1;
+    if (t < len) {
+      // The nearest frame to the next voxel, from k.
+      const sv = sv0 + t * dS;
+      while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
+      while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
+    }
+  }
+}
+
 const MAX_DIM = 160;
 
 /**
@@ -176,7 +310,6 @@ export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume
   const tol = gap / 2 + sp / 2;
   // Each frame's placement, flat: for a point p, its column is (p·rowDir - position·rowDir) /
   // colSpacing and its row (p·colDir - position·colDir) / rowSpacing.
-  const K = 10;
   const place = new Float64Array(frames.length * K);
   frames.forEach((f, i) => {
     const g = f.geometry;
@@ -197,31 +330,13 @@ export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume
   const strides: readonly number[] = [1, nx, nx * ny];
   const axis = [0, 1, 2].sort((p, q) => Math.abs(normal[p]!) - Math.abs(normal[q]!))[0]!;
   const [u, v] = [0, 1, 2].filter((i) => i !== axis) as [number, number];
-  const len = dims[axis]!;
-  const stride = strides[axis]!;
-  const dS = normal[axis]! * sp;
-  const last = s.length - 1;
-  // Nearest frame to a distance along the normal, starting from a guess.
-  const nearest = (sv: number, k: number): number => {
-    while (k < last && Math.abs(s[k + 1]! - sv) < Math.abs(s[k]! - sv)) k++;
-    while (k > 0 && Math.abs(s[k - 1]! - sv) < Math.abs(s[k]! - sv)) k--;
-    return k;
+  const line: Line = {
+    out: new Float32Array(nx * ny * nz).fill(Number.NaN),
+    s: Float64Array.from(s), place, data: frames.map((f) => f.data),
+    len: dims[axis]!, stride: strides[axis]!, dS: normal[axis]! * sp, tol,
+    dcAt: axis, drAt: 4 + axis, sp,
   };
-  // Narrows [range.lo, range.hi] to the integers t where min <= v0 + t * slope <= max (empty: lo > hi).
-  const EPS = 1e-9;
-  const range = { lo: 0, hi: 0 };
-  const narrow = (v0: number, slope: number, min: number, max: number): void => {
-    if (Math.abs(slope) < 1e-12) {
-      if (v0 < min - EPS || v0 > max + EPS) range.hi = range.lo - 1;
-      return;
-    }
-    let a = (min - v0) / slope;
-    let b = (max - v0) / slope;
-    if (a > b) { const t = a; a = b; b = t; }
-    range.lo = Math.max(range.lo, Math.ceil(a - EPS));
-    range.hi = Math.min(range.hi, Math.floor(b + EPS));
-  };
-  const out = new Float32Array(nx * ny * nz).fill(Number.NaN);
+  const n0 = normal[0], n1 = normal[1], n2 = normal[2];
   const p = [0, 0, 0];
   for (let j = 0; j < dims[v]!; j++) {
     for (let i = 0; i < dims[u]!; i++) {
@@ -229,48 +344,9 @@ export function buildVolume(stack: readonly ReducedFrame[], spacing = 2): Volume
       p[axis] = origin[axis]!;
       p[u] = origin[u]! + i * sp;
       p[v] = origin[v]! + j * sp;
-      const lineAt = i * strides[u]! + j * strides[v]!;
-      const sv0 = normal[0] * p[0]! + normal[1] * p[1]! + normal[2] * p[2]!;
-      // The nearest frame to it (binary search once per line).
-      let a = 0;
-      let b = last;
-      while (b - a > 1) {
-        const m = (a + b) >> 1;
-        if (s[m]! <= sv0) a = m; else b = m;
-      }
-      let k = Math.abs(s[a]! - sv0) <= Math.abs(s[b]! - sv0) ? a : b;
-      for (let t = 0; t < len;) {
-        // The run of frame k ends before the first voxel nearer to its neighbour (a tie stays).
-        let end = len - 1;
-        if (dS > 0 && k < last) end = Math.min(end, Math.floor(((s[k]! + s[k + 1]!) / 2 - sv0) / dS));
-        else if (dS < 0 && k > 0) end = Math.min(end, Math.floor(((s[k - 1]! + s[k]!) / 2 - sv0) / dS));
-        if (end < t) end = t; // rounding at a boundary: one voxel, then the walk moves on
-        const o = k * K;
-        const columns = place[o + 8]!;
-        const rows = place[o + 9]!;
-        const cf0 = p[0]! * place[o]! + p[1]! * place[o + 1]! + p[2]! * place[o + 2]! - place[o + 3]!;
-        const rf0 = p[0]! * place[o + 4]! + p[1]! * place[o + 5]! + p[2]! * place[o + 6]! - place[o + 7]!;
-        const dc = place[o + axis]! * sp;
-        const dr = place[o + 4 + axis]! * sp;
-        range.lo = t;
-        range.hi = end;
-        narrow(sv0 - s[k]!, dS, -tol, tol);
-        // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
-        narrow(cf0, dc, -0.75, columns - 0.25);
-        narrow(rf0, dr, -0.75, rows - 0.25);
-        const data = frames[k]!.data;
-        for (let q = range.lo; q <= range.hi; q++) {
-          // Nearest pixel (adding 0.5 and truncating rounds; clamped to the frame).
-          let c = (cf0 + q * dc + 0.5) | 0;
-          let r = (rf0 + q * dr + 0.5) | 0;
-          if (c < 0) c = 0; else if (c > columns - 1) c = columns - 1;
-          if (r < 0) r = 0; else if (r > rows - 1) r = rows - 1;
-          out[lineAt + q * stride] = data[r * columns + c]!;
-        }
-        t = end + 1;
-        if (t < len) k = nearest(sv0 + t * dS, k);
-      }
+      fillLine(line, i * strides[u]! + j * strides[v]!, p[0]!, p[1]!, p[2]!, n0 * p[0]! + n1 * p[1]! + n2 * p[2]!);
     }
   }
+  const out = line.out;
   return { nx, ny, nz, origin, spacing: sp, data: out };
 }

@@ -37,10 +37,15 @@ export type FaceAnalysis =
   | { readonly kind: 'deface'; readonly planes: readonly CutPlane[]; readonly landmarks: Readonly<Record<string, Vec3>>; readonly confidence: string }
   | { readonly kind: 'uncertain'; readonly why: string };
 
-/** Otsu's threshold of the finite values, with the top 0.5 % clipped (a few bright voxels do not pull it up). */
-function otsu(values: Float32Array): number {
-  // One pass for the range, one for a fine histogram: the 99.5th percentile from it, then
-  // Otsu's method over 256 bins up to that value.
+/*
+ * The passes over every voxel below are small functions over typed arrays and numbers, each
+ * called the same way every time: an analysis runs once a series, so a pass written inline in
+ * a larger function was compiled on the stack (OSR) and often thrown away at the next call; in
+ * the gateway a cross-section pass then took 15–85 ms in the interpreter instead of 2–3 ms.
+ */
+
+/** lohi = [lowest, highest] of the finite values (Infinity, -Infinity: none). */
+function finiteRange(values: Float32Array, lohi: Float64Array): void {
   let lo = Infinity;
   let top = -Infinity;
   const n = values.length;
@@ -48,16 +53,35 @@ function otsu(values: Float32Array): number {
     const v = values[i]!;
     if (v === v) { if (v < lo) lo = v; if (v > top) top = v; } // v === v: not NaN
   }
+  lohi[0] = lo;
+  lohi[1] = top;
+}
+
+/** Counts the finite values into `fine` (bin width 1 / perBin from lo, the last bin open); returns how many. */
+function fineHistogram(values: Float32Array, lo: number, perBin: number, fine: Int32Array): number {
+  const last = fine.length - 1;
+  const n = values.length;
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const v = values[i]!;
+    if (v === v) { const b = ((v - lo) * perBin) | 0; fine[b < last ? b : last]!++; total++; }
+  }
+  return total;
+}
+
+/** Otsu's threshold of the finite values, with the top 0.5 % clipped (a few bright voxels do not pull it up). */
+function otsu(values: Float32Array): number {
+  // One pass for the range, one for a fine histogram: the 99.5th percentile from it, then
+  // Otsu's method over 256 bins up to that value.
+  const lohi = new Float64Array(2);
+  finiteRange(values, lohi);
+  const lo = lohi[0]!;
+  const top = lohi[1]!;
   if (!(top > lo)) return top;
   const FINE = 4096;
   const fine = new Int32Array(FINE);
   const fw = (top - lo) / FINE;
-  const perBin = 1 / fw;
-  let total = 0;
-  for (let i = 0; i < n; i++) {
-    const v = values[i]!;
-    if (v === v) { const b = ((v - lo) * perBin) | 0; fine[b < FINE ? b : FINE - 1]!++; total++; }
-  }
+  const total = fineHistogram(values, lo, 1 / fw, fine);
   let acc = 0;
   let cut = FINE - 1;
   for (let b = 0; b < FINE; b++) { acc += fine[b]!; if (acc >= 0.995 * total) { cut = b; break; } }
@@ -90,6 +114,64 @@ function otsu(values: Float32Array): number {
   return lo + (at + 1) * w;
 }
 
+/** Marks the mask's body voxels -1 in `label`, a copy of the volume with a one-voxel border. */
+function padLabels(mask: Uint8Array, label: Int32Array, nx: number, ny: number, nz: number): void {
+  const px = nx + 2;
+  const plane = px * (ny + 2);
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      const from = (z * ny + y) * nx;
+      const to = (z + 1) * plane + (y + 1) * px + 1;
+      for (let x = 0; x < nx; x++) if (mask[from + x]) label[to + x] = -1;
+    }
+  }
+}
+
+/** Labels `next` the unlabelled (-1) body 6-connected to voxel i (itself -1); returns its size. */
+function flood(label: Int32Array, queue: Int32Array, i: number, next: number, px: number, plane: number): number {
+  let head = 0;
+  let tail = 0;
+  queue[tail++] = i;
+  label[i] = next;
+  while (head < tail) {
+    const v = queue[head++]!;
+    let u = v - 1;
+    if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+    u = v + 1;
+    if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+    u = v - px;
+    if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+    u = v + px;
+    if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+    u = v - plane;
+    if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+    u = v + plane;
+    if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
+  }
+  return tail;
+}
+
+/** mask = 1 where `label` (padded) is `keep`, else 0. */
+function unpadLabels(label: Int32Array, keep: number, mask: Uint8Array, nx: number, ny: number, nz: number): void {
+  const px = nx + 2;
+  const plane = px * (ny + 2);
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      const from = (z * ny + y) * nx;
+      const to = (z + 1) * plane + (y + 1) * px + 1;
+      for (let x = 0; x < nx; x++) mask[from + x] = keep > 0 && label[to + x] === keep ? 1 : 0;
+    }
+  }
+}
+
+/** The index of the first -1 in `label` at or after `from` (label.length: none). */
+function nextUnlabelled(label: Int32Array, from: number): number {
+  const n = label.length;
+  let i = from;
+  while (i < n && label[i] !== -1) i++;
+  return i;
+}
+
 /**
  * The largest 6-connected component of a mask, in place. Returns its size. The labels live in
  * a copy with a one-voxel border of background, so that no neighbour needs a bounds check.
@@ -99,48 +181,17 @@ function keepLargest(mask: Uint8Array, nx: number, ny: number, nz: number): numb
   const plane = px * (ny + 2);
   const label = new Int32Array(plane * (nz + 2));
   // -1: body not yet labelled; 0: background (and the border); n > 0: component n.
-  for (let z = 0; z < nz; z++) {
-    for (let y = 0; y < ny; y++) {
-      const from = (z * ny + y) * nx;
-      const to = (z + 1) * plane + (y + 1) * px + 1;
-      for (let x = 0; x < nx; x++) if (mask[from + x]) label[to + x] = -1;
-    }
-  }
+  padLabels(mask, label, nx, ny, nz);
   const queue = new Int32Array(mask.length);
   let best = 0;
   let bestLabel = 0;
   let next = 1;
-  for (let i = 0; i < label.length; i++) {
-    if (label[i] !== -1) continue;
-    let head = 0;
-    let tail = 0;
-    queue[tail++] = i;
-    label[i] = next;
-    while (head < tail) {
-      const v = queue[head++]!;
-      let u = v - 1;
-      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
-      u = v + 1;
-      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
-      u = v - px;
-      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
-      u = v + px;
-      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
-      u = v - plane;
-      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
-      u = v + plane;
-      if (label[u] === -1) { label[u] = next; queue[tail++] = u; }
-    }
-    if (tail > best) { best = tail; bestLabel = next; }
+  for (let i = nextUnlabelled(label, 0); i < label.length; i = nextUnlabelled(label, i + 1)) {
+    const size = flood(label, queue, i, next, px, plane);
+    if (size > best) { best = size; bestLabel = next; }
     next++;
   }
-  for (let z = 0; z < nz; z++) {
-    for (let y = 0; y < ny; y++) {
-      const from = (z * ny + y) * nx;
-      const to = (z + 1) * plane + (y + 1) * px + 1;
-      for (let x = 0; x < nx; x++) mask[from + x] = bestLabel > 0 && label[to + x] === bestLabel ? 1 : 0;
-    }
-  }
+  unpadLabels(label, bestLabel, mask, nx, ny, nz);
   return best;
 }
 
@@ -154,6 +205,31 @@ function threshold(data: Float32Array, thr: number, mask: Uint8Array): number {
 interface Slice { count: number; x0: number; x1: number; y0: number; y1: number }
 
 /**
+ * One cross-section (height z) of the mask: counts its body voxels per column and per row, and
+ * fills its row of the depth map with the anteriority of each column's first body voxel.
+ * Returns how many body voxels it has.
+ */
+function scanSection(mask: Uint8Array, nx: number, ny: number, z: number, front: number, g: number, ant: Float32Array, colCount: Int32Array, rowCount: Int32Array): number {
+  colCount.fill(0);
+  rowCount.fill(0);
+  let count = 0;
+  const antAt = z * nx;
+  for (let y = 0; y < ny; y++) {
+    const rowAt = (z * ny + y) * nx;
+    let inRow = 0;
+    for (let x = 0; x < nx; x++) {
+      if (!mask[rowAt + x]) continue;
+      if (ant[antAt + x] !== ant[antAt + x]) ant[antAt + x] = front - y * g; // first (most anterior) body voxel
+      colCount[x]!++;
+      inRow++;
+    }
+    rowCount[y] = inRow;
+    count += inRow;
+  }
+  return count;
+}
+
+/**
  * Cross-sections (extents of the columns and rows with at least `core` voxels of body) and the
  * anterior depth map: ant[z * nx + x] = how far forward (mm, -y) the body comes (NaN: none).
  * `front` is the anteriorness of row y = 0.
@@ -164,28 +240,15 @@ function sections(mask: Uint8Array, nx: number, ny: number, nz: number, front: n
   const colCount = new Int32Array(nx);
   const rowCount = new Int32Array(ny);
   const thin = Math.max(2, Math.ceil(12 / g));
+  const extent = new Int32Array(2);
   for (let z = 0; z < nz; z++) {
-    const s: Slice = { count: 0, x0: nx, x1: -1, y0: ny, y1: -1 };
-    colCount.fill(0);
-    rowCount.fill(0);
     // Where the field of view cuts the face, its edge stands for the surface: a nose cut by it
     // is still a ridge (and the guards below keep an edge from passing for a nose).
-    const antAt = z * nx;
-    for (let y = 0; y < ny; y++) {
-      const rowAt = (z * ny + y) * nx;
-      let inRow = 0;
-      for (let x = 0; x < nx; x++) {
-        if (!mask[rowAt + x]) continue;
-        if (ant[antAt + x] !== ant[antAt + x]) ant[antAt + x] = front - y * g; // first (most anterior) body voxel
-        colCount[x]!++;
-        inRow++;
-      }
-      rowCount[y] = inRow;
-      s.count += inRow;
-    }
+    const count = scanSection(mask, nx, ny, z, front, g, ant, colCount, rowCount);
     // Runs of such columns thinner than 12 mm do not count: the side plates of a head holder,
     // tall and apart from the head, do not widen it.
-    [s.x0, s.x1] = extentOfRuns(colCount, nx, core, thin);
+    extentOfRuns(colCount, nx, core, thin, extent);
+    const s: Slice = { count, x0: extent[0]!, x1: extent[1]!, y0: ny, y1: -1 };
     for (let y = 0; y < ny; y++) if (rowCount[y]! >= core) { if (y < s.y0) s.y0 = y; s.y1 = y; }
     slices.push(s);
   }
@@ -195,9 +258,10 @@ function sections(mask: Uint8Array, nx: number, ny: number, nz: number, front: n
 /**
  * [first, last] of the columns with counts[i] >= min, over the runs of them at least
  * `minRun` long: a thin run apart from the rest (the side plate of a head holder) does not
- * count, while gaps inside the body (a hollow phantom) do not split it. [n, -1] when there is none.
+ * count, while gaps inside the body (a hollow phantom) do not split it. Written to out; [n, -1]
+ * when there is none.
  */
-function extentOfRuns(counts: Int32Array, n: number, min: number, minRun: number): [number, number] {
+function extentOfRuns(counts: Int32Array, n: number, min: number, minRun: number, out: Int32Array): void {
   let first = n;
   let last = -1;
   let from = -1;
@@ -206,7 +270,8 @@ function extentOfRuns(counts: Int32Array, n: number, min: number, minRun: number
     if (from >= 0 && i - from >= minRun) { if (from < first) first = from; last = i - 1; }
     from = -1;
   }
-  return [first, last];
+  out[0] = first;
+  out[1] = last;
 }
 
 /**
@@ -238,6 +303,39 @@ function solidBehind(mask: Uint8Array, vol: Volume, [zMm, antMm]: [number, numbe
   return all ? body / all : 0;
 }
 
+/**
+ * Body voxels the two planes would remove that lie `guardFrom` mm or more above the nose tip (in
+ * the face's frame: h = (A - nAnt) sinP + (z - zN) cosP, A = -y) and 30 mm or more behind the
+ * skin of their column. The planes do not depend on x: a voxel is removed when, for every plane,
+ * n1·y + n2·z < d.
+ */
+function deepInCut(mask: Uint8Array, ant: Float32Array, vol: Volume, f: { nAnt: number; zN: number; sinP: number; cosP: number; guardFrom: number }, p1: CutPlane, p2: CutPlane): number {
+  const { nx, ny, nz, spacing: g, origin } = vol;
+  let deep = 0;
+  for (let z = 0; z < nz; z++) {
+    const pz = origin[2] + z * g;
+    for (let y = 0; y < ny; y++) {
+      const py = origin[1] + y * g;
+      const antY = -py;
+      if ((antY - f.nAnt) * f.sinP + (pz - f.zN) * f.cosP < f.guardFrom) continue;
+      if (!(p1.n[1] * py + p1.n[2] * pz < p1.d) || !(p2.n[1] * py + p2.n[2] * pz < p2.d)) continue;
+      deep += deepInRow(mask, ant, (z * ny + y) * nx, z * nx, nx, antY);
+    }
+  }
+  return deep;
+}
+
+/** Body voxels of one row whose column's skin lies 30 mm or more in front of the row (antY). */
+function deepInRow(mask: Uint8Array, ant: Float32Array, rowAt: number, antAt: number, nx: number, antY: number): number {
+  let deep = 0;
+  for (let x = 0; x < nx; x++) {
+    if (!mask[rowAt + x]) continue;
+    const front = ant[antAt + x]!;
+    if (front === front && front - antY >= 30) deep++;
+  }
+  return deep;
+}
+
 const median = (a: number[]): number => { const s = [...a].sort((p, q) => p - q); return s[Math.floor(s.length / 2)] ?? Number.NaN; };
 
 /** The body threshold of a volume: air for CT, Otsu's background for everything else. */
@@ -249,9 +347,11 @@ export function bodyThreshold(vol: Volume, modality: string): number {
 
 export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const { nx, ny, nz, spacing: g, origin } = vol;
-  const thr = bodyThreshold(vol, modality);  const mask = new Uint8Array(nx * ny * nz);
+  const thr = bodyThreshold(vol, modality);
+  const mask = new Uint8Array(nx * ny * nz);
   const above = threshold(vol.data, thr, mask);
-  const size = keepLargest(mask, nx, ny, nz);  if (size * g ** 3 < 200_000) {
+  const size = keepLargest(mask, nx, ny, nz);
+  if (size * g ** 3 < 200_000) {
     // Nothing head-sized is connected. With little signal in view that is not a head; with much
     // (a body the threshold broke up), it cannot be told: withheld.
     if (above * g ** 3 < 400_000) return { kind: 'no-face', why: 'no body large enough for a head' };
@@ -263,7 +363,7 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   // a CT table, a head holder or a coil's shell (thin, and often joined to the head) does not
   // widen it.
   const { slices, ant } = sections(mask, nx, ny, nz, -origin[1], g, Math.ceil(20 / g));
-   const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
+  const width = (s: Slice): number => (s.x1 - s.x0 + 1) * g;
   const depth = (s: Slice): number => (s.y1 - s.y0 + 1) * g;
   // An adult head's cross-section: longer than wide (a neck, a knee or a limb is about round).
   const headLike = slices.map((s) => s.count > 0 && s.x1 >= 0 && s.y1 >= 0 && width(s) >= 110 && width(s) <= 235 && depth(s) >= 140 && depth(s) <= 280 && depth(s) / width(s) >= 1.05);
@@ -530,26 +630,9 @@ export function analyzeFace(vol: Volume, modality: string): FaceAnalysis {
   const tipAtEdge = !zLip[bz] && (nz0 - zBottom) * g <= 10;
   const guardFrom = tipAtEdge ? 20 * scale : 35 * scale;
   // The planes do not depend on x: a voxel is removed when, for every plane, n1·y + n2·z < d.
-  let deep = 0;
-  for (let z = 0; z < nz; z++) {
-    const pz = origin[2] + mm(z);
-    for (let y = 0; y < ny; y++) {
-      const py = origin[1] + y * g;
-      const antY = -py;
-      // h = (A - nAnt) sinP + (z - zN) cosP with A = -y
-      if ((antY - nAnt) * sinP + (pz - zN) * cosP < guardFrom) continue;
-      let cut = true;
-      for (const pl of planes) if (!(pl.n[1] * py + pl.n[2] * pz < pl.d)) { cut = false; break; }
-      if (!cut) continue;
-      const rowAt = (z * ny + y) * nx;
-      for (let x = 0; x < nx; x++) {
-        if (!mask[rowAt + x]) continue;
-        const front = ant[z * nx + x]!;
-        if (!Number.isNaN(front) && front - antY >= 30) deep++;
-      }
-    }
-  }
-   // A nasion placed from the nose, not seen, is trusted less: the cut may take no more than a
+  const [p1, p2] = planes as [CutPlane, CutPlane];
+  const deep = deepInCut(mask, ant, vol, { nAnt, zN, sinP, cosP, guardFrom }, p1, p2);
+  // A nasion placed from the nose, not seen, is trusted less: the cut may take no more than a
   // trace (250 mm³) of what lies deep in the head.
   if (deep * g ** 3 > (estimated ? 250 : 2000)) return { kind: 'uncertain', why: 'the cut these landmarks give would reach deep into the head' };
   const confidence = `nose prominence ${best.toFixed(0)} mm, nasion${estimated ? ' placed from the nose (not seen)' : ''}${chinOk ? ', chin' : ''}, pitch ${((phi * 180) / Math.PI).toFixed(0)}°`;

@@ -137,6 +137,8 @@ async function main(): Promise<void> {
       const unknownUid = '1.2.826.0.1.3680043.9.7433.99.1';
       const pairs: [string, string, string, string][] = [
         ['parts', `instances?Modality=MR (${HIDDEN} hidden instances match)`, 'instances?Modality=MR', 'instances?Modality=XA'],
+        // An instance-level key: Orthanc may match it over every instance that has it first.
+        ['parts', `instances?SOPClassUID=<MR Image Storage> (${HIDDEN} hidden instances match)`, `instances?SOPClassUID=${SOP_MR}`, 'instances?SOPClassUID=1.2.840.10008.5.1.4.1.1.12.1'],
         ['parts', 'series?Modality=MR (hidden series match)', 'series?Modality=MR', 'series?Modality=XA'],
         ['parts', 'studies?StudyInstanceUID=<opted-out study>', `studies?StudyInstanceUID=${optedOut.uid}`, `studies?StudyInstanceUID=${unknownUid}`],
         // An allow-list the PACS matches: the opted-out study on the list costs the PACS one row.

@@ -17,7 +17,7 @@ import winston from 'winston';
 import { Writable } from 'node:stream';
 import { validateConfig, type Config } from '../../src/config/schema.js';
 import { buildParts, startGateway, type Gateway, type GatewayParts } from '../../src/main.js';
-import { generateCohort, SOP_CT, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
+import { generateCohort, SOP_CT, SOP_MR, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
 import { encodePart10, type El } from '../helpers/dicom-builder.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 
@@ -674,8 +674,31 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       assert.deepEqual(got, want.sort(), `/${level}: exactly the client's view`);
       const up = proxy.seen.slice(mark).filter((u) => u.startsWith(`/dicom-web/${level}?`));
       assert.ok(up.length >= 1, 'the PACS was asked');
-      for (const u of up) assert.deepEqual(new URL(u, 'http://x').searchParams.get('0020000D')?.split(',').sort(), visible.map((s) => s.uid).sort(), `/${level}: only the client's own studies are asked for`);
+      // Instances are asked for by the client's own series (listed from its own studies first).
+      const [key, own] = level === 'instances' ? ['0020000E', visible.flatMap((s) => s.series.map((x) => x.uid))] : ['0020000D', visible.map((s) => s.uid)];
+      for (const u of up) assert.deepEqual(new URL(u, 'http://x').searchParams.get(key)?.split(',').sort(), own.sort(), `/${level}: only the client's own studies (series) are asked for`);
       for (const h of hidden) assert.ok(!proxy.seen.slice(mark).some((u) => u.includes(h.uid)), `/${level}: hidden study ${h.uid} was never asked for`);
+    }
+    // An instance-level key (SOP Class UID): the PACS would match it over every instance of the
+    // class, hidden ones included, so the instances are asked for by the client's own series,
+    // whose list is kept with the index: asked again, the series are not listed again.
+    for (const sopClass of [SOP_MR, SOP_CT, '1.2.840.10008.5.1.4.1.1.12.1']) {
+      for (const round of [1, 2]) {
+        const mark = proxy.seen.length;
+        const got = (await rows(`/dicom-web/instances?SOPClassUID=${sopClass}&limit=100`, 'two-parts')).map((r) => String(val(r, '00080018'))).sort();
+        assert.deepEqual(got, visible.flatMap((s) => s.series.filter((x) => shown(x) && x.sopClass === sopClass).flatMap((x) => x.instances)).sort(), `instances?SOPClassUID=${sopClass}: exactly the client's view`);
+        const asked = proxy.seen.slice(mark);
+        const instanceQueries = asked.filter((u) => u.startsWith('/dicom-web/instances?'));
+        assert.ok(instanceQueries.length >= 1);
+        for (const u of instanceQueries) {
+          const sp = new URL(u, 'http://x').searchParams;
+          assert.deepEqual(sp.get('0020000E')?.split(',').sort(), visible.flatMap((s) => s.series.map((x) => x.uid)).sort(), `instances?SOPClassUID=${sopClass}: asked by the client's own series`);
+          assert.equal(sp.get('0020000D'), null, 'not by study');
+          assert.equal(sp.get('00080016'), sopClass, 'the SOP class is matched by the PACS within those series');
+        }
+        if (round === 2) assert.equal(asked.filter((u) => u.startsWith('/dicom-web/series?')).length, 0, `instances?SOPClassUID=${sopClass} asked again: the series list is reused`);
+        for (const h of hidden) assert.ok(!asked.some((u) => u.includes(h.uid)), `instances?SOPClassUID=${sopClass}: hidden study ${h.uid} was never asked for`);
+      }
     }
     // Instances of one modality: the index's studies are asked for their series of it, then the
     // instances of those series only (the PACS matches a series-level key on every instance that

@@ -18,8 +18,8 @@ import { FaceProvider, type SeriesSource } from '../../../src/pixels/face/provid
 import { warmUp } from '../../../src/pixels/face/runner.js';
 import { openFaceStore } from '../../../src/pixels/store-sqlite.js';
 import { rowSpans, faceCutTransformer } from '../../../src/pixels/face/cut.js';
-import { cross, dot, readPixelFacts, type FrameGeometry, type Vec3 } from '../../../src/pixels/geometry.js';
-import { buildVolume, type ReducedFrame } from '../../../src/pixels/face/volume.js';
+import { cross, dot, readPixelFacts, type FrameGeometry, type PixelFactsFull, type Vec3 } from '../../../src/pixels/geometry.js';
+import { buildVolume, reduceFrame, type ReducedFrame } from '../../../src/pixels/face/volume.js';
 import { part10View, jsonView } from '../../../src/pixels/views.js';
 import { admitPixels, DEFAULT_PIXEL_POLICY, pixelDecision, type FaceVerdict } from '../../../src/policy/pixels.js';
 import { checkDefaced, makeHeadPhantom, type Phantom, type PhantomOptions } from '../../fixtures/head-phantom.js';
@@ -249,6 +249,56 @@ describe('faces on head phantoms', () => {
 });
 
 describe('the reduced volume', () => {
+  /**
+   * reduceFrame has three block-sum kernels (unsigned and signed 16-bit cells read in place, and
+   * a sample reader for everything else). Each is held to a plain reference: the mean of each
+   * block of stored values (only the stored bits, sign-extended when signed), rescaled.
+   */
+  test('frames are box-averaged to the grid from their stored bits, whatever the cell size, sign, byte order or alignment', () => {
+    const rows = 23, columns = 31; // blocks of 5 x 5 at 0.5 mm: 4 x 6 reduced pixels, the ragged edge dropped
+    const g: FrameGeometry = { position: [0, 0, 0], rowDir: [1, 0, 0], colDir: [0, 1, 0], rowSpacing: 0.5, colSpacing: 0.5 };
+    const cases: { name: string; bits: number; stored: number; signed: boolean; littleEndian: boolean; offset: number }[] = [
+      { name: 'unsigned 16-bit, 12 stored, garbage above', bits: 16, stored: 12, signed: false, littleEndian: true, offset: 0 },
+      { name: 'signed 16-bit, 12 stored', bits: 16, stored: 12, signed: true, littleEndian: true, offset: 0 },
+      { name: 'signed 16-bit, 16 stored', bits: 16, stored: 16, signed: true, littleEndian: true, offset: 0 },
+      { name: 'unsigned 16-bit at an odd byte offset', bits: 16, stored: 16, signed: false, littleEndian: true, offset: 1 },
+      { name: 'signed 16-bit big endian', bits: 16, stored: 14, signed: true, littleEndian: false, offset: 0 },
+      { name: 'unsigned 8-bit', bits: 8, stored: 8, signed: false, littleEndian: true, offset: 0 },
+      { name: 'signed 8-bit', bits: 8, stored: 8, signed: true, littleEndian: true, offset: 0 },
+      { name: 'unsigned 32-bit, 20 stored', bits: 32, stored: 20, signed: false, littleEndian: true, offset: 0 },
+    ];
+    for (const c of cases) {
+      const bytesPer = c.bits / 8;
+      const buf = Buffer.alloc(c.offset + rows * columns * bytesPer);
+      const raw = (i: number): number => ((i * 2654435761) >>> 0) % 2 ** c.bits; // every bit pattern, garbage above the stored bits included
+      for (let i = 0; i < rows * columns; i++) {
+        const at = c.offset + i * bytesPer;
+        if (c.bits === 8) buf[at] = raw(i);
+        else if (c.bits === 16 && c.littleEndian) buf.writeUInt16LE(raw(i), at);
+        else if (c.bits === 16) buf.writeUInt16BE(raw(i), at);
+        else buf.writeUInt32LE(raw(i), at);
+      }
+      const storedValue = (i: number): number => {
+        const v = raw(i) % 2 ** c.stored;
+        return c.signed && v >= 2 ** (c.stored - 1) ? v - 2 ** c.stored : v;
+      };
+      const facts: PixelFactsFull = {
+        modality: 'CT', sopClassUid: '', rows, columns, samplesPerPixel: 1, bitsAllocated: c.bits, bitsStored: c.stored, highBit: c.stored - 1,
+        pixelRepresentation: c.signed ? 1 : 0, photometric: 'MONOCHROME2', planarConfiguration: 0, frames: 1, rescale: [{ slope: 2, intercept: -1024 }], geometry: [g],
+      };
+      const r = reduceFrame(buf.subarray(c.offset), facts, 0, c.littleEndian, 2.5)!;
+      assert.equal(r.rows, 4, c.name);
+      assert.equal(r.columns, 6, c.name);
+      for (let y = 0; y < r.rows; y++) {
+        for (let x = 0; x < r.columns; x++) {
+          let sum = 0;
+          for (let i = 0; i < 5; i++) for (let j = 0; j < 5; j++) sum += storedValue((y * 5 + i) * columns + x * 5 + j);
+          assert.equal(r.data[y * r.columns + x], Math.fround((sum / 25) * 2 - 1024), `${c.name}: reduced pixel (${x}, ${y})`);
+        }
+      }
+    }
+  });
+
   /**
    * buildVolume walks lines of the grid in runs and finds each run's voxels by arithmetic. The
    * reference here tests every voxel against every frame: the nearest frame along the normal,

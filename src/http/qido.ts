@@ -6,7 +6,7 @@ import { dictionary } from '../dicom/dictionary.js';
 import { type JsonDataset } from '../deid/index.js';
 import { splitJsonArray } from '../dicomweb/json-array.js';
 import { rewriteBulkDataUris, setRetrieveUrl, type Level } from '../dicomweb/urls.js';
-import { hasInstanceRules, hasSeriesRules, hasStudyRules, jsonAttrs, studyDenial, TAG, type Attrs } from '../policy/scope.js';
+import { hasInstanceRules, hasSeriesRules, hasStudyRules, jsonAttrs, seriesDenial, studyDenial, TAG, type Attrs } from '../policy/scope.js';
 import { mapQuery, passesDateFilters } from './query.js';
 import { examinedRecords, recordVisible, requireSeries, requireStudy, seriesRowCount, seriesRowDenial, studyRowCounts } from './visibility.js';
 import { DICOM_JSON, originalUid, ok, expectType, withFlush, parseObject, jsonReply, emptyJsonReply, noteStudy, firstValue, type RequestContext, type Reply } from './context.js';
@@ -162,24 +162,42 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     if (studyDate) up.delete('00080020');
     const studyChunks = uidChunks(uids);
     chunks = studyChunks;
-    // An instance query: the PACS matches an instance's keys over every instance that has them
-    // before it looks at the study, hidden ones included: a series-level key (a Modality, a
-    // series description, number or body part; Orthanc: 0.7 ms more for 300 hidden MR
-    // instances) or an instance-level one (a SOP Class UID: 0.55 ms more). So the index's
-    // studies are asked for their series first (with the series-level keys asked, and the
-    // scope's modalities and body part; the PACS matches series quickly, whoever they belong
-    // to), and the instances are then asked for by series UID, from those series only. The
-    // series lists are kept with the index (the PACS took 20 ms to list the series of ten
-    // studies), so only a client's first such query after the index is read pays for them.
+    // Series lists of the index's studies, read once per index and kept with it (the PACS took
+    // about 20 ms to list the series of ten studies), each series with its study; a query then
+    // takes those of its own studies (its StudyDate and StudyInstanceUID narrow them).
+    const inQuery = new Set(uids);
+    const allChunks = uidChunks([...idx.dates.keys()]);
+    const seriesOf = (keys: URLSearchParams, check: boolean): Promise<SeriesList | undefined> =>
+      cachedSeriesList(idx, `${check ? 'visible' : 'all'}|${keys.toString()}`, () => listSeries(rc, allChunks, keys, rc.maxQueryScan, check));
+    const askedSeries = q.matchKeys.has('0020000E') ? new Set((up.get('0020000E') ?? '').split(/[,\\]/)) : undefined;
+    const pick = (list: SeriesList, also?: SeriesList): string[] => [...list].filter(([u, study]) => inQuery.has(study) && (!askedSeries || askedSeries.has(u)) && (!also || also.has(u))).map(([u]) => u);
+    // A scope with series rules (modalities, body parts) hides some series of the client's own
+    // studies: the series it may see are listed (their modality and body part checked here, as
+    // the rows are), and series and instance queries then name those series only, so that the
+    // hidden series of a visible study are never fetched or examined in answer to its queries.
+    const visibleSeries = level !== 'study' && hasSeriesRules(rules) ? await seriesOf(new URLSearchParams(), true) : undefined;
+    if (level === 'series' && visibleSeries) {
+      const list = pick(visibleSeries);
+      if (!list.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
+      up.delete('0020000D');
+      chunkKey = '0020000E';
+      chunks = uidChunks(list);
+    }
+    // An instance query with series-level keys (a Modality, a series description, number or
+    // body part): the PACS matches such a key on every instance of every series that has it,
+    // hidden ones included, before it looks at the study (Orthanc: 0.7 ms more for 300 hidden
+    // MR instances). So the index's studies are asked for their series matching those keys
+    // first (the PACS matches series quickly, whoever they belong to), and the instances are
+    // then asked for by series UID, from those series only (of those the client may see, with
+    // series rules). Instance-level keys alone (a SOP Class UID) are matched by the PACS within
+    // the studies named (150 requests each way with 300 hidden MR instances: -0.06 ms by study,
+    // +0.10 ms by series, which cost 2 ms more a query), so they need no series step.
     const seriesKeys = SERIES_LEVEL_KEYS.filter((t) => up.has(t));
-    if (level === 'instance') {
+    if (level === 'instance' && (seriesKeys.length || visibleSeries)) {
       const keys = new URLSearchParams(seriesKeys.map((t): [string, string] => [t, up.get(t)!]));
-      if (rules.modalities && !keys.has('00080060')) keys.set('00080060', [...rules.modalities].join(','));
-      if (rules.bodyParts?.size === 1 && !keys.has('00180015')) keys.set('00180015', [...rules.bodyParts][0]!);
-      const series = await cachedOwnSeries(idx, keys, () => ownSeries(rc, studyChunks, keys, rc.maxQueryScan));
+      const series = seriesKeys.length ? await seriesOf(keys, false) : visibleSeries;
       if (series) {
-        const asked = q.matchKeys.has('0020000E') ? new Set((up.get('0020000E') ?? '').split(/[,\\]/)) : undefined;
-        const list = asked ? series.filter((u) => asked.has(u)) : series;
+        const list = pick(series, visibleSeries);
         if (!list.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
         for (const t of seriesKeys) up.delete(t);
         up.delete('0020000D');
@@ -289,18 +307,26 @@ const COHORT_INDEX_TTL_MS = 60_000;
 
 interface CohortIndex { readonly at: number; readonly dates: ReadonlyMap<string, string>; readonly truncated: boolean }
 
+/** Series Instance UID → Study Instance UID. */
+type SeriesList = ReadonlyMap<string, string>;
+
 /**
- * The series of the given studies (chunks of study UIDs) that match the series-level `keys`, by
- * Series Instance UID; undefined when there are more than `max` (the caller then asks for the
- * instances by study, as before).
+ * The series of the given studies (chunks of study UIDs) that match the series-level `keys`,
+ * and with `check`, whose modality and body part the client's scope lets it see; undefined when
+ * the studies hold more than `max` such series (queries then name the studies, as before, and
+ * rows are checked one by one).
  */
-async function ownSeries(rc: RequestContext, studyChunks: readonly string[], keys: URLSearchParams, max: number): Promise<string[] | undefined> {
-  const out: string[] = [];
+async function listSeries(rc: RequestContext, studyChunks: readonly string[], keys: URLSearchParams, max: number, check: boolean): Promise<SeriesList | undefined> {
+  const rules = rc.client.scope.rules();
+  const out = new Map<string, string>();
+  let read = 0;
   for (const chunk of studyChunks) {
     let offset = 0;
     for (;;) {
       const page = new URLSearchParams(keys);
       page.set('0020000D', chunk);
+      page.append('includefield', '0020000D');
+      if (check) { page.append('includefield', '00080060'); page.append('includefield', '00180015'); }
       page.set('limit', String(QIDO_PAGE_MAX));
       if (offset) page.set('offset', String(offset));
       const res = await ok(rc, '/series', DICOM_JSON, page);
@@ -309,9 +335,12 @@ async function ownSeries(rc: RequestContext, studyChunks: readonly string[], key
       let n = 0;
       for await (const text of splitJsonArray(res.body)) {
         n++;
-        const uid = parseObject(text)['0020000E']?.Value?.[0];
-        if (typeof uid === 'string' && uid) out.push(uid);
-        if (out.length > max) return undefined;
+        if (++read > max) return undefined;
+        const o = parseObject(text);
+        const uid = o['0020000E']?.Value?.[0];
+        const study = o['0020000D']?.Value?.[0];
+        if (typeof uid !== 'string' || !uid || typeof study !== 'string') continue;
+        if (!check || !seriesDenial(rules, jsonAttrs(o))) out.set(uid, study);
       }
       if (n < QIDO_PAGE_MAX) break;
       offset += n;
@@ -320,22 +349,21 @@ async function ownSeries(rc: RequestContext, studyChunks: readonly string[], key
   return out;
 }
 
-/** Series lists of a cohort index's studies, by the series keys asked; they live as long as the index. */
-const seriesLists = new WeakMap<CohortIndex, Map<string, Promise<string[] | undefined>>>();
-/** Distinct series-key sets kept per index. */
+/** Series lists of a cohort index's studies, by what was asked; they live as long as the index. */
+const seriesLists = new WeakMap<CohortIndex, Map<string, Promise<SeriesList | undefined>>>();
+/** Distinct series lists kept per index. */
 const SERIES_LISTS_MAX = 64;
 
-/** ownSeries, once per cohort index and set of keys (a failed read is not kept). */
-function cachedOwnSeries(idx: CohortIndex, keys: URLSearchParams, read: () => Promise<string[] | undefined>): Promise<string[] | undefined> {
+/** A series list, read once per cohort index and key (a failed read is not kept). */
+function cachedSeriesList(idx: CohortIndex, key: string, read: () => Promise<SeriesList | undefined>): Promise<SeriesList | undefined> {
   let lists = seriesLists.get(idx);
   if (!lists) seriesLists.set(idx, (lists = new Map()));
-  const k = keys.toString();
-  const known = lists.get(k);
+  const known = lists.get(key);
   if (known) return known;
   const p = read();
   if (lists.size < SERIES_LISTS_MAX) {
-    lists.set(k, p);
-    p.catch(() => lists.delete(k));
+    lists.set(key, p);
+    p.catch(() => lists.delete(key));
   }
   return p;
 }

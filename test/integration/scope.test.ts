@@ -17,7 +17,7 @@ import winston from 'winston';
 import { Writable } from 'node:stream';
 import { validateConfig, type Config } from '../../src/config/schema.js';
 import { buildParts, startGateway, type Gateway, type GatewayParts } from '../../src/main.js';
-import { generateCohort, SOP_CT, SOP_MR, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
+import { encodeInstance, generateCohort, SOP_CT, SOP_MR, SOP_SR, type Cohort, type CohortStudy } from '../fixtures/cohort.js';
 import { encodePart10, type El } from '../helpers/dicom-builder.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 
@@ -674,9 +674,17 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       assert.deepEqual(got, want.sort(), `/${level}: exactly the client's view`);
       const up = proxy.seen.slice(mark).filter((u) => u.startsWith(`/dicom-web/${level}?`));
       assert.ok(up.length >= 1, 'the PACS was asked');
-      // Instances are asked for by the client's own series (listed from its own studies first).
-      const [key, own] = level === 'instances' ? ['0020000E', visible.flatMap((s) => s.series.map((x) => x.uid))] : ['0020000D', visible.map((s) => s.uid)];
-      for (const u of up) assert.deepEqual(new URL(u, 'http://x').searchParams.get(key)?.split(',').sort(), own.sort(), `/${level}: only the client's own studies (series) are asked for`);
+      // Series and instances are asked for by the series the client may see in its own studies
+      // (listed from its own studies first): a hidden series of a visible study (a HEAD series
+      // for a CHEST and ABDOMEN client) is never fetched.
+      // (The series lists, read once per index, name the client's own studies.)
+      const ownStudies = visible.map((s) => s.uid).sort();
+      const isList = (u: string): boolean => level === 'series' && new URL(u, 'http://x').searchParams.get('0020000E') === null;
+      for (const u of up.filter(isList)) assert.deepEqual(new URL(u, 'http://x').searchParams.get('0020000D')?.split(',').sort(), ownStudies, "the series lists read the client's own studies");
+      const [key, own] = level === 'studies' ? ['0020000D', ownStudies] : ['0020000E', visible.flatMap((s) => s.series.filter(shown).map((x) => x.uid)).sort()];
+      assert.ok(up.some((u) => !isList(u)), `/${level}: queried`);
+      for (const u of up.filter((x) => !isList(x))) assert.deepEqual(new URL(u, 'http://x').searchParams.get(key)?.split(',').sort(), own, `/${level}: only the client's own studies (visible series) are asked for`);
+      for (const x of visible.flatMap((s) => s.series.filter((y) => !shown(y)))) assert.ok(!up.some((u) => u.includes(x.uid)), `/${level}: hidden series ${x.uid} of a visible study was never asked for`);
       for (const h of hidden) assert.ok(!proxy.seen.slice(mark).some((u) => u.includes(h.uid)), `/${level}: hidden study ${h.uid} was never asked for`);
     }
     // An instance-level key (SOP Class UID): the PACS would match it over every instance of the
@@ -692,7 +700,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
         assert.ok(instanceQueries.length >= 1);
         for (const u of instanceQueries) {
           const sp = new URL(u, 'http://x').searchParams;
-          assert.deepEqual(sp.get('0020000E')?.split(',').sort(), visible.flatMap((s) => s.series.map((x) => x.uid)).sort(), `instances?SOPClassUID=${sopClass}: asked by the client's own series`);
+          assert.deepEqual(sp.get('0020000E')?.split(',').sort(), visible.flatMap((s) => s.series.filter(shown).map((x) => x.uid)).sort(), `instances?SOPClassUID=${sopClass}: asked by the client's own visible series`);
           assert.equal(sp.get('0020000D'), null, 'not by study');
           assert.equal(sp.get('00080016'), sopClass, 'the SOP class is matched by the PACS within those series');
         }
@@ -721,7 +729,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       assert.ok(seriesQueries.length >= 1, `instances?Modality=${modality}: its series are asked for first`);
       for (const u of seriesQueries) assert.deepEqual(new URL(u, 'http://x').searchParams.get('0020000D')?.split(',').sort(), visible.map((s) => s.uid).sort());
       const instanceQueries = asked.filter((u) => u.startsWith('/dicom-web/instances?'));
-      const mySeries = visible.flatMap((s) => s.series.filter(has).map((x) => x.uid)).sort();
+      const mySeries = visible.flatMap((s) => s.series.filter((x) => shown(x) && has(x)).map((x) => x.uid)).sort();
       if (!mySeries.length) assert.deepEqual(instanceQueries, [], `instances?Modality=${modality}: no own series of it, no instance query`);
       for (const u of instanceQueries) {
         const sp = new URL(u, 'http://x').searchParams;
@@ -740,6 +748,45 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
         assert.equal(r.text, '[]', `${level}?StudyInstanceUID=${uid}`);
         assert.deepEqual(proxy.seen.slice(mark).filter((u) => /^\/dicom-web\/(studies|series|instances)\?/.test(u)), [], `${level}?StudyInstanceUID=${uid}: the PACS is not asked`);
       }
+    }
+  });
+
+  test('a hidden series of a visible study (a HEAD series in a CHEST study) is never fetched for a client scoped by series rules: series and instances are asked for by the series it may see', async () => {
+    // S0 is a CHEST study that two-parts sees; a HEAD series is added to it for this test.
+    const s0 = S[0]!;
+    const hiddenSeries = `${s0.uid}.66`;
+    const hiddenSops = [1, 2].map((n) => `${hiddenSeries}.${n}`);
+    await orthanc.upload(hiddenSops.map((sop, i) => encodeInstance({ p: { id: s0.patientId, issuer: s0.issuer, name: s0.patientName }, studyUid: s0.uid, accession: s0.accession, date: s0.date, seriesUid: hiddenSeries, seriesNumber: 66, modality: 'CT', bodyPart: 'HEAD', sopClass: SOP_CT, sop, number: i + 1 })));
+    // A gateway of its own: its index and series lists are read with the HEAD series in the PACS.
+    const other = await start(config());
+    try {
+      const visible = twoPartsStudies();
+      const shownSeries = visible.flatMap((s) => s.series.filter(shown).map((x) => x.uid)).sort();
+      for (const [level, tag, want] of [
+        ['series', '0020000E', shownSeries],
+        ['instances', '00080018', visible.flatMap((s) => s.series.filter(shown).flatMap((x) => x.instances)).sort()],
+      ] as const) {
+        const mark = proxy.seen.length;
+        const r = await get(`/dicom-web/${level}?limit=100`, 'two-parts', undefined, other.gw.url);
+        assert.equal(r.status, 200, r.text);
+        assert.deepEqual((r.json() as Row[]).map((x) => String(val(x, tag))).sort(), want, `/${level}: exactly the client's view`);
+        const asked = proxy.seen.slice(mark).filter((u) => u.startsWith(`/dicom-web/${level}?`)).map((u) => new URL(u, 'http://x').searchParams);
+        // The series lists (read once per index, from the client's own studies) name studies;
+        // every query names the series the client may see, never a study (the PACS would then
+        // return the hidden series of S0 too).
+        const queries = asked.filter((sp) => sp.get('0020000D') === null);
+        assert.ok(queries.length >= 1, `/${level}: the PACS was asked`);
+        for (const sp of queries) assert.deepEqual(sp.get('0020000E')?.split(',').sort(), shownSeries, `/${level}: by the series the client may see`);
+        for (const sp of asked.filter((x) => x.get('0020000D') !== null)) {
+          assert.equal(level, 'series', 'only series are listed by study');
+          assert.deepEqual(sp.get('0020000D')?.split(',').sort(), visible.map((x) => x.uid).sort(), "the series lists are read from the client's own studies");
+        }
+      }
+    } finally {
+      await other.gw.close();
+      // Gone again for the other tests.
+      const found = await (await fetch(`${orthanc.httpUrl}/tools/lookup`, { method: 'POST', body: hiddenSeries })).json() as { ID: string; Type: string }[];
+      for (const f of found) if (f.Type === 'Series') await fetch(`${orthanc.httpUrl}/series/${f.ID}`, { method: 'DELETE' });
     }
   });
 

@@ -687,9 +687,9 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       for (const x of visible.flatMap((s) => s.series.filter((y) => !shown(y)))) assert.ok(!up.some((u) => u.includes(x.uid)), `/${level}: hidden series ${x.uid} of a visible study was never asked for`);
       for (const h of hidden) assert.ok(!proxy.seen.slice(mark).some((u) => u.includes(h.uid)), `/${level}: hidden study ${h.uid} was never asked for`);
     }
-    // An instance-level key (SOP Class UID): the PACS would match it over every instance of the
-    // class, hidden ones included, so the instances are asked for by the client's own series,
-    // whose list is kept with the index: asked again, the series are not listed again.
+    // An instance-level key (SOP Class UID) from a client with series rules: the instances are
+    // asked for by the series it may see (so that the hidden series of a visible study are not
+    // fetched), whose list is kept with the index: asked again, the series are not listed again.
     for (const sopClass of [SOP_MR, SOP_CT, '1.2.840.10008.5.1.4.1.1.12.1']) {
       for (const round of [1, 2]) {
         const mark = proxy.seen.length;

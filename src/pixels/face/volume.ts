@@ -195,15 +195,20 @@ interface Line {
 const K = 10;
 const EPS = 1e-9;
 
-/** The lowest integer t with v0 + t * slope within [min, max] (slope > 0 or < 0), or at least lo. */
+/**
+ * The lowest integer t, at least lo, with v0 + t * slope within [min, max]; with no slope,
+ * lo when v0 is within, else Infinity (no t).
+ */
 function firstIn(lo: number, v0: number, slope: number, min: number, max: number): number {
+  if (Math.abs(slope) < 1e-12) return v0 < min - EPS || v0 > max + EPS ? Infinity : lo;
   const a = (min - v0) / slope;
   const b = (max - v0) / slope;
   return Math.max(lo, Math.ceil((a < b ? a : b) - EPS));
 }
 
-/** The highest integer t with v0 + t * slope within [min, max], or at most hi. */
+/** The highest integer t, at most hi, with v0 + t * slope within [min, max] (no slope: hi, or -Infinity). */
 function lastIn(hi: number, v0: number, slope: number, min: number, max: number): number {
+  if (Math.abs(slope) < 1e-12) return v0 < min - EPS || v0 > max + EPS ? -Infinity : hi;
   const a = (min - v0) / slope;
   const b = (max - v0) / slope;
   return Math.min(hi, Math.floor((a < b ? b : a) + EPS));
@@ -250,17 +255,11 @@ function fillLine(L: Line, lineAt: number, px: number, py: number, pz: number, s
     const rf0 = px * place[o + 4]! + py * place[o + 5]! + pz * place[o + 6]! - place[o + 7]!;
     const dc = place[o + L.dcAt]! * L.sp;
     const dr = place[o + L.drAt]! * L.sp;
-    let lo = t;
-    let hi = end;
-    // Within tolerance of the frame along the normal.
+    // Within tolerance of the frame along the normal, and within the frame or within half a
+    // pixel of its edge (the grid's own edges lie on them).
     const d0 = sv0 - s[k]!;
-    if (Math.abs(dS) < 1e-12) { if (d0 < -tol - EPS || d0 > tol + EPS) hi = lo - 1; }
-    else { lo = firstIn(lo, d0, dS, -tol, tol); hi = lastIn(hi, d0, dS, -tol, tol); }
-    // Within the frame, or within half a pixel of its edge (the grid's own edges lie on them).
-    if (Math.abs(dc) < 1e-12) { if (cf0 < -0.75 - EPS || cf0 > columns - 0.25 + EPS) hi = lo - 1; }
-    else { lo = firstIn(lo, cf0, dc, -0.75, columns - 0.25); hi = lastIn(hi, cf0, dc, -0.75, columns - 0.25); }
-    if (Math.abs(dr) < 1e-12) { if (rf0 < -0.75 - EPS || rf0 > rows - 0.25 + EPS) hi = lo - 1; }
-    else { lo = firstIn(lo, rf0, dr, -0.75, rows - 0.25); hi = lastIn(hi, rf0, dr, -0.75, rows - 0.25); }
+    const lo = firstIn(firstIn(firstIn(t, d0, dS, -tol, tol), cf0, dc, -0.75, columns - 0.25), rf0, dr, -0.75, rows - 0.25);
+    const hi = lastIn(lastIn(lastIn(end, d0, dS, -tol, tol), cf0, dc, -0.75, columns - 0.25), rf0, dr, -0.75, rows - 0.25);
     if (lo <= hi) fillRun(L.out, lineAt, L.stride, L.data[k]!, columns, rows, cf0, dc, rf0, dr, lo, hi);
     t = end + 1;
     if (t < len) {

@@ -160,15 +160,13 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     if (q.matchKeys.has('0020000D')) { const asked = new Set((up.get('0020000D') ?? '').split(/[,\\]/)); uids = uids.filter((u) => asked.has(u)); }
     if (!uids.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
     if (studyDate) up.delete('00080020');
-    const studyChunks = uidChunks(uids);
-    chunks = studyChunks;
+    chunks = uidChunks(uids);
     // Series lists of the index's studies, read once per index and kept with it (the PACS took
     // about 20 ms to list the series of ten studies), each series with its study; a query then
     // takes those of its own studies (its StudyDate and StudyInstanceUID narrow them).
     const inQuery = new Set(uids);
-    const allChunks = uidChunks([...idx.dates.keys()]);
     const seriesOf = (keys: URLSearchParams, check: boolean): Promise<SeriesList | undefined> =>
-      cachedSeriesList(idx, `${check ? 'visible' : 'all'}|${keys.toString()}`, () => listSeries(rc, allChunks, keys, rc.maxQueryScan, check));
+      cachedSeriesList(idx, `${check ? 'visible' : 'all'}|${keys.toString()}`, () => listSeries(rc, uidChunks([...idx.dates.keys()]), keys, rc.maxQueryScan, check));
     const askedSeries = q.matchKeys.has('0020000E') ? new Set((up.get('0020000E') ?? '').split(/[,\\]/)) : undefined;
     const pick = (list: SeriesList, also?: SeriesList): string[] => [...list].filter(([u, study]) => inQuery.has(study) && (!askedSeries || askedSeries.has(u)) && (!also || also.has(u))).map(([u]) => u);
     // A scope with series rules (modalities, body parts) hides some series of the client's own
@@ -222,7 +220,7 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
     if (from && until && from > until) return emptyJsonReply(q.warnings);
     if (!up.has('00080020') || given) up.set('00080020', `${from ?? ''}-${until ?? ''}`);
   }
-  // (Instances asked for by their series UIDs: those series already match these.)
+  // (Series and instances asked for by series UID: those series already match these.)
   const bySeries = chunkKey === '0020000E';
   if (level !== 'study' && !bySeries && rules.modalities) push('00080060', [...rules.modalities].join(','));
   if (level !== 'study' && !bySeries && rules.bodyParts?.size === 1) push('00180015', [...rules.bodyParts][0]!);

@@ -72,12 +72,15 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // for it too: the PACS then serves the analysis alone, and the stream does not stall half-sent.
   // Under risky: detect with the facts unknown, it waits as well (risky instances are likely).
   const known = sop === undefined ? rc.facts.scope(study, series) : undefined;
-  const pending = known === undefined ? rc.client.pixels.risky === 'detect' : [...known].some(([uid, f]) => {
+  const faceSeries = new Set<string>();
+  let textPending = known === undefined && rc.client.pixels.risky === 'detect';
+  for (const [uid, f] of known ?? []) {
     const s = f.scope?.[TAG.seriesUid];
-    if (f.rows === undefined) return false;
-    return (s !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined)
-      || (needsTextDecision(f, rc.client.pixels) && rc.text.decision(uid) === undefined);
-  });
+    if (f.rows === undefined) continue;
+    if (s !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined) faceSeries.add(s);
+    if (needsTextDecision(f, rc.client.pixels) && rc.text.decision(uid) === undefined) textPending = true;
+  }
+  const pending = textPending || faceSeries.size > 0;
   let retrieving = afterFaces || pending ? undefined : ok(rc, path, acceptFor(upTs));
   retrieving?.catch(() => { /* surfaced below, or dropped when the facts refuse first */ });
   let facts: Map<string, Facts>;
@@ -102,10 +105,27 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   // A single instance whose text is looked for now is fetched once: the bytes the detector read
   // (Explicit VR Little Endian) are the ones served, when that is the syntax the retrieve asks for.
   const kept = sop !== undefined && retrieving === undefined && (upTs === undefined || upTs === EXPLICIT_LE_UID) ? new Map<string, Buffer>() : undefined;
+  // Waiting for face decisions only, in a syntax that does not depend on them (the PACS's
+  // default, which the cut needs anyway): the retrieve is asked for once the last analysis has
+  // its samples, so that the PACS prepares the series while the gateway analyses. A decision
+  // that withholds everything, or a 503, drops it (the connection is closed, not drained).
+  const stopEarly: (() => void)[] = [];
+  if (faceSeries.size && !textPending && !afterFaces && upTs === undefined) {
+    let left = faceSeries.size;
+    for (const s of faceSeries) {
+      stopEarly.push(rc.faces.onSampled(s, () => {
+        if (--left > 0 || retrieving) return;
+        retrieving = ok(rc, path, acceptFor(undefined));
+        retrieving.catch(() => { /* surfaced below, or dropped when a decision refuses */ });
+      }));
+    }
+  }
   try {
     await ensureDecisions(rc, new Map([...facts].filter(([, f]) => inScope.includes(f))), kept);
   } catch (e) {
     return refuse(e as GatewayError);
+  } finally {
+    for (const stop of stopEarly) stop();
   }
   const denials = inScope.map((f) => decide(rc, f)).filter((d): d is Extract<PixelDecision, { allow: false }> => !d.allow);
   const announced = denials.length;

@@ -21,6 +21,7 @@ import { validateConfig } from '../../src/config/schema.js';
 import { readInstanceSync } from '../../src/dicom/part10.js';
 import { buildParts, startGateway, type Gateway } from '../../src/main.js';
 import { part10View } from '../../src/pixels/views.js';
+import type { Upstream } from '../../src/upstream/client.js';
 import { checkDefaced, makeHeadPhantom, type Phantom } from '../fixtures/head-phantom.js';
 import { startOrthanc, type OrthancHandle } from '../helpers/orthanc.js';
 import { decodePng, splitMultipart } from '../helpers/multipart.js';
@@ -37,7 +38,8 @@ const multi = makeHeadPhantom({ modality: 'MR', orientation: 'coronal', rows: 10
 const rleCt = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 90, columns: 80, pixelMm: 2.5, slices: 80, sliceMm: 3, rle: true, tiltDeg: 10, uidRoot: `${ROOT}.3`, seriesNumber: 3 });
 const brainOnly = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 90, columns: 80, pixelMm: 2.5, slices: 30, sliceMm: 3, fromZ: 25, uidRoot: `${ROOT}.4`, study: mr.study, seriesNumber: 4 });
 const renderOnly = makeHeadPhantom({ modality: 'MR', orientation: 'axial', rows: 80, columns: 80, pixelMm: 3.2, slices: 80, sliceMm: 3, uidRoot: `${ROOT}.5`, seriesNumber: 5 });
-const PHANTOMS = [mr, multi, rleCt, brainOnly, renderOnly];
+const early = makeHeadPhantom({ modality: 'MR', orientation: 'sagittal', ...small, slices: 64, sliceMm: 2.4, uidRoot: `${ROOT}.6`, seriesNumber: 6 });
+const PHANTOMS = [mr, multi, rleCt, brainOnly, renderOnly, early];
 
 type Inst = ReturnType<typeof readInstanceSync>;
 
@@ -59,6 +61,7 @@ describe('faces through the gateway, against a real Orthanc', () => {
   let orthanc: OrthancHandle;
   let gw: Gateway;
   let dir: string;
+  const upstreamAsked: { path: string; analysesDone: number }[] = [];
   const auditRecords = (): Record<string, unknown>[] => readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((x) => x.type === 'request');
   const get = async (path: string, client: string, accept?: string): Promise<{ status: number; type: string; headers: Headers; body: Buffer }> => {
@@ -87,7 +90,11 @@ describe('faces through the gateway, against a real Orthanc', () => {
         { id: 'research', apiKeySha256: sha(tok('research')), profile: { options: ['retainUIDs'] }, pixels: { faces: 'allow' } },
       ],
     }, join(dir, 'g.yaml'));
-    gw = await startGateway(cfg, { ...buildParts(cfg), log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
+    const parts = buildParts(cfg);
+    // Every request to the PACS, with how many analyses had finished when it was asked for.
+    const inner = parts.upstream;
+    const upstream: Upstream = { ...inner, get: (req) => { upstreamAsked.push({ path: req.path, analysesDone: gw?.faceStats.analyses ?? 0 }); return inner.get(req); } };
+    gw = await startGateway(cfg, { ...parts, upstream, log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
   });
 
   after(async () => {
@@ -242,6 +249,28 @@ describe('faces through the gateway, against a real Orthanc', () => {
     const a = await retrieve(seriesPath(mr), 'research');
     for (const i of a) assert.deepEqual(i.pixel, readInstanceSync(mr.files.find((f) => f.sop === sopOf(i))!.bytes, inflateRawSync).pixel);
     assert.equal(auditRecords().filter((x) => x.client === 'research' && x.route === 'retrieve').at(-1)!.facesAllowed, mr.files.length);
+  });
+
+  test('a series whose facts are known is asked for once its samples are in, while it is analysed, and leaves defaced and whole', async () => {
+    // faces: allow first: the series' facts are then known, and its face decision is not.
+    assert.equal((await retrieve(seriesPath(early), 'research')).length, early.files.length);
+    const analysesBefore = gw.faceStats.analyses;
+    const fetchedBefore = gw.faceStats.fetchedInstances;
+    upstreamAsked.length = 0;
+    const insts = await retrieve(seriesPath(early), 'vendor');
+    assert.equal(gw.faceStats.analyses, analysesBefore + 1, 'the series was analysed by this request');
+    const path = `/studies/${early.study}/series/${early.series}`;
+    const asked = upstreamAsked.filter((a) => a.path === path);
+    assert.equal(asked.length, 1, `the series retrieve asked for once: ${JSON.stringify(upstreamAsked.map((a) => a.path.split('/').length))}`);
+    assert.equal(asked[0]!.analysesDone, analysesBefore, 'asked for before the analysis was done');
+    // … and after every sampled instance (the PACS serves the analysis first).
+    const samples = upstreamAsked.filter((a) => a.path.startsWith(`${path}/instances/`));
+    assert.equal(samples.length, gw.faceStats.fetchedInstances - fetchedBefore);
+    assert.ok(upstreamAsked.indexOf(asked[0]!) > upstreamAsked.indexOf(samples.at(-1)!), 'after the last sampled instance');
+    assert.equal(insts.length, early.files.length, 'delivered whole');
+    const c = checkDefaced(early, deliveredFrames(early, insts));
+    assert.ok(c.removedOk > 300 && c.removedBad === 0, `face voxels left: ${c.removedBad}`);
+    assert.ok(c.brainOk > 1000 && c.brainBad === 0, `brain voxels changed: ${c.brainBad}`);
   });
 
   test('each series is decided once and stored in state.dir', async () => {

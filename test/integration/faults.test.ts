@@ -890,4 +890,42 @@ describe('faults between the gateway and its upstream', () => {
     const body = Buffer.from(await again.arrayBuffer()).toString('latin1');
     assert.ok(body.includes('DICM'), 'the instance came back once its series was decided');
   });
+  test('14. a request that waits on an analysis already under way and gives up (503) leaves no retrieve behind it', async () => {
+    const ph = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 40, columns: 40, pixelMm: 6, slices: 40, sliceMm: 6, uidRoot: '1.2.826.0.1.3680043.9.7433.99.14' });
+    const pseudo = await showStudy(hFaces, ph.study);
+    const json = (v: number[] | string[], vr: string): { vr: string; Value: (number | string)[] } => ({ vr, Value: v });
+    const rows = ph.files.map((f, k) => ({
+      '00080018': json([f.sop], 'UI'), '00080060': json(['CT'], 'CS'), '0020000D': json([ph.study], 'UI'), '0020000E': json([ph.series], 'UI'),
+      '00280010': json([40], 'US'), '00280011': json([40], 'US'), '00280002': json([1], 'US'), '00280100': json([16], 'US'),
+      '00200032': json([...ph.frames[k]!.position], 'DS'), '00200037': json([...ph.frames[k]!.rowDir, ...ph.frames[k]!.colDir], 'DS'), '00280030': json([6, 6], 'DS'),
+    }));
+    let retrieves = 0;
+    up.handle(route([
+      [(p) => p.startsWith(`/dicom-web/studies/${ph.study}/series/${ph.series}/instances`) || p.startsWith(`/dicom-web/studies/${ph.study}/instances`), async (req, res, rec) => {
+        const sop = req.url!.split('?')[0]!.split('/').at(-1)!;
+        const f = ph.files.find((x) => x.sop === sop);
+        if (!f) { await jsonReply(rows)(req, res, rec); return; }
+        await sleep(300); // about 3 s for the samples: longer than faceWaitSeconds, twice
+        res.writeHead(200, { 'content-type': MULTIPART_CT });
+        res.end(Buffer.concat([Buffer.from(partHead(true)), f.bytes, Buffer.from(closeDelimiter)]));
+      }],
+      [(p) => p === `/dicom-web/studies/${ph.study}`, (req, res, rec) => { retrieves++; return script({ status: 200, headers: { 'content-type': MULTIPART_CT }, body: [partHead(true), ph.files[0]!.bytes, closeDelimiter] })(req, res, rec); }],
+    ]));
+    const analyses = hFaces.gw.faceStats.analyses;
+    // The first request knows no facts yet: its retrieve goes out at once, and is dropped by its 503.
+    const first = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
+    await expectProblem(hFaces, first, 503, 'PIXELS_PENDING', forbidden);
+    assert.equal(retrieves, 1);
+    // The second knows the facts and waits for the same analysis, which outlasts its wait too.
+    const second = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
+    await expectProblem(hFaces, second, 503, 'PIXELS_PENDING', forbidden);
+    for (let i = 0; i < 100 && hFaces.gw.faceStats.analyses === analyses; i++) await sleep(50);
+    assert.equal(hFaces.gw.faceStats.analyses, analyses + 1, 'the analysis finished');
+    await sleep(100);
+    assert.equal(retrieves, 1, 'the samples came in after the second request had given up: nothing asked for the study on its behalf');
+    const again = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
+    assert.equal(again.status, 200);
+    await again.arrayBuffer();
+    assert.equal(retrieves, 2);
+  });
 });

@@ -61,6 +61,8 @@ export function seriesKey(series: string, sops: readonly string[]): string {
 export class FaceProvider {
   private readonly decisions: Decisions<FaceVerdict>;
   private readonly latest = new Map<string, FaceVerdict>();
+  /** Who waits to hear that a series' sampled instances are in (by original Series Instance UID). */
+  private readonly sampledListeners = new Map<string, Set<() => void>>();
   readonly stats: FaceStats = { analyses: 0, analysisSeconds: 0, fetchedInstances: 0 };
 
   /**
@@ -80,13 +82,29 @@ export class FaceProvider {
   }
 
   /**
+   * Calls `listener` once, when an analysis of this series has fetched its sampled instances
+   * and is about to analyse them (never for a stored decision). The retrieve that waits for the
+   * decision asks the PACS for the series then, so that the PACS prepares it while the gateway
+   * analyses (the PACS is idle for those 30-80 ms). Returns the function that stops listening.
+   */
+  onSampled(series: string, listener: () => void): () => void {
+    let set = this.sampledListeners.get(series);
+    if (!set) this.sampledListeners.set(series, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (!set.size && this.sampledListeners.get(series) === set) this.sampledListeners.delete(series);
+    };
+  }
+
+  /**
    * The decision of a series: from memory, the store, or a new analysis (shared by concurrent
    * callers). `sops` are the series' SOP Instance UIDs (the digest).
    */
   async decide(series: string, modality: string, sops: readonly string[], source: SeriesSource): Promise<FaceVerdict> {
     const verdict = await this.decisions.get(seriesKey(series, sops), async () => {
       try {
-        return { verdict: await this.analyze(modality, source), keep: 'store' };
+        return { verdict: await this.analyze(series, modality, source), keep: 'store' };
       } catch (e) {
         // Pixels that cannot be read (compressed and not transcoded, no geometry): the series is
         // withheld whole, and decided again later (not stored: the PACS may transcode next time).
@@ -98,7 +116,7 @@ export class FaceProvider {
     return verdict;
   }
 
-  private async analyze(modality: string, source: SeriesSource): Promise<FaceVerdict> {
+  private async analyze(series: string, modality: string, source: SeriesSource): Promise<FaceVerdict> {
     const started = performance.now();
     const list = await source.instances();
     const listMs = performance.now() - started;
@@ -154,6 +172,16 @@ export class FaceProvider {
     await Promise.all(Array.from({ length: Math.min(FETCH_CONCURRENCY, queue.length) }, worker));
     const fetchMs = performance.now() - started - listMs;
     const got = reduced.filter((r): r is ReducedFrame => r !== undefined);
+    const listeners = this.sampledListeners.get(series);
+    if (listeners?.size) {
+      this.sampledListeners.delete(series);
+      for (const l of listeners) {
+        try { l(); } catch { /* a listener's failure is its own */ }
+      }
+      // One turn of the event loop, so that what the listeners asked for is on its way before
+      // the analysis holds the thread.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
     // Resampled onto the grid once every frame is in (a single pass over the voxels), and analysed.
     const { value: result, ms } = timed(() => analyzeFrames(got, modality));
     seconds += ms / 1000;

@@ -58,17 +58,22 @@ async function main(): Promise<void> {
     const hiddenStudy = `${S[0]!.uid}.77`;
     const hp = { id: 'MRN-HIDDEN-1', issuer: 'HOSP-A', name: 'HIDDEN^PATIENT' };
     await orthanc.upload(Array.from({ length: HIDDEN }, (_, i) => encodeInstance({ p: hp, studyUid: hiddenStudy, accession: 'ACC-HIDDEN', date: '20200707', seriesUid: `${hiddenStudy}.1`, seriesNumber: 1, modality: 'MR', bodyPart: 'HEAD', sopClass: SOP_MR, sop: `${hiddenStudy}.1.${i + 1}`, number: i + 1 })));
+    // A hidden series inside a study the 'parts' clients see (S0, a CHEST study): 100 PT
+    // instances of the head, for the queries inside one study.
+    const hiddenInOwn = `${own.uid}.78`;
+    await orthanc.upload(Array.from({ length: 100 }, (_, i) => encodeInstance({ p: { id: own.patientId, issuer: own.issuer, name: own.patientName }, studyUid: own.uid, accession: own.accession, date: own.date, seriesUid: hiddenInOwn, seriesNumber: 78, modality: 'PT', bodyPart: 'HEAD', sopClass: SOP_MR, sop: `${hiddenInOwn}.${i + 1}`, number: i + 1 })));
     const studies = [S[0]!.uid, S[2]!.uid, optedOut.uid, S[5]!.uid];
     const cfg = validateConfig({
       server: { host: '127.0.0.1', port: 0 },
       upstream: { url: orthanc.dicomWebUrl },
       state: { dir },
       optOut: { patients: [{ id: optedOut.patientId, issuer: optedOut.issuer }] },
-      clients: ['listed', 'filtered', 'parts'].map((id) => ({
+      clients: ['listed', 'filtered', 'parts', 'parts-uids'].map((id) => ({
         id, apiKeySha256: sha(`${id}-token-0123456789`),
-        profile: { options: ['retainLongitudinalModifiedDates'], dateShift: { minDays: MIN_DAYS, maxDays: MAX_DAYS } },
+        // parts-uids: as parts, with the original UIDs (so that a study's UID can be put in a path).
+        profile: { options: ['retainLongitudinalModifiedDates', ...(id === 'parts-uids' ? ['retainUIDs'] : [])], dateShift: { minDays: MIN_DAYS, maxDays: MAX_DAYS } },
         // parts: filters the PACS cannot match (two body parts); the opted-out study is a CHEST one.
-        scope: id === 'listed' ? { studies } : id === 'parts' ? { bodyParts: ['CHEST', 'ABDOMEN'] } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } },
+        scope: id === 'listed' ? { studies } : id.startsWith('parts') ? { bodyParts: ['CHEST', 'ABDOMEN'] } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } },
       })),
     }, join(dir, 'gateway.yaml'));
     const gw = await startGateway(cfg, { ...buildParts(cfg), log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
@@ -141,6 +146,9 @@ async function main(): Promise<void> {
         ['parts', `instances?SOPClassUID=<MR Image Storage> (${HIDDEN} hidden instances match)`, `instances?SOPClassUID=${SOP_MR}`, 'instances?SOPClassUID=1.2.840.10008.5.1.4.1.1.12.1'],
         ['parts', 'series?Modality=MR (hidden series match)', 'series?Modality=MR', 'series?Modality=XA'],
         ['parts', 'studies?StudyInstanceUID=<opted-out study>', `studies?StudyInstanceUID=${optedOut.uid}`, `studies?StudyInstanceUID=${unknownUid}`],
+        // Inside a study the client sees: its hidden PT series (100 instances) matches the Modality.
+        ['parts-uids', 'studies/{S0}/series?Modality=PT (a hidden series of a visible study matches)', `studies/${own.uid}/series?Modality=PT`, `studies/${own.uid}/series?Modality=XA`],
+        ['parts-uids', 'studies/{S0}/instances?Modality=PT (its 100 hidden instances match)', `studies/${own.uid}/instances?Modality=PT`, `studies/${own.uid}/instances?Modality=XA`],
         // An allow-list the PACS matches: the opted-out study on the list costs the PACS one row.
         ['listed', 'studies?StudyInstanceUID=<opted-out study on its list>', `studies?StudyInstanceUID=${optedOut.uid}`, `studies?StudyInstanceUID=${unknownUid}`],
       ];
@@ -165,7 +173,7 @@ async function main(): Promise<void> {
     console.log('| client | StudyDate=x, where the window [x+min, x+max] | rows | median | gap to empty | <= 0.5 ms |');
     console.log('|---|---|---|---|---|---|');
     for (const l of lines) console.log(l);
-    console.log(`\nhidden records (parts: two body parts; listed: an allow-list), ${N} requests per case, alternated (medians)\n`);
+    console.log(`\nhidden records (parts, parts-uids: two body parts; listed: an allow-list), ${N} requests per case, alternated (medians)\n`);
     console.log('| client | asked (only hidden records match) | rows | median | same query, nothing matches anywhere | gap | <= 0.5 ms, no rows |');
     console.log('|---|---|---|---|---|---|---|');
     for (const l of hiddenLines) console.log(l);

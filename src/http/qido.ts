@@ -145,7 +145,13 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // a query takes, and its truncation Warning, depend on its own studies only. A StudyDate is
   // matched on the index; a study no longer in the index (opted out) is not asked for.
   const scoped = hasStudyRules(rules) || partial;
-  const useIndex = !collect && !ownStudies && !path.startsWith('/studies/') && (scoped || studyDate !== undefined);
+  // A series or instance query inside one study (`/studies/{uid}/series`, `/studies/{uid}/instances`)
+  // for a client with series rules: the PACS would return the study's hidden series (another
+  // body part, or a Modality the client asked for that its scope hides) and the gateway drop
+  // them row by row, so the time taken would tell how many hidden series the study holds. Such
+  // a query names the study's visible series instead, from the index's series list.
+  const studyInPath = level !== 'study' && !collect && hasSeriesRules(rules) ? /^\/studies\/([^/]+)\/(?:series|instances)$/.exec(path)?.[1] : undefined;
+  const useIndex = !collect && ((!ownStudies && !path.startsWith('/studies/') && (scoped || studyDate !== undefined)) || studyInPath !== undefined);
   let chunks: (string | undefined)[] = [undefined];
   /** The key each chunk of UIDs is asked under: study UIDs, or (instances of a modality) series UIDs. */
   let chunkKey = '0020000D';
@@ -154,9 +160,12 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // index is still found), and the time they take may depend on hidden rows again. StudyDate is
   // matched on the index either way (no date window may reach the PACS), with a Warning.
   const idx = useIndex ? await cohortIndex(rc) : undefined;
-  if (idx && (!idx.truncated || studyDate)) {
+  // (A study in the path that the index does not hold, one added to the PACS since it was read,
+  // is queried as before.)
+  const indexed = idx !== undefined && (studyInPath !== undefined ? !idx.truncated && idx.dates.has(studyInPath) : !idx.truncated || studyDate !== undefined);
+  if (idx && indexed) {
     if (idx.truncated) extraWarnings.push(`299 deid-gateway "Only the first ${idx.dates.size} studies in scope were searched (server.maxQueryScan); results may be incomplete. Narrow the scope."`);
-    let uids = [...idx.dates].filter(([, d]) => !studyDate || (d !== '' && passesDateFilters([studyDate], { '00080020': { Value: [d] } }))).map(([u]) => u);
+    let uids = studyInPath !== undefined ? [studyInPath] : [...idx.dates].filter(([, d]) => !studyDate || (d !== '' && passesDateFilters([studyDate], { '00080020': { Value: [d] } }))).map(([u]) => u);
     if (q.matchKeys.has('0020000D')) { const asked = new Set((up.get('0020000D') ?? '').split(/[,\\]/)); uids = uids.filter((u) => asked.has(u)); }
     if (!uids.length) return emptyJsonReply([...q.warnings, ...extraWarnings]);
     if (studyDate) up.delete('00080020');

@@ -782,6 +782,23 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
           assert.deepEqual(sp.get('0020000D')?.split(',').sort(), visible.map((x) => x.uid).sort(), "the series lists are read from the client's own studies");
         }
       }
+      // Inside the study (its UID in the path), with and without a Modality the HEAD series has
+      // too: the PACS is asked for S0's visible series by UID, never for the whole study.
+      const s0Shown = s0.series.filter(shown);
+      for (const [level, tag, want] of [
+        ['series', '0020000E', s0Shown.map((x) => x.uid).sort()],
+        ['instances', '00080018', s0Shown.flatMap((x) => x.instances).sort()],
+      ] as const) {
+        for (const key of ['', '&Modality=CT']) {
+          const mark = proxy.seen.length;
+          const r = await get(`/dicom-web/studies/${s0.uid}/${level}?limit=100${key}`, 'two-parts', undefined, other.gw.url);
+          assert.equal(r.status, 200, r.text);
+          assert.deepEqual((r.json() as Row[]).map((x) => String(val(x, tag))).sort(), want, `/studies/{S0}/${level}${key}: exactly the client's view`);
+          const asked = proxy.seen.slice(mark).filter((u) => u.startsWith(`/dicom-web/studies/${s0.uid}/${level}?`)).map((u) => new URL(u, 'http://x').searchParams);
+          assert.ok(asked.length >= 1, `/studies/{S0}/${level}${key}: the PACS was asked`);
+          for (const sp of asked) assert.deepEqual(sp.get('0020000E')?.split(',').sort(), s0Shown.map((x) => x.uid).sort(), `/studies/{S0}/${level}${key}: by S0's visible series`);
+        }
+      }
     } finally {
       await other.gw.close();
       // Gone again for the other tests.

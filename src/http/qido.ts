@@ -104,6 +104,17 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   }
   const modalitiesAsked = level === 'study' && partial && q.matchKeys.has('00080061') ? up.get('00080061') ?? '' : undefined;
   const push = (tag: string, value: string): void => { if (!q.matchKeys.has(tag)) up.set(tag, value); };
+  // A key the scope restricts and the client asks too (Modality, SOPClassUID): the PACS is asked
+  // for the values both allow (the client's patterns matched against the scope's values), and
+  // nothing at all when none is left, so that a value only hidden records hold (Modality=MR for
+  // a CT client) is never sent to the PACS and its rows never fetched and dropped.
+  const narrow = (tag: string, allowed: ReadonlySet<string>): boolean => {
+    const keep = [...allowed].filter((v) => matchesAnyValue(up.get(tag) ?? '', [v]));
+    if (keep.length) up.set(tag, keep.join(','));
+    return keep.length > 0;
+  };
+  if (level !== 'study' && rules.modalities && q.matchKeys.has('00080060') && !narrow('00080060', rules.modalities)) return emptyJsonReply(q.warnings);
+  if (level === 'instance' && rules.sopClasses && q.matchKeys.has('00080016') && !narrow('00080016', rules.sopClasses)) return emptyJsonReply(q.warnings);
   // Push the scope down where the PACS matches it exactly (comma lists work for UIDs, codes and
   // accession numbers on Orthanc); each row is checked again below either way. The allow-list
   // goes down at every level (a series or instance query names study-level keys too), so that

@@ -807,6 +807,30 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     }
   });
 
+  test('a Modality or SOPClassUID the scope hides is never sent to the PACS: the values both allow are asked for, or nothing', async () => {
+    // cohort-a: an allow-list (S0, S2, S1) and CT only; S1 is an MR study on its list.
+    const ctOf = (ids: number[]): string[] => ids.flatMap((i) => S[i]!.series.filter((x) => x.modality === 'CT').flatMap((x) => x.instances)).sort();
+    const cases: [string, string, string[], string, string | null][] = [
+      ['cohort-a', 'instances?Modality=MR', [], '00080060', null],
+      ['cohort-a', 'series?Modality=MR', [], '00080060', null],
+      ['cohort-a', 'instances?Modality=C*', ctOf([0, 2, 1]), '00080060', 'CT'],
+      // sr-only: SR documents only.
+      ['sr-only', `instances?SOPClassUID=${SOP_CT}`, [], '00080016', null],
+      ['sr-only', `instances?SOPClassUID=${SOP_CT},${SOP_SR}`, S.flatMap((x) => x.series.filter((y) => y.sopClass === SOP_SR).flatMap((y) => y.instances)).filter((u) => !u.startsWith(S[3]!.uid)).sort(), '00080016', SOP_SR],
+    ];
+    for (const [client, query, want, tag, sent] of cases) {
+      const mark = proxy.seen.length;
+      const r = await get(`/dicom-web/${query}${query.includes('?') ? '&' : '?'}limit=100`, client);
+      assert.equal(r.status, 200, r.text);
+      const tagOf = query.startsWith('series') ? '0020000E' : '00080018';
+      assert.deepEqual((r.json() as Row[]).map((x) => String(val(x, tagOf))).sort(), want, `${client} ${query}: exactly the client's view`);
+      const asked = proxy.seen.slice(mark).filter((u) => /^\/dicom-web\/(series|instances)\?/.test(u)).map((u) => new URL(u, 'http://x').searchParams.get(tag));
+      // (Queries without the key: the index's series lists, instances named by series UID.)
+      for (const v of asked) assert.ok(v === null || v === sent, `${client} ${query}: the PACS was asked for ${v}`);
+      if (sent !== null) assert.ok(asked.includes(sent), `${client} ${query}: the PACS is asked for ${sent}`);
+    }
+  });
+
   test('a cohort index cut short by server.maxQueryScan is not used to answer other queries: a study beyond it is still found', async () => {
     const visible = twoPartsStudies();
     const other = await start(config({ maxQueryScan: 4 }));

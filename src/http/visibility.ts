@@ -111,16 +111,39 @@ async function instancesOf(rc: RequestContext, study: string, series: string): P
   return list;
 }
 
+/**
+ * The instances of a study, or of one of its series, whose SOP class the client's instance rules
+ * allow: asked of the PACS with the classes pushed down (SOPClassUID as a list), so that the
+ * instances a client may not see are neither fetched nor examined, and the time a check takes
+ * does not depend on how many there are (issue 15). Each row is checked again here.
+ */
+async function allowedInstancesOf(rc: RequestContext, study: string, series?: string): Promise<readonly Row[]> {
+  const rules = rc.client.scope.rules();
+  const classes = [...(rules.sopClasses ?? [])].sort().join(',');
+  const key = `allowed-instances:${study}/${series ?? '*'}|${classes}`;
+  const known = rc.facts.get<readonly Row[]>(key);
+  if (known) { examine(rc, key, known.length); return known; }
+  const q = new URLSearchParams([['00080016', classes], ['includefield', '0020000E'], ['includefield', '00080016'], ['limit', '0']]);
+  const rows = classes === '' ? [] : await queryRows(rc, `/studies/${study}${series === undefined ? '' : `/series/${series}`}/instances`, q);
+  const list = rows.filter((i) => !instanceDenial(rules, jsonAttrs(i)) && (series === undefined || uidOf(i, TAG.seriesUid) === series));
+  rc.facts.put(key, list);
+  examine(rc, key, list.length);
+  return list;
+}
+
 /** The visible series of a study (all of them when there are no series or instance rules). */
 export async function visibleSeries(rc: RequestContext, study: string): Promise<{ series: SeriesFacts[]; instances: number } | undefined> {
   const rules = rc.client.scope.rules();
   if (!hasSeriesRules(rules) && !hasInstanceRules(rules)) return undefined;
   const out: SeriesFacts[] = [];
   let instances = 0;
+  // Instance rules: the study's allowed instances in one query, counted by series.
+  const allowed = new Map<string, number>();
+  if (hasInstanceRules(rules)) for (const i of await allowedInstancesOf(rc, study)) { const u = uidOf(i, TAG.seriesUid) ?? ''; allowed.set(u, (allowed.get(u) ?? 0) + 1); }
   for (const s of await seriesOf(rc, study)) {
     if (seriesDenial(rules, jsonAttrs(s.attrs))) continue;
     if (hasInstanceRules(rules)) {
-      const n = (await instancesOf(rc, study, s.uid)).filter((i) => !instanceDenial(rules, jsonAttrs(i))).length;
+      const n = allowed.get(s.uid) ?? 0;
       if (n === 0) continue;
       instances += n;
     } else {
@@ -163,13 +186,21 @@ export async function requireSeries(rc: RequestContext, study: string, series: s
   if (!s) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
   const d = seriesDenial(rules, jsonAttrs(s.attrs));
   if (d) throw notVisible(d);
-  if (hasInstanceRules(rules) && !(await instancesOf(rc, study, series)).some((i) => !instanceDenial(rules, jsonAttrs(i)))) throw notVisible('sop-class');
+  if (hasInstanceRules(rules) && (await allowedInstancesOf(rc, study, series)).length === 0) throw notVisible('sop-class');
 }
 
 export async function requireInstance(rc: RequestContext, study: string, series: string, sop: string): Promise<void> {
   if (rc.client.scope.unrestricted()) return;
   await requireSeries(rc, study, series);
   const rules = rc.client.scope.rules();
+  if (hasInstanceRules(rules)) {
+    // Looked up among the allowed instances; one that is not there is asked for on its own (one
+    // row, whatever the series holds), for the audit's reason.
+    if ((await allowedInstancesOf(rc, study, series)).some((x) => uidOf(x, TAG.sopUid) === sop)) return;
+    const one = (await queryRows(rc, `/studies/${study}/series/${series}/instances`, new URLSearchParams([['SOPInstanceUID', sop], ['includefield', '00080016'], ['limit', '2']]))).find((x) => uidOf(x, TAG.sopUid) === sop);
+    if (!one) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
+    throw notVisible(instanceDenial(rules, jsonAttrs(one)) ?? 'sop-class');
+  }
   const i = (await instancesOf(rc, study, series)).find((x) => uidOf(x, TAG.sopUid) === sop);
   if (!i) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
   const d = instanceDenial(rules, jsonAttrs(i));
@@ -190,7 +221,7 @@ export async function seriesRowDenial(rc: RequestContext, a: Attrs): Promise<Den
   const study = a(TAG.studyUid);
   const series = a(TAG.seriesUid);
   if (!study || !series) return 'sop-class';
-  return (await instancesOf(rc, study, series)).some((i) => !instanceDenial(rules, jsonAttrs(i))) ? undefined : 'sop-class';
+  return (await allowedInstancesOf(rc, study, series)).length > 0 ? undefined : 'sop-class';
 }
 
 /** Rewrites a study row's counts and modalities to the client's visible part of the study. */
@@ -210,7 +241,7 @@ export async function studyRowCounts(rc: RequestContext, row: JsonDataset, study
 export async function seriesRowCount(rc: RequestContext, row: JsonDataset, study: string, series: string): Promise<void> {
   const rules = rc.client.scope.rules();
   if (!hasInstanceRules(rules) || !row['00201209']) return;
-  const n = (await instancesOf(rc, study, series)).filter((i) => !instanceDenial(rules, jsonAttrs(i))).length;
+  const n = (await allowedInstancesOf(rc, study, series)).length;
   row['00201209'] = { vr: 'IS', Value: [n] };
 }
 

@@ -831,6 +831,32 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
     }
   });
 
+  test('instance rules: the PACS is asked for the allowed SOP classes only, so the instances a client may not see are neither fetched nor examined', async () => {
+    // S2 holds a CT series (2 instances) and an SR series (1); sr-only sees SR documents only.
+    // A gateway of its own: nothing cached, every check reads the PACS.
+    const other = await start(config());
+    try {
+      const s2 = S[2]!;
+      const [ct, sr] = [s2.series[0]!, s2.series[1]!];
+      const mark = proxy.seen.length;
+      const json = async (path: string): Promise<Row[]> => { const r = await get(path, 'sr-only', undefined, other.gw.url); assert.equal(r.status, 200, `${path}: ${r.text}`); return r.json() as Row[]; };
+      assert.deepEqual((await json(`/dicom-web/studies/${s2.uid}/series`)).map((x) => val(x, '0020000E')), [sr.uid]);
+      const srSeries = (await json('/dicom-web/series')).map((x) => String(val(x, '0020000E')));
+      assert.ok(srSeries.includes(sr.uid) && !srSeries.includes(ct.uid), 'the SR series, not the CT series');
+      assert.deepEqual((await json(`/dicom-web/studies?StudyInstanceUID=${s2.uid}`)).map((x) => val(x, '00201208')), [1], 'the study counts its visible instance');
+      for (const path of [`/dicom-web/studies/${s2.uid}/series/${ct.uid}/metadata`, `/dicom-web/studies/${s2.uid}/series/${ct.uid}/instances/${ct.instances[0]}/metadata`]) {
+        assert.equal((await get(path, 'sr-only', undefined, other.gw.url)).status, 404, path);
+      }
+      assert.equal((await get(`/dicom-web/studies/${s2.uid}/series/${sr.uid}/instances/${sr.instances[0]}/metadata`, 'sr-only', undefined, other.gw.url)).status, 200);
+      // Every instance query the checks made names the SR class (or one instance by its UID).
+      const asked = proxy.seen.slice(mark).filter((u) => /\/instances$/.test(u.split('?')[0]!)).map((u) => new URL(u, 'http://x').searchParams);
+      assert.ok(asked.length >= 1, 'the PACS was asked for instances');
+      for (const sp of asked) assert.ok(sp.get('00080016') === SOP_SR || sp.get('SOPInstanceUID') !== null, `an instance query without the allowed class: ${sp.toString()}`);
+    } finally {
+      await other.gw.close();
+    }
+  });
+
   test('a cohort index cut short by server.maxQueryScan is not used to answer other queries: a study beyond it is still found', async () => {
     const visible = twoPartsStudies();
     const other = await start(config({ maxQueryScan: 4 }));

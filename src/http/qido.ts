@@ -172,7 +172,8 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // matched on the index either way (no date window may reach the PACS), with a Warning.
   const idx = useIndex ? await cohortIndex(rc) : undefined;
   // (A study in the path that the index does not hold, one added to the PACS since it was read,
-  // is queried as before.)
+  // is queried as before; a series added to a study the index holds reaches these queries with
+  // the next index, after at most COHORT_INDEX_TTL_MS, as it does the other series queries.)
   const indexed = idx !== undefined && (studyInPath !== undefined ? !idx.truncated && idx.dates.has(studyInPath) : !idx.truncated || studyDate !== undefined);
   if (idx && indexed) {
     if (idx.truncated) extraWarnings.push(`299 deid-gateway "Only the first ${idx.dates.size} studies in scope were searched (server.maxQueryScan); results may be incomplete. Narrow the scope."`);

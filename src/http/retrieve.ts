@@ -76,7 +76,9 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   let textPending = known === undefined && rc.client.pixels.risky === 'detect';
   for (const [uid, f] of known ?? []) {
     const s = f.scope?.[TAG.seriesUid];
-    if (f.rows === undefined) continue;
+    // Only what the client may see: a hidden series' pending decision neither holds the retrieve
+    // back nor, when another client's analysis of it reaches its samples, lets it go.
+    if (f.rows === undefined || (!rc.client.scope.unrestricted() && recordVisible(rc, factsAttrs(f)))) continue;
     if (s !== undefined && needsFaceDecision(f.modality, rc.client.pixels) && rc.faces.decision(s) === undefined) faceSeries.add(s);
     if (needsTextDecision(f, rc.client.pixels) && rc.text.decision(uid) === undefined) textPending = true;
   }

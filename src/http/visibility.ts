@@ -137,13 +137,14 @@ export async function visibleSeries(rc: RequestContext, study: string): Promise<
   if (!hasSeriesRules(rules) && !hasInstanceRules(rules)) return undefined;
   const out: SeriesFacts[] = [];
   let instances = 0;
-  // Instance rules: the study's allowed instances in one query, counted by series.
+  // Instance rules: the allowed instances of the study in one query, counted by series; with
+  // series rules too, of each series the client may see (a hidden series is not read at all).
   const allowed = new Map<string, number>();
-  if (hasInstanceRules(rules)) for (const i of await allowedInstancesOf(rc, study)) { const u = uidOf(i, TAG.seriesUid) ?? ''; allowed.set(u, (allowed.get(u) ?? 0) + 1); }
+  if (hasInstanceRules(rules) && !hasSeriesRules(rules)) for (const i of await allowedInstancesOf(rc, study)) { const u = uidOf(i, TAG.seriesUid) ?? ''; allowed.set(u, (allowed.get(u) ?? 0) + 1); }
   for (const s of await seriesOf(rc, study)) {
     if (seriesDenial(rules, jsonAttrs(s.attrs))) continue;
     if (hasInstanceRules(rules)) {
-      const n = allowed.get(s.uid) ?? 0;
+      const n = hasSeriesRules(rules) ? (await allowedInstancesOf(rc, study, s.uid)).length : allowed.get(s.uid) ?? 0;
       if (n === 0) continue;
       instances += n;
     } else {
@@ -199,7 +200,10 @@ export async function requireInstance(rc: RequestContext, study: string, series:
     if ((await allowedInstancesOf(rc, study, series)).some((x) => uidOf(x, TAG.sopUid) === sop)) return;
     const one = (await queryRows(rc, `/studies/${study}/series/${series}/instances`, new URLSearchParams([['SOPInstanceUID', sop], ['includefield', '00080016'], ['limit', '2']]))).find((x) => uidOf(x, TAG.sopUid) === sop);
     if (!one) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });
-    throw notVisible(instanceDenial(rules, jsonAttrs(one)) ?? 'sop-class');
+    // (Allowed, but newer than the list kept with the PACS facts: visible.)
+    const d = instanceDenial(rules, jsonAttrs(one));
+    if (d) throw notVisible(d);
+    return;
   }
   const i = (await instancesOf(rc, study, series)).find((x) => uidOf(x, TAG.sopUid) === sop);
   if (!i) throw new GatewayError('NOT_FOUND', 'no such resource', { auditReason: 'not-found' });

@@ -151,7 +151,7 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
   const shown = (x: { bodyPart: string }): boolean => x.bodyPart === 'CHEST' || x.bodyPart === 'ABDOMEN';
   const twoPartsStudies = (): CohortStudy[] => S.filter((s) => s !== S[3] && s.series.some(shown));
 
-  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'shifted-list', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial', 'paged', 'two-parts'];
+  const CLIENTS = ['cohort-a', 'cohort-b', 'cohort-c', 'cohort-d', 'by-accession', 'by-uid', 'shifted-list', 'sr-only', 'expired', 'future', 'limited', 'quota', 'serial', 'paged', 'two-parts', 'chest-ct-images'];
 
   function config(extra: { maxQueryScan?: number } = {}): Config {
     return validateConfig({
@@ -183,6 +183,8 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
         if (id === 'paged') c.scope = { studies: S.map((x) => x.uid), studyDate: { from: '2020-01-01', until: '2020-12-31' }, bodyParts: ['CHEST'] };
         // Filters the PACS cannot match exactly (two body parts), and the opted-out patient's study among them.
         if (id === 'two-parts') c.scope = { bodyParts: ['CHEST', 'ABDOMEN'] };
+        // Series rules and instance rules together.
+        if (id === 'chest-ct-images') c.scope = { bodyParts: ['CHEST'], sopClasses: [SOP_CT] };
         if (id === 'expired') c.scope = { validUntil: '2020-01-01' };
         if (id === 'future') c.scope = { validFrom: '2099-01-01T00:00:00Z' };
         if (id === 'limited') c.limits = { requestsPerMinute: 3 };
@@ -781,6 +783,18 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
           assert.equal(level, 'series', 'only series are listed by study');
           assert.deepEqual(sp.get('0020000D')?.split(',').sort(), visible.map((x) => x.uid).sort(), "the series lists are read from the client's own studies");
         }
+      }
+      // Series and instance rules together: the study's row counts read the allowed instances of
+      // its visible series only, never the HEAD series (whose instances have the allowed class).
+      {
+        const mark = proxy.seen.length;
+        const r = await get(`/dicom-web/studies?StudyInstanceUID=${s0.uid}&includefield=00201208`, 'chest-ct-images', undefined, other.gw.url);
+        assert.equal(r.status, 200, r.text);
+        const chest = s0.series.filter((x) => x.bodyPart === 'CHEST' && x.sopClass === SOP_CT);
+        assert.deepEqual((r.json() as Row[]).map((x) => Number(val(x, '00201208'))), [chest.flatMap((x) => x.instances).length], 'the visible instances counted');
+        const reads = proxy.seen.slice(mark).filter((u) => /\/instances$/.test(u.split('?')[0]!));
+        assert.ok(reads.length >= 1, 'instances were read');
+        for (const u of reads) assert.ok(!u.includes(hiddenSeries) && !u.startsWith(`/dicom-web/studies/${s0.uid}/instances`), `the HEAD series is not read: ${u}`);
       }
       // Inside the study (its UID in the path), with and without a Modality the HEAD series has
       // too: the PACS is asked for S0's visible series by UID, never for the whole study.

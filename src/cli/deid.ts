@@ -240,6 +240,7 @@ async function prepare(file: string, admission: () => { admit: NonNullable<Param
   const tmp = join(env.out, `.deid-${randomBytes(6).toString('hex')}.part`);
   const { admit, note } = admission();
   let info: InstanceInfo | undefined;
+  let pooled: Buffer | undefined;
   const opts = { maxHeaderBytes: env.maxHeaderBytes, admit, onInstance: (i: InstanceInfo) => { info = i; } };
   try {
     const size = statSync(file).size;
@@ -247,8 +248,11 @@ async function prepare(file: string, admission: () => { admit: NonNullable<Param
     if (size <= WHOLE_FILE_MAX) {
       // Read once: the checks, the text decision and the engine work on these bytes, which are
       // this export's own (masks are written into them). A synchronous read: from the page cache
-      // it costs less than a trip through the thread pool.
-      const raw = readFileSync(file);
+      // it costs less than a trip through the thread pool. Into a buffer of the pool, given back
+      // once the output is written (below).
+      const read = readPooled(file);
+      pooled = read.pool;
+      const raw = read.bytes;
       const framed = reframeBytes(raw) ?? raw;
       let head: ReturnType<typeof readHeaderSync> | undefined;
       try { head = readHeaderSync(framed, (b) => inflateRawSync(b)); } catch { head = undefined; }
@@ -278,6 +282,44 @@ async function prepare(file: string, admission: () => { admit: NonNullable<Param
   } catch (e) {
     try { await unlink(tmp); } catch { /* not created */ }
     return { file, started, tmp, bytes: 0, note, error: e };
+  } finally {
+    // The output is written, or given up: nothing refers to these bytes any more.
+    if (pooled) givePooled(pooled);
+  }
+}
+
+/** Read buffers given back by finished files, for the next ones. */
+const readPool: Buffer[] = [];
+/** Buffers the pool keeps (a few more than the files read at once). */
+const READ_POOL_MAX = 8;
+
+function givePooled(b: Buffer): void {
+  if (readPool.length < READ_POOL_MAX) readPool.push(b);
+}
+
+/**
+ * A whole file, read into a buffer of the pool (the first one large enough, or a new one
+ * rounded up to 1 MiB). Fresh buffers for a 322 MB export cost page faults on every read and
+ * a garbage collection every 64 MB of them. `pool` is the buffer to give back once nothing
+ * refers to the bytes; undefined when the file grew while it was read (then read on its own).
+ * The invariant: nothing that outlives `prepare` keeps a slice of these bytes (the engine's
+ * output is written before `prepare` returns; the header, text and admission results are
+ * strings, numbers and copies). A slice kept past it would show the next file's bytes; the
+ * CLI test "a file after a larger one comes out as it does alone" fails then.
+ */
+function readPooled(file: string): { bytes: Buffer; pool?: Buffer } {
+  const fd = openSync(file, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const i = readPool.findIndex((b) => b.length > size);
+    const buf = i >= 0 ? readPool.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(Math.ceil((size + 1) / (1 << 20)) * (1 << 20));
+    let n = 0;
+    for (let r = -1; r !== 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, n);
+    // The buffer is longer than the file was: filling it means the file grew meanwhile.
+    if (n >= buf.length) { givePooled(buf); return { bytes: readFileSync(file) }; }
+    return { bytes: buf.subarray(0, n), pool: buf };
+  } finally {
+    closeSync(fd);
   }
 }
 

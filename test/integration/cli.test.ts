@@ -5,6 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -424,6 +425,31 @@ describe('deid-gateway command line', async () => {
       assert.ok(!v.has(0x00880200), 'no icon leaves');
       assert.ok(!readFileSync(f).includes(Buffer.from('Doe^Jane')), 'the name is gone');
     }
+  });
+
+  test('deid reads each file into a buffer given back once its output is written: a file after a larger one comes out as it does alone', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const cfg = config(dir, ['vendor-a'], { client: '    pixels: {risky: allow}\n' });
+    // The largest, the smallest and the second largest DICOM files of the fixture set, in that
+    // order, two at a time: the second and third are read into buffers the others gave back.
+    const dicom = files(fx.dir).filter((f) => { const b = readFileSync(f); return b.length > 132 && b.toString('latin1', 128, 132) === 'DICM'; })
+      .sort((a, b) => statSync(b).size - statSync(a).size);
+    assert.ok(dicom.length >= 3);
+    const picked = [dicom[0]!, dicom.at(-1)!, dicom[1]!];
+    const seq = join(dir, 'seq-in');
+    mkdirSync(seq);
+    picked.forEach((f, i) => copyFileSync(f, join(seq, `${i}.dcm`)));
+    const hashes = (out: string): string[] => files(out).map((f) => createHash('sha256').update(readFileSync(f)).digest('hex')).sort();
+    const together = run(['deid', '--config', cfg, '--client', 'vendor-a', '--jobs', '2', seq, '--out', join(dir, 'together')]);
+    assert.equal(together.status, 0, together.stderr);
+    const alone: string[] = [];
+    picked.forEach((_, i) => {
+      const r = run(['deid', '--config', cfg, '--client', 'vendor-a', join(seq, `${i}.dcm`), '--out', join(dir, `alone-${i}`)]);
+      assert.equal(r.status, 0, r.stderr);
+      alone.push(...hashes(join(dir, `alone-${i}`)));
+    });
+    assert.equal(alone.length, 3);
+    assert.deepEqual(hashes(join(dir, 'together')), alone.sort(), 'the same bytes, together and alone');
   });
 
   test('deid --jobs: files processed at once give the same files and the same lines, in input order; a bad --jobs is a usage error', () => {

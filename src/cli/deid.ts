@@ -290,8 +290,10 @@ async function prepare(file: string, admission: () => { admit: NonNullable<Param
 
 /** Read buffers given back by finished files, for the next ones. */
 const readPool: Buffer[] = [];
-/** Buffers the pool keeps (a few more than the files read at once). */
+/** Buffers the pool keeps (a few more than the files read at once) … */
 const READ_POOL_MAX = 8;
+/** … each of at most this size: a larger file is read into its own buffer (at most 64 MiB kept). */
+const READ_POOL_BUFFER_MAX = 8 * 1024 * 1024;
 
 function givePooled(b: Buffer): void {
   if (readPool.length < READ_POOL_MAX) readPool.push(b);
@@ -311,6 +313,7 @@ function readPooled(file: string): { bytes: Buffer; pool?: Buffer } {
   const fd = openSync(file, 'r');
   try {
     const size = fstatSync(fd).size;
+    if (size >= READ_POOL_BUFFER_MAX) return { bytes: readFileSync(fd) };
     const i = readPool.findIndex((b) => b.length > size);
     const buf = i >= 0 ? readPool.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(Math.ceil((size + 1) / (1 << 20)) * (1 << 20));
     let n = 0;

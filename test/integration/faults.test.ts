@@ -853,8 +853,13 @@ describe('faults between the gateway and its upstream', () => {
     assert.ok(!text.includes(canary), '!text.includes(canary)');
     await expectProblem(h, r, 502, 'DICOM_JSON_MALFORMED', [...forbidden, original, canary]);
   });
-  test('13. a face analysis slower than engine.faceWaitSeconds: 503 PIXELS_PENDING with Retry-After, nothing sent; the retry finds the series decided', async () => {
-    const ph = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 40, columns: 40, pixelMm: 6, slices: 40, sliceMm: 6, uidRoot: '1.2.826.0.1.3680043.9.7433.99.13' });
+  /**
+   * A 40-slice CT head behind a slow PACS for the faces harness: its facts come at once, each
+   * sampled instance after `delayMs`, and its study retrieve is one instance. Counts the
+   * instances fetched and the study retrieves asked for.
+   */
+  async function slowFaceStudy(n: number, delayMs: number): Promise<{ pseudo: string; counts: { fetched: number; retrieves: number } }> {
+    const ph = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 40, columns: 40, pixelMm: 6, slices: 40, sliceMm: 6, uidRoot: `1.2.826.0.1.3680043.9.7433.99.${n}` });
     const pseudo = await showStudy(hFaces, ph.study);
     const json = (v: number[] | string[], vr: string): { vr: string; Value: (number | string)[] } => ({ vr, Value: v });
     const rows = ph.files.map((f, k) => ({
@@ -862,19 +867,25 @@ describe('faults between the gateway and its upstream', () => {
       '00280010': json([40], 'US'), '00280011': json([40], 'US'), '00280002': json([1], 'US'), '00280100': json([16], 'US'),
       '00200032': json([...ph.frames[k]!.position], 'DS'), '00200037': json([...ph.frames[k]!.rowDir, ...ph.frames[k]!.colDir], 'DS'), '00280030': json([6, 6], 'DS'),
     }));
-    let fetched = 0;
+    const counts = { fetched: 0, retrieves: 0 };
     up.handle(route([
       [(p) => p.startsWith(`/dicom-web/studies/${ph.study}/series/${ph.series}/instances`) || p.startsWith(`/dicom-web/studies/${ph.study}/instances`), async (req, res, rec) => {
         const sop = req.url!.split('?')[0]!.split('/').at(-1)!;
         const f = ph.files.find((x) => x.sop === sop);
         if (!f) { await jsonReply(rows)(req, res, rec); return; }
-        fetched++;
-        await sleep(200); // a slow PACS: 40 instances, 4 at a time, take about 2 s: longer than faceWaitSeconds
+        counts.fetched++;
+        await sleep(delayMs);
         res.writeHead(200, { 'content-type': MULTIPART_CT });
         res.end(Buffer.concat([Buffer.from(partHead(true)), f.bytes, Buffer.from(closeDelimiter)]));
       }],
-      [(p) => p === `/dicom-web/studies/${ph.study}`, script({ status: 200, headers: { 'content-type': MULTIPART_CT }, body: [partHead(true), ph.files[0]!.bytes, closeDelimiter] })],
+      [(p) => p === `/dicom-web/studies/${ph.study}`, (req, res, rec) => { counts.retrieves++; return script({ status: 200, headers: { 'content-type': MULTIPART_CT }, body: [partHead(true), ph.files[0]!.bytes, closeDelimiter] })(req, res, rec); }],
     ]));
+    return { pseudo, counts };
+  }
+
+  test('13. a face analysis slower than engine.faceWaitSeconds: 503 PIXELS_PENDING with Retry-After, nothing sent; the retry finds the series decided', async () => {
+    // A slow PACS: 40 instances, 4 at a time, take about 2 s: longer than faceWaitSeconds.
+    const { pseudo, counts } = await slowFaceStudy(13, 200);
     const t0 = performance.now();
     const r = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
     await expectProblem(hFaces, r, 503, 'PIXELS_PENDING', forbidden);
@@ -884,48 +895,30 @@ describe('faults between the gateway and its upstream', () => {
     assert.equal(a.reason, 'pixels-pending:face');
     // The analysis went on: once it is done, the retry is served (defaced).
     for (let i = 0; i < 100 && hFaces.gw.faceStats.analyses === 0; i++) await sleep(50);
-    assert.equal(hFaces.gw.faceStats.analyses, 1, `the analysis finished (${fetched} instances fetched)`);
+    assert.equal(hFaces.gw.faceStats.analyses, 1, `the analysis finished (${counts.fetched} instances fetched)`);
     const again = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
     assert.equal(again.status, 200);
     const body = Buffer.from(await again.arrayBuffer()).toString('latin1');
     assert.ok(body.includes('DICM'), 'the instance came back once its series was decided');
   });
   test('14. a request that waits on an analysis already under way and gives up (503) leaves no retrieve behind it', async () => {
-    const ph = makeHeadPhantom({ modality: 'CT', orientation: 'axial', rows: 40, columns: 40, pixelMm: 6, slices: 40, sliceMm: 6, uidRoot: '1.2.826.0.1.3680043.9.7433.99.14' });
-    const pseudo = await showStudy(hFaces, ph.study);
-    const json = (v: number[] | string[], vr: string): { vr: string; Value: (number | string)[] } => ({ vr, Value: v });
-    const rows = ph.files.map((f, k) => ({
-      '00080018': json([f.sop], 'UI'), '00080060': json(['CT'], 'CS'), '0020000D': json([ph.study], 'UI'), '0020000E': json([ph.series], 'UI'),
-      '00280010': json([40], 'US'), '00280011': json([40], 'US'), '00280002': json([1], 'US'), '00280100': json([16], 'US'),
-      '00200032': json([...ph.frames[k]!.position], 'DS'), '00200037': json([...ph.frames[k]!.rowDir, ...ph.frames[k]!.colDir], 'DS'), '00280030': json([6, 6], 'DS'),
-    }));
-    let retrieves = 0;
-    up.handle(route([
-      [(p) => p.startsWith(`/dicom-web/studies/${ph.study}/series/${ph.series}/instances`) || p.startsWith(`/dicom-web/studies/${ph.study}/instances`), async (req, res, rec) => {
-        const sop = req.url!.split('?')[0]!.split('/').at(-1)!;
-        const f = ph.files.find((x) => x.sop === sop);
-        if (!f) { await jsonReply(rows)(req, res, rec); return; }
-        await sleep(300); // about 3 s for the samples: longer than faceWaitSeconds, twice
-        res.writeHead(200, { 'content-type': MULTIPART_CT });
-        res.end(Buffer.concat([Buffer.from(partHead(true)), f.bytes, Buffer.from(closeDelimiter)]));
-      }],
-      [(p) => p === `/dicom-web/studies/${ph.study}`, (req, res, rec) => { retrieves++; return script({ status: 200, headers: { 'content-type': MULTIPART_CT }, body: [partHead(true), ph.files[0]!.bytes, closeDelimiter] })(req, res, rec); }],
-    ]));
+    // About 3 s for the samples: longer than faceWaitSeconds, twice.
+    const { pseudo, counts } = await slowFaceStudy(14, 300);
     const analyses = hFaces.gw.faceStats.analyses;
     // The first request knows no facts yet: its retrieve goes out at once, and is dropped by its 503.
     const first = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
     await expectProblem(hFaces, first, 503, 'PIXELS_PENDING', forbidden);
-    assert.equal(retrieves, 1);
+    assert.equal(counts.retrieves, 1);
     // The second knows the facts and waits for the same analysis, which outlasts its wait too.
     const second = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
     await expectProblem(hFaces, second, 503, 'PIXELS_PENDING', forbidden);
     for (let i = 0; i < 100 && hFaces.gw.faceStats.analyses === analyses; i++) await sleep(50);
     assert.equal(hFaces.gw.faceStats.analyses, analyses + 1, 'the analysis finished');
     await sleep(100);
-    assert.equal(retrieves, 1, 'the samples came in after the second request had given up: nothing asked for the study on its behalf');
+    assert.equal(counts.retrieves, 1, 'the samples came in after the second request had given up: nothing asked for the study on its behalf');
     const again = await get(hFaces, `/dicom-web/studies/${pseudo}`, { accept: MULTIPART_ACCEPT });
     assert.equal(again.status, 200);
     await again.arrayBuffer();
-    assert.equal(retrieves, 2);
+    assert.equal(counts.retrieves, 2);
   });
 });

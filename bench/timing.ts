@@ -18,6 +18,7 @@
  * (two body parts) asks for records only hidden studies hold (a head MR study of
  * BENCH_TIMING_HIDDEN instances, default 300; the opted-out patient's study by UID) and, in
  * alternation, for records nobody holds: both answer [] and should take as long (≤ 0.5 ms).
+ * `open` has no scope rules: only the opt-out list hides an NM study of HIDDEN instances.
  * Writes bench/out/timing.json.
  */
 import { createHash } from 'node:crypto';
@@ -62,18 +63,24 @@ async function main(): Promise<void> {
     // instances of the head, for the queries inside one study.
     const hiddenInOwn = `${own.uid}.78`;
     await orthanc.upload(Array.from({ length: 100 }, (_, i) => encodeInstance({ p: { id: own.patientId, issuer: own.issuer, name: own.patientName }, studyUid: own.uid, accession: own.accession, date: own.date, seriesUid: hiddenInOwn, seriesNumber: 78, modality: 'PT', bodyPart: 'HEAD', sopClass: SOP_MR, sop: `${hiddenInOwn}.${i + 1}`, number: i + 1 })));
+    // An opted-out patient's study of a modality nobody else has (NM, HIDDEN instances), for
+    // the client with no scope rules: only the opt-out list hides it from that client.
+    const optedOutNm = `${S[0]!.uid}.79`;
+    const op = { id: 'MRN-OPTOUT-NM', issuer: 'HOSP-A', name: 'OPTEDOUT^NM' };
+    await orthanc.upload(Array.from({ length: HIDDEN }, (_, i) => encodeInstance({ p: op, studyUid: optedOutNm, accession: 'ACC-OPTOUT-NM', date: '20200808', seriesUid: `${optedOutNm}.1`, seriesNumber: 1, modality: 'NM', bodyPart: 'CHEST', sopClass: SOP_MR, sop: `${optedOutNm}.1.${i + 1}`, number: i + 1 })));
     const studies = [S[0]!.uid, S[2]!.uid, optedOut.uid, S[5]!.uid];
     const cfg = validateConfig({
       server: { host: '127.0.0.1', port: 0 },
       upstream: { url: orthanc.dicomWebUrl },
       state: { dir },
-      optOut: { patients: [{ id: optedOut.patientId, issuer: optedOut.issuer }] },
-      clients: ['listed', 'filtered', 'parts', 'parts-uids'].map((id) => ({
+      optOut: { patients: [{ id: optedOut.patientId, issuer: optedOut.issuer }, { id: op.id, issuer: op.issuer }] },
+      clients: ['listed', 'filtered', 'parts', 'parts-uids', 'open'].map((id) => ({
         id, apiKeySha256: sha(`${id}-token-0123456789`),
         // parts-uids: as parts, with the original UIDs (so that a study's UID can be put in a path).
         profile: { options: ['retainLongitudinalModifiedDates', ...(id === 'parts-uids' ? ['retainUIDs'] : [])], dateShift: { minDays: MIN_DAYS, maxDays: MAX_DAYS } },
         // parts: filters the PACS cannot match (two body parts); the opted-out study is a CHEST one.
-        scope: id === 'listed' ? { studies } : id.startsWith('parts') ? { bodyParts: ['CHEST', 'ABDOMEN'] } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } },
+        // open: no scope rules at all (the whole PACS but the opt-out list).
+        ...(id === 'open' ? {} : { scope: id === 'listed' ? { studies } : id.startsWith('parts') ? { bodyParts: ['CHEST', 'ABDOMEN'] } : { studyDate: { from: '1900-01-01', until: '2100-12-31' } } }),
       })),
     }, join(dir, 'gateway.yaml'));
     const gw = await startGateway(cfg, { ...buildParts(cfg), log: winston.createLogger({ transports: [new winston.transports.Console({ silent: true })] }) });
@@ -151,6 +158,10 @@ async function main(): Promise<void> {
         ['parts-uids', 'studies/{S0}/instances?Modality=PT (its 100 hidden instances match)', `studies/${own.uid}/instances?Modality=PT`, `studies/${own.uid}/instances?Modality=XA`],
         // An allow-list the PACS matches: the opted-out study on the list costs the PACS one row.
         ['listed', 'studies?StudyInstanceUID=<opted-out study on its list>', `studies?StudyInstanceUID=${optedOut.uid}`, `studies?StudyInstanceUID=${unknownUid}`],
+        // No scope rules: the opt-out list is the only thing that hides the NM study.
+        ['open', 'studies?ModalitiesInStudy=NM (an opted-out study matches)', 'studies?ModalitiesInStudy=NM', 'studies?ModalitiesInStudy=XA'],
+        ['open', 'series?Modality=NM (its series matches)', 'series?Modality=NM', 'series?Modality=XA'],
+        ['open', `instances?Modality=NM (its ${HIDDEN} instances match)`, 'instances?Modality=NM', 'instances?Modality=XA'],
       ];
       const out: Record<string, unknown> = {};
       for (const [client, label, hidden, none] of pairs) {
@@ -173,7 +184,7 @@ async function main(): Promise<void> {
     console.log('| client | StudyDate=x, where the window [x+min, x+max] | rows | median | gap to empty | <= 0.5 ms |');
     console.log('|---|---|---|---|---|---|');
     for (const l of lines) console.log(l);
-    console.log(`\nhidden records (parts, parts-uids: two body parts; listed: an allow-list), ${N} requests per case, alternated (medians)\n`);
+    console.log(`\nhidden records (parts, parts-uids: two body parts; listed: an allow-list; open: no scope rules, an opted-out study), ${N} requests per case, alternated (medians)\n`);
     console.log('| client | asked (only hidden records match) | rows | median | same query, nothing matches anywhere | gap | <= 0.5 ms, no rows |');
     console.log('|---|---|---|---|---|---|---|');
     for (const l of hiddenLines) console.log(l);

@@ -155,7 +155,11 @@ async function filteredQido(rc: RequestContext, level: Level, path: string, q: R
   // client may not see are then neither fetched nor examined in answer to its requests: the time
   // a query takes, and its truncation Warning, depend on its own studies only. A StudyDate is
   // matched on the index; a study no longer in the index (opted out) is not asked for.
-  const scoped = hasStudyRules(rules) || partial;
+  // The opt-out list counts as a scope: without scope rules the PACS would return an opted-out
+  // patient's rows and the gateway drop them, and the time taken would tell a client without
+  // rules what opted-out patients hold (bench:timing: +1.5 ms for one opted-out NM study,
+  // +215 ms for its 300 instances, before session 14).
+  const scoped = hasStudyRules(rules) || partial || rc.client.scope.optOut().size > 0;
   // A series or instance query inside one study (`/studies/{uid}/series`, `/studies/{uid}/instances`)
   // for a client with series rules: the PACS would return the study's hidden series (another
   // body part, or a Modality the client asked for that its scope hides) and the gateway drop
@@ -387,8 +391,11 @@ function cachedSeriesList(idx: CohortIndex, key: string, read: () => Promise<Ser
   return p;
 }
 
-/** Per client's scope rules (a reloaded list file makes new rules, and so a new index). */
-const cohortIndexes = new WeakMap<object, { building: Promise<CohortIndex>; done?: CohortIndex }>();
+/**
+ * Per client's scope rules (a reloaded list file makes new rules, and so a new index); an index
+ * built under another opt-out list (the file was reloaded) is built again.
+ */
+const cohortIndexes = new WeakMap<object, { building: Promise<CohortIndex>; done?: CohortIndex; optOut: object }>();
 
 /**
  * A client's cohort index: original Study Instance UID → the StudyDate the client sees (shifted;
@@ -400,11 +407,12 @@ const cohortIndexes = new WeakMap<object, { building: Promise<CohortIndex>; done
  */
 async function cohortIndex(rc: RequestContext): Promise<CohortIndex> {
   const key = rc.client.scope.rules();
+  const optOut = rc.client.scope.optOut();
   const entry = cohortIndexes.get(key);
-  if (entry && (!entry.done || Date.now() - entry.done.at < COHORT_INDEX_TTL_MS)) return entry.building;
+  if (entry && entry.optOut === optOut && (!entry.done || Date.now() - entry.done.at < COHORT_INDEX_TTL_MS)) return entry.building;
   // Not tied to the request that starts it (others may be waiting for it), nor to its counters.
   const own: RequestContext = { ...rc, signal: new AbortController().signal, note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() } };
-  const slot: { building: Promise<CohortIndex>; done?: CohortIndex } = { building: Promise.resolve({ at: 0, dates: new Map(), truncated: false }) };
+  const slot: { building: Promise<CohortIndex>; done?: CohortIndex; optOut: object } = { building: Promise.resolve({ at: 0, dates: new Map(), truncated: false }), optOut };
   slot.building = (async (): Promise<CohortIndex> => {
     const dates = new Map<string, string>();
     const q = mapQuery(new URLSearchParams([['includefield', '00080020']]), rc.client.ctx.plan, rc.resolver, { maxLimit: Number.MAX_SAFE_INTEGER });

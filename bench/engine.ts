@@ -19,10 +19,14 @@
  * Environment knobs (for quick local runs; the defaults are the reported configuration):
  *   BENCH_INSTANCES (200), BENCH_REPS (3), BENCH_WARMUPS (1), BENCH_BIG_FRAMES (2000).
  */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../src/core/node-version.js';
 import { createEngineContext, deidentifyPart10, type EngineContext } from '../src/deid/index.js';
 import { cleanFreeText } from '../src/deid/free-text.js';
 import type { OptionName } from '../src/deid/table.js';
@@ -47,6 +51,10 @@ const TARGET_GBPS = 1;
 const TARGET_VS_DCMJS = 10;
 /** "Flat": peak growth for the ~1 GB instance within this many MB of the single-frame one. */
 const TARGET_FLAT_MB = 5;
+/** Per-instance header work in steady state, ms (issue 14): engine-steady.ts. */
+const TARGET_STEADY_MS = 0.15;
+/** Steady-state passes whose median is the figure (the last ones). */
+const STEADY_TAIL = 10;
 /** Throughput with Clean Descriptors on, over throughput without (issue 13). */
 const TARGET_CLEAN_RATIO = 0.8;
 
@@ -472,6 +480,25 @@ async function main(): Promise<void> {
     ],
   ));
 
+  // ---- Per-instance header work in steady state, as the gateway runs (engine-steady.ts): a
+  // process of its own with the gateway's node flags, no forced collection, 25 passes.
+  const steadyJs = fileURLToPath(new URL('./engine-steady.js', import.meta.url));
+  const steadyArgs = import.meta.url.endsWith('.js') && existsSync(steadyJs) ? [...NODE_FLAGS, steadyJs]
+    : [...NODE_FLAGS, '--import', 'tsx', fileURLToPath(new URL('./engine-steady.ts', import.meta.url))];
+  const sp = spawnSync(process.execPath, steadyArgs, { cwd: projectRoot(import.meta.url), encoding: 'utf8', env: { ...process.env, BENCH_INSTANCES: String(INSTANCES) } });
+  if (sp.status !== 0) throw new Error(`engine-steady failed (${sp.status}): ${sp.stderr.slice(-2000)}`);
+  const steady = JSON.parse(sp.stdout.trim().split('\n').at(-1)!) as { instances: number; inputBytes: number; outputBytes: number; passes: number[] };
+  const perInstance = (x: number): number => x / steady.instances;
+  const tail = steady.passes.slice(-STEADY_TAIL);
+  const steadyMedian = perInstance([...tail].sort((a, b) => a - b)[Math.floor(tail.length / 2)]!);
+  const steadyBest = perInstance(Math.min(...steady.passes));
+  console.log('');
+  console.log(`header work per instance in steady state (${steady.passes.length} passes over the ${steady.instances} instances, ${NODE_FLAGS.join(' ')}, no forced GC; ms per pass: ${steady.passes.map((x) => fmt(x, 0)).join(' ')})`);
+  console.log(table(
+    ['figure', 'first pass', 'best', `median of the last ${tail.length}`, 'target', ''],
+    [['engine ms / instance, steady', fmt(perInstance(steady.passes[0]!), 3), fmt(steadyBest, 3), fmt(steadyMedian, 3), `<= ${TARGET_STEADY_MS}`, verdict(steadyMedian <= TARGET_STEADY_MS)]],
+  ));
+
   // ---- Memory: single frame vs ~1 GB, same header
   const pixelBytes = ROWS * COLS * 2 * BIG_FRAMES;
   const { header, probe, probePixelBytes } = bigHeader(first, BIG_FRAMES, pixelBytes);
@@ -554,6 +581,7 @@ async function main(): Promise<void> {
         heapAbBigMinusSmallMB: round(flatHeap / MB, 2), // young-generation garbage, not part of the verdict
       },
       bigOutputSize: { met: sizeOk },
+      steadyHeaderWork: { targetMs: TARGET_STEADY_MS, firstPassMs: round(perInstance(steady.passes[0]!), 4), bestMs: round(steadyBest, 4), medianOfLastMs: round(steadyMedian, 4), passesMs: steady.passes.map((x) => round(x, 2)), nodeFlags: NODE_FLAGS, met: steadyMedian <= TARGET_STEADY_MS },
     },
     totalSeconds: round(totalSeconds, 2),
   };

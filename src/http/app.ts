@@ -1,6 +1,6 @@
 /**
- * The express application: routes of PS3.18 below /dicom-web, authentication, problem+json
- * errors, audit. The only importer of express.
+ * The gateway's request listener: routes of PS3.18 below /dicom-web (./router.ts),
+ * authentication, problem+json errors, audit.
  *
  * A reply's first body chunk is pulled before the status line is written, so an upstream
  * failure or a refused first instance is still a clean problem+json; after that, an error
@@ -8,7 +8,7 @@
  * body (fastify reply.js).
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
-import express, { type NextFunction, type Request, type Response } from 'express';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { Logger } from 'winston';
 import { StreamShares } from './shares.js';
 import { writeGathered } from './write-gathered.js';
@@ -24,6 +24,11 @@ import { authenticate, authenticateCertificate, normalizeSubject } from './auth.
 import { bulk, frames, metadata, qido, rendered, retrieve, type ClientRuntime, type Reply, type RequestContext, type RequestNote } from './dicomweb.js';
 import { toProblem } from './problem.js';
 import type { QueryResolver } from './query.js';
+import { pathOf, Router, under, type Params } from './router.js';
+
+/** A request with the parameters its route matched. */
+type Request = IncomingMessage & { params: Params; url: string; method: string };
+type Response = ServerResponse;
 
 export interface AppDeps {
   /** The current clients (a configuration reload replaces them). */
@@ -80,8 +85,27 @@ interface Locals {
 
 const READ_ONLY = 'GET';
 
+const localsOf = new WeakMap<Response, Locals>();
+
 function locals(res: Response): Locals {
-  return res.locals as Locals;
+  return localsOf.get(res)!;
+}
+
+/** Sets a status and headers (as express's res.status().set() did). */
+function head(res: Response, status: number, headers: Record<string, string>): void {
+  res.statusCode = status;
+  for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
+}
+
+/**
+ * Ends a response with a text body, with Content-Length and `charset=utf-8` added to its type,
+ * byte for byte as express's res.send(string) did.
+ */
+function sendText(res: Response, status: number, headers: Record<string, string>, text: string): void {
+  const body = Buffer.from(text, 'utf8');
+  const type = headers['content-type'];
+  head(res, status, { ...headers, ...(type && !/;\s*charset=/i.test(type) ? { 'content-type': `${type}; charset=utf-8` } : {}), 'content-length': String(body.length) });
+  res.end(body);
 }
 
 function sendProblem(res: Response, e: unknown): void {
@@ -93,7 +117,7 @@ function sendProblem(res: Response, e: unknown): void {
     res.destroy(e instanceof Error ? e : new Error(p.code));
     return;
   }
-  res.status(p.status);
+  res.statusCode = p.status;
   // The answer leaves only once its audit records (trail and A.5 spool) are written. When they
   // cannot be, the client gets AUDIT_UNAVAILABLE instead (it carries no data); admission refuses
   // the next requests until the audit can be written again.
@@ -102,7 +126,7 @@ function sendProblem(res: Response, e: unknown): void {
     if (q.status === 401) headers['www-authenticate'] = 'Bearer realm="deid-gateway", Basic realm="deid-gateway"';
     if (q.status === 405) headers.allow = READ_ONLY;
     if (isGatewayError(err) && err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
-    if (!res.destroyed) res.status(q.status).set(headers).send(JSON.stringify(q));
+    if (!res.destroyed) sendText(res, q.status, headers, JSON.stringify(q));
   };
   const unavailable = (): void => {
     const u = new GatewayError('AUDIT_UNAVAILABLE', 'the audit trail cannot be written; nothing is served until it can', { retryAfter: 30 });
@@ -139,7 +163,8 @@ function baseUrl(req: Request, deps: AppDeps): string {
   if (deps.publicBaseUrl) return `${deps.publicBaseUrl.replace(/\/+$/, '')}/dicom-web`;
   // Only a syntactically plain host:port from the request; anything else falls back to loopback.
   const host = /^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$|^\[[0-9A-Fa-f:]+\](:\d{1,5})?$/.test(req.headers.host ?? '') ? req.headers.host : '127.0.0.1';
-  return `${req.protocol}://${host}/dicom-web`;
+  const protocol = (req.socket as import('node:tls').TLSSocket).encrypted ? 'https' : 'http';
+  return `${protocol}://${host}/dicom-web`;
 }
 
 /**
@@ -153,10 +178,7 @@ const WHOLE_BODY_BYTES = 256 * 1024;
 async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void> {
   const it = reply.body[Symbol.asyncIterator]();
   const l = locals(res);
-  const head = (): void => {
-    res.status(reply.status);
-    res.set({ ...reply.headers, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
-  };
+  const writeHead = (): void => head(res, reply.status, { ...reply.headers, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
   // JSON and images are made as fast as the PACS answers: up to WHOLE_BODY_BYTES of them are
   // pulled before the status line (errors until then are still a clean problem+json), and a
   // body that ends there leaves in one write. Other bodies (instances, frames, bulk data) pull
@@ -173,7 +195,7 @@ async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void>
   }
   if (n.done) {
     const body = early.length === 1 ? early[0]! : Buffer.concat(early, size);
-    head();
+    writeHead();
     res.setHeader('content-length', String(size));
     l.bytes += size;
     try {
@@ -185,7 +207,7 @@ async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void>
     res.end(body);
     return;
   }
-  head();
+  writeHead();
   async function* rest(): AsyncGenerator<Buffer> {
     // One chunk is held back: the audit record is written before the body's last byte, and a
     // failing trail destroys the response instead of completing it (fail closed).
@@ -221,13 +243,19 @@ function closeAfter(req: Request, res: Response): void {
   res.once('finish', () => { if (!req.complete) req.socket.destroy(); });
 }
 
-export function createApp(deps: AppDeps): express.Express {
-  const app = express();
-  app.disable('x-powered-by');
-  app.disable('etag');
-  app.set('trust proxy', false);
+/** A route's handler: the request (with its parameters) and the response. */
+type Handler = (req: Request, res: Response) => void | Promise<void>;
 
-  app.use((req, res, next) => {
+/**
+ * The request listener. Every request gets its locals and audit first, then, in this order: the
+ * protocol edges, the probes (`/healthz`, `/readyz`, `/metrics`), the read-only and WADO-URI
+ * refusals, and below `/dicom-web` admission (audit writable, authentication, the agreement's
+ * window, connections and limits) before its route; anything else is not found. express did
+ * this until session 14 (docs/decisions.md: its routing cost about 7 % of a QIDO's CPU and 8.7
+ * MB resident).
+ */
+export function createApp(deps: AppDeps): RequestListener {
+  const begin = (req: Request, res: Response): void => {
     let audited = false;
     const l: Locals = {
       requestId: randomUUID(), note: { instances: 0, withheld: 0, outOfScope: 0, masked: 0, riskyAllowed: 0, results: 0, studies: new Map() }, route: 'other', started: performance.now(), bytes: 0,
@@ -243,14 +271,14 @@ export function createApp(deps: AppDeps): express.Express {
           code: l.code, reason: l.reason, bytes: l.bytes, durationMs: Math.round(performance.now() - l.started),
           instances: l.note.instances, withheld: l.note.withheld, ...(l.note.withheldBy ? { withheldBy: { ...l.note.withheldBy } } : {}), masked: l.note.masked, riskyAllowed: l.note.riskyAllowed, ...(l.note.defaced ? { defaced: l.note.defaced } : {}), ...(l.note.facesAllowed ? { facesAllowed: l.note.facesAllowed } : {}), ...(l.note.textRegions !== undefined ? { textRegions: l.note.textRegions, textBoxes: l.note.textBoxes ?? [] } : {}), outOfScope: l.note.outOfScope, results: l.note.results, query: l.note.query,
           studies: [...l.note.studies].map(([study, n]) => ({ study, pseudonymous: n.pseudonymous, patientId: n.patientId, instances: n.instances })),
-          policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress, url: req.originalUrl.slice(0, 4096),
+          policyHash: client?.ctx.plan.hash ?? null, remote: req.socket.remoteAddress, url: (req.url ?? '').slice(0, 4096),
         });
       },
     };
-    res.locals = l as unknown as typeof res.locals;
+    localsOf.set(res, l);
     // A response has a fixed set of 'close' listeners, not a growing one: the audit, the limiter,
-    // the abort of the upstream request, shutdown's in-flight set, express, and the stream
-    // pipeline's own (eos) take eleven; Node warns at ten, once per response (a flood of
+    // the abort of the upstream request, shutdown's in-flight set and the stream pipeline's own
+    // (eos) take about ten; Node warns at ten, once per response (a flood of
     // MaxListenersExceededWarning lines that is no leak).
     res.setMaxListeners(32);
     res.setHeader('x-request-id', l.requestId);
@@ -262,41 +290,41 @@ export function createApp(deps: AppDeps): express.Express {
       }
       deps.log.info('request', { requestId: l.requestId, client: l.client?.id, route: l.route, status: res.statusCode, ms: Math.round(performance.now() - l.started), bytes: l.bytes, ...(l.code ? { code: l.code } : {}) });
     });
-    next();
-  });
+  };
 
   // Protocol edges: only HTTP/1.x, with one Host (two are how requests are smuggled past a proxy
   // that reads the other). Refused, and the connection closed.
-  app.use((req, res, next) => {
+  const protocolRefused = (req: Request, res: Response): boolean => {
     let hosts = 0;
     for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
-    if (req.httpVersionMajor === 1 && hosts <= 1) { next(); return; }
+    if (req.httpVersionMajor === 1 && hosts <= 1) return false;
     closeAfter(req, res);
     sendProblem(res, new GatewayError('BAD_REQUEST', hosts > 1 ? 'a request carries one Host header' : 'only HTTP/1.0 and HTTP/1.1 are served'));
-  });
+    return true;
+  };
 
-  app.get('/healthz', (_req, res) => {
+  const probes = new Router<Handler>();
+  probes.add('/healthz', (_req, res) => {
     locals(res).route = 'healthz';
-    res.set('cache-control', 'no-store').json({ status: 'ok' });
+    sendText(res, 200, { 'content-type': 'application/json', 'cache-control': 'no-store' }, JSON.stringify({ status: 'ok' }));
   });
-
-  app.get('/readyz', async (_req, res) => {
+  probes.add('/readyz', async (_req, res) => {
     locals(res).route = 'readyz';
     const upstream = await deps.upstream.ping(AbortSignal.timeout(3000));
     const state = deps.stateHealthy();
     const scope = deps.scopeHealthy();
     const audit = deps.audit.healthy() || deps.audit.recover();
     const ready = upstream && state && scope && audit;
-    res.status(ready ? 200 : 503).set('cache-control', 'no-store').json({
+    sendText(res, ready ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }, JSON.stringify({
       status: ready ? 'ready' : 'not ready', upstream: upstream ? 'ok' : 'unreachable', state: state ? 'ok' : 'unavailable', scope: scope ? 'ok' : 'unavailable',
       audit: audit ? 'ok' : 'unavailable', ...(audit ? {} : { auditProblem: deps.audit.problem() }),
-    });
+    }));
   });
 
   const metricsHash = deps.metrics?.tokenHash;
   if (deps.metrics && metricsHash) {
     const m = deps.metrics;
-    app.get('/metrics', async (req, res) => {
+    probes.add('/metrics', async (req, res) => {
       locals(res).route = 'metrics';
       const token = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
       const given = createHash('sha256').update(token ?? '').digest();
@@ -304,16 +332,16 @@ export function createApp(deps: AppDeps): express.Express {
         const l = locals(res);
         l.code = 'UNAUTHORIZED';
         l.reason = 'metrics-token';
-        res.status(401);
+        res.statusCode = 401;
         try {
           await l.audit(); // recorded like any authentication failure (trail, A.5 login failure and Security Alert)
         } catch { /* the trail is failing: /readyz says so; a 401 carries no data */ }
-        res.set({ 'content-type': 'application/problem+json', 'www-authenticate': 'Bearer realm="deid-gateway-metrics"', 'cache-control': 'no-store' })
-          .send(JSON.stringify(toProblem(new GatewayError('UNAUTHORIZED', 'the metrics admin token is required'), l.requestId)));
+        sendText(res, 401, { 'content-type': 'application/problem+json', 'www-authenticate': 'Bearer realm="deid-gateway-metrics"', 'cache-control': 'no-store' },
+          JSON.stringify(toProblem(new GatewayError('UNAUTHORIZED', 'the metrics admin token is required'), l.requestId)));
         return;
       }
       const out = await m.render();
-      res.set({ 'content-type': out.contentType, 'cache-control': 'no-store' }).send(out.body);
+      sendText(res, 200, { 'content-type': out.contentType, 'cache-control': 'no-store' }, out.body);
     });
   }
 
@@ -325,21 +353,10 @@ export function createApp(deps: AppDeps): express.Express {
       ?? authenticate(req.headers.authorization, deps.clients());
   };
 
-  // Read-only: everything but GET (and HEAD, which express answers from GET) is refused, for
-  // every caller; a valid credential only names the client in the audit record.
-  app.all('/dicom-web/{*rest}', (req, res, next) => {
-    if (req.method === 'GET' || req.method === 'HEAD') return next();
-    const client = clientOf(req);
-    if (client) locals(res).client = client;
-    locals(res).route = 'write';
-    closeAfter(req, res); // its body, sent or trickling, is not read
-    sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', `${req.method} is not served: the gateway is read-only (no STOW-RS, PUT or DELETE)`));
-  });
-  app.all(['/wado', '/dicom-web/wado'], (req, res) => {
-    locals(res).route = 'wado-uri';
-    closeAfter(req, res);
-    sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', 'WADO-URI is not served; use WADO-RS'));
-  });
+  // WADO-URI is not served, whatever the method.
+  const wadoUri = new Router<true>();
+  wadoUri.add('/wado', true);
+  wadoUri.add('/dicom-web/wado', true);
 
   // A connection is its client's from its first authenticated request until it closes: one
   // client may hold at most connectionsPerClient of them (the listener's maxConnections is the
@@ -364,19 +381,20 @@ export function createApp(deps: AppDeps): express.Express {
     });
   };
 
-  app.use('/dicom-web', async (req, res, next) => {
+  /** Admission below /dicom-web; false when the request was refused (and answered). */
+  const admitted = async (req: Request, res: Response): Promise<boolean> => {
     // Fail closed: nothing is served while the audit trail cannot be written.
     if (!deps.audit.healthy() && !deps.audit.recover()) {
       locals(res).route = 'admission';
       sendProblem(res, new GatewayError('AUDIT_UNAVAILABLE', 'the audit trail cannot be written; nothing is served until it can', { auditReason: 'audit-unavailable', retryAfter: 30 }));
-      return;
+      return false;
     }
     // Mutual TLS: a certificate the listener verified names its client; otherwise a token.
     const client = clientOf(req);
     if (!client) {
       locals(res).route = 'auth';
       sendProblem(res, new GatewayError('UNAUTHORIZED', 'a valid Bearer token (or Basic client id and token) is required'));
-      return;
+      return false;
     }
     locals(res).client = client;
     // The agreement's window, then the client's limits; each refusal is audited with its reason.
@@ -388,10 +406,10 @@ export function createApp(deps: AppDeps): express.Express {
     } catch (e) {
       locals(res).route = 'admission';
       sendProblem(res, e);
-      return;
+      return false;
     }
-    next();
-  });
+    return true;
+  };
 
   const shares = new StreamShares(deps.streamsPerClient ?? 8);
   const STREAMS = new Set(['retrieve', 'frames', 'bulk', 'rendered', 'thumbnail']);
@@ -442,49 +460,83 @@ export function createApp(deps: AppDeps): express.Express {
   }
 
   const q = (req: Request): URLSearchParams => new URLSearchParams(req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '');
-  const p = (req: Request, k: string): string => String((req.params as Record<string, string>)[k] ?? '');
+  const p = (req: Request, k: string): string => req.params[k] ?? '';
+
+  const routes = new Router<Handler>();
+  const get = (pattern: string, h: Handler): void => routes.add(pattern, h);
 
   // QIDO-RS (PS3.18 10.6)
-  app.get('/dicom-web/studies', handle('qido-studies', (rc, req) => qido(rc, 'study', {}, q(req))));
-  app.get('/dicom-web/series', handle('qido-series', (rc, req) => qido(rc, 'series', {}, q(req))));
-  app.get('/dicom-web/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', {}, q(req))));
-  app.get('/dicom-web/studies/:study/series', handle('qido-series', (rc, req) => qido(rc, 'series', { study: p(req, 'study') }, q(req))));
-  app.get('/dicom-web/studies/:study/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', { study: p(req, 'study') }, q(req))));
-  app.get('/dicom-web/studies/:study/series/:series/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', { study: p(req, 'study'), series: p(req, 'series') }, q(req))));
+  get('/dicom-web/studies', handle('qido-studies', (rc, req) => qido(rc, 'study', {}, q(req))));
+  get('/dicom-web/series', handle('qido-series', (rc, req) => qido(rc, 'series', {}, q(req))));
+  get('/dicom-web/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', {}, q(req))));
+  get('/dicom-web/studies/:study/series', handle('qido-series', (rc, req) => qido(rc, 'series', { study: p(req, 'study') }, q(req))));
+  get('/dicom-web/studies/:study/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', { study: p(req, 'study') }, q(req))));
+  get('/dicom-web/studies/:study/series/:series/instances', handle('qido-instances', (rc, req) => qido(rc, 'instance', { study: p(req, 'study'), series: p(req, 'series') }, q(req))));
 
   // WADO-RS metadata (PS3.18 10.4)
-  app.get('/dicom-web/studies/:study/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study') })));
-  app.get('/dicom-web/studies/:study/series/:series/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series') })));
-  app.get('/dicom-web/studies/:study/series/:series/instances/:instance/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
+  get('/dicom-web/studies/:study/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study') })));
+  get('/dicom-web/studies/:study/series/:series/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series') })));
+  get('/dicom-web/studies/:study/series/:series/instances/:instance/metadata', handle('metadata', (rc, req) => metadata(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
 
   // Rendered and thumbnails (PS3.18 8.3.5): made by the gateway from the de-identified,
   // masked pixels; never the PACS's rendering, which shows whatever is in the pixels.
   for (const kind of ['rendered', 'thumbnail'] as const) {
     const t = kind === 'thumbnail';
     const r = (rc: RequestContext, req: Request, at: { study: string; series?: string; instance?: string; frame?: string }): Promise<Reply> => rendered(rc, at, req.headers.accept, q(req), t);
-    app.get(`/dicom-web/studies/:study/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study') })));
-    app.get(`/dicom-web/studies/:study/series/:series/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series') })));
-    app.get(`/dicom-web/studies/:study/series/:series/instances/:instance/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
-    app.get(`/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frame: p(req, 'frames') })));
+    get(`/dicom-web/studies/:study/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study') })));
+    get(`/dicom-web/studies/:study/series/:series/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series') })));
+    get(`/dicom-web/studies/:study/series/:series/instances/:instance/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') })));
+    get(`/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames/${kind}`, handle(kind, (rc, req) => r(rc, req, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frame: p(req, 'frames') })));
   }
 
   // WADO-RS retrieve, frames, bulk data (PS3.18 10.4)
-  app.get('/dicom-web/studies/:study', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study') }, req.headers.accept)));
-  app.get('/dicom-web/studies/:study/series/:series', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study'), series: p(req, 'series') }, req.headers.accept)));
-  app.get('/dicom-web/studies/:study/series/:series/instances/:instance', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') }, req.headers.accept)));
-  app.get('/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames', handle('frames', (rc, req) => frames(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frames: p(req, 'frames') }, req.headers.accept)));
-  app.get('/dicom-web/studies/:study/series/:series/instances/:instance/bulk/{*path}', handle('bulk', (rc, req) => {
-    const raw = (req.params as Record<string, string | string[]>).path;
-    return bulk(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), path: Array.isArray(raw) ? raw.join('/') : String(raw ?? '') }, req.headers.accept);
-  }));
+  get('/dicom-web/studies/:study', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study') }, req.headers.accept)));
+  get('/dicom-web/studies/:study/series/:series', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study'), series: p(req, 'series') }, req.headers.accept)));
+  get('/dicom-web/studies/:study/series/:series/instances/:instance', handle('retrieve', (rc, req) => retrieve(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance') }, req.headers.accept)));
+  get('/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames', handle('frames', (rc, req) => frames(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frames: p(req, 'frames') }, req.headers.accept)));
+  get('/dicom-web/studies/:study/series/:series/instances/:instance/bulk/*path', handle('bulk', (rc, req) => bulk(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), path: p(req, 'path') }, req.headers.accept)));
 
-  app.use((_req: Request, res: Response) => {
-    sendProblem(res, new GatewayError('NOT_FOUND', 'no such resource'));
-  });
-  // express's own errors (e.g. a malformed URL): never echo the input.
-  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    void err;
-    sendProblem(res, new GatewayError('NOT_FOUND', 'no such resource'));
-  });
-  return app;
+
+  const notFound = (res: Response): void => sendProblem(res, new GatewayError('NOT_FOUND', 'no such resource'));
+
+  const dispatch = async (req: Request, res: Response): Promise<void> => {
+    if (protocolRefused(req, res)) return;
+    const path = pathOf(req.url ?? '');
+    if (path === undefined) { notFound(res); return; }
+    const read = req.method === 'GET' || req.method === 'HEAD';
+    const probe = read ? probes.match(path) : undefined;
+    if (probe) { await probe.handler(req, res); return; }
+    // Read-only: everything but GET (and HEAD, answered as GET without its body) is refused,
+    // for every caller; a valid credential only names the client in the audit record.
+    if (!read && under(path, '/dicom-web')) {
+      const client = clientOf(req);
+      if (client) locals(res).client = client;
+      locals(res).route = 'write';
+      closeAfter(req, res); // its body, sent or trickling, is not read
+      sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', `${req.method} is not served: the gateway is read-only (no STOW-RS, PUT or DELETE)`));
+      return;
+    }
+    if (wadoUri.match(path)) {
+      locals(res).route = 'wado-uri';
+      closeAfter(req, res);
+      sendProblem(res, new GatewayError('METHOD_NOT_ALLOWED', 'WADO-URI is not served; use WADO-RS'));
+      return;
+    }
+    if (!under(path, '/dicom-web')) { notFound(res); return; }
+    if (!(await admitted(req, res))) return;
+    const route = routes.match(path); // a malformed escape in a parameter throws: not found
+    if (!route) { notFound(res); return; }
+    req.params = route.params;
+    await route.handler(req, res);
+  };
+
+  return (incoming, res) => {
+    const req = incoming as Request;
+    req.params = {};
+    begin(req, res);
+    dispatch(req, res).catch(() => {
+      // An error no step answered (a malformed escape in the path): never echo the input.
+      notFound(res);
+    });
+  };
 }

@@ -322,6 +322,49 @@ describe('gateway against a real Orthanc', () => {
     assert.ok(syntaxes(def).every((t) => t === '1.2.840.10008.1.2.1'), `default syntaxes: ${syntaxes(def).join(',')}`);
   });
 
+  test('routing: HEAD, an absolute-form target, a trailing slash and letter case route as GET does; a malformed escape or an unknown path is a 404 problem, after authentication', async () => {
+    const list = await get('/dicom-web/studies');
+    assert.equal(list.status, 200);
+    const length = /content-length: (\d+)/.exec(list.headers)?.[1];
+    assert.ok(length && Number(length) === list.body.length && list.body.length > 2, 'the study list, whole');
+    const head = await get('/dicom-web/studies', { method: 'HEAD' });
+    assert.equal(head.status, 200);
+    assert.match(head.headers, new RegExp(`content-length: ${length}`), 'HEAD: GET\'s headers');
+    assert.equal(head.body.length, 0, 'HEAD: no body');
+    for (const path of ['/dicom-web/studies/', '/DICOM-WEB/Studies']) {
+      const r = await get(path);
+      assert.equal(r.status, 200, path);
+      assert.equal(r.body.length, list.body.length, `${path}: the same list`);
+    }
+    // An absolute-form request target (RFC 9112 3.2.2), as a proxy sends it.
+    const { port } = new URL(gw.url);
+    const text = await new Promise<string>((resolve, reject) => {
+      const sock = connect(Number(port), '127.0.0.1');
+      let t = '';
+      sock.setEncoding('latin1');
+      sock.on('data', (c: string) => { t += c; });
+      sock.on('error', reject);
+      sock.on('close', () => resolve(t));
+      sock.write(`GET http://127.0.0.1:${port}/dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${TOKENS.strict}\r\nConnection: close\r\n\r\n`);
+    });
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    assert.match(text, new RegExp(`content-length: ${length}`, 'i'));
+    for (const [path, token, status, code] of [
+      ['/dicom-web/studies/%ZZ/metadata', TOKENS.strict, 404, 'NOT_FOUND'],
+      ['/dicom-web/studies/%ZZ/metadata', null, 401, 'UNAUTHORIZED'],
+      ['/dicom-web/%73tudies', TOKENS.strict, 404, 'NOT_FOUND'],
+      ['/dicom-web/nothing', TOKENS.strict, 404, 'NOT_FOUND'],
+      ['/dicom-web/nothing', null, 401, 'UNAUTHORIZED'],
+      ['/elsewhere', null, 404, 'NOT_FOUND'],
+    ] as const) {
+      const r = await get(path, { token });
+      assert.equal(r.status, status, path);
+      assert.match(r.headers, /content-type: application\/problem\+json; charset=utf-8/, path);
+      assert.equal((JSON.parse(r.body.toString('utf8')) as { code: string }).code, code, path);
+      assert.ok(!r.body.toString('latin1').includes('%ZZ'), `${path}: the input is not echoed`);
+    }
+  });
+
   test('health: /healthz and /readyz need no token and reveal nothing', async () => {
     const h = await get('/healthz', { token: null });
     assert.equal(h.status, 200);

@@ -45,6 +45,7 @@
  *   BENCH_HEAD_COPIES (9)      copies of each head series (d), at most 9: each gives one first defacing retrieve
  *   BENCH_HEADS (mr,ct)        which head series (d) uses
  *   BENCH_CPU_PROF (0)         1: run the gateway child with --cpu-prof and list its hottest functions
+ *   BENCH_GATEWAY_METRICS (0)  1: the gateway with Prometheus metrics on (prom-client loaded)
  *   BENCH_TRANSPORT            the gateway's upstream.transport (default: the gateway's own default)
  *   BENCH_GATEWAY_NODE_FLAGS   extra node flags for the gateway child (e.g. "--trace-gc")
  *   BENCH_KEEP_LOG (0)         1: copy the gateway's log (stderr) to bench/out/gateway.log
@@ -354,6 +355,8 @@ async function startGatewayChild(root: string, dir: string, upstream: string, pr
     '  - id: bench-allow',
     `    apiKeySha256: "${createHash('sha256').update(`${TOKEN}-allow`).digest('hex')}"`,
     '    pixels: {faces: allow}',
+    // BENCH_GATEWAY_METRICS=1: Prometheus metrics on (/metrics behind a token), which loads prom-client.
+    ...(process.env.BENCH_GATEWAY_METRICS === '1' ? [`metrics: {apiKeySha256: "${createHash('sha256').update(`${TOKEN}-metrics`).digest('hex')}"}`] : []),
     '',
   ].join('\n'));
   const logFile = join(dir, 'gateway.log');

@@ -536,7 +536,11 @@ export function createApp(deps: AppDeps): RequestListener {
     begin(req, res);
     dispatch(req, res).catch(() => {
       // An error no step answered (a malformed escape in the path): never echo the input.
-      notFound(res);
+      try {
+        notFound(res);
+      } catch {
+        res.destroy();
+      }
     });
   };
 }

@@ -55,16 +55,19 @@ export function under(path: string, prefix: string): boolean {
   return p === prefix || p.startsWith(`${prefix}/`);
 }
 
-/** The path of a request target: origin form (`/a?b`) or absolute form (`http://h/a?b`); undefined otherwise. */
+/**
+ * The path of a request target, as sent (nothing resolved or decoded, as express's parseurl):
+ * origin form (`/a?b`), or absolute form (`http://h/a?b`) without its scheme and authority;
+ * the query and a fragment are not part of it. Undefined for anything else (`*`).
+ */
 export function pathOf(url: string): string | undefined {
-  if (url.startsWith('/')) {
-    const q = url.indexOf('?');
-    return q < 0 ? url : url.slice(0, q);
+  let rest = url;
+  if (!url.startsWith('/')) {
+    const m = /^https?:\/\/[^/?#]*/i.exec(url);
+    if (!m) return undefined;
+    rest = url.slice(m[0].length) || '/';
+    if (!rest.startsWith('/')) return undefined;
   }
-  if (!/^https?:\/\//i.test(url)) return undefined;
-  try {
-    return new URL(url).pathname;
-  } catch {
-    return undefined;
-  }
+  const end = rest.search(/[?#]/);
+  return end < 0 ? rest : rest.slice(0, end);
 }

@@ -43,10 +43,17 @@ describe('router', () => {
     assert.ok(!under('/dicom-webx', '/dicom-web') && !under('/x/dicom-web', '/dicom-web'));
   });
 
-  test('pathOf: origin and absolute forms; anything else has no path', () => {
+  test('pathOf: origin and absolute forms, as sent (nothing resolved or decoded), without query or fragment; anything else has no path', () => {
     assert.equal(pathOf('/dicom-web/studies?limit=1'), '/dicom-web/studies');
+    assert.equal(pathOf('/dicom-web/studies#x'), '/dicom-web/studies');
     assert.equal(pathOf('http://gw:8080/dicom-web/studies?limit=1'), '/dicom-web/studies');
+    assert.equal(pathOf('HTTPS://user@gw/dicom-web/studies#x'), '/dicom-web/studies');
+    assert.equal(pathOf('http://gw'), '/');
+    // Dot segments and escapes stay as sent: the same target in either form is the same path.
+    assert.equal(pathOf('http://h/dicom-web/studies/1.2/series/%2e%2e'), '/dicom-web/studies/1.2/series/%2e%2e');
+    assert.equal(pathOf('http://h/dicom-web/studies/../x'), '/dicom-web/studies/../x');
     assert.equal(pathOf('*'), undefined);
     assert.equal(pathOf('dicom-web/studies'), undefined);
+    assert.equal(pathOf('http://h?x'), undefined);
   });
 });

@@ -933,7 +933,10 @@ describe('per-client scope and query semantics against a real Orthanc', () => {
       assert.ok(got.length > 0, `${q}: the client's own records are found`);
       assert.ok(!got.some((r) => val(r, '0020000D') === s3.uid), `${q}: not the opted-out study`);
     }
-    const answers = proxy.answers.slice(mark);
+    // (The index itself reads every study once a minute, whatever is asked, and drops the
+    // opted-out ones: should its minute end during this test, that read is not an answer to a query.)
+    const isIndexRead = (url: string): boolean => url.startsWith('/dicom-web/studies?') && [...new URL(url, 'http://x').searchParams.keys()].every((k) => ['includefield', 'limit', 'offset'].includes(k));
+    const answers = proxy.answers.slice(mark).filter((a) => !isIndexRead(a.url));
     assert.ok(answers.length >= queries.length, 'the PACS was asked');
     for (const a of answers) assert.ok(!a.body.includes(s3.uid), `the PACS returned the opted-out study's rows for ${a.url.split('?')[0]}`);
   });

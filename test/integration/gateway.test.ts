@@ -331,6 +331,16 @@ describe('gateway against a real Orthanc', () => {
     assert.equal(head.status, 200);
     assert.match(head.headers, new RegExp(`content-length: ${length}`), 'HEAD: GET\'s headers');
     assert.equal(head.body.length, 0, 'HEAD: no body');
+    // A streamed reply too: a study retrieve's HEAD has its headers and no body (a study the
+    // pixel policy does not withhold whole, which GET says).
+    const studies = json(list).map((row) => String((row['0020000D'] as { Value: string[] }).Value[0]));
+    let study: string | undefined;
+    for (const s of studies) if ((await get(`/dicom-web/studies/${s}`, { accept: 'multipart/related; type="application/dicom"' })).status === 200) { study = s; break; }
+    assert.ok(study, 'a study that retrieves');
+    const headRetrieve = await get(`/dicom-web/studies/${study}`, { method: 'HEAD', accept: 'multipart/related; type="application/dicom"' });
+    assert.equal(headRetrieve.status, 200);
+    assert.match(headRetrieve.headers, /content-type: multipart\/related; type="application\/dicom"/);
+    assert.equal(headRetrieve.body.length, 0, 'HEAD of a retrieve: no body');
     for (const path of ['/dicom-web/studies/', '/DICOM-WEB/Studies']) {
       const r = await get(path);
       assert.equal(r.status, 200, path);

@@ -40,14 +40,29 @@ export function summarizeProfile(file: string, top = 20): { fn: string; where: s
 
 
 /**
- * The arguments of `node` that run the gateway's command as it runs in production: the V8 flags
- * of every way of starting it (NODE_FLAGS), then the compiled entry beside the calling bench
- * (dist/bench/x.js → dist/src/cli/main.js), or the source through tsx when run from source.
- * `entry` is another build's dist/src/cli/main.js (a before/after), run with the same flags.
+ * The arguments of `node` that run one of the project's modules with the gateway's V8 flags
+ * (NODE_FLAGS): `rel` is its path from the bench folder, without extension; compiled beside a
+ * compiled bench (dist/bench/x.js → dist/<rel>.js), or the source through tsx otherwise.
+ */
+export function moduleCommand(benchUrl: string, rel: string): string[] {
+  const compiled = fileURLToPath(new URL(`${rel}.js`, benchUrl));
+  if (benchUrl.endsWith('.js') && existsSync(compiled)) return [...NODE_FLAGS, compiled];
+  return [...NODE_FLAGS, '--import', 'tsx', join(projectRoot(benchUrl), 'bench', `${rel}.ts`)];
+}
+
+/**
+ * The arguments of `node` that run the gateway's command as it runs in production (the flags of
+ * every way of starting it, then its entry: `moduleCommand`). `entry` is another build's
+ * dist/src/cli/main.js (a before/after), run with the same flags.
  */
 export function gatewayCommand(benchUrl: string, entry?: string): string[] {
-  if (entry) return [...NODE_FLAGS, entry];
-  const compiled = fileURLToPath(new URL('../src/cli/main.js', benchUrl));
-  if (benchUrl.endsWith('.js') && existsSync(compiled)) return [...NODE_FLAGS, compiled];
-  return [...NODE_FLAGS, '--import', 'tsx', join(projectRoot(benchUrl), 'src/cli/main.ts')];
+  return entry ? [...NODE_FLAGS, entry] : moduleCommand(benchUrl, '../src/cli/main');
+}
+
+/** Subarrays of `size` bytes of an in-memory file (no copy), as a stream brings them; `tick` runs before each. */
+export async function* chunked(buf: Buffer, size = 64 * 1024, tick?: () => void): AsyncGenerator<Buffer> {
+  for (let o = 0; o < buf.length; o += size) {
+    tick?.();
+    yield buf.subarray(o, Math.min(o + size, buf.length));
+  }
 }

@@ -17,14 +17,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createEngineContext, deidentifyPart10 } from '../src/deid/index.js';
 import { generateCtSeries } from '../test/fixtures/generate.js';
+import { chunked } from './common.js';
 
 const INSTANCES = Number(process.env.BENCH_INSTANCES ?? '200') || 200;
 const PASSES = Number(process.env.BENCH_STEADY_PASSES ?? '25') || 25;
-const CHUNK = 64 * 1024;
-
-async function* chunked(buf: Buffer): AsyncGenerator<Buffer> {
-  for (let o = 0; o < buf.length; o += CHUNK) yield buf.subarray(o, Math.min(o + CHUNK, buf.length));
-}
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-engine-steady-'));

@@ -20,19 +20,17 @@
  *   BENCH_INSTANCES (200), BENCH_REPS (3), BENCH_WARMUPS (1), BENCH_BIG_FRAMES (2000).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { NODE_FLAGS } from '../src/core/node-version.js';
 import { createEngineContext, deidentifyPart10, type EngineContext } from '../src/deid/index.js';
 import { cleanFreeText } from '../src/deid/free-text.js';
 import type { OptionName } from '../src/deid/table.js';
 import { freeTextSet } from '../test/fixtures/free-text-set.js';
 import { generateCtSeries } from '../test/fixtures/generate.js';
-import { projectRoot } from './common.js';
+import { chunked, moduleCommand, projectRoot } from './common.js';
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -87,13 +85,6 @@ function newContext(options: OptionName[] = []): EngineContext {
   return createEngineContext({ clientId: 'bench', profile: { options }, masterSecret: Buffer.alloc(32, 7) });
 }
 
-/** 64 KiB subarrays of an in-memory instance (no copy); `tick` runs before each chunk. */
-async function* chunked(buf: Buffer, tick?: () => void): AsyncGenerator<Buffer> {
-  for (let o = 0; o < buf.length; o += CHUNK) {
-    tick?.();
-    yield buf.subarray(o, Math.min(o + CHUNK, buf.length));
-  }
-}
 
 // ---------------------------------------------------------------------------
 // The measured paths (each returns the output byte count)
@@ -101,7 +92,7 @@ async function* chunked(buf: Buffer, tick?: () => void): AsyncGenerator<Buffer> 
 async function enginePass(inputs: readonly Buffer[], ctx: EngineContext): Promise<number> {
   let out = 0;
   for (const input of inputs) {
-    for await (const c of deidentifyPart10(chunked(input), ctx)) out += c.length;
+    for await (const c of deidentifyPart10(chunked(input, CHUNK), ctx)) out += c.length;
   }
   return out;
 }
@@ -113,7 +104,7 @@ async function* copyThrough(source: AsyncIterable<Buffer>): AsyncGenerator<Buffe
 async function copyStreamPass(inputs: readonly Buffer[]): Promise<number> {
   let out = 0;
   for (const input of inputs) {
-    for await (const c of copyThrough(chunked(input))) out += c.length;
+    for await (const c of copyThrough(chunked(input, CHUNK))) out += c.length;
   }
   return out;
 }
@@ -482,10 +473,7 @@ async function main(): Promise<void> {
 
   // ---- Per-instance header work in steady state, as the gateway runs (engine-steady.ts): a
   // process of its own with the gateway's node flags, no forced collection, 25 passes.
-  const steadyJs = fileURLToPath(new URL('./engine-steady.js', import.meta.url));
-  const steadyArgs = import.meta.url.endsWith('.js') && existsSync(steadyJs) ? [...NODE_FLAGS, steadyJs]
-    : [...NODE_FLAGS, '--import', 'tsx', fileURLToPath(new URL('./engine-steady.ts', import.meta.url))];
-  const sp = spawnSync(process.execPath, steadyArgs, { cwd: projectRoot(import.meta.url), encoding: 'utf8', env: { ...process.env, BENCH_INSTANCES: String(INSTANCES) } });
+  const sp = spawnSync(process.execPath, moduleCommand(import.meta.url, './engine-steady'), { cwd: projectRoot(import.meta.url), encoding: 'utf8', env: { ...process.env, BENCH_INSTANCES: String(INSTANCES) } });
   if (sp.status !== 0) throw new Error(`engine-steady failed (${sp.status}): ${sp.stderr.slice(-2000)}`);
   const steady = JSON.parse(sp.stdout.trim().split('\n').at(-1)!) as { instances: number; inputBytes: number; outputBytes: number; passes: number[] };
   const perInstance = (x: number): number => x / steady.instances;
@@ -508,7 +496,7 @@ async function main(): Promise<void> {
   inputs = [first]; // drop the rest of the series before measuring memory
   gc();
 
-  const small = await measureMemory(`(i) 1 frame, ${fmt(first.length / MB, 2)} MB`, first.length, (tick) => chunked(first, tick));
+  const small = await measureMemory(`(i) 1 frame, ${fmt(first.length / MB, 2)} MB`, first.length, (tick) => chunked(first, CHUNK, tick));
   // A half-size run in between shows whether the peak scales with the instance size (it is
   // large enough to fill the young generation, which the single frame is not).
   const midFrames = Math.max(1, Math.floor(BIG_FRAMES / 2));

@@ -251,8 +251,7 @@ type Handler = (req: Request, res: Response) => void | Promise<void>;
  * protocol edges, the probes (`/healthz`, `/readyz`, `/metrics`), the read-only and WADO-URI
  * refusals, and below `/dicom-web` admission (audit writable, authentication, the agreement's
  * window, connections and limits) before its route; anything else is not found. express did
- * this until session 14 (docs/decisions.md: its routing cost about 7 % of a QIDO's CPU and 8.7
- * MB resident).
+ * this until session 14 (docs/decisions.md: its routing cost about 7 % of a QIDO's CPU).
  */
 export function createApp(deps: AppDeps): RequestListener {
   const begin = (req: Request, res: Response): void => {

@@ -18,6 +18,11 @@ export interface PartHeaders {
 export interface Part {
   readonly headers: PartHeaders;
   readonly body: AsyncIterable<Buffer>;
+  /**
+   * The input offset at which this part's content starts (readMultipart): every input byte
+   * before it has been read, and the reader never reads it again nor keeps a slice of it.
+   */
+  readonly start?: number;
 }
 
 export interface ReadMultipartOptions {
@@ -262,7 +267,7 @@ class MultipartReader {
     return false;
   }
 
-  private at(): number {
+  at(): number {
     return this.base + this.pos;
   }
 
@@ -466,7 +471,7 @@ export async function* readMultipart(
       }
       const headers = await r.run(() => r.readHeaders());
       const state: PartState = { stale: false, skipped: false };
-      yield { headers, body: r.partBody(state) };
+      yield { headers, body: r.partBody(state), start: r.at() };
       state.stale = true;
       while ((await r.run(() => r.nextContent())) !== null) state.skipped = true;
     }

@@ -231,7 +231,7 @@ async function send(res: Response, reply: Reply, idleMs = 30_000): Promise<void>
   // connection for idleMs, the response is closed, and with it the upstream request and the
   // client's share of the PACS (issue 15).
   res.setTimeout(idleMs, () => res.destroy());
-  await writeGathered(res, rest());
+  await writeGathered(res, rest(), reply.writeHooks);
 }
 
 /**

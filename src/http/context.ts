@@ -14,6 +14,7 @@ import type { FactsCache } from '../policy/facts-cache.js';
 import { mapUpstreamStatus, type Upstream, type UpstreamResponse } from '../upstream/client.js';
 import type { ClientScope } from '../policy/client-scope.js';
 import type { QueryResolver } from './query.js';
+import type { WriteHooks } from './write-gathered.js';
 
 export interface ClientRuntime {
   readonly id: string;
@@ -96,6 +97,8 @@ export interface Reply {
   readonly status: number;
   readonly headers: Record<string, string>;
   readonly body: AsyncIterable<Buffer>;
+  /** Calls to make once given chunks of the body have been written to the client (streamed replies). */
+  readonly writeHooks?: WriteHooks;
 }
 
 export const DICOM_JSON = 'application/dicom+json';

@@ -11,6 +11,7 @@ import { noteTextBoxes } from '../audit/sink.js';
 import { recordVisible, requireVisible } from './visibility.js';
 import { originalUid, ok, expectType, withFlush, noteStudy, noteWithheld, type RequestContext, type Reply } from './context.js';
 import { decide, ensureDecisions, factsAttrs, pixelFacts, admitHeader, type Facts } from './pixel-stage.js';
+import { WriteHooks } from './write-gathered.js';
 
 const EXPLICIT_LE_UID = '1.2.840.10008.1.2.1';
 
@@ -158,6 +159,13 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   const source = (): AsyncIterable<Part> => (up
     ? readMultipart(up.body, parseContentType(up.contentType).params.boundary, { sniffBoundary: true })
     : (async function* () { yield { headers: { 'content-type': `application/dicom; transfer-syntax=${EXPLICIT_LE_UID}` }, body: (async function* () { yield keptBytes!; })() }; })());
+  // The PACS's read buffers are given back as the reply goes out (the socket transport): once
+  // the last chunk of an instance has been written to the client, nothing reads the bytes
+  // before the next instance's content again (the engine is done with them, the multipart
+  // reader never looks back, masks and cuts were written before), so they may be read into.
+  const recycle = up?.recycle?.bind(up);
+  const writeHooks = recycle ? new WriteHooks() : undefined;
+  let lastOut: Buffer | undefined;
   const ctx = rc.client.ctx;
   const note = rc.note;
   const maxHeaderBytes = rc.maxHeaderBytes;
@@ -171,6 +179,12 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   }
   async function* admittedParts(): AsyncGenerator<{ headers: Record<string, string>; body: AsyncIterable<Buffer> }> {
     for await (const part of source()) {
+      // The previous instance was sent whole (a withheld one leaves lastOut unset).
+      if (writeHooks && lastOut && part.start !== undefined) {
+        const start = part.start;
+        writeHooks.after(lastOut, () => recycle!(start));
+      }
+      lastOut = undefined;
       const out = admitPart(part);
       // Pull the first chunk here: a withheld instance is skipped before its part begins.
       const it = out[Symbol.asyncIterator]();
@@ -191,7 +205,10 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
       const partTs = partTransferSyntax(part);
       yield {
         headers: { 'content-type': `application/dicom${partTs ? `; transfer-syntax=${partTs}` : ''}` },
-        body: (async function* () { if (!first.done) yield first.value; yield* { [Symbol.asyncIterator]: () => it }; })(),
+        body: (async function* () {
+          if (!first.done) { if (first.value.length) lastOut = first.value; yield first.value; }
+          for await (const c of { [Symbol.asyncIterator]: () => it }) { if (c.length) lastOut = c; yield c; }
+        })(),
       };
     }
   }
@@ -222,7 +239,7 @@ export async function retrieve(rc: RequestContext, p: { study: string; series?: 
   }
   const headers: Record<string, string> = { 'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}` };
   if (announced > 0) headers.warning = `299 deid-gateway "${announced} instance(s) withheld by the pixel policy"`;
-  return { status: 200, headers, body: withFlush(rc, writeMultipart(parts(), boundary)) };
+  return { status: 200, headers, body: withFlush(rc, writeMultipart(parts(), boundary)), ...(writeHooks ? { writeHooks } : {}) };
 }
 
 function partTransferSyntax(part: Part): string | undefined {

@@ -11,6 +11,31 @@ const WRITE_GATHER_BYTES = 256 * 1024;
 const WRITE_GATHER_MS = 1;
 
 /**
+ * Calls to make once a given chunk of a reply (and so every chunk before it) has been written
+ * to the client's socket: the retrieve gives the PACS's read buffers back this way (recycle).
+ * Keyed by the chunk object as the body yields it. At most MAX_HOOKS wait: the oldest is dropped
+ * beyond that (a hook that is never called costs only the reuse, never correctness).
+ */
+export class WriteHooks {
+  private readonly due = new Map<Buffer, () => void>();
+
+  after(chunk: Buffer, fn: () => void): void {
+    if (this.due.size >= MAX_HOOKS) this.due.delete(this.due.keys().next().value!);
+    this.due.set(chunk, fn);
+  }
+
+  /** The hook for this chunk, if any (removed). */
+  take(chunk: Buffer): (() => void) | undefined {
+    if (this.due.size === 0) return undefined;
+    const fn = this.due.get(chunk);
+    if (fn) this.due.delete(chunk);
+    return fn;
+  }
+}
+
+const MAX_HOOKS = 8;
+
+/**
  * Writes a body's chunks to the response, gathered: chunks are held until WRITE_GATHER_BYTES
  * have come (or WRITE_GATHER_MS has passed, or the body ends), then written with the socket
  * corked, so that they leave in one writev with their chunk framing. On loopback a write costs
@@ -20,15 +45,26 @@ const WRITE_GATHER_MS = 1;
  * for 'drain'. A client that goes away ends the body (the upstream request is released with
  * it); a body that fails destroys the response (the caller reports it).
  */
-export async function writeGathered(res: ServerResponse, body: AsyncGenerator<Buffer>): Promise<void> {
+export async function writeGathered(res: ServerResponse, body: AsyncGenerator<Buffer>, hooks?: WriteHooks): Promise<void> {
   const batch: Buffer[] = [];
   let batchBytes = 0;
+  // Hooks of chunks in the batch: called from the callback of the batch's last write, which
+  // runs once that write, and so every earlier one, is done (and not when it fails).
+  let batchHooks: (() => void)[] | undefined;
+  // One timer for the whole reply, re-armed (refresh) when a batch starts and left armed when a
+  // batch is written early: a Timeout made and cleared per batch (about 600 for a 158 MB study)
+  // cost more CPU than the writes' own bookkeeping. When it fires after the batch it was armed
+  // for has gone, it writes the batch begun since (at most 1 ms early), or nothing.
   let timer: NodeJS.Timeout | undefined;
   const flush = (): void => {
-    if (timer) { clearTimeout(timer); timer = undefined; }
     if (!batch.length || res.destroyed) return;
     res.cork();
-    for (const c of batch) res.write(c);
+    const last = batch.length - 1;
+    for (let i = 0; i < last; i++) res.write(batch[i]!);
+    const hs = batchHooks;
+    batchHooks = undefined;
+    if (hs) res.write(batch[last]!, (err) => { if (!err) for (const h of hs) h(); });
+    else res.write(batch[last]!);
     res.uncork();
     batch.length = 0;
     batchBytes = 0;
@@ -51,16 +87,19 @@ export async function writeGathered(res: ServerResponse, body: AsyncGenerator<Bu
     for (let n = await body.next(); !n.done; n = await body.next()) {
       if (res.destroyed) throw premature();
       if (n.value.length === 0) continue;
+      const hook = hooks?.take(n.value);
+      if (hook) (batchHooks ??= []).push(hook);
       batch.push(n.value);
       batchBytes += n.value.length;
       if (batchBytes < WRITE_GATHER_BYTES) {
-        timer ??= setTimeout(flush, WRITE_GATHER_MS);
+        if (batch.length === 1) { if (timer) timer.refresh(); else timer = setTimeout(flush, WRITE_GATHER_MS); }
         continue;
       }
       flush();
       if (res.writableLength >= WRITE_BUFFER_BYTES && !(await until('drain'))) throw premature();
     }
     flush();
+    if (timer) { clearTimeout(timer); timer = undefined; }
     if (res.destroyed) throw premature();
     const finished = until('finish');
     res.end();

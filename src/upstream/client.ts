@@ -22,6 +22,14 @@ export interface UpstreamResponse {
   readonly body: AsyncIterable<Buffer>;
   /** Discards the body (for error responses; never forwarded). */
   dump(): Promise<void>;
+  /**
+   * Optional (the socket transport): the consumer promises that no byte of the body before
+   * `bodyOffset` (counted from the body's first byte) is referenced or read again, by it or by
+   * anything it handed them to (a socket write included: call this from the write's callback).
+   * The memory those bytes were read into may then be reused for later reads. A consumer that
+   * never calls it loses nothing but the reuse.
+   */
+  recycle?(bodyOffset: number): void;
 }
 
 export interface Upstream {

@@ -119,6 +119,64 @@ describe('upstream transport: socket', () => {
     }
   });
 
+  test('read buffers are reused only once the consumer has recycled past every body byte read into them, never without it, and the bytes stay exact', async () => {
+    const size = 4 * 1024 * 1024;
+    const big = Buffer.from(Array.from({ length: size }, (_, i) => (i * 31 + (i >> 13)) & 0xff));
+    const srv = await rawServer((_head, s) => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\nKeep-Alive: timeout=5\r\n\r\n`);
+      s.write(big);
+    });
+    const up = createSocketUpstream({ url: srv.url, connectTimeoutMs: 2000, responseTimeoutMs: 5000, connections: 1 });
+    type Read = { recycle: (n: number) => void; chunks: { ab: ArrayBufferLike; end: number }[] };
+    const read = async (): Promise<Read> => {
+      const r = await up.get({ path: '/x', accept: '*/*' });
+      const chunks: Read['chunks'] = [];
+      const copies: Buffer[] = [];
+      let at = 0;
+      for await (const c of r.body) {
+        at += c.length;
+        chunks.push({ ab: c.buffer, end: at });
+        copies.push(Buffer.from(c));
+      }
+      assert.ok(Buffer.concat(copies).equals(big), 'the body arrives byte-exact');
+      // A buffer is read into once at a time: its reads come in one run.
+      const runs = chunks.filter((ch, i) => i === 0 || chunks[i - 1]!.ab !== ch.ab).map((ch) => ch.ab);
+      assert.equal(new Set(runs).size, runs.length, 'a buffer was read into again while this body held it');
+      assert.equal(typeof r.recycle, 'function');
+      return { recycle: (n) => r.recycle!(n), chunks };
+    };
+    const buffers = (r: Read): Set<ArrayBufferLike> => new Set(r.chunks.map((c) => c.ab));
+    // Buffers of `a` read into again by `b`. The buffer of a's last read goes on filling with the
+    // next answer on the connection (its free end), which is not a reuse: it is left out.
+    const shared = (a: Read, b: Read): ArrayBufferLike[] => {
+      const mine = buffers(a);
+      mine.delete(a.chunks[a.chunks.length - 1]!.ab);
+      return [...buffers(b)].filter((x) => mine.has(x));
+    };
+    try {
+      const a = await read();
+      const b = await read();
+      assert.equal(shared(a, b).length, 0, 'nothing is read into a buffer its consumer has not given back');
+      const half = 2 * 1024 * 1024;
+      b.recycle(half);
+      const c = await read();
+      const reused = shared(b, c);
+      assert.ok(reused.length > 0, 'buffers given back are read into again');
+      for (const ab of reused) {
+        for (const ch of b.chunks.filter((x) => x.ab === ab)) assert.ok(ch.end <= half, `a reused buffer held a byte at ${ch.end - 1}, past the offset given back (${half})`);
+      }
+      // Given back twice, or past the end: no buffer is handed out to two reads at once.
+      c.recycle(size);
+      c.recycle(size);
+      const d = await read();
+      const e = await read();
+      assert.equal(shared(d, e).length, 0, 'a buffer given back twice is not read into twice');
+    } finally {
+      await up.close();
+      await srv.close();
+    }
+  });
+
   test('back-pressure: a consumer that stops reading stops the reads from the PACS (TCP pushes back), and the rest arrives when it reads again', async () => {
     let buffered = 0;
     const big = Buffer.alloc(64 * 1024 * 1024, 3);

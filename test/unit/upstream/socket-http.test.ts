@@ -128,11 +128,14 @@ describe('upstream transport: socket', () => {
     });
     const up = createSocketUpstream({ url: srv.url, connectTimeoutMs: 2000, responseTimeoutMs: 5000, connections: 1 });
     type Read = { recycle: (n: number) => void; chunks: { ab: ArrayBufferLike; end: number }[] };
-    const read = async (): Promise<Read> => {
+    // `recycling`: the consumer says at once that it will give buffers back (recycle(0)), as the
+    // retrieve does after its first instance; an exchange holds no buffer for reuse before that.
+    const read = async (recycling = true): Promise<Read> => {
       const r = await up.get({ path: '/x', accept: '*/*' });
       const chunks: Read['chunks'] = [];
       const copies: Buffer[] = [];
       let at = 0;
+      if (recycling) r.recycle!(0);
       for await (const c of r.body) {
         at += c.length;
         chunks.push({ ab: c.buffer, end: at });
@@ -154,9 +157,12 @@ describe('upstream transport: socket', () => {
       return [...buffers(b)].filter((x) => mine.has(x));
     };
     try {
-      const a = await read();
+      const a = await read(false);
       const b = await read();
       assert.equal(shared(a, b).length, 0, 'nothing is read into a buffer its consumer has not given back');
+      a.recycle(size);
+      const a2 = await read();
+      assert.equal(shared(a, a2).length, 0, 'an exchange whose consumer had not recycled while it read holds nothing for reuse');
       const half = 2 * 1024 * 1024;
       b.recycle(half);
       const c = await read();
@@ -171,6 +177,21 @@ describe('upstream transport: socket', () => {
       const d = await read();
       const e = await read();
       assert.equal(shared(d, e).length, 0, 'a buffer given back twice is not read into twice');
+    } finally {
+      await up.close();
+      await srv.close();
+    }
+  });
+
+  test('an interim answer (1xx) and the final one in the same read: the final answer is read', async () => {
+    const srv = await rawServer((_head, s) => {
+      s.write('HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    });
+    const up = createSocketUpstream({ url: srv.url, connectTimeoutMs: 2000, responseTimeoutMs: 2000 });
+    try {
+      const r = await up.get({ path: '/x', accept: '*/*' });
+      assert.equal(r.status, 200);
+      assert.equal((await readAll(r.body)).toString(), 'ok');
     } finally {
       await up.close();
       await srv.close();

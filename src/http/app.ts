@@ -495,7 +495,6 @@ export function createApp(deps: AppDeps): RequestListener {
   get('/dicom-web/studies/:study/series/:series/instances/:instance/frames/:frames', handle('frames', (rc, req) => frames(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), frames: p(req, 'frames') }, req.headers.accept)));
   get('/dicom-web/studies/:study/series/:series/instances/:instance/bulk/*path', handle('bulk', (rc, req) => bulk(rc, { study: p(req, 'study'), series: p(req, 'series'), instance: p(req, 'instance'), path: p(req, 'path') }, req.headers.accept)));
 
-
   const notFound = (res: Response): void => sendProblem(res, new GatewayError('NOT_FOUND', 'no such resource'));
 
   const dispatch = async (req: Request, res: Response): Promise<void> => {

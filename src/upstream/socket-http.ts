@@ -442,24 +442,27 @@ export function createSocketUpstream(opts: UpstreamOptions): Upstream {
       signal?.addEventListener('abort', onAbort, { once: true });
       conn.onTimeout = () => { conn.destroy(); fail(timeoutError('response timeout')); };
       conn.socket.setTimeout(opts.responseTimeoutMs);
+      // Every body byte reaches the consumer here, counted for the slabs it retires.
+      const push = (chunk: Buffer): void => {
+        retired.bodyBytes += chunk.length;
+        body!.push(chunk);
+      };
       const bodyBytes = (chunk: Buffer): void => {
         if (!framing || !body) return;
         if (framing.kind === 'length') {
           if (chunk.length > framing.left) { fail(protocolError('more bytes than its Content-Length')); return; }
           framing.left -= chunk.length;
-          retired.bodyBytes += chunk.length;
-          body.push(chunk);
+          push(chunk);
           if (framing.left === 0) { body.end(); finish(true); }
         } else if (framing.kind === 'chunked') {
-          const used = dechunker!.feed(chunk, (d) => { retired.bodyBytes += d.length; body!.push(d); });
+          const used = dechunker!.feed(chunk, push);
           if (dechunker!.done) {
             if (used < chunk.length) { keep = false; }
             body.end();
             finish(true);
           }
         } else {
-          retired.bodyBytes += chunk.length;
-          body.push(chunk);
+          push(chunk);
         }
       };
       conn.onData = (chunk) => {
